@@ -1,0 +1,98 @@
+//! The one place where errors become OCI error responses: a status, a code from the
+//! distribution spec, a message that tells the client what to do, and the spec's JSON body
+//! `{"errors":[{"code","message","detail"}]}`.
+//!
+//! Internal failures are logged here, once, with their cause, and answered with a generic
+//! 500; a client's mistake is never a 500.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::endpoint::PathError;
+use crate::registry::Error;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl From<PathError> for ApiError {
+    fn from(e: PathError) -> Self {
+        ApiError(match e {
+            PathError::NotFound(_) => Error::NotFound(e.to_string()),
+            PathError::Name(_) => Error::NameInvalid(e.to_string()),
+            PathError::Digest(_) => Error::DigestInvalid(e.to_string()),
+            PathError::Tag(_) => Error::TagInvalid(e.to_string()),
+            PathError::UploadId(_) => Error::UploadUnknown,
+        })
+    }
+}
+
+/// The status and OCI error code of each error.
+fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
+    use Error::*;
+    match e {
+        NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+        BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        UploadUnknown => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
+        UploadInvalid(_) | BodyRead(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+        ChunkOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+        RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
+        DigestInvalid(_) | DigestMismatch { .. } => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+        SizeInvalid(_) => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
+        ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+        ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
+        ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+        TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
+        DeleteDisabled => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+        // 405 (not 409): the OCI conformance suite and clients accept 405 for a refused
+        // delete, and the message says what to delete first.
+        BlobReferenced { .. } | ManifestReferenced { .. } => (StatusCode::METHOD_NOT_ALLOWED, "DENIED"),
+        PaginationInvalid(_) => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
+        MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+        Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+        Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = status_and_code(&self.0);
+        let message = match &self.0 {
+            Error::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                "internal error; the registry's log has the cause".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let detail = match &self.0 {
+            Error::BlobUnknown(d) | Error::ManifestBlobUnknown(d) => json!({ "digest": d }),
+            Error::NameUnknown(n) => json!({ "name": n.as_str() }),
+            _ => json!({}),
+        };
+        let body = json!({ "errors": [{ "code": code, "message": message, "detail": detail }] });
+        let mut response = (status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match &self.0 {
+            // Tell a client that sent a chunk out of order where the upload stands.
+            Error::ChunkOutOfOrder { have, .. } if *have > 0 => {
+                headers.insert(header::RANGE, super::headers::value(format!("0-{}", have - 1)));
+            }
+            Error::RangeNotSatisfiable { size } => {
+                headers.insert(header::CONTENT_RANGE, super::headers::value(format!("bytes */{size}")));
+            }
+            _ => {}
+        }
+        response
+    }
+}

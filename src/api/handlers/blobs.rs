@@ -1,0 +1,52 @@
+//! `/v2/<name>/blobs/<digest>`: GET (with `Range`), HEAD, DELETE.
+
+use axum::body::Body;
+use axum::http::request::Parts as Request;
+use axum::http::{Method, StatusCode, header};
+
+use super::{finish, respond};
+use crate::api::ApiResult;
+use crate::api::headers::{self, DOCKER_CONTENT_DIGEST};
+use crate::oci::{Digest, RepoName};
+use crate::registry::Registry;
+
+pub async fn get(registry: &Registry, name: &RepoName, digest: &Digest, request: &Request) -> ApiResult {
+    let common = |status| {
+        respond(status)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(DOCKER_CONTENT_DIGEST, digest.to_string())
+            .header(header::ETAG, format!("\"{digest}\""))
+            .header(header::ACCEPT_RANGES, "bytes")
+    };
+    if request.method == Method::HEAD {
+        let size = registry.blob_size(name, digest).await?;
+        return Ok(finish(common(StatusCode::OK).header(header::CONTENT_LENGTH, size), Body::empty()));
+    }
+    let range = headers::get(request, header::RANGE).map(str::to_owned);
+    let mut partial = false;
+    let read = registry
+        .read_blob(name, digest, |size| {
+            Ok(match headers::resolve_range(range.as_deref(), size)? {
+                Some(r) => {
+                    partial = true;
+                    r
+                }
+                None => (0, size),
+            })
+        })
+        .await?;
+    let builder = if partial {
+        common(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{}", read.offset, read.offset + read.len - 1, read.size),
+        )
+    } else {
+        common(StatusCode::OK)
+    };
+    Ok(finish(builder.header(header::CONTENT_LENGTH, read.len), Body::from_stream(read.body)))
+}
+
+pub async fn delete(registry: &Registry, name: &RepoName, digest: &Digest) -> ApiResult {
+    registry.delete_blob(name, digest).await?;
+    Ok(finish(respond(StatusCode::ACCEPTED), Body::empty()))
+}

@@ -1,0 +1,93 @@
+//! `/v2/`, `/v2/_catalog`, `/v2/<name>/tags/list` and `/v2/<name>/referrers/<digest>`.
+
+use axum::body::Body;
+use axum::http::request::Parts as Request;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::{finish, respond};
+use crate::api::ApiResult;
+use crate::api::headers::{self, OCI_FILTERS_APPLIED};
+use crate::oci::media_type::OCI_INDEX;
+use crate::oci::{Digest, RepoName};
+use crate::registry::{Error, Registry};
+
+/// The largest page served; a client asking for more gets this many and a `Link` header.
+const MAX_PAGE: usize = 10_000;
+
+pub fn base() -> Response {
+    finish(
+        respond(StatusCode::OK).header(header::CONTENT_TYPE, "application/json"),
+        Body::from("{}"),
+    )
+}
+
+/// `n` and `last` from the query: the page size (capped) and where the page starts.
+fn page(request: &Request) -> Result<(usize, Option<String>), Error> {
+    let params = headers::query(request);
+    let n = match headers::param(&params, "n") {
+        None => MAX_PAGE,
+        Some(raw) => raw
+            .parse::<usize>()
+            .map_err(|_| Error::PaginationInvalid(format!("n={raw:?} is not a non-negative integer")))?
+            .min(MAX_PAGE),
+    };
+    Ok((n, headers::param(&params, "last").map(str::to_owned)))
+}
+
+/// A JSON list response, with a `Link` to the next page when `items` had more than `n`.
+fn paged(path: &str, mut items: Vec<String>, n: usize, key: &str, name: Option<&RepoName>) -> Response {
+    let mut builder = respond(StatusCode::OK).header(header::CONTENT_TYPE, "application/json");
+    if items.len() > n {
+        items.truncate(n);
+        if let Some(last) = items.last() {
+            let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+            builder = builder.header(header::LINK, format!("<{path}?n={n}&last={last}>; rel=\"next\""));
+        }
+    }
+    let mut body = json!({ key: items });
+    if let Some(name) = name {
+        body["name"] = Value::from(name.as_str());
+    }
+    finish(builder, Body::from(body.to_string()))
+}
+
+pub async fn catalog(registry: &Registry, request: &Request) -> ApiResult {
+    let (n, last) = page(request)?;
+    let repos = registry.catalog(last, n + 1).await?;
+    Ok(paged("/v2/_catalog", repos, n, "repositories", None))
+}
+
+pub async fn tags(registry: &Registry, name: &RepoName, request: &Request) -> ApiResult {
+    let (n, last) = page(request)?;
+    let tags = registry.tags(name, last, n + 1).await?;
+    Ok(paged(&format!("/v2/{name}/tags/list"), tags, n, "tags", Some(name)))
+}
+
+pub async fn referrers(registry: &Registry, name: &RepoName, digest: &Digest, request: &Request) -> ApiResult {
+    let params = headers::query(request);
+    let filter = headers::param(&params, "artifactType").map(str::to_owned);
+    let filtered = filter.is_some();
+    let manifests: Vec<Value> = registry
+        .referrers(name, digest, filter)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let mut d = json!({ "mediaType": r.media_type, "digest": r.digest, "size": r.size });
+            if let Some(t) = r.artifact_type {
+                d["artifactType"] = Value::from(t);
+            }
+            if let Some(a) = r.annotations {
+                d["annotations"] = json!(a);
+            }
+            d
+        })
+        .collect();
+    let body = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
+    let mut builder = respond(StatusCode::OK).header(header::CONTENT_TYPE, OCI_INDEX);
+    if filtered {
+        builder = builder.header(OCI_FILTERS_APPLIED, "artifactType");
+    }
+    Ok(finish(builder, Body::from(body.to_string())))
+}

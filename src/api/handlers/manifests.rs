@@ -1,0 +1,100 @@
+//! `/v2/<name>/manifests/<reference>`: GET, HEAD, PUT, DELETE.
+
+use axum::body::Body;
+use axum::body::Body as RequestBody;
+use axum::http::request::Parts as Request;
+use axum::http::{Method, StatusCode, header};
+use http_body_util::BodyExt;
+
+use super::{finish, respond};
+use crate::api::ApiResult;
+use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, OCI_SUBJECT};
+use crate::oci::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX};
+use crate::oci::{Reference, RepoName};
+use crate::registry::{Error, Registry};
+
+/// Whether a client that sent `accept` can take a manifest of `media_type`. Only an index
+/// is withheld from a client that did not ask for one (as distribution does), because a
+/// client that expects a single image cannot use it; an image manifest is always served.
+fn accepts(accept: Option<&str>, media_type: &str) -> bool {
+    if media_type != OCI_INDEX && media_type != DOCKER_MANIFEST_LIST {
+        return true;
+    }
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return true;
+    };
+    accept.split(',').map(|t| t.split(';').next().unwrap_or("").trim()).any(|t| {
+        t == media_type || t == "*/*" || t == "application/*" || t == "application/json"
+    })
+}
+
+pub async fn get(registry: &Registry, name: &RepoName, reference: &Reference, request: &Request) -> ApiResult {
+    let manifest = registry.get_manifest(name, reference).await?;
+    // Several Accept headers are allowed; join them.
+    let accept: Vec<&str> = request.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    let accept = (!accept.is_empty()).then(|| accept.join(","));
+    if matches!(reference, Reference::Tag(_)) && !accepts(accept.as_deref(), &manifest.media_type) {
+        return Err(Error::ManifestUnknown(format!(
+            "{reference} (it is an index of type {}, which the Accept header does not list)",
+            manifest.media_type
+        ))
+        .into());
+    }
+    let builder = respond(StatusCode::OK)
+        .header(header::CONTENT_TYPE, &manifest.media_type)
+        .header(header::CONTENT_LENGTH, manifest.payload.len())
+        .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
+        .header(header::ETAG, format!("\"{}\"", manifest.digest));
+    let body = if request.method == Method::HEAD { Body::empty() } else { Body::from(manifest.payload) };
+    Ok(finish(builder, body))
+}
+
+pub async fn put(registry: &Registry, name: &RepoName, reference: &Reference, request: &Request, body: RequestBody) -> ApiResult {
+    let limit = registry.options().max_manifest_bytes;
+    let declared = headers::get(request, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared
+        && size > limit
+    {
+        return Err(Error::ManifestTooLarge { size, limit }.into());
+    }
+    let content_type = headers::get(request, header::CONTENT_TYPE).map(str::to_owned);
+    // Read at most one byte past the limit, so an oversized body without Content-Length
+    // is refused without being buffered whole.
+    let body = http_body_util::Limited::new(body, limit as usize + 1)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+            Ok(_) => Error::ManifestTooLarge { size: limit + 1, limit },
+            Err(e) => Error::BodyRead(e.to_string()),
+        })?
+        .to_bytes();
+    let pushed = registry.put_manifest(name, reference, content_type.as_deref(), body).await?;
+    let mut builder = respond(StatusCode::CREATED)
+        .header(header::LOCATION, format!("/v2/{name}/manifests/{}", pushed.digest))
+        .header(DOCKER_CONTENT_DIGEST, pushed.digest.to_string());
+    if let Some(subject) = &pushed.subject {
+        builder = builder.header(OCI_SUBJECT, subject.to_string());
+    }
+    Ok(finish(builder, Body::empty()))
+}
+
+pub async fn delete(registry: &Registry, name: &RepoName, reference: &Reference) -> ApiResult {
+    registry.delete_manifest(name, reference).await?;
+    Ok(finish(respond(StatusCode::ACCEPTED), Body::empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::media_type::OCI_MANIFEST;
+
+    #[test]
+    fn content_negotiation() {
+        assert!(accepts(None, OCI_INDEX));
+        assert!(accepts(Some(OCI_MANIFEST), OCI_MANIFEST));
+        assert!(accepts(Some("application/vnd.docker.distribution.manifest.v2+json"), OCI_MANIFEST));
+        assert!(!accepts(Some(OCI_MANIFEST), OCI_INDEX));
+        assert!(accepts(Some(&format!("{OCI_MANIFEST}, {OCI_INDEX};q=0.5")), OCI_INDEX));
+        assert!(accepts(Some("*/*"), DOCKER_MANIFEST_LIST));
+    }
+}

@@ -1,0 +1,103 @@
+//! `/v2/<name>/blobs/uploads/[<id>]`: start (POST, with mount or a monolithic body),
+//! status (GET), chunk (PATCH), finish (PUT), cancel (DELETE).
+
+use axum::body::Body;
+use axum::body::Body as RequestBody;
+use axum::http::request::Parts as Request;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+
+use super::{finish, respond};
+use crate::api::ApiResult;
+use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID};
+use crate::oci::{Digest, RepoName, UploadId};
+use crate::registry::{ChunkRange, Error, Registry, UploadStatus};
+
+/// `202 Accepted` for a session in progress, with where it stands.
+fn in_progress(name: &RepoName, status: &UploadStatus, code: StatusCode) -> Response {
+    // The spec's inclusive range of bytes received; distribution answers `0-0` for none.
+    let range = format!("0-{}", status.size.saturating_sub(1));
+    finish(
+        respond(code)
+            .header(header::LOCATION, format!("/v2/{name}/blobs/uploads/{}", status.id))
+            .header(header::RANGE, range)
+            .header(DOCKER_UPLOAD_UUID, status.id.to_string())
+            .header(header::CONTENT_LENGTH, 0),
+        Body::empty(),
+    )
+}
+
+/// `201 Created` for a blob now in the repository.
+fn created(name: &RepoName, digest: &Digest) -> Response {
+    finish(
+        respond(StatusCode::CREATED)
+            .header(header::LOCATION, format!("/v2/{name}/blobs/{digest}"))
+            .header(DOCKER_CONTENT_DIGEST, digest.to_string())
+            .header(header::CONTENT_LENGTH, 0),
+        Body::empty(),
+    )
+}
+
+fn parse_digest(raw: &str) -> Result<Digest, Error> {
+    raw.parse().map_err(|e| Error::DigestInvalid(format!("{e}")))
+}
+
+fn chunk_range(request: &Request) -> Result<Option<ChunkRange>, Error> {
+    headers::get(request, header::CONTENT_RANGE)
+        .map(|raw| headers::parse_content_range(raw).map(|(start, end)| ChunkRange { start, end }))
+        .transpose()
+}
+
+pub async fn start(registry: &Registry, name: &RepoName, request: &Request, body: RequestBody) -> ApiResult {
+    let params = headers::query(request);
+    if let Some(mount) = headers::param(&params, "mount") {
+        let digest = parse_digest(mount)?;
+        // A `from` that is not a valid name cannot hold the blob: fall back to an upload.
+        let from = headers::param(&params, "from").and_then(|f| f.parse::<RepoName>().ok());
+        if registry.mount_blob(name, &digest, from.as_ref()).await?.is_some() {
+            return Ok(created(name, &digest));
+        }
+        let status = registry.start_upload(name).await?;
+        return Ok(in_progress(name, &status, StatusCode::ACCEPTED));
+    }
+    let digest = headers::param(&params, "digest").map(parse_digest).transpose()?;
+    let status = registry.start_upload(name).await?;
+    match digest {
+        // Monolithic upload in one POST: the body is the whole blob.
+        Some(digest) => {
+            let range = chunk_range(request)?;
+            let body = body.into_data_stream();
+            registry.finish_upload(name, &status.id, &digest, range, body).await?;
+            Ok(created(name, &digest))
+        }
+        None => Ok(in_progress(name, &status, StatusCode::ACCEPTED)),
+    }
+}
+
+pub async fn status(registry: &Registry, name: &RepoName, id: &UploadId) -> ApiResult {
+    let status = registry.upload_status(name, id).await?;
+    Ok(in_progress(name, &status, StatusCode::NO_CONTENT))
+}
+
+pub async fn patch(registry: &Registry, name: &RepoName, id: &UploadId, request: &Request, body: RequestBody) -> ApiResult {
+    let range = chunk_range(request)?;
+    let body = body.into_data_stream();
+    let status = registry.append_upload(name, id, range, body).await?;
+    Ok(in_progress(name, &status, StatusCode::ACCEPTED))
+}
+
+pub async fn put(registry: &Registry, name: &RepoName, id: &UploadId, request: &Request, body: RequestBody) -> ApiResult {
+    let params = headers::query(request);
+    let digest = headers::param(&params, "digest")
+        .ok_or_else(|| Error::DigestInvalid("finishing an upload needs ?digest=<digest>".into()))
+        .and_then(parse_digest)?;
+    let range = chunk_range(request)?;
+    let body = body.into_data_stream();
+    registry.finish_upload(name, id, &digest, range, body).await?;
+    Ok(created(name, &digest))
+}
+
+pub async fn cancel(registry: &Registry, name: &RepoName, id: &UploadId) -> ApiResult {
+    registry.cancel_upload(name, id).await?;
+    Ok(finish(respond(StatusCode::NO_CONTENT), Body::empty()))
+}

@@ -1,0 +1,111 @@
+//! Small helpers for request and response headers and query strings.
+
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
+
+use crate::registry::Error;
+
+pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+pub const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+pub const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// A header value from text this server produced (digests, paths of validated names,
+/// numbers), which is always visible ASCII.
+pub fn value(s: impl Into<String>) -> HeaderValue {
+    HeaderValue::from_str(&s.into()).expect("header text built from validated values")
+}
+
+/// A request header as text, if present and visible ASCII.
+pub fn get<'a>(request: &'a Parts, name: impl axum::http::header::AsHeaderName) -> Option<&'a str> {
+    request.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The decoded query parameters of a request.
+pub fn query(request: &Parts) -> Vec<(String, String)> {
+    form_urlencoded::parse(request.uri.query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The first value of query parameter `key`.
+pub fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// An inclusive byte range `start-end`, as in an upload's `Content-Range` (the spec writes
+/// it without a unit; `bytes ` and `bytes=` prefixes are accepted too).
+pub fn parse_content_range(raw: &str) -> Result<(u64, u64), Error> {
+    let bad = || Error::UploadInvalid(format!("Content-Range {raw:?} is not of the form <start>-<end>"));
+    let spec = raw.trim();
+    let spec = spec
+        .strip_prefix("bytes=")
+        .or_else(|| spec.strip_prefix("bytes "))
+        .unwrap_or(spec);
+    let spec = spec.split('/').next().unwrap_or(spec);
+    let (start, end) = spec.split_once('-').ok_or_else(bad)?;
+    Ok((start.trim().parse().map_err(|_| bad())?, end.trim().parse().map_err(|_| bad())?))
+}
+
+/// Resolves a `Range: bytes=...` request header against a blob of `size` bytes into
+/// `(offset, len)`. `None` means the whole blob; several ranges are answered with the whole
+/// blob too (allowed by RFC 9110).
+pub fn resolve_range(raw: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, Error> {
+    let Some(raw) = raw else { return Ok(None) };
+    let Some(spec) = raw.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let unsatisfiable = Error::RangeNotSatisfiable { size };
+    let (start, end) = spec.split_once('-').ok_or(Error::RangeNotSatisfiable { size })?;
+    let (start, end) = (start.trim(), end.trim());
+    let range = if start.is_empty() {
+        // Suffix range: the last `end` bytes.
+        let n: u64 = end.parse().map_err(|_| Error::RangeNotSatisfiable { size })?;
+        if n == 0 || size == 0 {
+            return Err(unsatisfiable);
+        }
+        let n = n.min(size);
+        (size - n, n)
+    } else {
+        let s: u64 = start.parse().map_err(|_| Error::RangeNotSatisfiable { size })?;
+        let e: u64 = if end.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            end.parse::<u64>().map_err(|_| Error::RangeNotSatisfiable { size })?.min(size.saturating_sub(1))
+        };
+        if s >= size || e < s {
+            return Err(unsatisfiable);
+        }
+        (s, e - s + 1)
+    };
+    Ok(Some(range))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(resolve_range(None, 10).unwrap(), None);
+        assert_eq!(resolve_range(Some("bytes=0-4"), 10).unwrap(), Some((0, 5)));
+        assert_eq!(resolve_range(Some("bytes=5-"), 10).unwrap(), Some((5, 5)));
+        assert_eq!(resolve_range(Some("bytes=-3"), 10).unwrap(), Some((7, 3)));
+        assert_eq!(resolve_range(Some("bytes=8-100"), 10).unwrap(), Some((8, 2)));
+        assert_eq!(resolve_range(Some("bytes=0-1,3-4"), 10).unwrap(), None);
+        for bad in ["bytes=10-", "bytes=5-2", "bytes=x-", "bytes=-0", "bytes=-"] {
+            assert!(resolve_range(Some(bad), 10).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("0-21").unwrap(), (0, 21));
+        assert_eq!(parse_content_range("bytes 5-9/*").unwrap(), (5, 9));
+        assert!(parse_content_range("5").is_err());
+        assert!(parse_content_range("a-b").is_err());
+    }
+}

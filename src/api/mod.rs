@@ -1,0 +1,70 @@
+//! The HTTP API: the OCI Distribution endpoints under `/v2/`.
+//!
+//! A request's path is parsed into an [`Endpoint`] (a closed enum), then dispatched on
+//! (endpoint, method) to a handler. Handlers translate between HTTP and the registry core;
+//! errors become OCI responses in [`error`] only.
+
+mod endpoint;
+mod error;
+mod handlers;
+mod headers;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+
+pub use endpoint::Endpoint;
+use error::ApiError;
+
+use crate::registry::{Error, Registry};
+
+pub type ApiResult = Result<Response, ApiError>;
+
+/// The application: every request goes through [`dispatch`].
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new().fallback(dispatch).with_state(registry)
+}
+
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Response {
+    let mut response = match route(&registry, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    response
+        .headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    response
+}
+
+async fn route(registry: &Registry, request: Request) -> ApiResult {
+    use Endpoint::*;
+    let endpoint = Endpoint::parse(request.uri().path())?;
+    // Handlers get the head by reference and the body by value: a `&Request` is not
+    // `Send` (its body is not `Sync`), so it cannot live across an await.
+    let (request, body) = request.into_parts();
+    let method = request.method.clone();
+    match (&endpoint, &method) {
+        (Base, &Method::GET | &Method::HEAD) => Ok(handlers::listing::base()),
+        (Catalog, &Method::GET) => handlers::listing::catalog(registry, &request).await,
+        (Tags { name }, &Method::GET) => handlers::listing::tags(registry, name, &request).await,
+        (Referrers { name, digest }, &Method::GET) => handlers::listing::referrers(registry, name, digest, &request).await,
+        (Manifest { name, reference }, &Method::GET | &Method::HEAD) => {
+            handlers::manifests::get(registry, name, reference, &request).await
+        }
+        (Manifest { name, reference }, &Method::PUT) => handlers::manifests::put(registry, name, reference, &request, body).await,
+        (Manifest { name, reference }, &Method::DELETE) => handlers::manifests::delete(registry, name, reference).await,
+        (Blob { name, digest }, &Method::GET | &Method::HEAD) => handlers::blobs::get(registry, name, digest, &request).await,
+        (Blob { name, digest }, &Method::DELETE) => handlers::blobs::delete(registry, name, digest).await,
+        (UploadStart { name }, &Method::POST) => handlers::uploads::start(registry, name, &request, body).await,
+        (Upload { name, id }, &Method::GET) => handlers::uploads::status(registry, name, id).await,
+        (Upload { name, id }, &Method::PATCH) => handlers::uploads::patch(registry, name, id, &request, body).await,
+        (Upload { name, id }, &Method::PUT) => handlers::uploads::put(registry, name, id, &request, body).await,
+        (Upload { name, id }, &Method::DELETE) => handlers::uploads::cancel(registry, name, id).await,
+        _ => Err(Error::MethodNotAllowed(format!("{method} is not allowed on {}", request.uri.path())).into()),
+    }
+}

@@ -1,0 +1,17 @@
+//! Bosun, a container image registry (OCI Distribution v1.1).
+//!
+//! The crate reads bottom-up like the architecture (see `ARCHITECTURE.md`):
+//! - [`oci`]: protocol vocabulary (validated names, digests, references, manifests);
+//! - [`storage`]: blob bytes behind the [`storage::BlobStore`] trait;
+//! - [`metadata`]: the transactional source of truth;
+//! - [`registry`]: the operations, over metadata and storage;
+//! - [`api`]: HTTP, mapping requests to registry operations and errors to OCI responses;
+//! - [`config`] and [`server`]: assembling and running it.
+
+pub mod api;
+pub mod config;
+pub mod metadata;
+pub mod oci;
+pub mod registry;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,163 @@
+//! Manifests, their bytes, and their references to blobs, children and subjects.
+
+use std::collections::BTreeSet;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Result;
+use super::repositories::RepoId;
+use crate::oci::{Digest, ParsedManifest, Tag};
+
+pub type ManifestId = i64;
+
+/// A stored manifest, as served.
+#[derive(Debug, Clone)]
+pub struct ManifestRow {
+    pub id: ManifestId,
+    pub digest: String,
+    pub media_type: String,
+    pub subject: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// A manifest as the referrers API lists it.
+#[derive(Debug, Clone)]
+pub struct ReferrerRow {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+const SELECT_ROW: &str = "SELECT m.id, m.digest, m.media_type, m.subject, m.payload FROM manifests m";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {
+    Ok(ManifestRow {
+        id: r.get(0)?,
+        digest: r.get(1)?,
+        media_type: r.get(2)?,
+        subject: r.get(3)?,
+        payload: r.get(4)?,
+    })
+}
+
+pub fn by_digest(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<ManifestRow>> {
+    Ok(conn
+        .prepare_cached(&format!("{SELECT_ROW} WHERE m.repository_id = ?1 AND m.digest = ?2"))?
+        .query_row(params![repo, digest.to_string()], row)
+        .optional()?)
+}
+
+pub fn by_tag(conn: &Connection, repo: RepoId, tag: &Tag) -> Result<Option<ManifestRow>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "{SELECT_ROW} JOIN tags t ON t.manifest_id = m.id WHERE t.repository_id = ?1 AND t.name = ?2"
+        ))?
+        .query_row(params![repo, tag.as_str()], row)
+        .optional()?)
+}
+
+/// The id of a manifest of `repo`, if it exists.
+pub fn id_of(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<ManifestId>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM manifests WHERE repository_id = ?1 AND digest = ?2")?
+        .query_row(params![repo, digest.to_string()], |r| r.get(0))
+        .optional()?)
+}
+
+/// Stores a manifest with all its references, unless the repository already has it.
+/// `children` are the ids of the index's child manifests, already checked to exist.
+pub fn insert(
+    conn: &Connection,
+    repo: RepoId,
+    digest: &Digest,
+    parsed: &ParsedManifest,
+    children: &[ManifestId],
+    payload: &[u8],
+    now: i64,
+) -> Result<ManifestId> {
+    if let Some(id) = id_of(conn, repo, digest)? {
+        return Ok(id);
+    }
+    let annotations = parsed
+        .annotations
+        .as_ref()
+        .map(|a| serde_json::to_string(a).expect("a string map always serializes"));
+    conn.prepare_cached(
+        "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, payload, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        repo,
+        digest.to_string(),
+        parsed.media_type,
+        parsed.artifact_type,
+        parsed.subject.as_ref().map(|s| s.digest.to_string()),
+        annotations,
+        payload,
+        now
+    ])?;
+    let id = conn.last_insert_rowid();
+    let blobs: BTreeSet<String> = parsed.blobs.iter().map(|d| d.digest.to_string()).collect();
+    let mut add_blob = conn.prepare_cached("INSERT INTO manifest_blobs (manifest_id, digest) VALUES (?1, ?2)")?;
+    for blob in &blobs {
+        add_blob.execute(params![id, blob])?;
+    }
+    let mut add_child = conn.prepare_cached(
+        "INSERT INTO manifest_children (parent_id, child_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?;
+    for child in children {
+        add_child.execute(params![id, child])?;
+    }
+    Ok(id)
+}
+
+/// An index of the same repository that lists manifest `id` as a child, if any.
+pub fn parent_of(conn: &Connection, id: ManifestId) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT p.digest FROM manifest_children c JOIN manifests p ON p.id = c.parent_id
+              WHERE c.child_id = ?1 LIMIT 1",
+        )?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
+/// Deletes a manifest, the tags that point at it, and its references (the blob reference
+/// counts drop in the same transaction, by trigger). Blobs that lose their last reference
+/// restart their grace period now.
+pub fn delete(conn: &Connection, id: ManifestId, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE blobs SET touched_at = MAX(touched_at, ?2)
+          WHERE digest IN (SELECT digest FROM manifest_blobs WHERE manifest_id = ?1)",
+    )?
+    .execute(params![id, now])?;
+    conn.prepare_cached("DELETE FROM manifests WHERE id = ?1")?.execute([id])?;
+    Ok(())
+}
+
+/// The manifests of `repo` whose subject is `subject`, optionally only those of one
+/// artifact type, ordered by digest.
+pub fn referrers(
+    conn: &Connection,
+    repo: RepoId,
+    subject: &Digest,
+    artifact_type: Option<&str>,
+) -> Result<Vec<ReferrerRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT digest, media_type, length(payload), artifact_type, annotations FROM manifests
+          WHERE repository_id = ?1 AND subject = ?2 AND (?3 IS NULL OR artifact_type = ?3)
+          ORDER BY digest",
+    )?;
+    let rows = stmt.query_map(params![repo, subject.to_string(), artifact_type], |r| {
+        Ok(ReferrerRow {
+            digest: r.get(0)?,
+            media_type: r.get(1)?,
+            size: r.get::<_, i64>(2)? as u64,
+            artifact_type: r.get(3)?,
+            annotations: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

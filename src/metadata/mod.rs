@@ -1,0 +1,157 @@
+//! The metadata store: repositories, tags, manifests, blobs and the references between
+//! them, in an embedded transactional database (SQLite in WAL mode).
+//!
+//! It is the single source of truth. Storage is asked only for bytes; every "does this
+//! exist, may this repository read it, who references it" question is answered here.
+//!
+//! Access goes through [`Metadata::read`] and [`Metadata::write`]: a closure runs on a
+//! blocking thread with a connection (reads) or inside one transaction (writes). The query
+//! modules below are plain functions over a connection, so the registry core composes
+//! several of them into one transaction: a write is all or nothing.
+
+pub mod blobs;
+pub mod manifests;
+pub mod repositories;
+pub mod tags;
+pub mod uploads;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA: &str = include_str!("schema.sql");
+/// Readers kept open for reuse; more are opened on demand under load.
+const IDLE_READERS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("metadata database task failed: {0}")]
+    Task(String),
+    #[error("metadata database has schema version {found}, this Bosun knows {expected}")]
+    SchemaVersion { found: i64, expected: i64 },
+}
+
+pub type Result<T> = std::result::Result<T, MetadataError>;
+
+#[derive(Clone)]
+pub struct Metadata {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: std::path::PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // WAL: readers never wait for the writer. synchronous=NORMAL: a committed transaction
+    // survives a process crash (the WAL is written before commit returns); only an OS crash
+    // or power loss can drop the last transactions, never corrupt the database.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+impl Metadata {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Metadata> {
+        let mut writer = Connection::open(path)?;
+        configure(&writer)?;
+        let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        match version {
+            0 => {
+                let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute_batch(SCHEMA)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                tx.commit()?;
+            }
+            SCHEMA_VERSION => {}
+            found => {
+                return Err(MetadataError::SchemaVersion {
+                    found,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+        }
+        Ok(Metadata {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    fn reader(&self) -> Result<Connection> {
+        if let Some(conn) = self.inner.readers.lock().expect("reader pool poisoned").pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.inner.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(conn)
+    }
+
+    /// Runs `f` with a read-only connection (a consistent snapshot for its duration).
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = this.reader()?;
+            let result = {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+                f(&tx)
+            };
+            let mut idle = this.inner.readers.lock().expect("reader pool poisoned");
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| MetadataError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` inside one write transaction, committed if `f` returns `Ok` and rolled back
+    /// otherwise. Writers are serialized.
+    pub async fn write<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<MetadataError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = this.inner.writer.lock().expect("writer poisoned");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(MetadataError::from)?;
+            let value = f(&tx)?;
+            tx.commit().map_err(MetadataError::from)?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| E::from(MetadataError::Task(e.to_string())))?
+    }
+}
+
+/// Milliseconds since the Unix epoch: the unit of every timestamp column.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

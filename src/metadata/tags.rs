@@ -1,0 +1,35 @@
+//! Tags: names for manifests within a repository.
+
+use rusqlite::{Connection, params};
+
+use super::Result;
+use super::manifests::ManifestId;
+use super::repositories::RepoId;
+use crate::oci::Tag;
+
+/// Points `tag` at a manifest, creating or moving it.
+pub fn set(conn: &Connection, repo: RepoId, tag: &Tag, manifest: ManifestId, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO tags (repository_id, name, manifest_id, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (repository_id, name) DO UPDATE SET manifest_id = excluded.manifest_id,
+                                                         updated_at = excluded.updated_at",
+    )?
+    .execute(params![repo, tag.as_str(), manifest, now])?;
+    Ok(())
+}
+
+/// Removes a tag; false if it did not exist.
+pub fn delete(conn: &Connection, repo: RepoId, tag: &Tag) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("DELETE FROM tags WHERE repository_id = ?1 AND name = ?2")?
+        .execute(params![repo, tag.as_str()])?
+        > 0)
+}
+
+/// Up to `n` tag names of `repo` after `last`, in lexical (byte) order.
+pub fn list(conn: &Connection, repo: RepoId, last: Option<&str>, n: usize) -> Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name FROM tags WHERE repository_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3")?;
+    let rows = stmt.query_map(params![repo, last.unwrap_or(""), n as i64], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

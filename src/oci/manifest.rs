@@ -1,0 +1,238 @@
+//! Parsing pushed manifests into what the registry needs to know about them: their kind,
+//! the blobs and child manifests they reference, their subject and artifact type.
+//!
+//! The bytes themselves are never re-serialized: the registry stores and serves exactly
+//! what the client pushed; this module only reads them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::Digest;
+use super::media_type::*;
+
+/// A content descriptor as it appears in a manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: i64,
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    /// An image manifest (OCI or Docker schema 2): a config and layers.
+    Image,
+    /// An index (OCI image index or Docker manifest list): child manifests.
+    Index,
+}
+
+/// What the registry keeps about a manifest besides its bytes.
+#[derive(Debug, Clone)]
+pub struct ParsedManifest {
+    pub kind: ManifestKind,
+    pub media_type: String,
+    /// Blobs that must exist in the repository: the config and the distributable layers.
+    pub blobs: Vec<Descriptor>,
+    /// Manifests that must exist in the repository: the entries of an index.
+    pub children: Vec<Descriptor>,
+    pub subject: Option<Descriptor>,
+    /// The `artifactType` the referrers API reports: the manifest's own, else its config's
+    /// media type (image manifests only).
+    pub artifact_type: Option<String>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON: {0}")]
+    Json(String),
+    #[error(
+        "Docker schema 1 manifests are not supported (deprecated since 2019); push the image again with a current client, which writes schema 2 or OCI"
+    )]
+    Schema1,
+    #[error("manifest media type {0:?} is not one this registry stores")]
+    UnknownMediaType(String),
+    #[error("Content-Type {content_type:?} does not match the manifest's mediaType {body:?}")]
+    MediaTypeMismatch { content_type: String, body: String },
+    #[error("manifest is invalid: {0}")]
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    schema_version: Option<i64>,
+    media_type: Option<String>,
+    artifact_type: Option<String>,
+    config: Option<Descriptor>,
+    layers: Option<Vec<Descriptor>>,
+    manifests: Option<Vec<Descriptor>>,
+    subject: Option<Descriptor>,
+    annotations: Option<BTreeMap<String, String>>,
+    // Schema 1 has these instead of layers.
+    fs_layers: Option<serde_json::Value>,
+}
+
+impl ParsedManifest {
+    /// Parses a pushed manifest. `content_type` is the request's Content-Type, if any.
+    pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
+        let content_type = content_type
+            .map(|c| c.split(';').next().unwrap_or("").trim())
+            .filter(|c| !c.is_empty());
+        if matches!(content_type, Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)) {
+            return Err(ManifestError::Schema1);
+        }
+        let raw: RawManifest = serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+        if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
+            return Err(ManifestError::Schema1);
+        }
+        if let Some(v) = raw.schema_version
+            && v != 2
+        {
+            return Err(ManifestError::Invalid(format!("schemaVersion {v} is not 2")));
+        }
+        if let (Some(ct), Some(body_type)) = (content_type, raw.media_type.as_deref())
+            && ct != body_type
+        {
+            return Err(ManifestError::MediaTypeMismatch {
+                content_type: ct.to_owned(),
+                body: body_type.to_owned(),
+            });
+        }
+        let media_type = match raw.media_type.as_deref().or(content_type) {
+            Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED) => return Err(ManifestError::Schema1),
+            Some(t) => t.to_owned(),
+            // The OCI image spec lets mediaType be omitted; the shape tells the kind.
+            None if raw.manifests.is_some() => OCI_INDEX.to_owned(),
+            None => OCI_MANIFEST.to_owned(),
+        };
+        let kind = match media_type.as_str() {
+            OCI_MANIFEST | DOCKER_MANIFEST => ManifestKind::Image,
+            OCI_INDEX | DOCKER_MANIFEST_LIST => ManifestKind::Index,
+            other => return Err(ManifestError::UnknownMediaType(other.to_owned())),
+        };
+        for d in raw.config.iter().chain(raw.layers.iter().flatten()).chain(raw.manifests.iter().flatten()) {
+            if d.size < 0 {
+                return Err(ManifestError::Invalid(format!("descriptor {} has a negative size", d.digest)));
+            }
+        }
+        let parsed = match kind {
+            ManifestKind::Image => {
+                let config = raw
+                    .config
+                    .ok_or_else(|| ManifestError::Invalid("an image manifest needs a config".into()))?;
+                let layers = raw
+                    .layers
+                    .ok_or_else(|| ManifestError::Invalid("an image manifest needs a layers array".into()))?;
+                if raw.manifests.is_some() {
+                    return Err(ManifestError::Invalid("an image manifest cannot have manifests".into()));
+                }
+                let artifact_type = raw.artifact_type.clone().or_else(|| Some(config.media_type.clone()));
+                let mut blobs = vec![config];
+                blobs.extend(layers.into_iter().filter(|l| !is_non_distributable(&l.media_type)));
+                ParsedManifest {
+                    kind,
+                    media_type,
+                    blobs,
+                    children: Vec::new(),
+                    subject: raw.subject,
+                    artifact_type,
+                    annotations: raw.annotations,
+                }
+            }
+            ManifestKind::Index => {
+                let children = raw
+                    .manifests
+                    .ok_or_else(|| ManifestError::Invalid("an index needs a manifests array".into()))?;
+                if raw.layers.is_some() || raw.config.is_some() {
+                    return Err(ManifestError::Invalid("an index cannot have a config or layers".into()));
+                }
+                ParsedManifest {
+                    kind,
+                    media_type,
+                    blobs: Vec::new(),
+                    children,
+                    subject: raw.subject,
+                    artifact_type: raw.artifact_type,
+                    annotations: raw.annotations,
+                }
+            }
+        };
+        Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn image(extra: &str) -> String {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D1}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{D2}","size":3}}]{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn image_manifest_references_config_and_layers() {
+        let m = ParsedManifest::parse(image("").as_bytes(), Some(OCI_MANIFEST)).unwrap();
+        assert_eq!(m.kind, ManifestKind::Image);
+        let digests: Vec<String> = m.blobs.iter().map(|d| d.digest.to_string()).collect();
+        assert_eq!(digests, [D1, D2]);
+        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+    }
+
+    #[test]
+    fn subject_and_artifact_type() {
+        let extra = format!(r#","artifactType":"application/x-sig","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":9}}"#);
+        let m = ParsedManifest::parse(image(&extra).as_bytes(), None).unwrap();
+        assert_eq!(m.artifact_type.as_deref(), Some("application/x-sig"));
+        assert_eq!(m.subject.unwrap().digest.to_string(), D1);
+    }
+
+    #[test]
+    fn index_children() {
+        let body = format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":5}}]}}"#);
+        let m = ParsedManifest::parse(body.as_bytes(), Some(OCI_INDEX)).unwrap();
+        assert_eq!(m.kind, ManifestKind::Index);
+        assert_eq!(m.children.len(), 1);
+        assert!(m.blobs.is_empty());
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(
+            ParsedManifest::parse(br#"{"schemaVersion":1,"fsLayers":[]}"#, None).unwrap_err(),
+            ManifestError::Schema1
+        );
+        assert_eq!(ParsedManifest::parse(b"{}", Some(DOCKER_SCHEMA1_SIGNED)).unwrap_err(), ManifestError::Schema1);
+        assert!(matches!(ParsedManifest::parse(b"not json", None), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            ParsedManifest::parse(image("").as_bytes(), Some(OCI_INDEX)),
+            Err(ManifestError::MediaTypeMismatch { .. })
+        ));
+        let bad_digest = image("").replace(D2, "sha256:nothex");
+        assert!(matches!(ParsedManifest::parse(bad_digest.as_bytes(), None), Err(ManifestError::Json(_))));
+    }
+
+    #[test]
+    fn foreign_layers_are_not_required() {
+        let body = image("").replace(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        );
+        let m = ParsedManifest::parse(body.as_bytes(), None).unwrap();
+        assert_eq!(m.blobs.len(), 1);
+    }
+}

@@ -1,0 +1,73 @@
+//! What can go wrong in a registry operation, in domain terms. The HTTP layer maps each
+//! variant to its OCI error code and status in exactly one place (`api::error`).
+
+use crate::metadata::MetadataError;
+use crate::oci::{Digest, RepoName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("repository {0} is not known to this registry")]
+    NameUnknown(RepoName),
+    #[error("{0}")]
+    NameInvalid(String),
+    #[error("blob {0} is not known in this repository")]
+    BlobUnknown(Digest),
+    #[error("upload session is not known (it may have completed, been cancelled, or belong to another repository)")]
+    UploadUnknown,
+    #[error("{0}")]
+    UploadInvalid(String),
+    /// A chunk that does not start where the upload ends (HTTP 416).
+    #[error("chunk starts at byte {got}, but the upload holds {have} bytes; send the chunk that starts at {have}")]
+    ChunkOutOfOrder { got: u64, have: u64 },
+    /// A byte range the blob cannot satisfy (HTTP 416).
+    #[error("requested range is not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("uploaded content has digest {actual}, not the {expected} the client declared")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("manifest {0} is not known in this repository")]
+    ManifestUnknown(String),
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("manifest is {size} bytes, over this registry's limit of {limit} bytes (setting max_manifest_bytes)")]
+    ManifestTooLarge { size: u64, limit: u64 },
+    #[error("manifest references {0}, which is not in this repository: push it first")]
+    ManifestBlobUnknown(Digest),
+    #[error("{0}")]
+    TagInvalid(String),
+    #[error("deletion is disabled on this registry by its operator (setting delete_enabled = false)")]
+    DeleteDisabled,
+    #[error("blob {digest} is still used by manifest {manifest} in this repository; delete the manifest first")]
+    BlobReferenced { digest: Digest, manifest: String },
+    #[error("manifest {digest} is a child of index {parent} in this repository; delete the index first")]
+    ManifestReferenced { digest: Digest, parent: String },
+    #[error("{0}")]
+    PaginationInvalid(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<MetadataError> for Error {
+    fn from(e: MetadataError) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Internal(format!("storage: {e}"))
+    }
+}

@@ -1,0 +1,147 @@
+//! Pushing, pulling and deleting manifests.
+
+use bytes::Bytes;
+
+use super::{Error, Registry, Result};
+use crate::metadata::{blobs, manifests, now_ms, repositories, tags};
+use crate::oci::{Digest, ManifestError, ParsedManifest, Reference, RepoName};
+
+/// A manifest as served: its bytes exactly as pushed.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub payload: Bytes,
+}
+
+/// The outcome of a manifest push.
+#[derive(Debug, Clone)]
+pub struct PushedManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+impl Registry {
+    pub async fn get_manifest(&self, name: &RepoName, reference: &Reference) -> Result<StoredManifest> {
+        let (n, r) = (name.clone(), reference.clone());
+        let found = self
+            .meta
+            .read(move |c| {
+                let Some(repo) = repositories::find(c, &n)? else {
+                    return Ok(Err(Error::NameUnknown(n)));
+                };
+                let row = match &r {
+                    Reference::Tag(t) => manifests::by_tag(c, repo, t)?,
+                    Reference::Digest(d) => manifests::by_digest(c, repo, d)?,
+                };
+                Ok(row.ok_or_else(|| Error::ManifestUnknown(r.to_string())))
+            })
+            .await??;
+        Ok(StoredManifest {
+            digest: found.digest.parse().map_err(|e| Error::Internal(format!("stored digest: {e}")))?,
+            media_type: found.media_type,
+            payload: Bytes::from(found.payload),
+        })
+    }
+
+    /// Stores a manifest under `reference` (a tag, or the digest it must have). Every blob
+    /// and child manifest it references must already be in the repository; its subject
+    /// need not be (the spec lets referrers arrive before their subject).
+    pub async fn put_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        payload: Bytes,
+    ) -> Result<PushedManifest> {
+        let limit = self.options.max_manifest_bytes;
+        if payload.len() as u64 > limit {
+            return Err(Error::ManifestTooLarge {
+                size: payload.len() as u64,
+                limit,
+            });
+        }
+        let digest = match reference {
+            Reference::Digest(d) if d.matches(&payload) => d.clone(),
+            Reference::Digest(d) => {
+                return Err(Error::DigestInvalid(format!(
+                    "manifest body does not have the digest {d} it was pushed under"
+                )));
+            }
+            Reference::Tag(_) => Digest::sha256_of(&payload),
+        };
+        let parsed = ParsedManifest::parse(&payload, content_type).map_err(|e| match e {
+            ManifestError::Json(_)
+            | ManifestError::Schema1
+            | ManifestError::UnknownMediaType(_)
+            | ManifestError::MediaTypeMismatch { .. }
+            | ManifestError::Invalid(_) => Error::ManifestInvalid(e.to_string()),
+        })?;
+        let pushed = PushedManifest {
+            digest: digest.clone(),
+            subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
+        };
+        let (n, r) = (name.clone(), reference.clone());
+        self.meta
+            .write(move |c| {
+                let now = now_ms();
+                let repo = repositories::ensure(c, &n, now)?;
+                for blob in &parsed.blobs {
+                    match blobs::linked_size(c, repo, &blob.digest)? {
+                        None => return Err(Error::ManifestBlobUnknown(blob.digest.clone())),
+                        Some(size) if size != blob.size as u64 => {
+                            return Err(Error::ManifestInvalid(format!(
+                                "descriptor of {} says {} bytes, the blob has {size}",
+                                blob.digest, blob.size
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                let mut children = Vec::with_capacity(parsed.children.len());
+                for child in &parsed.children {
+                    let id = manifests::id_of(c, repo, &child.digest)?
+                        .ok_or_else(|| Error::ManifestBlobUnknown(child.digest.clone()))?;
+                    children.push(id);
+                }
+                let id = manifests::insert(c, repo, &digest, &parsed, &children, &payload, now)?;
+                if let Reference::Tag(tag) = &r {
+                    tags::set(c, repo, tag, id, now)?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(pushed)
+    }
+
+    /// Deletes a tag (the manifest stays), or a manifest by digest with every tag that
+    /// points at it. A manifest that an index of the repository lists is refused: deleting
+    /// it would break the index.
+    pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> Result<()> {
+        self.check_delete_enabled()?;
+        let (n, r) = (name.clone(), reference.clone());
+        self.meta
+            .write(move |c| {
+                let repo = repositories::find(c, &n)?.ok_or_else(|| Error::NameUnknown(n.clone()))?;
+                match &r {
+                    Reference::Tag(t) => {
+                        if !tags::delete(c, repo, t)? {
+                            return Err(Error::ManifestUnknown(t.to_string()));
+                        }
+                    }
+                    Reference::Digest(d) => {
+                        let id = manifests::id_of(c, repo, d)?.ok_or_else(|| Error::ManifestUnknown(d.to_string()))?;
+                        if let Some(parent) = manifests::parent_of(c, id)? {
+                            return Err(Error::ManifestReferenced {
+                                digest: d.clone(),
+                                parent,
+                            });
+                        }
+                        manifests::delete(c, id, now_ms())?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+}

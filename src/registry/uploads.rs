@@ -1,0 +1,250 @@
+//! Blob upload sessions: start, append chunks, finish with digest verification, cancel.
+//!
+//! The running hash of each session is kept in memory so that a chunked upload is hashed
+//! once, as its bytes arrive. It is only an accelerator: the session's truth is its
+//! metadata row (repository, size) plus the staged bytes, and when the hash state is
+//! missing (after a restart) it is rebuilt from the staged bytes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+
+use super::{Error, Registry, Result};
+use crate::metadata::{blobs, now_ms, repositories, uploads};
+use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName, UploadId};
+
+#[derive(Debug, Clone)]
+pub struct UploadStatus {
+    pub id: UploadId,
+    pub size: u64,
+}
+
+/// The in-memory state of one session: the hash of its first `size` bytes.
+#[derive(Clone)]
+struct HashState {
+    size: u64,
+    hasher: Hasher,
+}
+
+type SessionSlot = Arc<tokio::sync::Mutex<Option<HashState>>>;
+
+/// Per-session locks (one request at a time per upload) holding the hash state.
+#[derive(Default)]
+pub(super) struct Sessions(Mutex<HashMap<UploadId, SessionSlot>>);
+
+impl Sessions {
+    fn slot(&self, id: &UploadId) -> SessionSlot {
+        self.0.lock().expect("sessions poisoned").entry(id.clone()).or_default().clone()
+    }
+
+    fn forget(&self, id: &UploadId) {
+        self.0.lock().expect("sessions poisoned").remove(id);
+    }
+}
+
+/// A byte range the client declared with `Content-Range` for a chunk (inclusive).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Registry {
+    pub async fn start_upload(&self, name: &RepoName) -> Result<UploadStatus> {
+        let id = UploadId::random();
+        self.store.create_upload(&id).await?;
+        let (i, n) = (id.clone(), name.clone());
+        self.meta.write(move |c| uploads::create(c, &i, &n, now_ms()).map_err(Error::from)).await?;
+        Ok(UploadStatus { id, size: 0 })
+    }
+
+    async fn session_size(&self, name: &RepoName, id: &UploadId) -> Result<u64> {
+        let i = id.clone();
+        let row = self.meta.read(move |c| uploads::get(c, &i)).await?;
+        match row {
+            Some(row) if row.repository == name.as_str() => Ok(row.size),
+            _ => Err(Error::UploadUnknown),
+        }
+    }
+
+    pub async fn upload_status(&self, name: &RepoName, id: &UploadId) -> Result<UploadStatus> {
+        let size = self.session_size(name, id).await?;
+        Ok(UploadStatus { id: id.clone(), size })
+    }
+
+    /// The hash state of a session's `size` bytes, rebuilt from storage if not in memory.
+    async fn hash_state(&self, id: &UploadId, cached: &Option<HashState>, size: u64) -> Result<HashState> {
+        if let Some(state) = cached
+            && state.size == size
+        {
+            return Ok(state.clone());
+        }
+        let mut hasher = Hasher::new(DigestAlgorithm::Sha256);
+        let mut bytes = self.store.read_upload(id, size).await?;
+        while let Some(chunk) = bytes.try_next().await? {
+            hasher.update(&chunk);
+        }
+        Ok(HashState { size, hasher })
+    }
+
+    /// Appends `body` to the session. A chunk that does not start where the upload ends is
+    /// refused before anything is written; a chunk that fails half-way is rolled back, so
+    /// the session is exactly as before the request.
+    pub async fn append_upload<S, E>(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        range: Option<ChunkRange>,
+        body: S,
+    ) -> Result<UploadStatus>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let slot = self.sessions.slot(id);
+        let mut guard = slot.lock().await;
+        let size = self.session_size(name, id).await?;
+        let state = self.hash_state(id, &guard, size).await?;
+        let state = self.append_locked(id, state, range, body).await?;
+        let (i, new_size) = (id.clone(), state.size);
+        self.meta.write(move |c| uploads::set_size(c, &i, new_size, now_ms()).map_err(Error::from)).await?;
+        *guard = Some(state);
+        Ok(UploadStatus {
+            id: id.clone(),
+            size: new_size,
+        })
+    }
+
+    async fn append_locked<S, E>(
+        &self,
+        id: &UploadId,
+        state: HashState,
+        range: Option<ChunkRange>,
+        mut body: S,
+    ) -> Result<HashState>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        if let Some(r) = range {
+            if r.start != state.size {
+                return Err(Error::ChunkOutOfOrder {
+                    got: r.start,
+                    have: state.size,
+                });
+            }
+            if r.end < r.start {
+                return Err(Error::UploadInvalid(format!("Content-Range {}-{} ends before it starts", r.start, r.end)));
+            }
+        }
+        let mut next = state.clone();
+        let mut writer = self.store.upload_writer(id, state.size).await?;
+        let outcome: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| Error::BodyRead(e.to_string()))?;
+                next.hasher.update(&chunk);
+                next.size += chunk.len() as u64;
+                writer.write(chunk).await?;
+            }
+            Ok(())
+        }
+        .await;
+        let flushed = writer.finish().await;
+        let outcome = outcome.and_then(|()| {
+            let written = flushed?;
+            debug_assert_eq!(written, next.size);
+            match range {
+                Some(r) if r.end - r.start + 1 != next.size - state.size => Err(Error::UploadInvalid(format!(
+                    "Content-Range {}-{} announces {} bytes, the body had {}",
+                    r.start,
+                    r.end,
+                    r.end - r.start + 1,
+                    next.size - state.size
+                ))),
+                _ => Ok(()),
+            }
+        });
+        if let Err(e) = outcome {
+            // Roll back: a fresh writer at the old size truncates whatever got written.
+            self.store.upload_writer(id, state.size).await?.finish().await?;
+            return Err(e);
+        }
+        Ok(next)
+    }
+
+    /// Appends the final `body` and completes the upload as `digest`, verifying it. On a
+    /// digest mismatch the session is cancelled: nothing is stored.
+    pub async fn finish_upload<S, E>(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let slot = self.sessions.slot(id);
+        let mut guard = slot.lock().await;
+        let size = self.session_size(name, id).await?;
+        let state = self.hash_state(id, &guard, size).await?;
+        let state = self.append_locked(id, state, range, body).await?;
+        let actual = match digest.algorithm() {
+            DigestAlgorithm::Sha256 => state.hasher.clone().finish(),
+            other => {
+                let mut hasher = Hasher::new(other);
+                let mut bytes = self.store.read_upload(id, state.size).await?;
+                while let Some(chunk) = bytes.try_next().await? {
+                    hasher.update(&chunk);
+                }
+                hasher.finish()
+            }
+        };
+        if actual != *digest {
+            *guard = None;
+            self.cancel_locked(id).await?;
+            return Err(Error::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        self.store.commit_upload(id, digest).await?;
+        let (n, i, d, size) = (name.clone(), id.clone(), digest.clone(), state.size);
+        self.meta
+            .write(move |c| {
+                let now = now_ms();
+                let repo = repositories::ensure(c, &n, now)?;
+                blobs::insert_or_touch(c, &d, size, now)?;
+                blobs::link(c, repo, &d, now)?;
+                uploads::delete(c, &i)?;
+                Ok::<_, Error>(())
+            })
+            .await?;
+        *guard = None;
+        self.sessions.forget(id);
+        Ok(size)
+    }
+
+    /// Cancels an upload session and removes its staged bytes.
+    pub async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<()> {
+        let slot = self.sessions.slot(id);
+        let mut guard = slot.lock().await;
+        self.session_size(name, id).await?;
+        *guard = None;
+        self.cancel_locked(id).await
+    }
+
+    async fn cancel_locked(&self, id: &UploadId) -> Result<()> {
+        let i = id.clone();
+        self.meta.write(move |c| uploads::delete(c, &i).map_err(Error::from)).await?;
+        self.sessions.forget(id);
+        match self.store.delete_upload(id).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The filesystem [`BlobStore`]: blobs at `blobs/<alg>/<2 hex>/<hex>`, staged uploads at
+//! `uploads/<id>`, both under one root so that a commit is a single `rename(2)`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::{BlobStore, ByteStream, StoredBlob, UploadWriter};
+use crate::oci::{Digest, UploadId};
+
+/// Chunk size for reads: large enough that per-chunk overhead vanishes next to the copy.
+const READ_CHUNK: usize = 1 << 20;
+/// Chunks in flight between the disk thread and the network.
+const PIPELINE_DEPTH: usize = 4;
+
+pub struct FilesystemStore {
+    root: PathBuf,
+}
+
+impl FilesystemStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: &Path) -> io::Result<FilesystemStore> {
+        fs::create_dir_all(root.join("blobs"))?;
+        fs::create_dir_all(root.join("uploads"))?;
+        Ok(FilesystemStore { root: root.to_owned() })
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root.join("blobs").join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
+    }
+
+    fn upload_path(&self, id: &UploadId) -> PathBuf {
+        self.root.join("uploads").join(id.as_str())
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+/// Streams `len` bytes of `file` from `offset`, read on a blocking thread a chunk ahead of
+/// the consumer.
+fn stream_file(mut file: File, offset: u64, len: u64) -> io::Result<ByteStream> {
+    file.seek(SeekFrom::Start(offset))?;
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(PIPELINE_DEPTH);
+    tokio::task::spawn_blocking(move || {
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(READ_CHUNK as u64) as usize;
+            let mut buf = BytesMut::zeroed(want);
+            let result = match file.read(&mut buf) {
+                Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than expected")),
+                Ok(n) => {
+                    buf.truncate(n);
+                    left -= n as u64;
+                    Ok(buf.freeze())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = result.is_err();
+            if tx.blocking_send(result).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })))
+}
+
+/// Removes `dir` and then its parents up to (not including) `stop`, while they are empty.
+fn prune_empty_dirs(mut dir: &Path, stop: &Path) {
+    while dir != stop && dir.starts_with(stop) {
+        if fs::remove_dir(dir).is_err() {
+            return;
+        }
+        match dir.parent() {
+            Some(parent) => dir = parent,
+            None => return,
+        }
+    }
+}
+
+struct FileUploadWriter {
+    tx: Option<mpsc::Sender<Bytes>>,
+    done: tokio::task::JoinHandle<io::Result<u64>>,
+}
+
+#[async_trait::async_trait]
+impl UploadWriter for FileUploadWriter {
+    async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        let tx = self.tx.as_ref().expect("write after finish");
+        if tx.send(data).await.is_err() {
+            // The disk thread stopped on an error; finish() reports it.
+            self.tx = None;
+            return Err(io::Error::other("upload writer stopped"));
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> io::Result<u64> {
+        self.tx = None;
+        (&mut self.done).await.map_err(io::Error::other)?
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for FilesystemStore {
+    async fn create_upload(&self, id: &UploadId) -> io::Result<()> {
+        let path = self.upload_path(id);
+        blocking(move || OpenOptions::new().write(true).create_new(true).open(path).map(drop)).await
+    }
+
+    async fn upload_writer(&self, id: &UploadId, offset: u64) -> io::Result<Box<dyn UploadWriter>> {
+        let path = self.upload_path(id);
+        let mut file = blocking(move || {
+            let mut file = OpenOptions::new().write(true).open(path)?;
+            file.set_len(offset)?;
+            file.seek(SeekFrom::Start(offset))?;
+            Ok(file)
+        })
+        .await?;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+        // Writing on its own thread lets hashing (on the caller's side) and the disk copy
+        // overlap.
+        let done = tokio::task::spawn_blocking(move || {
+            while let Some(data) = rx.blocking_recv() {
+                file.write_all(&data)?;
+            }
+            file.flush()?;
+            file.stream_position()
+        });
+        Ok(Box::new(FileUploadWriter { tx: Some(tx), done }))
+    }
+
+    async fn read_upload(&self, id: &UploadId, len: u64) -> io::Result<ByteStream> {
+        let path = self.upload_path(id);
+        let file = blocking(move || File::open(path)).await?;
+        stream_file(file, 0, len)
+    }
+
+    async fn commit_upload(&self, id: &UploadId, digest: &Digest) -> io::Result<()> {
+        let from = self.upload_path(id);
+        let to = self.blob_path(digest);
+        blocking(move || {
+            let dir = to.parent().expect("blob path has a parent");
+            // A concurrent delete may prune the shard directory between its creation and
+            // the rename; retry until the rename lands.
+            let mut tries = 0;
+            loop {
+                fs::create_dir_all(dir)?;
+                match fs::rename(&from, &to) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() && tries < 16 => tries += 1,
+                    other => return other,
+                }
+            }
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: &UploadId) -> io::Result<()> {
+        let path = self.upload_path(id);
+        blocking(move || fs::remove_file(path)).await
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> io::Result<u64> {
+        let path = self.blob_path(digest);
+        blocking(move || Ok(fs::metadata(path)?.len())).await
+    }
+
+    async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> io::Result<ByteStream> {
+        let path = self.blob_path(digest);
+        let file = blocking(move || File::open(path)).await?;
+        stream_file(file, offset, len)
+    }
+
+    async fn delete_blob(&self, digest: &Digest) -> io::Result<()> {
+        let path = self.blob_path(digest);
+        let stop = self.root.join("blobs");
+        blocking(move || {
+            fs::remove_file(&path)?;
+            prune_empty_dirs(path.parent().expect("blob path has a parent"), &stop);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_blobs(&self) -> io::Result<Vec<StoredBlob>> {
+        let blobs = self.root.join("blobs");
+        blocking(move || {
+            let mut out = Vec::new();
+            for alg in fs::read_dir(&blobs)? {
+                let alg = alg?;
+                let alg_name = alg.file_name().to_string_lossy().into_owned();
+                for shard in fs::read_dir(alg.path())? {
+                    for file in fs::read_dir(shard?.path())? {
+                        let file = file?;
+                        let meta = file.metadata()?;
+                        let name = format!("{alg_name}:{}", file.file_name().to_string_lossy());
+                        // A file whose name is no digest is not a blob this store wrote; it is
+                        // reported so that the caller can decide, never silently skipped.
+                        let digest = name
+                            .parse()
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {e}")))?;
+                        out.push(StoredBlob {
+                            digest,
+                            size: meta.len(),
+                            modified: meta.modified()?,
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    async fn collect(s: ByteStream) -> Vec<u8> {
+        s.try_fold(Vec::new(), |mut acc, b| async move {
+            acc.extend_from_slice(&b);
+            Ok(acc)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn upload_commit_read_delete_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilesystemStore::open(dir.path()).unwrap();
+        let id = UploadId::random();
+        store.create_upload(&id).await.unwrap();
+        let mut w = store.upload_writer(&id, 0).await.unwrap();
+        w.write(Bytes::from_static(b"hello ")).await.unwrap();
+        w.write(Bytes::from_static(b"world")).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 11);
+        // Truncating append: the second writer replaces everything after offset 6.
+        let mut w = store.upload_writer(&id, 6).await.unwrap();
+        w.write(Bytes::from_static(b"there")).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 11);
+        let digest = Digest::sha256_of(b"hello there");
+        store.commit_upload(&id, &digest).await.unwrap();
+        assert_eq!(store.blob_size(&digest).await.unwrap(), 11);
+        assert_eq!(collect(store.read_blob(&digest, 6, 5).await.unwrap()).await, b"there");
+        assert_eq!(store.list_blobs().await.unwrap().len(), 1);
+        store.delete_blob(&digest).await.unwrap();
+        assert_eq!(store.blob_size(&digest).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+        // The shard and algorithm directories went with their last blob.
+        assert_eq!(fs::read_dir(dir.path().join("blobs")).unwrap().count(), 0);
+        assert!(store.list_blobs().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stray_file_fails_the_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilesystemStore::open(dir.path()).unwrap();
+        fs::create_dir_all(dir.path().join("blobs/sha256/ab")).unwrap();
+        fs::write(dir.path().join("blobs/sha256/ab/notadigest"), b"x").unwrap();
+        assert!(store.list_blobs().await.is_err());
+    }
+}
