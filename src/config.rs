@@ -53,7 +53,9 @@ fn parse_bool(key: &str, raw: &str) -> anyhow::Result<bool> {
 impl Config {
     /// The defaults, overridden by the TOML file at `path` if given.
     pub fn from_file(path: Option<&Path>) -> anyhow::Result<Config> {
-        let Some(path) = path else { return Ok(Config::default()) };
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
     }
@@ -103,9 +105,7 @@ mod tests {
         let mut config = Config::from_file(Some(&path)).unwrap();
         assert_eq!(config.listen.port(), 6000);
         assert!(!config.delete_enabled);
-        config
-            .apply_env(|k| (k == "BOSUN_DELETE_ENABLED").then(|| "true".to_owned()))
-            .unwrap();
+        config.apply_env(|k| (k == "BOSUN_DELETE_ENABLED").then(|| "true".to_owned())).unwrap();
         assert!(config.delete_enabled);
         assert_eq!(config.max_manifest_bytes, 4 * 1024 * 1024);
     }
@@ -117,9 +117,7 @@ mod tests {
         std::fs::write(&path, "delete_enable = false\n").unwrap();
         let err = format!("{:#}", Config::from_file(Some(&path)).unwrap_err());
         assert!(err.contains("delete_enable"), "{err}");
-        let err = Config::default()
-            .apply_env(|k| (k == "BOSUN_AUTO_MOUNT").then(|| "maybe".to_owned()))
-            .unwrap_err();
+        let err = Config::default().apply_env(|k| (k == "BOSUN_AUTO_MOUNT").then(|| "maybe".to_owned())).unwrap_err();
         assert!(err.to_string().contains("BOSUN_AUTO_MOUNT"));
     }
 }

@@ -38,11 +38,7 @@ fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            data_dir,
-        } => {
+        Command::Serve { config, listen, data_dir } => {
             let mut cfg = load(config)?;
             if let Some(l) = listen {
                 cfg.listen = l;
@@ -51,12 +47,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.data_dir = d;
             }
             tracing_subscriber::fmt()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log)?)
                 .init();
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(bosun::server::serve(cfg))
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bosun::server::serve(cfg))
         }
     }
 }

@@ -94,16 +94,10 @@ impl Endpoint {
             } else {
                 Reference::Tag(last.parse::<Tag>()?)
             };
-            return Ok(Endpoint::Manifest {
-                name: name_of(n - 2)?,
-                reference,
-            });
+            return Ok(Endpoint::Manifest { name: name_of(n - 2)?, reference });
         }
         if second == "referrers" {
-            return Ok(Endpoint::Referrers {
-                name: name_of(n - 2)?,
-                digest: last.parse()?,
-            });
+            return Ok(Endpoint::Referrers { name: name_of(n - 2)?, digest: last.parse()? });
         }
         if third == "blobs" && second == "uploads" {
             let name = name_of(n - 3)?;
@@ -118,10 +112,7 @@ impl Endpoint {
             if last == "uploads" {
                 return Ok(Endpoint::UploadStart { name });
             }
-            return Ok(Endpoint::Blob {
-                name,
-                digest: last.parse()?,
-            });
+            return Ok(Endpoint::Blob { name, digest: last.parse()? });
         }
         Err(not_found())
     }
@@ -144,38 +135,23 @@ mod tests {
         assert_eq!(Endpoint::parse("/v2/a/b/tags/list"), Ok(Endpoint::Tags { name: name("a/b") }));
         assert_eq!(
             Endpoint::parse("/v2/a/manifests/latest"),
-            Ok(Endpoint::Manifest {
-                name: name("a"),
-                reference: Reference::Tag("latest".parse().unwrap())
-            })
+            Ok(Endpoint::Manifest { name: name("a"), reference: Reference::Tag("latest".parse().unwrap()) })
         );
         assert_eq!(
             Endpoint::parse(&format!("/v2/a/manifests/{}", D.replace(':', "%3A"))),
-            Ok(Endpoint::Manifest {
-                name: name("a"),
-                reference: Reference::Digest(D.parse().unwrap())
-            })
+            Ok(Endpoint::Manifest { name: name("a"), reference: Reference::Digest(D.parse().unwrap()) })
         );
         assert_eq!(
             Endpoint::parse(&format!("/v2/x/y/z/blobs/{D}")),
-            Ok(Endpoint::Blob {
-                name: name("x/y/z"),
-                digest: D.parse().unwrap()
-            })
+            Ok(Endpoint::Blob { name: name("x/y/z"), digest: D.parse().unwrap() })
         );
         assert_eq!(Endpoint::parse("/v2/a/blobs/uploads/"), Ok(Endpoint::UploadStart { name: name("a") }));
         assert_eq!(Endpoint::parse("/v2/a/blobs/uploads"), Ok(Endpoint::UploadStart { name: name("a") }));
         let id = UploadId::random();
-        assert_eq!(
-            Endpoint::parse(&format!("/v2/a/blobs/uploads/{id}")),
-            Ok(Endpoint::Upload { name: name("a"), id })
-        );
+        assert_eq!(Endpoint::parse(&format!("/v2/a/blobs/uploads/{id}")), Ok(Endpoint::Upload { name: name("a"), id }));
         assert_eq!(
             Endpoint::parse(&format!("/v2/a/referrers/{D}")),
-            Ok(Endpoint::Referrers {
-                name: name("a"),
-                digest: D.parse().unwrap()
-            })
+            Ok(Endpoint::Referrers { name: name("a"), digest: D.parse().unwrap() })
         );
     }
 
@@ -183,10 +159,7 @@ mod tests {
     fn names_that_look_like_endpoints() {
         assert_eq!(
             Endpoint::parse("/v2/manifests/blobs/manifests/v1"),
-            Ok(Endpoint::Manifest {
-                name: name("manifests/blobs"),
-                reference: Reference::Tag("v1".parse().unwrap())
-            })
+            Ok(Endpoint::Manifest { name: name("manifests/blobs"), reference: Reference::Tag("v1".parse().unwrap()) })
         );
         assert_eq!(Endpoint::parse("/v2/tags/tags/list"), Ok(Endpoint::Tags { name: name("tags") }));
     }

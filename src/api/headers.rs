@@ -38,10 +38,7 @@ pub fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
 pub fn parse_content_range(raw: &str) -> Result<(u64, u64), Error> {
     let bad = || Error::UploadInvalid(format!("Content-Range {raw:?} is not of the form <start>-<end>"));
     let spec = raw.trim();
-    let spec = spec
-        .strip_prefix("bytes=")
-        .or_else(|| spec.strip_prefix("bytes "))
-        .unwrap_or(spec);
+    let spec = spec.strip_prefix("bytes=").or_else(|| spec.strip_prefix("bytes ")).unwrap_or(spec);
     let spec = spec.split('/').next().unwrap_or(spec);
     let (start, end) = spec.split_once('-').ok_or_else(bad)?;
     Ok((start.trim().parse().map_err(|_| bad())?, end.trim().parse().map_err(|_| bad())?))

@@ -16,7 +16,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, PathError};
 use error::ApiError;
 
 use crate::registry::{Error, Registry};
@@ -35,15 +35,20 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    response
-        .headers_mut()
-        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    response.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     response
 }
 
 async fn route(registry: &Registry, request: Request) -> ApiResult {
     use Endpoint::*;
-    let endpoint = Endpoint::parse(request.uri().path())?;
+    let endpoint = match Endpoint::parse(request.uri().path()) {
+        // A tag that cannot exist names no manifest: reading or deleting it is a 404 (as
+        // the conformance suite expects); only a push of it is a client error.
+        Err(PathError::Tag(e)) if request.method() != Method::PUT => {
+            return Err(Error::ManifestUnknown(format!("{} ({e})", e.0)).into());
+        }
+        other => other?,
+    };
     // Handlers get the head by reference and the body by value: a `&Request` is not
     // `Send` (its body is not `Sync`), so it cannot live across an await.
     let (request, body) = request.into_parts();
@@ -52,13 +57,19 @@ async fn route(registry: &Registry, request: Request) -> ApiResult {
         (Base, &Method::GET | &Method::HEAD) => Ok(handlers::listing::base()),
         (Catalog, &Method::GET) => handlers::listing::catalog(registry, &request).await,
         (Tags { name }, &Method::GET) => handlers::listing::tags(registry, name, &request).await,
-        (Referrers { name, digest }, &Method::GET) => handlers::listing::referrers(registry, name, digest, &request).await,
+        (Referrers { name, digest }, &Method::GET) => {
+            handlers::listing::referrers(registry, name, digest, &request).await
+        }
         (Manifest { name, reference }, &Method::GET | &Method::HEAD) => {
             handlers::manifests::get(registry, name, reference, &request).await
         }
-        (Manifest { name, reference }, &Method::PUT) => handlers::manifests::put(registry, name, reference, &request, body).await,
+        (Manifest { name, reference }, &Method::PUT) => {
+            handlers::manifests::put(registry, name, reference, &request, body).await
+        }
         (Manifest { name, reference }, &Method::DELETE) => handlers::manifests::delete(registry, name, reference).await,
-        (Blob { name, digest }, &Method::GET | &Method::HEAD) => handlers::blobs::get(registry, name, digest, &request).await,
+        (Blob { name, digest }, &Method::GET | &Method::HEAD) => {
+            handlers::blobs::get(registry, name, digest, &request).await
+        }
         (Blob { name, digest }, &Method::DELETE) => handlers::blobs::delete(registry, name, digest).await,
         (UploadStart { name }, &Method::POST) => handlers::uploads::start(registry, name, &request, body).await,
         (Upload { name, id }, &Method::GET) => handlers::uploads::status(registry, name, id).await,

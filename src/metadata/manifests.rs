@@ -33,13 +33,7 @@ pub struct ReferrerRow {
 const SELECT_ROW: &str = "SELECT m.id, m.digest, m.media_type, m.subject, m.payload FROM manifests m";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {
-    Ok(ManifestRow {
-        id: r.get(0)?,
-        digest: r.get(1)?,
-        media_type: r.get(2)?,
-        subject: r.get(3)?,
-        payload: r.get(4)?,
-    })
+    Ok(ManifestRow { id: r.get(0)?, digest: r.get(1)?, media_type: r.get(2)?, subject: r.get(3)?, payload: r.get(4)? })
 }
 
 pub fn by_digest(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<ManifestRow>> {
@@ -80,10 +74,8 @@ pub fn insert(
     if let Some(id) = id_of(conn, repo, digest)? {
         return Ok(id);
     }
-    let annotations = parsed
-        .annotations
-        .as_ref()
-        .map(|a| serde_json::to_string(a).expect("a string map always serializes"));
+    let annotations =
+        parsed.annotations.as_ref().map(|a| serde_json::to_string(a).expect("a string map always serializes"));
     conn.prepare_cached(
         "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, payload, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -104,9 +96,8 @@ pub fn insert(
     for blob in &blobs {
         add_blob.execute(params![id, blob])?;
     }
-    let mut add_child = conn.prepare_cached(
-        "INSERT INTO manifest_children (parent_id, child_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-    )?;
+    let mut add_child = conn
+        .prepare_cached("INSERT INTO manifest_children (parent_id, child_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
     for child in children {
         add_child.execute(params![id, child])?;
     }

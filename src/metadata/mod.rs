@@ -75,10 +75,7 @@ impl Metadata {
             }
             SCHEMA_VERSION => {}
             found => {
-                return Err(MetadataError::SchemaVersion {
-                    found,
-                    expected: SCHEMA_VERSION,
-                });
+                return Err(MetadataError::SchemaVersion { found, expected: SCHEMA_VERSION });
             }
         }
         Ok(Metadata {
@@ -136,9 +133,7 @@ impl Metadata {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = this.inner.writer.lock().expect("writer poisoned");
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(MetadataError::from)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
             let value = f(&tx)?;
             tx.commit().map_err(MetadataError::from)?;
             Ok(value)
@@ -150,8 +145,5 @@ impl Metadata {
 
 /// Milliseconds since the Unix epoch: the unit of every timestamp column.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

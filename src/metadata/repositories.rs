@@ -11,9 +11,7 @@ pub type RepoId = i64;
 pub fn ensure(conn: &Connection, name: &RepoName, now: i64) -> Result<RepoId> {
     conn.prepare_cached("INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")?
         .execute(params![name.as_str(), now])?;
-    Ok(conn
-        .prepare_cached("SELECT id FROM repositories WHERE name = ?1")?
-        .query_row([name.as_str()], |r| r.get(0))?)
+    Ok(conn.prepare_cached("SELECT id FROM repositories WHERE name = ?1")?.query_row([name.as_str()], |r| r.get(0))?)
 }
 
 pub fn find(conn: &Connection, name: &RepoName) -> Result<Option<RepoId>> {

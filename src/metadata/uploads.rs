@@ -20,18 +20,16 @@ pub fn create(conn: &Connection, id: &UploadId, repo: &RepoName, now: i64) -> Re
 pub fn get(conn: &Connection, id: &UploadId) -> Result<Option<UploadRow>> {
     Ok(conn
         .prepare_cached("SELECT repository, size FROM uploads WHERE id = ?1")?
-        .query_row([id.as_str()], |r| {
-            Ok(UploadRow {
-                repository: r.get(0)?,
-                size: r.get::<_, i64>(1)? as u64,
-            })
-        })
+        .query_row([id.as_str()], |r| Ok(UploadRow { repository: r.get(0)?, size: r.get::<_, i64>(1)? as u64 }))
         .optional()?)
 }
 
 pub fn set_size(conn: &Connection, id: &UploadId, size: u64, now: i64) -> Result<()> {
-    conn.prepare_cached("UPDATE uploads SET size = ?2, updated_at = ?3 WHERE id = ?1")?
-        .execute(params![id.as_str(), size as i64, now])?;
+    conn.prepare_cached("UPDATE uploads SET size = ?2, updated_at = ?3 WHERE id = ?1")?.execute(params![
+        id.as_str(),
+        size as i64,
+        now
+    ])?;
     Ok(())
 }
 

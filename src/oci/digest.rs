@@ -75,18 +75,14 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (alg, encoded) = s
-            .split_once(':')
-            .ok_or_else(|| DigestError::Malformed(s.to_owned()))?;
+        let (alg, encoded) = s.split_once(':').ok_or_else(|| DigestError::Malformed(s.to_owned()))?;
         // Grammar of the image spec: algorithm-component ([+._-] algorithm-component)*.
         let alg_ok = !alg.is_empty()
             && alg
                 .split(['+', '.', '_', '-'])
                 .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         let enc_ok = !encoded.is_empty()
-            && encoded
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
+            && encoded.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
         if !alg_ok || !enc_ok {
             return Err(DigestError::Malformed(s.to_owned()));
         }
@@ -100,10 +96,7 @@ impl FromStr for Digest {
         if !hex_ok {
             return Err(DigestError::BadEncoding(s.to_owned()));
         }
-        Ok(Digest {
-            algorithm,
-            hex: encoded.to_owned(),
-        })
+        Ok(Digest { algorithm, hex: encoded.to_owned() })
     }
 }
 
@@ -194,10 +187,7 @@ mod tests {
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad:?} was accepted");
         }
-        assert_eq!(
-            "md5:abcd".parse::<Digest>(),
-            Err(DigestError::UnsupportedAlgorithm("md5".into()))
-        );
+        assert_eq!("md5:abcd".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm("md5".into())));
     }
 
     #[test]

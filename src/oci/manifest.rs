@@ -85,9 +85,7 @@ struct RawManifest {
 impl ParsedManifest {
     /// Parses a pushed manifest. `content_type` is the request's Content-Type, if any.
     pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
-        let content_type = content_type
-            .map(|c| c.split(';').next().unwrap_or("").trim())
-            .filter(|c| !c.is_empty());
+        let content_type = content_type.map(|c| c.split(';').next().unwrap_or("").trim()).filter(|c| !c.is_empty());
         if matches!(content_type, Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)) {
             return Err(ManifestError::Schema1);
         }
@@ -103,10 +101,7 @@ impl ParsedManifest {
         if let (Some(ct), Some(body_type)) = (content_type, raw.media_type.as_deref())
             && ct != body_type
         {
-            return Err(ManifestError::MediaTypeMismatch {
-                content_type: ct.to_owned(),
-                body: body_type.to_owned(),
-            });
+            return Err(ManifestError::MediaTypeMismatch { content_type: ct.to_owned(), body: body_type.to_owned() });
         }
         let media_type = match raw.media_type.as_deref().or(content_type) {
             Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED) => return Err(ManifestError::Schema1),
@@ -127,9 +122,8 @@ impl ParsedManifest {
         }
         let parsed = match kind {
             ManifestKind::Image => {
-                let config = raw
-                    .config
-                    .ok_or_else(|| ManifestError::Invalid("an image manifest needs a config".into()))?;
+                let config =
+                    raw.config.ok_or_else(|| ManifestError::Invalid("an image manifest needs a config".into()))?;
                 let layers = raw
                     .layers
                     .ok_or_else(|| ManifestError::Invalid("an image manifest needs a layers array".into()))?;
@@ -150,9 +144,8 @@ impl ParsedManifest {
                 }
             }
             ManifestKind::Index => {
-                let children = raw
-                    .manifests
-                    .ok_or_else(|| ManifestError::Invalid("an index needs a manifests array".into()))?;
+                let children =
+                    raw.manifests.ok_or_else(|| ManifestError::Invalid("an index needs a manifests array".into()))?;
                 if raw.layers.is_some() || raw.config.is_some() {
                     return Err(ManifestError::Invalid("an index cannot have a config or layers".into()));
                 }
@@ -195,7 +188,9 @@ mod tests {
 
     #[test]
     fn subject_and_artifact_type() {
-        let extra = format!(r#","artifactType":"application/x-sig","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":9}}"#);
+        let extra = format!(
+            r#","artifactType":"application/x-sig","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":9}}"#
+        );
         let m = ParsedManifest::parse(image(&extra).as_bytes(), None).unwrap();
         assert_eq!(m.artifact_type.as_deref(), Some("application/x-sig"));
         assert_eq!(m.subject.unwrap().digest.to_string(), D1);
@@ -203,7 +198,8 @@ mod tests {
 
     #[test]
     fn index_children() {
-        let body = format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":5}}]}}"#);
+        let body =
+            format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":5}}]}}"#);
         let m = ParsedManifest::parse(body.as_bytes(), Some(OCI_INDEX)).unwrap();
         assert_eq!(m.kind, ManifestKind::Index);
         assert_eq!(m.children.len(), 1);

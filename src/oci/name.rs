@@ -55,10 +55,7 @@ impl FromStr for RepoName {
     type Err = RepoNameError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |why| RepoNameError {
-            name: s.to_owned(),
-            why,
-        };
+        let err = |why| RepoNameError { name: s.to_owned(), why };
         if s.is_empty() {
             return Err(err("it is empty"));
         }
@@ -100,8 +97,8 @@ mod tests {
     #[test]
     fn refuses_bad_names() {
         for bad in [
-            "", "A", "a/", "/a", "a//b", "..", "a/../b", "a/./b", "a___b", "a..b", "-a", "a-", "a_", "a b",
-            "a%2fb", "é",
+            "", "A", "a/", "/a", "a//b", "..", "a/../b", "a/./b", "a___b", "a..b", "-a", "a-", "a_", "a b", "a%2fb",
+            "é",
         ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad:?} accepted");
         }

@@ -38,7 +38,12 @@ impl Registry {
 
     /// The manifests of `name` whose subject is `subject`, optionally of one artifact type.
     /// An unknown repository has no referrers (the API never answers 404).
-    pub async fn referrers(&self, name: &RepoName, subject: &Digest, artifact_type: Option<String>) -> Result<Vec<Referrer>> {
+    pub async fn referrers(
+        &self,
+        name: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<String>,
+    ) -> Result<Vec<Referrer>> {
         let (n, s) = (name.clone(), subject.clone());
         let rows = self
             .meta

@@ -56,10 +56,7 @@ impl Registry {
     ) -> Result<PushedManifest> {
         let limit = self.options.max_manifest_bytes;
         if payload.len() as u64 > limit {
-            return Err(Error::ManifestTooLarge {
-                size: payload.len() as u64,
-                limit,
-            });
+            return Err(Error::ManifestTooLarge { size: payload.len() as u64, limit });
         }
         let digest = match reference {
             Reference::Digest(d) if d.matches(&payload) => d.clone(),
@@ -77,10 +74,8 @@ impl Registry {
             | ManifestError::MediaTypeMismatch { .. }
             | ManifestError::Invalid(_) => Error::ManifestInvalid(e.to_string()),
         })?;
-        let pushed = PushedManifest {
-            digest: digest.clone(),
-            subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
-        };
+        let pushed =
+            PushedManifest { digest: digest.clone(), subject: parsed.subject.as_ref().map(|s| s.digest.clone()) };
         let (n, r) = (name.clone(), reference.clone());
         self.meta
             .write(move |c| {
@@ -132,10 +127,7 @@ impl Registry {
                     Reference::Digest(d) => {
                         let id = manifests::id_of(c, repo, d)?.ok_or_else(|| Error::ManifestUnknown(d.to_string()))?;
                         if let Some(parent) = manifests::parent_of(c, id)? {
-                            return Err(Error::ManifestReferenced {
-                                digest: d.clone(),
-                                parent,
-                            });
+                            return Err(Error::ManifestReferenced { digest: d.clone(), parent });
                         }
                         manifests::delete(c, id, now_ms())?;
                     }

@@ -47,12 +47,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(meta: Metadata, store: Arc<dyn BlobStore>, options: RegistryOptions) -> Registry {
-        Registry {
-            meta,
-            store,
-            options,
-            sessions: Default::default(),
-        }
+        Registry { meta, store, options, sessions: Default::default() }
     }
 
     pub fn options(&self) -> &RegistryOptions {

@@ -111,10 +111,7 @@ impl Registry {
         let (i, new_size) = (id.clone(), state.size);
         self.meta.write(move |c| uploads::set_size(c, &i, new_size, now_ms()).map_err(Error::from)).await?;
         *guard = Some(state);
-        Ok(UploadStatus {
-            id: id.clone(),
-            size: new_size,
-        })
+        Ok(UploadStatus { id: id.clone(), size: new_size })
     }
 
     async fn append_locked<S, E>(
@@ -130,10 +127,7 @@ impl Registry {
     {
         if let Some(r) = range {
             if r.start != state.size {
-                return Err(Error::ChunkOutOfOrder {
-                    got: r.start,
-                    have: state.size,
-                });
+                return Err(Error::ChunkOutOfOrder { got: r.start, have: state.size });
             }
             if r.end < r.start {
                 return Err(Error::UploadInvalid(format!("Content-Range {}-{} ends before it starts", r.start, r.end)));
@@ -207,10 +201,7 @@ impl Registry {
         if actual != *digest {
             *guard = None;
             self.cancel_locked(id).await?;
-            return Err(Error::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
+            return Err(Error::DigestMismatch { expected: digest.clone(), actual });
         }
         self.store.commit_upload(id, digest).await?;
         let (n, i, d, size) = (name.clone(), id.clone(), digest.clone(), state.size);

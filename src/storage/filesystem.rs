@@ -68,9 +68,7 @@ fn stream_file(mut file: File, offset: u64, len: u64) -> io::Result<ByteStream> 
             }
         }
     });
-    Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })))
+    Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
 }
 
 /// Removes `dir` and then its parents up to (not including) `stop`, while they are empty.
@@ -207,11 +205,7 @@ impl BlobStore for FilesystemStore {
                         let digest = name
                             .parse()
                             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {e}")))?;
-                        out.push(StoredBlob {
-                            digest,
-                            size: meta.len(),
-                            modified: meta.modified()?,
-                        });
+                        out.push(StoredBlob { digest, size: meta.len(), modified: meta.modified()? });
                     }
                 }
             }

@@ -17,10 +17,7 @@ use crate::registry::{Error, Registry};
 const MAX_PAGE: usize = 10_000;
 
 pub fn base() -> Response {
-    finish(
-        respond(StatusCode::OK).header(header::CONTENT_TYPE, "application/json"),
-        Body::from("{}"),
-    )
+    finish(respond(StatusCode::OK).header(header::CONTENT_TYPE, "application/json"), Body::from("{}"))
 }
 
 /// `n` and `last` from the query: the page size (capped) and where the page starts.

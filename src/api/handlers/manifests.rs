@@ -23,9 +23,10 @@ fn accepts(accept: Option<&str>, media_type: &str) -> bool {
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
         return true;
     };
-    accept.split(',').map(|t| t.split(';').next().unwrap_or("").trim()).any(|t| {
-        t == media_type || t == "*/*" || t == "application/*" || t == "application/json"
-    })
+    accept
+        .split(',')
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .any(|t| t == media_type || t == "*/*" || t == "application/*" || t == "application/json")
 }
 
 pub async fn get(registry: &Registry, name: &RepoName, reference: &Reference, request: &Request) -> ApiResult {
@@ -49,7 +50,13 @@ pub async fn get(registry: &Registry, name: &RepoName, reference: &Reference, re
     Ok(finish(builder, body))
 }
 
-pub async fn put(registry: &Registry, name: &RepoName, reference: &Reference, request: &Request, body: RequestBody) -> ApiResult {
+pub async fn put(
+    registry: &Registry,
+    name: &RepoName,
+    reference: &Reference,
+    request: &Request,
+    body: RequestBody,
+) -> ApiResult {
     let limit = registry.options().max_manifest_bytes;
     let declared = headers::get(request, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if let Some(size) = declared

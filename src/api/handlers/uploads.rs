@@ -79,14 +79,26 @@ pub async fn status(registry: &Registry, name: &RepoName, id: &UploadId) -> ApiR
     Ok(in_progress(name, &status, StatusCode::NO_CONTENT))
 }
 
-pub async fn patch(registry: &Registry, name: &RepoName, id: &UploadId, request: &Request, body: RequestBody) -> ApiResult {
+pub async fn patch(
+    registry: &Registry,
+    name: &RepoName,
+    id: &UploadId,
+    request: &Request,
+    body: RequestBody,
+) -> ApiResult {
     let range = chunk_range(request)?;
     let body = body.into_data_stream();
     let status = registry.append_upload(name, id, range, body).await?;
     Ok(in_progress(name, &status, StatusCode::ACCEPTED))
 }
 
-pub async fn put(registry: &Registry, name: &RepoName, id: &UploadId, request: &Request, body: RequestBody) -> ApiResult {
+pub async fn put(
+    registry: &Registry,
+    name: &RepoName,
+    id: &UploadId,
+    request: &Request,
+    body: RequestBody,
+) -> ApiResult {
     let params = headers::query(request);
     let digest = headers::param(&params, "digest")
         .ok_or_else(|| Error::DigestInvalid("finishing an upload needs ?digest=<digest>".into()))

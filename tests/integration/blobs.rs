@@ -1,0 +1,79 @@
+//! Blob reads (HEAD, GET, Range), repository isolation, and blob deletes.
+
+use reqwest::StatusCode;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn head_and_ranges() {
+    let s = Server::start();
+    let data = random_bytes(10, 4096);
+    let digest = s.push_blob("r/blob", &data).await;
+    let path = format!("/v2/r/blob/blobs/{digest}");
+
+    let head = s.head(&path).await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(header(&head, "content-length"), "4096");
+    assert_eq!(header(&head, "docker-content-digest"), digest);
+    assert_eq!(header(&head, "docker-distribution-api-version"), "registry/2.0");
+
+    let part = s.http.get(s.url(&path)).header("range", "bytes=100-199").send().await.unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&part, "content-range"), "bytes 100-199/4096");
+    assert_eq!(part.bytes().await.unwrap(), data[100..200]);
+
+    let tail = s.http.get(s.url(&path)).header("range", "bytes=-10").send().await.unwrap();
+    assert_eq!(tail.bytes().await.unwrap(), data[4086..]);
+
+    let bad = s.http.get(s.url(&path)).header("range", "bytes=5000-").send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(header(&bad, "content-range"), "bytes */4096");
+}
+
+#[tokio::test]
+async fn a_repository_sees_only_its_blobs() {
+    let s = Server::start();
+    let digest = s.push_blob("team/a", b"private to a").await;
+    expect_error(s.get(&format!("/v2/team/b/blobs/{digest}")).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    assert_eq!(s.head(&format!("/v2/team/b/blobs/{digest}")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.head(&format!("/v2/team/a/blobs/{digest}")).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn deleting_a_referenced_blob_is_refused() {
+    let s = Server::start();
+    let layer = random_bytes(11, 2000);
+    s.push_image("del/blob", "v1", &[&layer]).await;
+    let layer_digest = sha256(&layer);
+    let msg = expect_error(
+        s.delete(&format!("/v2/del/blob/blobs/{layer_digest}")).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "DENIED",
+    )
+    .await;
+    assert!(msg.contains("delete the manifest first"), "{msg}");
+    // The image is intact.
+    assert_eq!(s.get(&format!("/v2/del/blob/blobs/{layer_digest}")).await.bytes().await.unwrap(), layer);
+
+    // An unreferenced blob goes: 202, then 404.
+    let loose = s.push_blob("del/blob", b"loose").await;
+    assert_eq!(s.delete(&format!("/v2/del/blob/blobs/{loose}")).await.status(), StatusCode::ACCEPTED);
+    expect_error(s.get(&format!("/v2/del/blob/blobs/{loose}")).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    expect_error(s.delete(&format!("/v2/del/blob/blobs/{loose}")).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn delete_disabled_names_the_setting() {
+    let s = Server::start_with(&[("BOSUN_DELETE_ENABLED", "false")]);
+    let (_, digest) = s.push_image("nodel", "v1", &[b"layer"]).await;
+    let blob = s.push_blob("nodel", b"loose").await;
+    for path in [
+        format!("/v2/nodel/manifests/{digest}"),
+        "/v2/nodel/manifests/v1".to_owned(),
+        format!("/v2/nodel/blobs/{blob}"),
+    ] {
+        let msg = expect_error(s.delete(&path).await, StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED").await;
+        assert!(msg.contains("delete_enabled"), "{msg}");
+    }
+    assert_eq!(s.get("/v2/nodel/manifests/v1").await.status(), StatusCode::OK);
+}

@@ -1,0 +1,12 @@
+//! Integration tests: each starts the real `bosun` binary and drives it over HTTP with raw
+//! requests, skopeo, and the `oci-client` crate.
+
+mod harness;
+
+mod blobs;
+mod errors;
+mod listing;
+mod manifests;
+mod oci_client;
+mod skopeo;
+mod uploads;

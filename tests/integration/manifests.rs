@@ -1,0 +1,239 @@
+//! Manifests: push and pull by tag and digest, byte-exact storage, validation, index
+//! children, subjects, and deletes.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn push_pull_by_tag_and_digest_byte_for_byte() {
+    let s = Server::start();
+    let config = s.push_blob("m/exact", b"{}").await;
+    // Unusual but valid JSON formatting must survive untouched.
+    let body = format!(
+        "{{\n  \"schemaVersion\" : 2,\n  \"mediaType\": \"{OCI_MANIFEST}\",\n  \"config\": {{\"mediaType\": \"{OCI_CONFIG}\", \"digest\": \"{config}\", \"size\": 2}},\n  \"layers\": [],\n  \"annotations\": {{\"z\": \"1\", \"a\": \"2\"}}\n}}\n"
+    );
+    let resp = s.put_manifest("m/exact", "v1", OCI_MANIFEST, body.as_bytes()).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let digest = sha256(body.as_bytes());
+    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(header(&resp, "location"), format!("/v2/m/exact/manifests/{digest}"));
+
+    for reference in ["v1", digest.as_str()] {
+        let got = s
+            .http
+            .get(s.url(&format!("/v2/m/exact/manifests/{reference}")))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), StatusCode::OK);
+        assert_eq!(header(&got, "content-type"), OCI_MANIFEST);
+        assert_eq!(header(&got, "docker-content-digest"), digest);
+        assert_eq!(got.bytes().await.unwrap(), body.as_bytes());
+        let head = s.head(&format!("/v2/m/exact/manifests/{reference}")).await;
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(header(&head, "content-length"), body.len().to_string());
+    }
+    // Pushing under a digest the body does not have is refused.
+    let wrong = sha256(b"other");
+    let resp = s.put_manifest("m/exact", &wrong, OCI_MANIFEST, body.as_bytes()).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+}
+
+#[tokio::test]
+async fn docker_schema2_and_manifest_list() {
+    let s = Server::start();
+    let config = s.push_blob("docker/img", b"{\"os\":\"linux\"}").await;
+    let layer = s.push_blob("docker/img", b"layer").await;
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config, "size": 14},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer, "size": 5}],
+    });
+    let body = serde_json::to_vec(&m).unwrap();
+    let resp = s
+        .put_manifest("docker/img", &sha256(&body), "application/vnd.docker.distribution.manifest.v2+json", &body)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let list = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [{"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": sha256(&body), "size": body.len(), "platform": {"architecture": "amd64", "os": "linux"}}],
+    });
+    let list_body = serde_json::to_vec(&list).unwrap();
+    let resp = s
+        .put_manifest("docker/img", "latest", "application/vnd.docker.distribution.manifest.list.v2+json", &list_body)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // A client that only accepts single images is not handed a list.
+    let resp = s
+        .http
+        .get(s.url("/v2/docker/img/manifests/latest"))
+        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    let resp = s
+        .http
+        .get(s.url("/v2/docker/img/manifests/latest"))
+        .header("accept", "application/vnd.docker.distribution.manifest.list.v2+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.bytes().await.unwrap(), list_body);
+}
+
+#[tokio::test]
+async fn validation_refuses_bad_manifests_and_stores_nothing() {
+    let s = Server::start_with(&[("BOSUN_MAX_MANIFEST_BYTES", "2048")]);
+    let config = s.push_blob("val", b"{}").await;
+    let missing = sha256(b"never pushed");
+    let image = |layer: &str, size: usize| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config, "size": 2},
+            "layers": [{"mediaType": OCI_LAYER, "digest": layer, "size": size}],
+        }))
+        .unwrap()
+    };
+    let resp = s.put_manifest("val", "t", OCI_MANIFEST, &image(&missing, 12)).await;
+    let msg = expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
+    assert!(msg.contains(&missing));
+    // A wrong size for a known blob.
+    let resp = s.put_manifest("val", "t", OCI_MANIFEST, &image(&config, 99)).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    // An index whose child is not in the repository.
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": missing, "size": 10}]}))
+    .unwrap();
+    let resp = s.put_manifest("val", "t", OCI_INDEX, &index).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
+    // Schema 1, with a message that says what to do.
+    let schema1 = br#"{"schemaVersion":1,"name":"val","tag":"t","fsLayers":[],"history":[]}"#;
+    let resp = s.put_manifest("val", "t", "application/vnd.docker.distribution.manifest.v1+prettyjws", schema1).await;
+    let msg = expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    assert!(msg.contains("schema 1"), "{msg}");
+    // Not JSON; media type mismatch; over the size cap.
+    expect_error(
+        s.put_manifest("val", "t", OCI_MANIFEST, b"{not json").await,
+        StatusCode::BAD_REQUEST,
+        "MANIFEST_INVALID",
+    )
+    .await;
+    expect_error(
+        s.put_manifest("val", "t", OCI_INDEX, &image(&config, 2)).await,
+        StatusCode::BAD_REQUEST,
+        "MANIFEST_INVALID",
+    )
+    .await;
+    let mut big = image(&config, 2);
+    big.truncate(big.len() - 1);
+    big.extend_from_slice(format!(",\"annotations\":{{\"pad\":\"{}\"}}}}", "x".repeat(3000)).as_bytes());
+    let msg = expect_error(
+        s.put_manifest("val", "t", OCI_MANIFEST, &big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "MANIFEST_INVALID",
+    )
+    .await;
+    assert!(msg.contains("max_manifest_bytes"), "{msg}");
+    // None of these created the tag.
+    expect_error(s.get("/v2/val/manifests/t").await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    let tags: serde_json::Value = s.get("/v2/val/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], json!([]));
+}
+
+#[tokio::test]
+async fn subject_header_and_referrers_in_either_order() {
+    let s = Server::start();
+    let config = s.push_blob("ref", b"{}").await;
+    let subject_body = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config, "size": 2}, "layers": [],
+    }))
+    .unwrap();
+    let subject = sha256(&subject_body);
+    let sig = |kind: &str, n: u32| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": kind,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_body.len()},
+            "annotations": {"n": n.to_string()},
+        }))
+        .unwrap()
+    };
+    // The referrer arrives before its subject: accepted, with OCI-Subject.
+    let sig1 = sig("application/vnd.example.sig", 1);
+    let resp = s.put_manifest("ref", &sha256(&sig1), OCI_MANIFEST, &sig1).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(header(&resp, "oci-subject"), subject);
+    assert_eq!(s.put_manifest("ref", "v1", OCI_MANIFEST, &subject_body).await.status(), StatusCode::CREATED);
+    let sbom = sig("application/vnd.example.sbom", 2);
+    assert_eq!(s.put_manifest("ref", &sha256(&sbom), OCI_MANIFEST, &sbom).await.status(), StatusCode::CREATED);
+
+    let resp = s.get(&format!("/v2/ref/referrers/{subject}")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "content-type"), OCI_INDEX);
+    assert!(resp.headers().get("oci-filters-applied").is_none());
+    let index: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    let resp = s.get(&format!("/v2/ref/referrers/{subject}?artifactType=application/vnd.example.sbom")).await;
+    assert_eq!(header(&resp, "oci-filters-applied"), "artifactType");
+    let index: serde_json::Value = resp.json().await.unwrap();
+    let only = &index["manifests"][0];
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(only["digest"], sha256(&sbom));
+    assert_eq!(only["artifactType"], "application/vnd.example.sbom");
+    assert_eq!(only["annotations"]["n"], "2");
+    assert_eq!(only["size"], sbom.len());
+    // No referrers, unknown repository: an empty index, never 404.
+    let none: serde_json::Value = s.get(&format!("/v2/nothing/here/referrers/{config}")).await.json().await.unwrap();
+    assert_eq!(none["manifests"], json!([]));
+    expect_error(s.get("/v2/ref/referrers/sha256:bad").await, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+}
+
+#[tokio::test]
+async fn deletes_by_tag_and_by_digest() {
+    let s = Server::start();
+    let (_, digest) = s.push_image("del/m", "v1", &[b"l1"]).await;
+    // A second tag on the same manifest.
+    let body = s.get("/v2/del/m/manifests/v1").await.bytes().await.unwrap();
+    assert_eq!(s.put_manifest("del/m", "v2", OCI_MANIFEST, &body).await.status(), StatusCode::CREATED);
+
+    // Deleting a tag untags only.
+    assert_eq!(s.delete("/v2/del/m/manifests/v2").await.status(), StatusCode::ACCEPTED);
+    expect_error(s.get("/v2/del/m/manifests/v2").await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    assert_eq!(s.get(&format!("/v2/del/m/manifests/{digest}")).await.status(), StatusCode::OK);
+    expect_error(s.delete("/v2/del/m/manifests/v2").await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+
+    // Deleting by digest removes every tag that pointed at it.
+    assert_eq!(s.put_manifest("del/m", "v3", OCI_MANIFEST, &body).await.status(), StatusCode::CREATED);
+    assert_eq!(s.delete(&format!("/v2/del/m/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+    for r in ["v1", "v3", digest.as_str()] {
+        expect_error(s.get(&format!("/v2/del/m/manifests/{r}")).await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    }
+    let tags: serde_json::Value = s.get("/v2/del/m/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], json!([]));
+    expect_error(s.delete("/v2/never/manifests/v1").await, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn a_child_of_an_index_cannot_be_deleted_before_the_index() {
+    let s = Server::start();
+    let (child_body, child) = s.push_image("multi", &"placeholder".to_owned(), &[b"amd64 layer"]).await;
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": child_body.len(),
+                       "platform": {"architecture": "amd64", "os": "linux"}}]}))
+    .unwrap();
+    assert_eq!(s.put_manifest("multi", "latest", OCI_INDEX, &index).await.status(), StatusCode::CREATED);
+    let msg =
+        expect_error(s.delete(&format!("/v2/multi/manifests/{child}")).await, StatusCode::METHOD_NOT_ALLOWED, "DENIED")
+            .await;
+    assert!(msg.contains(&sha256(&index)), "{msg}");
+    assert_eq!(s.delete(&format!("/v2/multi/manifests/{}", sha256(&index))).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(s.delete(&format!("/v2/multi/manifests/{child}")).await.status(), StatusCode::ACCEPTED);
+}

@@ -1,0 +1,181 @@
+//! Blob uploads: monolithic, single-POST, chunked (with its 416 rules), status, cancel,
+//! mounts, and digest verification.
+
+use reqwest::StatusCode;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn monolithic_and_single_post_uploads() {
+    let s = Server::start();
+    let data = random_bytes(1, 100_000);
+    let digest = s.push_blob("mono/a", &data).await;
+    let got = s.get(&format!("/v2/mono/a/blobs/{digest}")).await;
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(header(&got, "docker-content-digest"), digest);
+    assert_eq!(got.bytes().await.unwrap(), data);
+
+    // A single POST carrying the digest and the whole body.
+    let data = random_bytes(2, 5000);
+    let digest = sha256(&data);
+    let resp = s
+        .http
+        .post(s.url(&format!("/v2/mono/a/blobs/uploads/?digest={digest}")))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(header(&resp, "location"), format!("/v2/mono/a/blobs/{digest}"));
+    assert_eq!(s.get(&format!("/v2/mono/a/blobs/{digest}")).await.bytes().await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn chunked_upload_with_out_of_order_and_status() {
+    let s = Server::start();
+    let data = random_bytes(3, 30_000);
+    let resp = s.http.post(s.url("/v2/chunk/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = header(&resp, "location");
+    assert_eq!(header(&resp, "range"), "0-0");
+
+    let patch = |range: String, body: Vec<u8>| {
+        s.http
+            .patch(s.url(&location))
+            .header("content-range", range)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+    };
+    let resp = patch("0-9999".into(), data[..10_000].to_vec()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&resp, "range"), "0-9999");
+
+    // A chunk that skips ahead, and a retry of the chunk already received: both 416, and
+    // the upload is unchanged.
+    let resp = patch("20000-29999".into(), data[20_000..].to_vec()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(header(&resp, "range"), "0-9999");
+    let resp = patch("0-9999".into(), data[..10_000].to_vec()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    // A Content-Range that does not match the body is refused and rolled back.
+    let resp = patch("10000-10009".into(), data[10_000..10_020].to_vec()).await.unwrap();
+    expect_error(resp, StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID").await;
+
+    let status = s.get(&location).await;
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&status, "range"), "0-9999");
+    assert_eq!(header(&status, "location"), location);
+
+    let resp = patch("10000-19999".into(), data[10_000..20_000].to_vec()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    // A streamed chunk without Content-Range appends where the upload stands.
+    let resp = s.http.patch(s.url(&location)).body(data[20_000..].to_vec()).send().await.unwrap();
+    assert_eq!(header(&resp, "range"), "0-29999");
+    let digest = sha256(&data);
+    let resp = s.http.put(s.url(&format!("{location}?digest={digest}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(s.get(&format!("/v2/chunk/blobs/{digest}")).await.bytes().await.unwrap(), data);
+    // The session is over.
+    expect_error(s.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn chunked_upload_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(4, 50_000);
+    let location = {
+        let s = Server::start_in(dir.path(), &[]);
+        let resp = s.http.post(s.url("/v2/restart/blobs/uploads/")).send().await.unwrap();
+        let location = header(&resp, "location");
+        let resp = s.http.patch(s.url(&location)).body(data[..25_000].to_vec()).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        location
+    };
+    // The hash state was in memory only; the new process rebuilds it from the staged bytes.
+    let s = Server::start_in(dir.path(), &[]);
+    let digest = sha256(&data);
+    let resp = s
+        .http
+        .put(s.url(&format!("{location}?digest={digest}")))
+        .header("content-range", "25000-49999")
+        .body(data[25_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(s.get(&format!("/v2/restart/blobs/{digest}")).await.bytes().await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn wrong_digest_stores_nothing() {
+    let s = Server::start();
+    let resp = s.http.post(s.url("/v2/verify/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    let claimed = sha256(b"something else");
+    let resp = s.http.put(s.url(&format!("{location}?digest={claimed}"))).body("actual").send().await.unwrap();
+    let msg = expect_error(resp, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    assert!(msg.contains(&claimed), "{msg}");
+    assert_eq!(s.head(&format!("/v2/verify/blobs/{claimed}")).await.status(), StatusCode::NOT_FOUND);
+    let actual = sha256(b"actual");
+    assert_eq!(s.head(&format!("/v2/verify/blobs/{actual}")).await.status(), StatusCode::NOT_FOUND);
+    // The session was cancelled and its staged bytes removed.
+    expect_error(s.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
+    // A digest of an algorithm Bosun cannot verify is refused up front.
+    let resp = s.http.post(s.url("/v2/verify/blobs/uploads/?digest=md5:abcd")).body("x").send().await.unwrap();
+    expect_error(resp, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    let resp = s.http.put(s.url(&location)).body("x").send().await.unwrap();
+    expect_error(resp, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+}
+
+#[tokio::test]
+async fn cancel_removes_the_session() {
+    let s = Server::start();
+    let resp = s.http.post(s.url("/v2/cancel/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    s.http.patch(s.url(&location)).body("partial").send().await.unwrap();
+    assert_eq!(s.delete(&location).await.status(), StatusCode::NO_CONTENT);
+    expect_error(s.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    expect_error(s.delete(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
+    // An upload id of another repository is unknown here.
+    let resp = s.http.post(s.url("/v2/cancel/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    let other = location.replace("/v2/cancel/", "/v2/other/");
+    expect_error(s.get(&other).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn mounts_from_and_automatic() {
+    let s = Server::start();
+    let data = random_bytes(5, 1000);
+    let digest = s.push_blob("src/repo", &data).await;
+    // Not linked to dst: invisible there.
+    assert_eq!(s.head(&format!("/v2/dst/repo/blobs/{digest}")).await.status(), StatusCode::NOT_FOUND);
+    expect_error(s.get(&format!("/v2/dst/repo/blobs/{digest}")).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    let resp =
+        s.http.post(s.url(&format!("/v2/dst/repo/blobs/uploads/?mount={digest}&from=src/repo"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(header(&resp, "location"), format!("/v2/dst/repo/blobs/{digest}"));
+    assert_eq!(s.get(&format!("/v2/dst/repo/blobs/{digest}")).await.bytes().await.unwrap(), data);
+    // Automatic mount: no `from`, the registry already has the blob.
+    let resp = s.http.post(s.url(&format!("/v2/auto/blobs/uploads/?mount={digest}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // An unknown digest starts an ordinary upload.
+    let unknown = sha256(b"nobody has this");
+    let resp =
+        s.http.post(s.url(&format!("/v2/auto/blobs/uploads/?mount={unknown}&from=src/repo"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(header(&resp, "location").starts_with("/v2/auto/blobs/uploads/"));
+}
+
+#[tokio::test]
+async fn automatic_mount_can_be_turned_off() {
+    let s = Server::start_with(&[("BOSUN_AUTO_MOUNT", "false")]);
+    let digest = s.push_blob("src", b"shared").await;
+    let resp = s.http.post(s.url(&format!("/v2/dst/blobs/uploads/?mount={digest}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = s.http.post(s.url(&format!("/v2/dst/blobs/uploads/?mount={digest}&from=src"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
