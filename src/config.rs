@@ -4,10 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::gc::GcOptions;
+use crate::metadata::gc::ManifestRules;
 use crate::registry::RegistryOptions;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -27,6 +30,77 @@ pub struct Config {
     pub max_manifest_bytes: u64,
     /// Log filter, in `tracing` syntax (`info`, `bosun=debug`). Env: `BOSUN_LOG`.
     pub log: String,
+    /// Garbage collection.
+    pub gc: GcConfig,
+    /// Enables the test-only pause points under `/admin/failpoints/` (never in
+    /// production). Env: `BOSUN_TEST_FAILPOINTS`.
+    pub test_failpoints: bool,
+}
+
+/// The `[gc]` section. Durations are written `500ms`, `30s`, `10m`, `1h`, `7d`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// Collect in the background every `interval`. Env: `BOSUN_GC_ENABLED`.
+    pub enabled: bool,
+    /// Env: `BOSUN_GC_INTERVAL`.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// How long unreferenced content (and a blob a client just probed) is kept before it
+    /// may be collected. Env: `BOSUN_GC_GRACE_PERIOD`.
+    #[serde(deserialize_with = "de_duration")]
+    pub grace_period: Duration,
+    /// Collect manifests that have no tag and are no child of an index (children of a
+    /// live index and referrers of a present subject are never untagged garbage).
+    /// Env: `BOSUN_GC_UNTAGGED`.
+    pub untagged: bool,
+    /// Collect referrers (signatures, SBOMs) whose subject is gone. Env:
+    /// `BOSUN_GC_ORPHAN_REFERRERS`.
+    pub orphan_referrers: bool,
+    /// Upload sessions idle this long are abandoned. Env: `BOSUN_GC_UPLOAD_MAX_AGE`.
+    #[serde(deserialize_with = "de_duration")]
+    pub upload_max_age: Duration,
+    /// How often storage is compared with metadata. Env: `BOSUN_GC_RECONCILE_INTERVAL`.
+    #[serde(deserialize_with = "de_duration")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            enabled: true,
+            interval: Duration::from_secs(10 * 60),
+            grace_period: Duration::from_secs(60 * 60),
+            untagged: true,
+            orphan_referrers: true,
+            upload_max_age: Duration::from_secs(24 * 60 * 60),
+            reconcile_interval: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// Parses `500ms`, `30s`, `10m`, `1h`, `7d` (or `0`).
+pub fn parse_duration(raw: &str) -> anyhow::Result<Duration> {
+    let raw = raw.trim();
+    if raw == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number.parse().with_context(|| format!("duration {raw:?} does not start with a whole number"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => bail!("duration {raw:?} needs a unit: ms, s, m, h or d"),
+    })
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let raw = String::deserialize(d)?;
+    parse_duration(&raw).map_err(serde::de::Error::custom)
 }
 
 impl Default for Config {
@@ -38,6 +112,8 @@ impl Default for Config {
             auto_mount: true,
             max_manifest_bytes: 4 * 1024 * 1024,
             log: "info".to_owned(),
+            gc: GcConfig::default(),
+            test_failpoints: false,
         }
     }
 }
@@ -81,7 +157,43 @@ impl Config {
         if let Some(v) = var("BOSUN_LOG") {
             self.log = v;
         }
+        let duration = |key: &str, v: String| parse_duration(&v).with_context(|| format!("{key}={v:?}"));
+        if let Some(v) = var("BOSUN_GC_ENABLED") {
+            self.gc.enabled = parse_bool("BOSUN_GC_ENABLED", &v)?;
+        }
+        if let Some(v) = var("BOSUN_GC_INTERVAL") {
+            self.gc.interval = duration("BOSUN_GC_INTERVAL", v)?;
+        }
+        if let Some(v) = var("BOSUN_GC_GRACE_PERIOD") {
+            self.gc.grace_period = duration("BOSUN_GC_GRACE_PERIOD", v)?;
+        }
+        if let Some(v) = var("BOSUN_GC_UNTAGGED") {
+            self.gc.untagged = parse_bool("BOSUN_GC_UNTAGGED", &v)?;
+        }
+        if let Some(v) = var("BOSUN_GC_ORPHAN_REFERRERS") {
+            self.gc.orphan_referrers = parse_bool("BOSUN_GC_ORPHAN_REFERRERS", &v)?;
+        }
+        if let Some(v) = var("BOSUN_GC_UPLOAD_MAX_AGE") {
+            self.gc.upload_max_age = duration("BOSUN_GC_UPLOAD_MAX_AGE", v)?;
+        }
+        if let Some(v) = var("BOSUN_GC_RECONCILE_INTERVAL") {
+            self.gc.reconcile_interval = duration("BOSUN_GC_RECONCILE_INTERVAL", v)?;
+        }
+        if let Some(v) = var("BOSUN_TEST_FAILPOINTS") {
+            self.test_failpoints = parse_bool("BOSUN_TEST_FAILPOINTS", &v)?;
+        }
+        if self.gc.enabled && self.gc.interval.is_zero() {
+            bail!("gc.interval must be more than zero while gc.enabled is true");
+        }
         Ok(())
+    }
+
+    pub fn gc_options(&self) -> GcOptions {
+        GcOptions {
+            grace_period: self.gc.grace_period,
+            rules: ManifestRules { untagged: self.gc.untagged, orphan_referrers: self.gc.orphan_referrers },
+            upload_max_age: self.gc.upload_max_age,
+        }
     }
 
     pub fn registry_options(&self) -> RegistryOptions {
@@ -89,6 +201,7 @@ impl Config {
             delete_enabled: self.delete_enabled,
             auto_mount: self.auto_mount,
             max_manifest_bytes: self.max_manifest_bytes,
+            grace_period: self.gc.grace_period,
         }
     }
 }
@@ -108,6 +221,25 @@ mod tests {
         config.apply_env(|k| (k == "BOSUN_DELETE_ENABLED").then(|| "true".to_owned())).unwrap();
         assert!(config.delete_enabled);
         assert_eq!(config.max_manifest_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn gc_section_and_durations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bosun.toml");
+        std::fs::write(&path, "[gc]\ngrace_period = \"30s\"\nuntagged = false\n").unwrap();
+        let mut config = Config::from_file(Some(&path)).unwrap();
+        assert_eq!(config.gc.grace_period, Duration::from_secs(30));
+        assert!(!config.gc.untagged);
+        config.apply_env(|k| (k == "BOSUN_GC_GRACE_PERIOD").then(|| "0".to_owned())).unwrap();
+        assert_eq!(config.gc.grace_period, Duration::ZERO);
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1w").is_err());
+        std::fs::write(&path, "[gc]\ngrace_period = \"soon\"\n").unwrap();
+        let err = format!("{:#}", Config::from_file(Some(&path)).unwrap_err());
+        assert!(err.contains("grace_period") || err.contains("soon"), "{err}");
     }
 
     #[test]

@@ -6,11 +6,16 @@
 //! - [`metadata`]: the transactional source of truth;
 //! - [`registry`]: the operations, over metadata and storage;
 //! - [`api`]: HTTP, mapping requests to registry operations and errors to OCI responses;
-//! - [`config`] and [`server`]: assembling and running it.
+//! - [`gc`]: online garbage collection and reconcile;
+//! - [`config`] and [`server`]: assembling and running it; [`cli`] talks to a running one.
 
 pub mod api;
+pub mod cli;
 pub mod config;
+pub mod failpoints;
+pub mod gc;
 pub mod metadata;
+pub mod metrics;
 pub mod oci;
 pub mod registry;
 pub mod server;

@@ -1,34 +1,93 @@
 //! Assembling the registry from its configuration and serving it until a signal.
 
+use std::fs::File;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
+use crate::api::AppState;
 use crate::config::Config;
+use crate::failpoints::Failpoints;
+use crate::gc::Collector;
 use crate::metadata::Metadata;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::storage::FilesystemStore;
 
-/// Opens the data directory: the blob store and the metadata database beside it.
-pub fn open_registry(config: &Config) -> anyhow::Result<Registry> {
-    let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
-    let store = FilesystemStore::open(dir).with_context(|| format!("opening blob storage in {}", dir.display()))?;
-    let meta = Metadata::open(&dir.join("metadata.sqlite")).context("opening the metadata database")?;
-    Ok(Registry::new(meta, Arc::new(store), config.registry_options()))
+/// An opened data directory: the registry over it, its collector, and the lock that
+/// keeps a second process from writing to it at the same time.
+pub struct Opened {
+    pub state: Arc<AppState>,
+    _lock: File,
 }
 
-/// Serves the API until SIGINT or SIGTERM, then finishes the requests in flight.
+/// Opens the data directory (blob store and metadata database) for exclusive use.
+pub fn open(config: &Config) -> anyhow::Result<Opened> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    let lock_path = dir.join("bosun.lock");
+    let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!("another Bosun process is using {}", dir.display());
+    }
+    let store = FilesystemStore::open(dir).with_context(|| format!("opening blob storage in {}", dir.display()))?;
+    let meta = Metadata::open(&dir.join("metadata.sqlite")).context("opening the metadata database")?;
+    let registry = Arc::new(Registry::new(
+        meta,
+        Arc::new(store),
+        config.registry_options(),
+        Arc::new(Failpoints::new(config.test_failpoints)),
+        Arc::new(Metrics::default()),
+    ));
+    let collector = Arc::new(Collector::new(registry.clone(), config.gc_options()));
+    Ok(Opened { state: Arc::new(AppState { registry, collector }), _lock: lock })
+}
+
+/// Serves the API until SIGINT or SIGTERM, then finishes the requests in flight. Garbage
+/// collection and reconcile run in the background on their intervals.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let registry = Arc::new(open_registry(&config)?);
+    let opened = open(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
+    if config.gc.enabled {
+        let collector = opened.state.collector.clone();
+        every(config.gc.interval, move || {
+            let c = collector.clone();
+            async move {
+                let _ = c.collect("schedule", false).await;
+            }
+        });
+        let collector = opened.state.collector.clone();
+        every(config.gc.reconcile_interval, move || {
+            let c = collector.clone();
+            async move {
+                let _ = c.reconcile("schedule", false).await;
+            }
+        });
+    }
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "bosun is serving");
-    axum::serve(listener, crate::api::router(registry))
+    axum::serve(listener, crate::api::router(opened.state.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving")
+}
+
+/// Runs `task` every `period` (first after one period); failures are logged by the task.
+fn every<F, Fut>(period: Duration, task: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            task().await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

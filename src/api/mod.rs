@@ -4,6 +4,7 @@
 //! (endpoint, method) to a handler. Handlers translate between HTTP and the registry core;
 //! errors become OCI responses in [`error`] only.
 
+mod admin;
 mod endpoint;
 mod error;
 mod handlers;
@@ -19,19 +20,30 @@ use axum::response::{IntoResponse, Response};
 pub use endpoint::{Endpoint, PathError};
 use error::ApiError;
 
+use crate::gc::Collector;
 use crate::registry::{Error, Registry};
 
 pub type ApiResult = Result<Response, ApiError>;
 
+/// What every request can reach.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub collector: Arc<Collector>,
+}
+
 /// The application: every request goes through [`dispatch`].
-pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new().fallback(dispatch).with_state(registry)
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
 }
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
-async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Response {
-    let mut response = match route(&registry, request).await {
+async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Some(response) = admin::route(&state, &parts).await {
+        return response;
+    }
+    let mut response = match route(&state.registry, Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };

@@ -6,11 +6,12 @@ use super::Result;
 use super::repositories::RepoId;
 use crate::oci::Digest;
 
-/// Records a verified blob, or refreshes `touched_at` of a known one.
+/// Records a verified blob, or refreshes `touched_at` of a known one. A blob that garbage
+/// collection was deleting becomes live again: its bytes were just written anew.
 pub fn insert_or_touch(conn: &Connection, digest: &Digest, size: u64, now: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO blobs (digest, size, created_at, touched_at) VALUES (?1, ?2, ?3, ?3)
-         ON CONFLICT (digest) DO UPDATE SET touched_at = MAX(touched_at, excluded.touched_at)",
+         ON CONFLICT (digest) DO UPDATE SET touched_at = MAX(touched_at, excluded.touched_at), state = 0",
     )?
     .execute(params![digest.to_string(), size as i64, now])?;
     Ok(())
@@ -23,25 +24,52 @@ pub fn touch(conn: &Connection, digest: &Digest, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// The size of a blob known anywhere in the registry.
+/// The size of a live blob known anywhere in the registry (a blob being deleted is not).
 pub fn size(conn: &Connection, digest: &Digest) -> Result<Option<u64>> {
     Ok(conn
-        .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
+        .prepare_cached("SELECT size FROM blobs WHERE digest = ?1 AND state = 0")?
         .query_row([digest.to_string()], |r| r.get::<_, i64>(0))
         .optional()?
         .map(|s| s as u64))
 }
 
-/// The size of a blob if `repo` may read it.
-pub fn linked_size(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<u64>> {
+/// A blob as a repository sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkedBlob {
+    pub size: u64,
+    /// The older of the link's and the blob's last use: when a probe must refresh them.
+    pub used_at: i64,
+}
+
+/// The blob if `repo` may read it (linked, and not being deleted).
+pub fn linked(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<LinkedBlob>> {
     Ok(conn
         .prepare_cached(
-            "SELECT b.size FROM repository_blobs l JOIN blobs b ON b.digest = l.digest
-              WHERE l.repository_id = ?1 AND l.digest = ?2",
+            "SELECT b.size, MIN(l.linked_at, b.touched_at) FROM repository_blobs l JOIN blobs b ON b.digest = l.digest
+              WHERE l.repository_id = ?1 AND l.digest = ?2 AND b.state = 0",
         )?
-        .query_row(params![repo, digest.to_string()], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(|s| s as u64))
+        .query_row(params![repo, digest.to_string()], |r| {
+            Ok(LinkedBlob { size: r.get::<_, i64>(0)? as u64, used_at: r.get(1)? })
+        })
+        .optional()?)
+}
+
+/// The size of a blob if `repo` may read it.
+pub fn linked_size(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<u64>> {
+    Ok(linked(conn, repo, digest)?.map(|b| b.size))
+}
+
+/// Marks a linked blob as just used by `repo` (a probe before a manifest push), so that
+/// garbage collection's grace period restarts for both the link and the blob. Returns the
+/// size, or `None` if the blob is not (or no longer) readable in `repo`.
+pub fn probe(conn: &Connection, repo: RepoId, digest: &Digest, now: i64) -> Result<Option<u64>> {
+    let Some(blob) = linked(conn, repo, digest)? else { return Ok(None) };
+    conn.prepare_cached(
+        "UPDATE repository_blobs SET linked_at = MAX(linked_at, ?3) WHERE repository_id = ?1 AND digest = ?2",
+    )?
+    .execute(params![repo, digest.to_string(), now])?;
+    touch(conn, digest, now)?;
+    Ok(Some(blob.size))
 }
 
 pub fn link(conn: &Connection, repo: RepoId, digest: &Digest, now: i64) -> Result<()> {

@@ -77,8 +77,8 @@ pub fn insert(
     let annotations =
         parsed.annotations.as_ref().map(|a| serde_json::to_string(a).expect("a string map always serializes"));
     conn.prepare_cached(
-        "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, payload, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, payload, created_at, touched_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
     )?
     .execute(params![
         repo,
@@ -92,9 +92,10 @@ pub fn insert(
     ])?;
     let id = conn.last_insert_rowid();
     let blobs: BTreeSet<String> = parsed.blobs.iter().map(|d| d.digest.to_string()).collect();
-    let mut add_blob = conn.prepare_cached("INSERT INTO manifest_blobs (manifest_id, digest) VALUES (?1, ?2)")?;
+    let mut add_blob =
+        conn.prepare_cached("INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES (?1, ?2, ?3)")?;
     for blob in &blobs {
-        add_blob.execute(params![id, blob])?;
+        add_blob.execute(params![id, repo, blob])?;
     }
     let mut add_child = conn
         .prepare_cached("INSERT INTO manifest_children (parent_id, child_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
@@ -115,17 +116,53 @@ pub fn parent_of(conn: &Connection, id: ManifestId) -> Result<Option<String>> {
         .optional()?)
 }
 
-/// Deletes a manifest, the tags that point at it, and its references (the blob reference
-/// counts drop in the same transaction, by trigger). Blobs that lose their last reference
-/// restart their grace period now.
-pub fn delete(conn: &Connection, id: ManifestId, now: i64) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE blobs SET touched_at = MAX(touched_at, ?2)
-          WHERE digest IN (SELECT digest FROM manifest_blobs WHERE manifest_id = ?1)",
-    )?
-    .execute(params![id, now])?;
-    conn.prepare_cached("DELETE FROM manifests WHERE id = ?1")?.execute([id])?;
+/// Restarts the grace period of a manifest that just lost a reference (a tag, a parent
+/// index, its subject).
+pub fn touch(conn: &Connection, id: ManifestId, now: i64) -> Result<()> {
+    conn.prepare_cached("UPDATE manifests SET touched_at = MAX(touched_at, ?2) WHERE id = ?1")?
+        .execute(params![id, now])?;
     Ok(())
+}
+
+/// What a manifest delete removed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Deleted {
+    pub tags: u64,
+    pub bytes: u64,
+}
+
+/// Deletes a manifest with the tags that point at it and its references; reference counts
+/// drop by trigger in the same transaction. With `touch_at`, everything that loses a
+/// reference here (its blobs and their links, its children, its referrers) restarts its
+/// grace period: a user's delete gives clients that still use that content time to say
+/// so. Garbage collection passes `None`: what it deletes had been unreferenced for a
+/// whole grace period already, and what that frees may go in the same collection.
+pub fn delete(conn: &Connection, id: ManifestId, touch_at: Option<i64>) -> Result<Deleted> {
+    if let Some(now) = touch_at {
+        conn.prepare_cached(
+            "UPDATE blobs SET touched_at = MAX(touched_at, ?2)
+              WHERE digest IN (SELECT digest FROM manifest_blobs WHERE manifest_id = ?1)",
+        )?
+        .execute(params![id, now])?;
+        conn.prepare_cached(
+            "UPDATE repository_blobs SET linked_at = MAX(linked_at, ?2)
+              WHERE (repository_id, digest) IN (SELECT repository_id, digest FROM manifest_blobs WHERE manifest_id = ?1)",
+        )?
+        .execute(params![id, now])?;
+        conn.prepare_cached(
+            "UPDATE manifests SET touched_at = MAX(touched_at, ?2)
+              WHERE id IN (SELECT child_id FROM manifest_children WHERE parent_id = ?1)
+                 OR (subject, repository_id) = (SELECT digest, repository_id FROM manifests WHERE id = ?1)",
+        )?
+        .execute(params![id, now])?;
+    }
+    let bytes: i64 =
+        conn.prepare_cached("SELECT length(payload) FROM manifests WHERE id = ?1")?.query_row([id], |r| r.get(0))?;
+    let tags = conn.prepare_cached("DELETE FROM tags WHERE manifest_id = ?1")?.execute([id])?;
+    conn.prepare_cached("DELETE FROM manifest_blobs WHERE manifest_id = ?1")?.execute([id])?;
+    conn.prepare_cached("DELETE FROM manifest_children WHERE parent_id = ?1")?.execute([id])?;
+    conn.prepare_cached("DELETE FROM manifests WHERE id = ?1")?.execute([id])?;
+    Ok(Deleted { tags: tags as u64, bytes: bytes as u64 })
 }
 
 /// The manifests of `repo` whose subject is `subject`, optionally only those of one

@@ -10,6 +10,7 @@
 //! several of them into one transaction: a write is all or nothing.
 
 pub mod blobs;
+pub mod gc;
 pub mod manifests;
 pub mod repositories;
 pub mod tags;
@@ -140,6 +141,41 @@ impl Metadata {
         })
         .await
         .map_err(|e| E::from(MetadataError::Task(e.to_string())))?
+    }
+}
+
+impl Metadata {
+    /// Runs `f` inside a write transaction that is always rolled back: a dry run sees
+    /// exactly what a real run would do, cascades included, and changes nothing.
+    pub async fn simulate<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<MetadataError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = this.inner.writer.lock().expect("writer poisoned");
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
+            let value = f(&tx)?;
+            tx.rollback().map_err(MetadataError::from)?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| E::from(MetadataError::Task(e.to_string())))?
+    }
+
+    /// Folds the write-ahead log back into the database file and truncates it, so that the
+    /// space freed by deletes shows on disk.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = this.inner.writer.lock().expect("writer poisoned");
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| MetadataError::Task(e.to_string()))?
     }
 }
 

@@ -7,8 +7,10 @@ use super::manifests::ManifestId;
 use super::repositories::RepoId;
 use crate::oci::Tag;
 
-/// Points `tag` at a manifest, creating or moving it.
+/// Points `tag` at a manifest, creating or moving it. A manifest the tag moves away from
+/// restarts its grace period.
 pub fn set(conn: &Connection, repo: RepoId, tag: &Tag, manifest: ManifestId, now: i64) -> Result<()> {
+    touch_target(conn, repo, tag, now)?;
     conn.prepare_cached(
         "INSERT INTO tags (repository_id, name, manifest_id, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (repository_id, name) DO UPDATE SET manifest_id = excluded.manifest_id,
@@ -18,8 +20,18 @@ pub fn set(conn: &Connection, repo: RepoId, tag: &Tag, manifest: ManifestId, now
     Ok(())
 }
 
-/// Removes a tag; false if it did not exist.
-pub fn delete(conn: &Connection, repo: RepoId, tag: &Tag) -> Result<bool> {
+fn touch_target(conn: &Connection, repo: RepoId, tag: &Tag, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE manifests SET touched_at = MAX(touched_at, ?3)
+          WHERE id = (SELECT manifest_id FROM tags WHERE repository_id = ?1 AND name = ?2)",
+    )?
+    .execute(params![repo, tag.as_str(), now])?;
+    Ok(())
+}
+
+/// Removes a tag (its manifest restarts its grace period); false if it did not exist.
+pub fn delete(conn: &Connection, repo: RepoId, tag: &Tag, now: i64) -> Result<bool> {
+    touch_target(conn, repo, tag, now)?;
     Ok(conn
         .prepare_cached("DELETE FROM tags WHERE repository_id = ?1 AND name = ?2")?
         .execute(params![repo, tag.as_str()])?

@@ -1,7 +1,7 @@
 //! Reading, mounting and deleting blobs of a repository.
 
 use super::{Error, Registry, Result};
-use crate::metadata::{self, blobs, now_ms, repositories};
+use crate::metadata::{blobs, now_ms, repositories};
 use crate::oci::{Digest, RepoName};
 use crate::storage::ByteStream;
 
@@ -14,16 +14,28 @@ pub struct BlobRead {
 }
 
 impl Registry {
-    /// The size of a blob that `name` may read.
+    /// The size of a blob that `name` may read. A probe is how a client decides to reuse a
+    /// blob instead of uploading it, so it also marks the blob as used (restarting the grace
+    /// period of garbage collection) before answering: a blob reported present here is never
+    /// collected before the client can reference it. The write is skipped when the blob was
+    /// marked recently (see `RegistryOptions::probe_refresh_interval`).
     pub async fn blob_size(&self, name: &RepoName, digest: &Digest) -> Result<u64> {
         let (n, d) = (name.clone(), digest.clone());
-        self.meta
+        let fresh_after = now_ms() - self.options.probe_refresh_interval().as_millis() as i64;
+        let seen = self
+            .meta
             .read(move |c| match repositories::find(c, &n)? {
-                Some(repo) => blobs::linked_size(c, repo, &d),
+                Some(repo) => Ok(blobs::linked(c, repo, &d)?.map(|b| (repo, b))),
                 None => Ok(None),
             })
-            .await?
-            .ok_or_else(|| Error::BlobUnknown(digest.clone()))
+            .await?;
+        let unknown = || Error::BlobUnknown(digest.clone());
+        let (repo, blob) = seen.ok_or_else(unknown)?;
+        if blob.used_at >= fresh_after && !self.options.grace_period.is_zero() {
+            return Ok(blob.size);
+        }
+        let d = digest.clone();
+        self.meta.write(move |c| blobs::probe(c, repo, &d, now_ms()).map_err(Error::from)).await?.ok_or_else(unknown)
     }
 
     /// Opens a blob that `name` may read; `range` is an inclusive byte range already
@@ -36,12 +48,19 @@ impl Registry {
     ) -> Result<BlobRead> {
         let size = self.blob_size(name, digest).await?;
         let (offset, len) = resolve(size)?;
-        let body = self.store.read_blob(digest, offset, len).await.map_err(|e| {
-            // The metadata says the blob exists: missing bytes are a fault to report
-            // loudly, not a 404 that would make a client think it may re-push.
-            tracing::error!(%digest, error = %e, "blob known to metadata cannot be read from storage");
-            Error::from(e)
-        })?;
+        let body = match self.store.read_blob(digest, offset, len).await {
+            Ok(body) => body,
+            Err(e) => {
+                // Collected between the metadata read and the open: a plain 404.
+                if e.kind() == std::io::ErrorKind::NotFound && self.blob_size(name, digest).await.is_err() {
+                    return Err(Error::BlobUnknown(digest.clone()));
+                }
+                // The metadata says the blob exists: missing bytes are a fault to report
+                // loudly, not a 404 that would make a client think it may re-push.
+                tracing::error!(%digest, error = %e, "blob known to metadata cannot be read from storage");
+                return Err(Error::from(e));
+            }
+        };
         Ok(BlobRead { size, offset, len, body })
     }
 
@@ -90,7 +109,7 @@ impl Registry {
                 if !blobs::unlink(c, repo, &d)? {
                     return Err(Error::BlobUnknown(d));
                 }
-                blobs::touch(c, &d, metadata::now_ms())?;
+                blobs::touch(c, &d, now_ms())?;
                 Ok(())
             })
             .await

@@ -117,10 +117,11 @@ impl Registry {
         let (n, r) = (name.clone(), reference.clone());
         self.meta
             .write(move |c| {
+                let now = now_ms();
                 let repo = repositories::find(c, &n)?.ok_or_else(|| Error::NameUnknown(n.clone()))?;
                 match &r {
                     Reference::Tag(t) => {
-                        if !tags::delete(c, repo, t)? {
+                        if !tags::delete(c, repo, t, now)? {
                             return Err(Error::ManifestUnknown(t.to_string()));
                         }
                     }
@@ -129,7 +130,7 @@ impl Registry {
                         if let Some(parent) = manifests::parent_of(c, id)? {
                             return Err(Error::ManifestReferenced { digest: d.clone(), parent });
                         }
-                        manifests::delete(c, id, now_ms())?;
+                        manifests::delete(c, id, Some(now))?;
                     }
                 }
                 Ok(())

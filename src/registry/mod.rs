@@ -12,12 +12,14 @@
 //!   counts that garbage collection reads.
 
 mod blobs;
+mod digest_locks;
 mod error;
 mod listing;
 mod manifests;
-mod uploads;
+pub(crate) mod uploads;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use blobs::BlobRead;
 pub use error::{Error, Result};
@@ -25,7 +27,11 @@ pub use listing::Referrer;
 pub use manifests::{PushedManifest, StoredManifest};
 pub use uploads::{ChunkRange, UploadStatus};
 
+pub(crate) use digest_locks::DigestLocks;
+
+use crate::failpoints::Failpoints;
 use crate::metadata::Metadata;
+use crate::metrics::Metrics;
 use crate::storage::BlobStore;
 
 /// Behaviour an operator can change.
@@ -36,18 +42,52 @@ pub struct RegistryOptions {
     /// without receiving the bytes again.
     pub auto_mount: bool,
     pub max_manifest_bytes: u64,
+    /// How long unreferenced content stays before garbage collection may remove it; also
+    /// how long a probe (HEAD) protects a blob.
+    pub grace_period: Duration,
+}
+
+impl RegistryOptions {
+    /// How stale a blob's last use may get before a probe writes a fresh one. A probe
+    /// within this interval of the last refresh still leaves at least three quarters of the
+    /// grace period before the blob could be collected, so most probes need no write.
+    pub fn probe_refresh_interval(&self) -> Duration {
+        (self.grace_period / 4).min(Duration::from_secs(60))
+    }
 }
 
 pub struct Registry {
-    meta: Metadata,
-    store: Arc<dyn BlobStore>,
+    pub(crate) meta: Metadata,
+    pub(crate) store: Arc<dyn BlobStore>,
     options: RegistryOptions,
     sessions: uploads::Sessions,
+    pub(crate) digest_locks: DigestLocks,
+    pub(crate) failpoints: Arc<Failpoints>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub fn new(meta: Metadata, store: Arc<dyn BlobStore>, options: RegistryOptions) -> Registry {
-        Registry { meta, store, options, sessions: Default::default() }
+    pub fn new(
+        meta: Metadata,
+        store: Arc<dyn BlobStore>,
+        options: RegistryOptions,
+        failpoints: Arc<Failpoints>,
+        metrics: Arc<Metrics>,
+    ) -> Registry {
+        Registry {
+            meta,
+            store,
+            options,
+            sessions: Default::default(),
+            digest_locks: DigestLocks::default(),
+            failpoints,
+            metrics,
+        }
+    }
+
+    /// The upload sessions, so that garbage collection can tell a busy one from a stale one.
+    pub(crate) fn sessions(&self) -> &uploads::Sessions {
+        &self.sessions
     }
 
     pub fn options(&self) -> &RegistryOptions {

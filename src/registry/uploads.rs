@@ -32,7 +32,7 @@ type SessionSlot = Arc<tokio::sync::Mutex<Option<HashState>>>;
 
 /// Per-session locks (one request at a time per upload) holding the hash state.
 #[derive(Default)]
-pub(super) struct Sessions(Mutex<HashMap<UploadId, SessionSlot>>);
+pub(crate) struct Sessions(Mutex<HashMap<UploadId, SessionSlot>>);
 
 impl Sessions {
     fn slot(&self, id: &UploadId) -> SessionSlot {
@@ -41,6 +41,11 @@ impl Sessions {
 
     fn forget(&self, id: &UploadId) {
         self.0.lock().expect("sessions poisoned").remove(id);
+    }
+
+    /// Whether a request is working on the session right now.
+    pub(crate) fn busy(&self, id: &UploadId) -> bool {
+        self.0.lock().expect("sessions poisoned").get(id).is_some_and(|slot| slot.try_lock().is_err())
     }
 }
 
@@ -203,6 +208,10 @@ impl Registry {
             self.cancel_locked(id).await?;
             return Err(Error::DigestMismatch { expected: digest.clone(), actual });
         }
+        // The digest lock orders this commit against a collector removing the same digest:
+        // either the collector finished first and these bytes land after, or this commit
+        // revives the blob (state back to live) and the collector sees that and keeps it.
+        let _digest_guard = self.digest_locks.lock(digest).await;
         self.store.commit_upload(id, digest).await?;
         let (n, i, d, size) = (name.clone(), id.clone(), digest.clone(), state.size);
         self.meta

@@ -146,6 +146,7 @@ impl BlobStore for FilesystemStore {
         let from = self.upload_path(id);
         let to = self.blob_path(digest);
         blocking(move || {
+            File::options().write(true).open(&from)?.set_modified(std::time::SystemTime::now())?;
             let dir = to.parent().expect("blob path has a parent");
             // A concurrent delete may prune the shard directory between its creation and
             // the rename; retry until the rename lands.
@@ -208,6 +209,19 @@ impl BlobStore for FilesystemStore {
                         out.push(StoredBlob { digest, size: meta.len(), modified: meta.modified()? });
                     }
                 }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_uploads(&self) -> io::Result<Vec<(String, std::time::SystemTime)>> {
+        let uploads = self.root.join("uploads");
+        blocking(move || {
+            let mut out = Vec::new();
+            for entry in fs::read_dir(&uploads)? {
+                let entry = entry?;
+                out.push((entry.file_name().to_string_lossy().into_owned(), entry.metadata()?.modified()?));
             }
             Ok(out)
         })

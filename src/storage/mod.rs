@@ -56,7 +56,8 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn upload_writer(&self, id: &UploadId, offset: u64) -> io::Result<Box<dyn UploadWriter>>;
     /// Reads the first `len` staged bytes (to rebuild a hash state lost in a restart).
     async fn read_upload(&self, id: &UploadId, len: u64) -> io::Result<ByteStream>;
-    /// Atomically makes the staged upload the blob `digest` and removes the upload.
+    /// Atomically makes the staged upload the blob `digest` and removes the upload. The
+    /// blob's modification time becomes now, so a reconcile sees it as new.
     async fn commit_upload(&self, id: &UploadId, digest: &Digest) -> io::Result<()>;
     /// Removes a staged upload.
     async fn delete_upload(&self, id: &UploadId) -> io::Result<()>;
@@ -68,4 +69,6 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete_blob(&self, digest: &Digest) -> io::Result<()>;
     /// Every stored blob. Fails as a whole on any listing error.
     async fn list_blobs(&self) -> io::Result<Vec<StoredBlob>>;
+    /// Every staged upload, with when it was last written. Fails as a whole on any error.
+    async fn list_uploads(&self) -> io::Result<Vec<(String, SystemTime)>>;
 }

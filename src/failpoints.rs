@@ -1,0 +1,79 @@
+//! Test-only pause points, so that integration tests can make races deterministic: a test
+//! arms a point through the admin API, the server stops there when it reaches it, the test
+//! acts in the pause, then releases it.
+//!
+//! Off unless the server runs with `BOSUN_TEST_FAILPOINTS=1`; then `hit` costs a map
+//! lookup, and otherwise nothing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// The points the code can stop at.
+pub const GC_AFTER_CANDIDATES: &str = "gc.after_candidates";
+pub const GC_BEFORE_BYTES: &str = "gc.before_bytes";
+
+#[derive(Default)]
+pub struct Failpoints {
+    enabled: bool,
+    points: Mutex<HashMap<String, Point>>,
+}
+
+struct Point {
+    /// true once the code has stopped here.
+    reached: watch::Sender<bool>,
+    /// true once the test has released it.
+    released: watch::Sender<bool>,
+}
+
+impl Failpoints {
+    pub fn new(enabled: bool) -> Failpoints {
+        Failpoints { enabled, points: Mutex::default() }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Arms a point: the next time the code reaches it, it waits for `release`.
+    pub fn arm(&self, name: &str) {
+        let point = Point { reached: watch::channel(false).0, released: watch::channel(false).0 };
+        self.points.lock().expect("failpoints poisoned").insert(name.to_owned(), point);
+    }
+
+    /// Waits until the code has stopped at an armed point; false on timeout or if unarmed.
+    pub async fn wait_reached(&self, name: &str, timeout: Duration) -> bool {
+        let rx = match self.points.lock().expect("failpoints poisoned").get(name) {
+            Some(p) => p.reached.subscribe(),
+            None => return false,
+        };
+        let mut rx = rx;
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Disarms a point and lets any code stopped there go on.
+    pub fn release(&self, name: &str) {
+        if let Some(p) = self.points.lock().expect("failpoints poisoned").remove(name) {
+            p.released.send_replace(true);
+        }
+    }
+
+    /// Called by the code at a pause point.
+    pub async fn hit(&self, name: &str) {
+        if !self.enabled {
+            return;
+        }
+        let rx = match self.points.lock().expect("failpoints poisoned").get(name) {
+            Some(p) => {
+                p.reached.send_replace(true);
+                p.released.subscribe()
+            }
+            None => return,
+        };
+        let mut rx = rx;
+        tracing::warn!(failpoint = name, "paused at test failpoint");
+        let _ = rx.wait_for(|r| *r).await;
+    }
+}

@@ -1,0 +1,451 @@
+//! Online garbage collection: removing what nothing references, while pushes, pulls and
+//! deletes go on, with no read-only window and nothing to restart afterwards.
+//!
+//! # What is garbage (decided from metadata alone, never from storage listings)
+//! - a manifest with no tag and no parent index, untouched for a grace period, when
+//!   untagged collection is on; or a referrer whose subject is not in its repository
+//!   (when orphaned referrers are collected). A referrer whose subject is present lives as
+//!   long as the subject does; it does not keep an untagged subject alive;
+//! - a repository's link to a blob that none of that repository's manifests references,
+//!   unused for a grace period;
+//! - a blob that no manifest references and no repository links, untouched for a grace
+//!   period;
+//! - an upload session not written to for `upload_max_age`;
+//! - a repository with no manifest and no blob link.
+//!
+//! Children of an index and manifests with a `subject` are references: nothing reachable
+//! from a tag, or from a present subject, is ever collected.
+//!
+//! # The protocol (each step is why a race cannot lose data)
+//! 1. **Counts in the same transaction as every write.** Tags, index children and blob
+//!    references are counted by triggers (`metadata/schema.sql`), so candidates are found
+//!    through "count = 0" indexes: a run costs in proportion to the garbage.
+//! 2. **Grace period.** Anything that loses its last reference, and any blob a client
+//!    uploads, mounts or probes (HEAD), restarts its grace from that moment
+//!    (`touched_at` / `linked_at`). A client that saw a blob as present has at least a
+//!    grace period to reference it.
+//! 3. **Select, then re-check under the write lock.** Candidates are read without
+//!    blocking writers; each removal re-checks every condition in the removing
+//!    transaction. A tag, a manifest push, a probe or a mount committed in between wins.
+//! 4. **Invisible before gone.** A blob is first marked `deleting` in metadata: from that
+//!    commit it answers 404 and cannot be mounted, so a racing client uploads it again.
+//! 5. **Metadata says gone before the bytes go.** Bytes are removed only after that mark,
+//!    under the digest's lock, after checking the mark is still there (an upload of the
+//!    same digest revives the blob and keeps its new bytes); then the row is forgotten. A
+//!    crash between the steps leaves a `deleting` row that the next run finishes, or bytes
+//!    that metadata does not know, which reconcile removes.
+//! 6. **Reconcile** compares storage with metadata: bytes unknown to metadata and older
+//!    than the grace period are removed (logged, counted); metadata pointing at missing
+//!    bytes is reported loudly and never dropped; any listing error stops it.
+//!
+//! A dry run performs the same metadata steps inside a transaction that is rolled back,
+//! so its report is exactly what a real run would remove at that moment.
+
+mod reconcile;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::failpoints::{GC_AFTER_CANDIDATES, GC_BEFORE_BYTES};
+use crate::metadata::gc::{self as q, ManifestRules, RunRecord};
+use crate::metadata::{MetadataError, now_ms};
+use crate::metrics::Metrics;
+use crate::oci::{Digest, UploadId};
+use crate::registry::Registry;
+
+/// Candidates examined per transaction: small enough that pushes interleave.
+const BATCH: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub grace_period: Duration,
+    pub rules: ManifestRules,
+    pub upload_max_age: Duration,
+}
+
+/// One removed object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Removed {
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub bytes: u64,
+}
+
+/// What a run removed (or, for a dry run, would remove).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub run: RunRecord,
+    pub removed: Vec<Removed>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("storage: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, GcError>;
+
+impl Report {
+    fn new(kind: &str, trigger: &str, dry_run: bool) -> Report {
+        Report {
+            run: RunRecord {
+                kind: kind.to_owned(),
+                trigger: trigger.to_owned(),
+                dry_run,
+                started_at: now_ms(),
+                ..RunRecord::default()
+            },
+            removed: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, item: Removed) {
+        let r = &mut self.run;
+        match item.kind {
+            "manifest" => r.manifests_removed += 1,
+            "link" => r.links_removed += 1,
+            "blob" => {
+                r.blobs_removed += 1;
+                r.bytes_removed += item.bytes;
+            }
+            "upload" => r.uploads_removed += 1,
+            "repository" => r.repositories_removed += 1,
+            _ => {}
+        }
+        self.removed.push(item);
+    }
+
+    fn manifest(&mut self, m: q::RemovedManifest) {
+        self.run.tags_removed += m.tags;
+        self.push(Removed {
+            kind: "manifest",
+            repository: Some(m.repository),
+            digest: Some(m.digest),
+            id: None,
+            bytes: m.bytes,
+        });
+    }
+
+    fn link(&mut self, repository: String, digest: String) {
+        self.push(Removed { kind: "link", repository: Some(repository), digest: Some(digest), id: None, bytes: 0 });
+    }
+
+    fn blob(&mut self, digest: String, bytes: u64) {
+        self.push(Removed { kind: "blob", repository: None, digest: Some(digest), id: None, bytes });
+    }
+}
+
+/// Runs collections and reconciles, one at a time.
+pub struct Collector {
+    registry: Arc<Registry>,
+    options: GcOptions,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Collector {
+    pub fn new(registry: Arc<Registry>, options: GcOptions) -> Collector {
+        Collector { registry, options, running: tokio::sync::Mutex::new(()) }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    fn cutoff(&self) -> i64 {
+        now_ms() - self.options.grace_period.as_millis() as i64
+    }
+
+    /// Runs one collection. `trigger` says who asked (`schedule`, `api`, `cli`).
+    pub async fn collect(&self, trigger: &str, dry_run: bool) -> Result<Report> {
+        let _one_at_a_time = self.running.lock().await;
+        let started = Instant::now();
+        let mut report = Report::new("collect", trigger, dry_run);
+        let outcome = if dry_run { self.simulate(&mut report).await } else { self.run(&mut report).await };
+        self.finish(report, outcome, started).await
+    }
+
+    /// Records the run and updates the metrics, whatever the outcome.
+    async fn finish(&self, mut report: Report, outcome: Result<()>, started: Instant) -> Result<Report> {
+        let m = &self.registry.metrics;
+        report.run.finished_at = now_ms();
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, kind = %report.run.kind, "garbage collection stopped");
+            report.run.error = Some(e.to_string());
+        }
+        if report.run.kind == "collect" {
+            Metrics::add(if report.run.dry_run { &m.gc_dry_runs } else { &m.gc_runs }, 1);
+            Metrics::add(&m.gc_duration_ms, started.elapsed().as_millis() as u64);
+            if outcome.is_err() {
+                Metrics::add(&m.gc_failures, 1);
+            }
+            if !report.run.dry_run {
+                Metrics::add(&m.gc_manifests_removed, report.run.manifests_removed);
+                Metrics::add(&m.gc_links_removed, report.run.links_removed);
+                Metrics::add(&m.gc_blobs_removed, report.run.blobs_removed);
+                Metrics::add(&m.gc_uploads_removed, report.run.uploads_removed);
+                Metrics::add(&m.gc_repositories_removed, report.run.repositories_removed);
+                Metrics::add(&m.gc_bytes_removed, report.run.bytes_removed);
+            }
+        }
+        let record = report.run.clone();
+        report.run.id = self.registry.meta.write(move |c| q::record_run(c, &record)).await?;
+        tracing::info!(
+            kind = %report.run.kind,
+            trigger = %report.run.trigger,
+            dry_run = report.run.dry_run,
+            manifests = report.run.manifests_removed,
+            links = report.run.links_removed,
+            blobs = report.run.blobs_removed,
+            uploads = report.run.uploads_removed,
+            repositories = report.run.repositories_removed,
+            bytes = report.run.bytes_removed,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "garbage collection finished"
+        );
+        outcome.map(|()| report)
+    }
+
+    /// The real run: small transactions, candidates re-checked at removal, bytes last.
+    async fn run(&self, report: &mut Report) -> Result<()> {
+        let cutoff = self.cutoff();
+        // A previous run may have stopped between marking blobs and removing their bytes.
+        let leftover = self.registry.meta.read(|c| q::deleting_blobs(c)).await?;
+        self.remove_blob_bytes(leftover, report).await?;
+        // Removing a manifest can make its blobs, links and children garbage: repeat until
+        // a round removes nothing.
+        loop {
+            let before = report.removed.len();
+            self.manifests(cutoff, report).await?;
+            self.links(cutoff, report).await?;
+            self.blobs(cutoff, report).await?;
+            if report.removed.len() == before {
+                break;
+            }
+        }
+        self.uploads(report).await?;
+        for name in self.registry.meta.write(|c| q::remove_empty_repositories(c)).await? {
+            report.push(Removed { kind: "repository", repository: Some(name), digest: None, id: None, bytes: 0 });
+        }
+        self.registry.meta.checkpoint().await?;
+        Ok(())
+    }
+
+    async fn manifests(&self, cutoff: i64, report: &mut Report) -> Result<()> {
+        let rules = self.options.rules;
+        let mut after = (i64::MIN, i64::MIN);
+        loop {
+            let candidates =
+                self.registry.meta.read(move |c| q::manifest_candidates(c, cutoff, rules, after, BATCH)).await?;
+            let Some(last) = candidates.last() else { return Ok(()) };
+            after = (last.touched_at, last.id);
+            self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
+            let removed = self
+                .registry
+                .meta
+                .write(move |c| {
+                    let mut removed = Vec::new();
+                    for m in &candidates {
+                        removed.extend(q::remove_manifest_if_garbage(c, m.id, cutoff, rules)?);
+                    }
+                    Ok::<_, MetadataError>(removed)
+                })
+                .await?;
+            removed.into_iter().for_each(|m| report.manifest(m));
+        }
+    }
+
+    async fn links(&self, cutoff: i64, report: &mut Report) -> Result<()> {
+        let mut after = (i64::MIN, i64::MIN, String::new());
+        loop {
+            let cursor = after.clone();
+            let candidates = self
+                .registry
+                .meta
+                .read(move |c| q::link_candidates(c, cutoff, (cursor.0, cursor.1, &cursor.2), BATCH))
+                .await?;
+            let Some(last) = candidates.last() else { return Ok(()) };
+            after = (last.linked_at, last.repository_id, last.digest.clone());
+            self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
+            let removed = self
+                .registry
+                .meta
+                .write(move |c| {
+                    let mut removed = Vec::new();
+                    for l in &candidates {
+                        if let Some(repo) = q::remove_link_if_garbage(c, l.repository_id, &l.digest, cutoff)? {
+                            removed.push((repo, l.digest.clone()));
+                        }
+                    }
+                    Ok::<_, MetadataError>(removed)
+                })
+                .await?;
+            removed.into_iter().for_each(|(repo, digest)| report.link(repo, digest));
+        }
+    }
+
+    async fn blobs(&self, cutoff: i64, report: &mut Report) -> Result<()> {
+        let mut after = (i64::MIN, String::new());
+        loop {
+            let cursor = after.clone();
+            let candidates =
+                self.registry.meta.read(move |c| q::blob_candidates(c, cutoff, (cursor.0, &cursor.1), BATCH)).await?;
+            let Some(last) = candidates.last() else { return Ok(()) };
+            after = (last.touched_at, last.digest.clone());
+            self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
+            let marked = self
+                .registry
+                .meta
+                .write(move |c| {
+                    let mut marked = Vec::new();
+                    for b in &candidates {
+                        if let Some(size) = q::mark_blob_deleting(c, &b.digest, cutoff)? {
+                            marked.push((b.digest.clone(), size));
+                        }
+                    }
+                    Ok::<_, MetadataError>(marked)
+                })
+                .await?;
+            self.registry.failpoints.hit(GC_BEFORE_BYTES).await;
+            self.remove_blob_bytes(marked, report).await?;
+        }
+    }
+
+    /// Removes the bytes of blobs marked `deleting`, then forgets them. Each digest is
+    /// handled under its lock, after checking that no upload revived it meanwhile.
+    async fn remove_blob_bytes(&self, marked: Vec<(String, u64)>, report: &mut Report) -> Result<()> {
+        for (digest, size) in marked {
+            let Ok(parsed) = digest.parse::<Digest>() else {
+                tracing::error!(%digest, "metadata holds an unparsable blob digest; left alone");
+                continue;
+            };
+            let _guard = self.registry.digest_locks.lock(&parsed).await;
+            let d = digest.clone();
+            if !self.registry.meta.read(move |c| q::is_deleting(c, &d)).await? {
+                continue;
+            }
+            match self.registry.store.delete_blob(&parsed).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+            let d = digest.clone();
+            if self.registry.meta.write(move |c| q::forget_deleted_blob(c, &d)).await? {
+                report.blob(digest, size);
+            }
+        }
+        Ok(())
+    }
+
+    async fn uploads(&self, report: &mut Report) -> Result<()> {
+        let before = now_ms() - self.options.upload_max_age.as_millis() as i64;
+        let stale = self.registry.meta.read(move |c| q::stale_uploads(c, before, usize::MAX >> 1)).await?;
+        for id in stale {
+            let Ok(upload) = id.parse::<UploadId>() else { continue };
+            if self.registry.sessions().busy(&upload) {
+                continue;
+            }
+            let i = id.clone();
+            if self.registry.meta.write(move |c| q::remove_upload_if_stale(c, &i, before)).await? {
+                match self.registry.store.delete_upload(&upload).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+                report.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+            }
+        }
+        Ok(())
+    }
+
+    /// The dry run: every metadata step of a real run, cascades included, in one
+    /// transaction that is rolled back.
+    async fn simulate(&self, report: &mut Report) -> Result<()> {
+        let cutoff = self.cutoff();
+        let rules = self.options.rules;
+        let upload_before = now_ms() - self.options.upload_max_age.as_millis() as i64;
+        let removed = self
+            .registry
+            .meta
+            .simulate(move |c| {
+                let mut out = Report::new("collect", "", true);
+                for (digest, size) in q::deleting_blobs(c)? {
+                    out.blob(digest, size);
+                }
+                loop {
+                    let before = out.removed.len();
+                    simulate_round(c, cutoff, rules, &mut out)?;
+                    if out.removed.len() == before {
+                        break;
+                    }
+                }
+                for id in q::stale_uploads(c, upload_before, usize::MAX >> 1)? {
+                    out.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+                }
+                for name in q::remove_empty_repositories(c)? {
+                    out.push(Removed { kind: "repository", repository: Some(name), digest: None, id: None, bytes: 0 });
+                }
+                Ok::<_, MetadataError>(out.removed)
+            })
+            .await?;
+        removed.into_iter().for_each(|r| report.push(r));
+        Ok(())
+    }
+
+    /// The most recent runs, newest first.
+    pub async fn history(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        Ok(self.registry.meta.read(move |c| q::list_runs(c, limit)).await?)
+    }
+}
+
+/// One round of the dry run: the same candidate queries and re-checked removals as a real
+/// run, on one transaction.
+fn simulate_round(
+    c: &rusqlite::Connection,
+    cutoff: i64,
+    rules: ManifestRules,
+    out: &mut Report,
+) -> std::result::Result<(), MetadataError> {
+    let mut after = (i64::MIN, i64::MIN);
+    loop {
+        let batch = q::manifest_candidates(c, cutoff, rules, after, BATCH)?;
+        let Some(last) = batch.last() else { break };
+        after = (last.touched_at, last.id);
+        for m in &batch {
+            if let Some(removed) = q::remove_manifest_if_garbage(c, m.id, cutoff, rules)? {
+                out.manifest(removed);
+            }
+        }
+    }
+    let mut after = (i64::MIN, i64::MIN, String::new());
+    loop {
+        let batch = q::link_candidates(c, cutoff, (after.0, after.1, &after.2), BATCH)?;
+        let Some(last) = batch.last() else { break };
+        after = (last.linked_at, last.repository_id, last.digest.clone());
+        for l in &batch {
+            if let Some(repo) = q::remove_link_if_garbage(c, l.repository_id, &l.digest, cutoff)? {
+                out.link(repo, l.digest.clone());
+            }
+        }
+    }
+    let mut after = (i64::MIN, String::new());
+    loop {
+        let batch = q::blob_candidates(c, cutoff, (after.0, &after.1), BATCH)?;
+        let Some(last) = batch.last() else { break };
+        after = (last.touched_at, last.digest.clone());
+        for b in &batch {
+            if let Some(size) = q::mark_blob_deleting(c, &b.digest, cutoff)? {
+                out.blob(b.digest.clone(), size);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Reconcile: compare what storage holds with what metadata knows.
+//!
+//! - Bytes metadata does not know (a crash between committing bytes and recording them,
+//!   or between forgetting a blob and removing its bytes) are removed once older than the
+//!   grace period, each re-checked under its digest lock, logged and counted.
+//! - Blobs metadata knows but storage lacks are reported loudly (log, metric, run record)
+//!   and never dropped from metadata: that is data loss to investigate, not to hide.
+//! - Staged upload files without a session are removed once older than the grace period.
+//! - Any listing error stops the reconcile before it removes anything, so a partial
+//!   listing can never make live data look orphaned.
+//!
+//! It reads all of storage, so it runs rarely (`gc.reconcile_interval`), unlike
+//! collection, which only visits garbage.
+
+use std::collections::HashSet;
+use std::time::{Instant, SystemTime};
+
+use super::{Collector, Removed, Report, Result};
+use crate::metadata::gc as q;
+use crate::metrics::Metrics;
+use crate::oci::UploadId;
+
+impl Collector {
+    pub async fn reconcile(&self, trigger: &str, dry_run: bool) -> Result<Report> {
+        let _one_at_a_time = self.running.lock().await;
+        let started = Instant::now();
+        let mut report = Report::new("reconcile", trigger, dry_run);
+        let outcome = self.reconcile_locked(&mut report).await;
+        self.finish(report, outcome, started).await
+    }
+
+    async fn reconcile_locked(&self, report: &mut Report) -> Result<()> {
+        let reg = &self.registry;
+        let old_enough = SystemTime::now() - self.options.grace_period;
+        // Metadata first, then storage: every blob recorded before this snapshot had its
+        // bytes committed before it was recorded, so it is in the listing unless missing.
+        let known = reg.meta.read(|c| q::all_live_blobs(c)).await?;
+        let stored = reg.store.list_blobs().await?;
+        let uploads = reg.store.list_uploads().await?;
+
+        let stored_set: HashSet<String> = stored.iter().map(|b| b.digest.to_string()).collect();
+        let missing: Vec<&(String, u64)> = known.iter().filter(|(d, _)| !stored_set.contains(d)).collect();
+        for (digest, size) in &missing {
+            tracing::error!(%digest, size, "metadata knows this blob but storage has no bytes for it");
+        }
+        report.run.missing_blobs = missing.len() as u64;
+        reg.metrics.reconcile_missing_blobs.store(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
+
+        let known_set: HashSet<&str> = known.iter().map(|(d, _)| d.as_str()).collect();
+        for blob in stored.iter().filter(|b| !known_set.contains(b.digest.to_string().as_str())) {
+            if blob.modified > old_enough {
+                continue;
+            }
+            let digest = blob.digest.to_string();
+            let _guard = reg.digest_locks.lock(&blob.digest).await;
+            let d = digest.clone();
+            if reg.meta.read(move |c| q::blob_known(c, &d)).await? {
+                continue;
+            }
+            if !report.run.dry_run {
+                match reg.store.delete_blob(&blob.digest).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+                tracing::warn!(%digest, size = blob.size, "removed bytes that metadata did not know");
+                Metrics::add(&reg.metrics.reconcile_orphans_removed, 1);
+                Metrics::add(&reg.metrics.reconcile_orphan_bytes_removed, blob.size);
+            }
+            report.blob(digest, blob.size);
+        }
+
+        for (id, modified) in uploads {
+            if modified > old_enough {
+                continue;
+            }
+            let i = id.clone();
+            if reg.meta.read(move |c| q::upload_known(c, &i)).await? {
+                continue;
+            }
+            let Ok(upload) = id.parse::<UploadId>() else {
+                tracing::warn!(file = %id, "stray file in the uploads area left alone");
+                continue;
+            };
+            if !report.run.dry_run {
+                match reg.store.delete_upload(&upload).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            report.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+        }
+        if !report.run.dry_run {
+            Metrics::add(&reg.metrics.reconcile_runs, 1);
+        }
+        Ok(())
+    }
+}

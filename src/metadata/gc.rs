@@ -1,0 +1,313 @@
+//! The queries of garbage collection and reconcile: finding candidates through the
+//! "count = 0" partial indexes, and removing each one only after re-checking, in the
+//! removing transaction itself, that it is still garbage.
+//!
+//! Selection and removal are separate on purpose: a candidate list is a hint, read without
+//! blocking writers; every removal re-checks the same conditions under the write lock, so
+//! a reference created between the two (a tag, a manifest push, a probe, a mount, an
+//! upload) always wins.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Result;
+use super::repositories::RepoId;
+
+/// Rules that decide which unreferenced manifests are garbage.
+#[derive(Debug, Clone, Copy)]
+pub struct ManifestRules {
+    /// Collect manifests with no tag and no parent index.
+    pub untagged: bool,
+    /// Collect referrers whose subject is not in their repository.
+    pub orphan_referrers: bool,
+}
+
+/// A manifest with no tag and no parent index, untouched since before the cutoff.
+#[derive(Debug, Clone)]
+pub struct ManifestCandidate {
+    pub id: i64,
+    pub touched_at: i64,
+}
+
+/// Candidates after `after` in (touched_at, id) order, at most `limit`.
+pub fn manifest_candidates(
+    conn: &Connection,
+    cutoff: i64,
+    rules: ManifestRules,
+    after: (i64, i64),
+    limit: usize,
+) -> Result<Vec<ManifestCandidate>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, touched_at FROM manifests
+          WHERE tag_count = 0 AND parent_count = 0 AND touched_at < ?1 AND (touched_at, id) > (?2, ?3)
+            AND (?4 OR subject IS NOT NULL)
+          ORDER BY touched_at, id LIMIT ?5",
+    )?;
+    let rows = stmt.query_map(params![cutoff, after.0, after.1, rules.untagged, limit as i64], |r| {
+        Ok(ManifestCandidate { id: r.get(0)?, touched_at: r.get(1)? })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A manifest removed by collection.
+#[derive(Debug, Clone)]
+pub struct RemovedManifest {
+    pub repository: String,
+    pub digest: String,
+    pub bytes: u64,
+    pub tags: u64,
+}
+
+/// Deletes the manifest if it is still garbage: no tag, no parent, untouched since the
+/// cutoff, and either untagged collection is on and it has no subject, or its subject is
+/// not in the repository and orphaned referrers are collected. A referrer whose subject is
+/// present lives as long as the subject does.
+pub fn remove_manifest_if_garbage(
+    conn: &Connection,
+    id: i64,
+    cutoff: i64,
+    rules: ManifestRules,
+) -> Result<Option<RemovedManifest>> {
+    let row: Option<(RepoId, String, String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT m.repository_id, r.name, m.digest, m.subject FROM manifests m
+               JOIN repositories r ON r.id = m.repository_id
+              WHERE m.id = ?1 AND m.tag_count = 0 AND m.parent_count = 0 AND m.touched_at < ?2",
+        )?
+        .query_row(params![id, cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((repo, repository, digest, subject)) = row else { return Ok(None) };
+    let garbage = match subject {
+        None => rules.untagged,
+        Some(subject) => {
+            let subject_present = conn
+                .prepare_cached("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")?
+                .query_row(params![repo, subject], |_| Ok(()))
+                .optional()?
+                .is_some();
+            !subject_present && rules.orphan_referrers
+        }
+    };
+    if !garbage {
+        return Ok(None);
+    }
+    let deleted = super::manifests::delete(conn, id, None)?;
+    Ok(Some(RemovedManifest { repository, digest, bytes: deleted.bytes, tags: deleted.tags }))
+}
+
+/// A repository's link to a blob that none of its manifests references.
+#[derive(Debug, Clone)]
+pub struct LinkCandidate {
+    pub repository_id: RepoId,
+    pub digest: String,
+    pub linked_at: i64,
+}
+
+pub fn link_candidates(
+    conn: &Connection,
+    cutoff: i64,
+    after: (i64, RepoId, &str),
+    limit: usize,
+) -> Result<Vec<LinkCandidate>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT repository_id, digest, linked_at FROM repository_blobs
+          WHERE ref_count = 0 AND linked_at < ?1 AND (linked_at, repository_id, digest) > (?2, ?3, ?4)
+          ORDER BY linked_at, repository_id, digest LIMIT ?5",
+    )?;
+    let rows = stmt.query_map(params![cutoff, after.0, after.1, after.2, limit as i64], |r| {
+        Ok(LinkCandidate { repository_id: r.get(0)?, digest: r.get(1)?, linked_at: r.get(2)? })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Removes the link if still unreferenced and unused since the cutoff; returns the
+/// repository's name if it did.
+pub fn remove_link_if_garbage(conn: &Connection, repo: RepoId, digest: &str, cutoff: i64) -> Result<Option<String>> {
+    let removed = conn
+        .prepare_cached(
+            "DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2 AND ref_count = 0 AND linked_at < ?3",
+        )?
+        .execute(params![repo, digest, cutoff])?;
+    if removed == 0 {
+        return Ok(None);
+    }
+    Ok(Some(conn.prepare_cached("SELECT name FROM repositories WHERE id = ?1")?.query_row([repo], |r| r.get(0))?))
+}
+
+/// A blob no manifest references and no repository links.
+#[derive(Debug, Clone)]
+pub struct BlobCandidate {
+    pub digest: String,
+    pub touched_at: i64,
+}
+
+pub fn blob_candidates(conn: &Connection, cutoff: i64, after: (i64, &str), limit: usize) -> Result<Vec<BlobCandidate>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT digest, touched_at FROM blobs b
+          WHERE ref_count = 0 AND state = 0 AND touched_at < ?1 AND (touched_at, digest) > (?2, ?3)
+            AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = b.digest)
+          ORDER BY touched_at, digest LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![cutoff, after.0, after.1, limit as i64], |r| {
+        Ok(BlobCandidate { digest: r.get(0)?, touched_at: r.get(1)? })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Marks the blob as being deleted if it is still garbage; returns its size if it did.
+/// From this commit on the blob is invisible: probes answer 404 and mounts refuse it, so a
+/// client uploads it again instead of linking bytes about to disappear.
+pub fn mark_blob_deleting(conn: &Connection, digest: &str, cutoff: i64) -> Result<Option<u64>> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE blobs SET state = 1
+              WHERE digest = ?1 AND state = 0 AND ref_count = 0 AND touched_at < ?2
+                AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = blobs.digest)
+          RETURNING size",
+        )?
+        .query_row(params![digest, cutoff], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|s| s as u64))
+}
+
+/// Blobs marked as being deleted (including by a collection that crashed), with sizes.
+pub fn deleting_blobs(conn: &Connection) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT digest, size FROM blobs WHERE state = 1 ORDER BY digest")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whether the blob is still marked as being deleted (an upload may have revived it).
+pub fn is_deleting(conn: &Connection, digest: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1 AND state = 1")?
+        .query_row([digest], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Forgets a blob whose bytes are gone; false if an upload revived it meanwhile.
+pub fn forget_deleted_blob(conn: &Connection, digest: &str) -> Result<bool> {
+    Ok(conn.prepare_cached("DELETE FROM blobs WHERE digest = ?1 AND state = 1")?.execute([digest])? > 0)
+}
+
+/// Upload sessions not written to since `before`.
+pub fn stale_uploads(conn: &Connection, before: i64, limit: usize) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM uploads WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2")?;
+    let rows = stmt.query_map(params![before, limit as i64], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Removes the session if it is still stale; true if it did.
+pub fn remove_upload_if_stale(conn: &Connection, id: &str, before: i64) -> Result<bool> {
+    Ok(conn.prepare_cached("DELETE FROM uploads WHERE id = ?1 AND updated_at < ?2")?.execute(params![id, before])? > 0)
+}
+
+/// Removes every repository with no manifest and no blob link; returns their names.
+pub fn remove_empty_repositories(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM repositories
+          WHERE NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = repositories.id)
+            AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.repository_id = repositories.id)
+            AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = repositories.id)
+      RETURNING name",
+    )?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whether metadata knows the blob (in any state).
+pub fn blob_known(conn: &Connection, digest: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")?
+        .query_row([digest], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Every live blob metadata knows, for the reconcile's comparison with storage.
+pub fn all_live_blobs(conn: &Connection) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT digest, size FROM blobs WHERE state = 0")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whether an upload session exists.
+pub fn upload_known(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn.prepare_cached("SELECT 1 FROM uploads WHERE id = ?1")?.query_row([id], |_| Ok(())).optional()?.is_some())
+}
+
+/// One collection or reconcile run, as recorded.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub kind: String,
+    pub trigger: String,
+    pub dry_run: bool,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub manifests_removed: u64,
+    pub tags_removed: u64,
+    pub links_removed: u64,
+    pub blobs_removed: u64,
+    pub uploads_removed: u64,
+    pub repositories_removed: u64,
+    pub bytes_removed: u64,
+    pub missing_blobs: u64,
+    pub error: Option<String>,
+}
+
+/// Records a run; returns its id.
+pub fn record_run(conn: &Connection, r: &RunRecord) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO gc_runs (kind, trigger, dry_run, started_at, finished_at, manifests_removed, tags_removed,
+                              links_removed, blobs_removed, uploads_removed, repositories_removed, bytes_removed,
+                              missing_blobs, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        r.kind,
+        r.trigger,
+        r.dry_run,
+        r.started_at,
+        r.finished_at,
+        r.manifests_removed as i64,
+        r.tags_removed as i64,
+        r.links_removed as i64,
+        r.blobs_removed as i64,
+        r.uploads_removed as i64,
+        r.repositories_removed as i64,
+        r.bytes_removed as i64,
+        r.missing_blobs as i64,
+        r.error,
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// The most recent runs, newest first.
+pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, kind, trigger, dry_run, started_at, finished_at, manifests_removed, tags_removed, links_removed,
+                blobs_removed, uploads_removed, repositories_removed, bytes_removed, missing_blobs, error
+           FROM gc_runs ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(RunRecord {
+            id: r.get(0)?,
+            kind: r.get(1)?,
+            trigger: r.get(2)?,
+            dry_run: r.get(3)?,
+            started_at: r.get(4)?,
+            finished_at: r.get(5)?,
+            manifests_removed: r.get::<_, i64>(6)? as u64,
+            tags_removed: r.get::<_, i64>(7)? as u64,
+            links_removed: r.get::<_, i64>(8)? as u64,
+            blobs_removed: r.get::<_, i64>(9)? as u64,
+            uploads_removed: r.get::<_, i64>(10)? as u64,
+            repositories_removed: r.get::<_, i64>(11)? as u64,
+            bytes_removed: r.get::<_, i64>(12)? as u64,
+            missing_blobs: r.get::<_, i64>(13)? as u64,
+            error: r.get(14)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

@@ -1,0 +1,89 @@
+//! Prometheus counters, rendered as text at `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub gc_runs: AtomicU64,
+    pub gc_dry_runs: AtomicU64,
+    pub gc_failures: AtomicU64,
+    pub gc_duration_ms: AtomicU64,
+    pub gc_manifests_removed: AtomicU64,
+    pub gc_links_removed: AtomicU64,
+    pub gc_blobs_removed: AtomicU64,
+    pub gc_uploads_removed: AtomicU64,
+    pub gc_repositories_removed: AtomicU64,
+    pub gc_bytes_removed: AtomicU64,
+    pub reconcile_runs: AtomicU64,
+    pub reconcile_orphans_removed: AtomicU64,
+    pub reconcile_orphan_bytes_removed: AtomicU64,
+    /// Blobs metadata knows whose bytes storage lacks, as of the last reconcile.
+    pub reconcile_missing_blobs: AtomicU64,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        counter(&mut out, "bosun_gc_runs_total", "Garbage collections that changed storage.", &self.gc_runs);
+        counter(&mut out, "bosun_gc_dry_runs_total", "Garbage collection dry runs.", &self.gc_dry_runs);
+        counter(
+            &mut out,
+            "bosun_gc_failures_total",
+            "Garbage collections that stopped on an error.",
+            &self.gc_failures,
+        );
+        let secs = self.gc_duration_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "# HELP bosun_gc_duration_seconds_total Time spent collecting.\n# TYPE bosun_gc_duration_seconds_total counter\nbosun_gc_duration_seconds_total {secs}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bosun_gc_objects_removed_total Objects removed by garbage collection.\n# TYPE bosun_gc_objects_removed_total counter"
+        );
+        for (kind, value) in [
+            ("manifest", &self.gc_manifests_removed),
+            ("link", &self.gc_links_removed),
+            ("blob", &self.gc_blobs_removed),
+            ("upload", &self.gc_uploads_removed),
+            ("repository", &self.gc_repositories_removed),
+        ] {
+            let _ =
+                writeln!(out, "bosun_gc_objects_removed_total{{kind=\"{kind}\"}} {}", value.load(Ordering::Relaxed));
+        }
+        counter(
+            &mut out,
+            "bosun_gc_bytes_removed_total",
+            "Blob bytes freed by garbage collection.",
+            &self.gc_bytes_removed,
+        );
+        counter(&mut out, "bosun_reconcile_runs_total", "Storage reconciles.", &self.reconcile_runs);
+        counter(
+            &mut out,
+            "bosun_reconcile_orphans_removed_total",
+            "Blobs in storage that metadata did not know, removed.",
+            &self.reconcile_orphans_removed,
+        );
+        counter(
+            &mut out,
+            "bosun_reconcile_orphan_bytes_removed_total",
+            "Bytes of those orphan blobs.",
+            &self.reconcile_orphan_bytes_removed,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bosun_reconcile_missing_blobs Blobs metadata knows but storage lacks (last reconcile).\n# TYPE bosun_reconcile_missing_blobs gauge\nbosun_reconcile_missing_blobs {}",
+            self.reconcile_missing_blobs.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
