@@ -38,7 +38,7 @@ pub fn manifest_candidates(
 ) -> Result<Vec<ManifestCandidate>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, touched_at FROM manifests
-          WHERE tag_count = 0 AND parent_count = 0 AND touched_at < ?1 AND (touched_at, id) > (?2, ?3)
+          WHERE tag_count = 0 AND parent_count = 0 AND touched_at <= ?1 AND (touched_at, id) > (?2, ?3)
             AND (?4 OR subject IS NOT NULL)
           ORDER BY touched_at, id LIMIT ?5",
     )?;
@@ -71,7 +71,7 @@ pub fn remove_manifest_if_garbage(
         .prepare_cached(
             "SELECT m.repository_id, r.name, m.digest, m.subject FROM manifests m
                JOIN repositories r ON r.id = m.repository_id
-              WHERE m.id = ?1 AND m.tag_count = 0 AND m.parent_count = 0 AND m.touched_at < ?2",
+              WHERE m.id = ?1 AND m.tag_count = 0 AND m.parent_count = 0 AND m.touched_at <= ?2",
         )?
         .query_row(params![id, cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
@@ -110,7 +110,7 @@ pub fn link_candidates(
 ) -> Result<Vec<LinkCandidate>> {
     let mut stmt = conn.prepare_cached(
         "SELECT repository_id, digest, linked_at FROM repository_blobs
-          WHERE ref_count = 0 AND linked_at < ?1 AND (linked_at, repository_id, digest) > (?2, ?3, ?4)
+          WHERE ref_count = 0 AND linked_at <= ?1 AND (linked_at, repository_id, digest) > (?2, ?3, ?4)
           ORDER BY linked_at, repository_id, digest LIMIT ?5",
     )?;
     let rows = stmt.query_map(params![cutoff, after.0, after.1, after.2, limit as i64], |r| {
@@ -124,7 +124,7 @@ pub fn link_candidates(
 pub fn remove_link_if_garbage(conn: &Connection, repo: RepoId, digest: &str, cutoff: i64) -> Result<Option<String>> {
     let removed = conn
         .prepare_cached(
-            "DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2 AND ref_count = 0 AND linked_at < ?3",
+            "DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2 AND ref_count = 0 AND linked_at <= ?3",
         )?
         .execute(params![repo, digest, cutoff])?;
     if removed == 0 {
@@ -143,7 +143,7 @@ pub struct BlobCandidate {
 pub fn blob_candidates(conn: &Connection, cutoff: i64, after: (i64, &str), limit: usize) -> Result<Vec<BlobCandidate>> {
     let mut stmt = conn.prepare_cached(
         "SELECT digest, touched_at FROM blobs b
-          WHERE ref_count = 0 AND state = 0 AND touched_at < ?1 AND (touched_at, digest) > (?2, ?3)
+          WHERE ref_count = 0 AND state = 0 AND touched_at <= ?1 AND (touched_at, digest) > (?2, ?3)
             AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = b.digest)
           ORDER BY touched_at, digest LIMIT ?4",
     )?;
@@ -160,7 +160,7 @@ pub fn mark_blob_deleting(conn: &Connection, digest: &str, cutoff: i64) -> Resul
     Ok(conn
         .prepare_cached(
             "UPDATE blobs SET state = 1
-              WHERE digest = ?1 AND state = 0 AND ref_count = 0 AND touched_at < ?2
+              WHERE digest = ?1 AND state = 0 AND ref_count = 0 AND touched_at <= ?2
                 AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = blobs.digest)
           RETURNING size",
         )?
@@ -192,14 +192,14 @@ pub fn forget_deleted_blob(conn: &Connection, digest: &str) -> Result<bool> {
 
 /// Upload sessions not written to since `before`.
 pub fn stale_uploads(conn: &Connection, before: i64, limit: usize) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT id FROM uploads WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2")?;
+    let mut stmt = conn.prepare_cached("SELECT id FROM uploads WHERE updated_at <= ?1 ORDER BY updated_at LIMIT ?2")?;
     let rows = stmt.query_map(params![before, limit as i64], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Removes the session if it is still stale; true if it did.
 pub fn remove_upload_if_stale(conn: &Connection, id: &str, before: i64) -> Result<bool> {
-    Ok(conn.prepare_cached("DELETE FROM uploads WHERE id = ?1 AND updated_at < ?2")?.execute(params![id, before])? > 0)
+    Ok(conn.prepare_cached("DELETE FROM uploads WHERE id = ?1 AND updated_at <= ?2")?.execute(params![id, before])? > 0)
 }
 
 /// Removes every repository with no manifest and no blob link; returns their names.

@@ -130,10 +130,14 @@ impl Server {
             .unwrap()
     }
 
-    /// Pushes a small image (config + `layers`) under `reference`; returns the manifest
-    /// bytes and digest.
+    /// Pushes a small image (config + `layers`) under `reference` (by its digest, untagged,
+    /// when `reference` is empty); returns the manifest bytes and digest.
     pub async fn push_image(&self, repo: &str, reference: &str, layers: &[&[u8]]) -> (Vec<u8>, String) {
-        let config = format!(r#"{{"architecture":"amd64","os":"linux","n":{}}}"#, layers.len());
+        // The config names its layers, as a real one does, so images differ in config too.
+        let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
+        let config =
+            json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}})
+                .to_string();
         let config_digest = self.push_blob(repo, config.as_bytes()).await;
         let mut descs = Vec::new();
         for layer in layers {
@@ -147,9 +151,10 @@ impl Server {
             "layers": descs,
         });
         let body = serde_json::to_vec(&manifest).unwrap();
+        let digest = sha256(&body);
+        let reference = if reference.is_empty() { digest.as_str() } else { reference };
         let resp = self.put_manifest(repo, reference, OCI_MANIFEST, &body).await;
         assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
-        let digest = sha256(&body);
         (body, digest)
     }
 }
@@ -189,4 +194,144 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// Environment for a server whose collections are started by the test only, with no
+/// grace period and the test pause points on.
+pub const GC_NOW: &[(&str, &str)] =
+    &[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "0"), ("BOSUN_TEST_FAILPOINTS", "true")];
+
+impl Server {
+    /// Runs a collection through the admin API; returns its report.
+    pub async fn gc(&self, dry_run: bool) -> Value {
+        let resp = self.http.post(self.url(&format!("/admin/gc?dry_run={dry_run}"))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json().await.unwrap()
+    }
+
+    pub async fn reconcile(&self, dry_run: bool) -> Response {
+        self.http.post(self.url(&format!("/admin/reconcile?dry_run={dry_run}"))).send().await.unwrap()
+    }
+
+    /// Arms a pause point.
+    pub async fn arm(&self, failpoint: &str) {
+        let resp = self.http.put(self.url(&format!("/admin/failpoints/{failpoint}"))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    /// Waits until the server stopped at the pause point.
+    pub async fn wait_paused(&self, failpoint: &str) {
+        let v: Value = self
+            .http
+            .get(self.url(&format!("/admin/failpoints/{failpoint}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["reached"], true, "the server never reached {failpoint}");
+    }
+
+    pub async fn release(&self, failpoint: &str) {
+        self.http.delete(self.url(&format!("/admin/failpoints/{failpoint}"))).send().await.unwrap();
+    }
+
+    /// Pulls `reference` completely (an index's children too), verifying every digest and
+    /// size; returns what was wrong, if anything.
+    pub async fn verify_image(&self, repo: &str, reference: &str) -> Result<(), String> {
+        let resp = self
+            .http
+            .get(self.url(&format!("/v2/{repo}/manifests/{reference}")))
+            .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("{repo}:{reference}: manifest answered {}", resp.status()));
+        }
+        let digest = header(&resp, "docker-content-digest");
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        if sha256(&body) != digest {
+            return Err(format!("{repo}:{reference}: manifest digest mismatch"));
+        }
+        let manifest: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        if let Some(children) = manifest["manifests"].as_array() {
+            for child in children {
+                Box::pin(self.verify_image(repo, child["digest"].as_str().unwrap())).await?;
+            }
+            return Ok(());
+        }
+        let blobs = std::iter::once(&manifest["config"]).chain(manifest["layers"].as_array().into_iter().flatten());
+        for blob in blobs {
+            let d = blob["digest"].as_str().unwrap();
+            let resp =
+                self.http.get(self.url(&format!("/v2/{repo}/blobs/{d}"))).send().await.map_err(|e| e.to_string())?;
+            if resp.status() != StatusCode::OK {
+                return Err(format!("{repo}:{reference}: blob {d} answered {}", resp.status()));
+            }
+            let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+            if sha256(&bytes) != d || bytes.len() as u64 != blob["size"].as_u64().unwrap() {
+                return Err(format!("{repo}:{reference}: blob {d} has the wrong content"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the data directory occupies on disk.
+    pub fn disk_usage(&self) -> u64 {
+        disk_usage(&self.data_dir)
+    }
+
+    /// Every file and directory under the data directory, relative to it.
+    pub fn data_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.data_dir.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                out.push(path.strip_prefix(&self.data_dir).unwrap().display().to_string());
+                if path.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Stops the server with SIGKILL (no chance to clean up) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    let own = meta.blocks() * 512;
+    if meta.is_dir() {
+        own + std::fs::read_dir(path).unwrap().map(|e| disk_usage(&e.unwrap().path())).sum::<u64>()
+    } else {
+        own
+    }
+}
+
+/// Pushes an OCI index of `children` (already pushed manifests with their bodies).
+pub async fn push_index(s: &Server, repo: &str, reference: &str, children: &[(Vec<u8>, String)]) -> (Vec<u8>, String) {
+    let manifests: Vec<Value> = children
+        .iter()
+        .enumerate()
+        .map(|(i, (body, digest))| {
+            json!({"mediaType": OCI_MANIFEST, "digest": digest, "size": body.len(),
+                   "platform": {"architecture": format!("arch{i}"), "os": "linux"}})
+        })
+        .collect();
+    let body =
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap();
+    let resp = s.put_manifest(repo, reference, OCI_INDEX, &body).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
+    let digest = sha256(&body);
+    (body, digest)
 }

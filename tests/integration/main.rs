@@ -5,6 +5,7 @@ mod harness;
 
 mod blobs;
 mod errors;
+mod gc;
 mod listing;
 mod manifests;
 mod oci_client;

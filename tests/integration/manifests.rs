@@ -224,7 +224,7 @@ async fn deletes_by_tag_and_by_digest() {
 #[tokio::test]
 async fn a_child_of_an_index_cannot_be_deleted_before_the_index() {
     let s = Server::start();
-    let (child_body, child) = s.push_image("multi", &"placeholder".to_owned(), &[b"amd64 layer"]).await;
+    let (child_body, child) = s.push_image("multi", "", &[b"amd64 layer"]).await;
     let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
         "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": child_body.len(),
                        "platform": {"architecture": "amd64", "os": "linux"}}]}))

@@ -1,0 +1,305 @@
+//! Garbage collection, observed from outside: what goes, what stays, what the disk says.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+fn count(report: &Value, kind: &str) -> usize {
+    report["removed"].as_array().unwrap().iter().filter(|r| r["kind"] == kind).count()
+}
+
+#[tokio::test]
+async fn delete_then_collect_frees_the_unique_bytes_and_keeps_shared_ones() {
+    let s = Server::start_with(GC_NOW);
+    let base = random_bytes(100, 2 << 20);
+    let own = random_bytes(101, 3 << 20);
+    let other = random_bytes(102, 1 << 20);
+    let (doomed_body, doomed) = s.push_image("apps/doomed", "v1", &[&base, &own]).await;
+    let config_len = serde_json::from_slice::<Value>(&doomed_body).unwrap()["config"]["size"].as_u64().unwrap();
+    s.push_image("apps/kept", "v1", &[&base, &other]).await;
+    // A collection with nothing to remove folds the metadata's write-ahead log into the
+    // database, as every collection does at its end, so both measurements see the same.
+    assert!(s.gc(false).await["removed"].as_array().unwrap().is_empty());
+    let before = s.disk_usage();
+
+    assert_eq!(s.delete(&format!("/v2/apps/doomed/manifests/{doomed}")).await.status(), StatusCode::ACCEPTED);
+    let report = s.gc(false).await;
+    assert_eq!(count(&report, "manifest"), 0, "the manifest was deleted by the API, not collected");
+    // The unique layer and config went; the shared base stayed.
+    assert_eq!(count(&report, "blob"), 2, "{report}");
+    assert_eq!(report["bytes_removed"], own.len() as u64 + config_len);
+    let after = s.disk_usage();
+    let freed = before as i64 - after as i64;
+    let expected = (own.len() as u64 + config_len) as i64;
+    assert!((freed - expected).abs() < 32 * 1024, "freed {freed} bytes on disk, the image had {expected} unique bytes");
+
+    for blob in [sha256(&own), sha256(&base)] {
+        assert_eq!(s.head(&format!("/v2/apps/doomed/blobs/{blob}")).await.status(), StatusCode::NOT_FOUND);
+    }
+    s.verify_image("apps/kept", "v1").await.unwrap();
+    // The emptied repository is gone too.
+    let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(catalog["repositories"], json!(["apps/kept"]));
+    expect_error(s.get("/v2/apps/doomed/tags/list").await, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn nothing_is_left_behind() {
+    let s = Server::start_with(GC_NOW);
+    let empty = s.data_files();
+    let mut digests = Vec::new();
+    for (i, repo) in ["a/one", "a/two", "b"].iter().enumerate() {
+        let (_, d) = s.push_image(repo, "latest", &[&random_bytes(i as u64, 5000), b"shared"]).await;
+        digests.push((repo, d));
+    }
+    // An abandoned upload and an index, too.
+    let resp = s.http.post(s.url("/v2/b/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    s.http.patch(s.url(&location)).body("abandoned").send().await.unwrap();
+    for (repo, d) in &digests {
+        assert_eq!(s.delete(&format!("/v2/{repo}/manifests/{d}")).await.status(), StatusCode::ACCEPTED);
+    }
+    s.delete(&location).await;
+    s.gc(false).await;
+    let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(catalog["repositories"], json!([]));
+    for (repo, _) in &digests {
+        expect_error(s.get(&format!("/v2/{repo}/tags/list")).await, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
+    }
+    let left: Vec<String> = s.data_files().into_iter().filter(|f| !f.starts_with("metadata.sqlite")).collect();
+    let empty: Vec<String> = empty.into_iter().filter(|f| !f.starts_with("metadata.sqlite")).collect();
+    assert_eq!(left, empty, "files or directories were left behind");
+}
+
+#[tokio::test]
+async fn multi_arch_index_survives_repeated_collections() {
+    let s = Server::start_with(GC_NOW);
+    let base = random_bytes(110, 100_000);
+    let mut children = Vec::new();
+    for arch in 0..3u64 {
+        // Children are pushed by digest, untagged, before their index.
+        let (body, digest) = s.push_image("multi/app", "", &[&base, &random_bytes(111 + arch, 50_000)]).await;
+        children.push((body, digest));
+    }
+    push_index(&s, "multi/app", "latest", &children).await;
+    // A nested index (an index of that index) by tag as well.
+    let (index_body, index_digest) = {
+        let resp = s.get("/v2/multi/app/manifests/latest").await;
+        let d = header(&resp, "docker-content-digest");
+        (resp.bytes().await.unwrap().to_vec(), d)
+    };
+    let nested = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_INDEX, "digest": index_digest, "size": index_body.len()}]}))
+    .unwrap();
+    assert_eq!(s.put_manifest("multi/app", "nested", OCI_INDEX, &nested).await.status(), StatusCode::CREATED);
+
+    for _ in 0..3 {
+        let report = s.gc(false).await;
+        assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    }
+    s.verify_image("multi/app", "latest").await.unwrap();
+    s.verify_image("multi/app", "nested").await.unwrap();
+
+    // Untag the outer index only: the inner index is still tagged, nothing goes but it.
+    s.delete("/v2/multi/app/manifests/nested").await;
+    let report = s.gc(false).await;
+    assert_eq!(count(&report, "manifest"), 1, "{report}");
+    s.verify_image("multi/app", "latest").await.unwrap();
+    // Untag the index: it, its children and their blobs go.
+    s.delete("/v2/multi/app/manifests/latest").await;
+    let report = s.gc(false).await;
+    assert_eq!(count(&report, "manifest"), 4, "{report}");
+    assert_eq!(count(&report, "blob"), 3 + 3 + 1, "three configs, three own layers and the base: {report}");
+}
+
+#[tokio::test]
+async fn referrers_live_with_their_subject_and_go_after_it() {
+    let s = Server::start_with(GC_NOW);
+    let (subject_body, subject) = s.push_image("signed", "v1", &[b"app layer"]).await;
+    let empty = s.push_blob("signed", b"{}").await;
+    let sig = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.example.sig",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.example.sig.layer", "digest": s.push_blob("signed", b"signature").await, "size": 9}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_body.len()},
+    }))
+    .unwrap();
+    let sig_digest = sha256(&sig);
+    assert_eq!(s.put_manifest("signed", &sig_digest, OCI_MANIFEST, &sig).await.status(), StatusCode::CREATED);
+
+    for _ in 0..2 {
+        let report = s.gc(false).await;
+        assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    }
+    let referrers: Value = s.get(&format!("/v2/signed/referrers/{subject}")).await.json().await.unwrap();
+    assert_eq!(referrers["manifests"][0]["digest"], sig_digest);
+    s.verify_image("signed", &sig_digest).await.unwrap();
+
+    // Delete the subject: its signature goes with the next collection.
+    s.delete(&format!("/v2/signed/manifests/{subject}")).await;
+    let report = s.gc(false).await;
+    assert_eq!(count(&report, "manifest"), 1, "{report}");
+    assert_eq!(s.get(&format!("/v2/signed/manifests/{sig_digest}")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(count(&report, "repository"), 1, "{report}");
+}
+
+#[tokio::test]
+async fn a_referrer_does_not_keep_an_untagged_subject_alive() {
+    let s = Server::start_with(GC_NOW);
+    let (subject_body, subject) = s.push_image("rule", "v1", &[b"layer"]).await;
+    let empty = s.push_blob("rule", b"{}").await;
+    let sbom = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/spdx+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}, "layers": [],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_body.len()},
+    }))
+    .unwrap();
+    s.put_manifest("rule", &sha256(&sbom), OCI_MANIFEST, &sbom).await;
+    // Untag the subject: untagged, it is garbage; its referrer goes after it, in the same
+    // collection (once the subject is gone, the referrer is an orphan).
+    s.delete("/v2/rule/manifests/v1").await;
+    let report = s.gc(false).await;
+    assert_eq!(count(&report, "manifest"), 2, "{report}");
+}
+
+#[tokio::test]
+async fn orphan_referrers_can_be_kept_and_untagged_collection_turned_off() {
+    let s = Server::start_with(&[
+        ("BOSUN_GC_ENABLED", "false"),
+        ("BOSUN_GC_GRACE_PERIOD", "0"),
+        ("BOSUN_GC_UNTAGGED", "false"),
+        ("BOSUN_GC_ORPHAN_REFERRERS", "false"),
+    ]);
+    let (_, digest) = s.push_image("keep", "v1", &[b"layer"]).await;
+    s.delete("/v2/keep/manifests/v1").await;
+    let report = s.gc(false).await;
+    assert_eq!(count(&report, "manifest"), 0, "{report}");
+    s.verify_image("keep", &digest).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_grace_period_protects_recent_content() {
+    let s = Server::start_with(&[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "1h")]);
+    let (_, digest) = s.push_image("young", "v1", &[b"layer"]).await;
+    s.delete(&format!("/v2/young/manifests/{digest}")).await;
+    s.push_blob("young", b"loose").await;
+    let report = s.gc(false).await;
+    assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+}
+
+#[tokio::test]
+async fn dry_run_reports_exactly_what_a_real_run_removes() {
+    let s = Server::start_with(GC_NOW);
+    let (_, a) = s.push_image("dry", "a", &[&random_bytes(120, 10_000), b"common"]).await;
+    s.push_image("dry", "b", &[&random_bytes(121, 20_000), b"common"]).await;
+    s.push_image("dry", "untagged", &[&random_bytes(122, 30_000)]).await;
+    s.delete("/v2/dry/manifests/untagged").await;
+    s.delete(&format!("/v2/dry/manifests/{a}")).await;
+    let before = s.data_files();
+
+    let dry = s.gc(true).await;
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(s.data_files(), before, "a dry run changed storage");
+    let again = s.gc(true).await;
+    assert_eq!(again["removed"], dry["removed"], "a dry run changed metadata");
+    let real = s.gc(false).await;
+    let mut d: Vec<String> = dry["removed"].as_array().unwrap().iter().map(|r| r.to_string()).collect();
+    let mut r: Vec<String> = real["removed"].as_array().unwrap().iter().map(|r| r.to_string()).collect();
+    d.sort();
+    r.sort();
+    assert_eq!(d, r);
+    assert_eq!(dry["bytes_removed"], real["bytes_removed"]);
+    assert_eq!(count(&real, "manifest"), 1);
+    assert_eq!(count(&real, "blob"), 4, "two configs and two unique layers: {real}");
+    s.verify_image("dry", "b").await.unwrap();
+}
+
+#[tokio::test]
+async fn runs_are_recorded_and_counted() {
+    let s = Server::start_with(GC_NOW);
+    let (_, d) = s.push_image("hist", "v1", &[b"layer"]).await;
+    s.delete(&format!("/v2/hist/manifests/{d}")).await;
+    s.gc(true).await;
+    s.gc(false).await;
+    let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["dry_run"], false);
+    assert_eq!(runs[0]["trigger"], "api");
+    assert_eq!(runs[0]["blobs_removed"], 2);
+    assert!(runs[0]["finished_at"].as_i64() >= runs[0]["started_at"].as_i64());
+    assert_eq!(runs[1]["dry_run"], true);
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    for line in
+        ["bosun_gc_runs_total 1", "bosun_gc_dry_runs_total 1", "bosun_gc_objects_removed_total{kind=\"blob\"} 2"]
+    {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    assert!(metrics.contains("bosun_gc_bytes_removed_total"));
+}
+
+#[tokio::test]
+async fn abandoned_uploads_are_collected() {
+    let s = Server::start_with(&[
+        ("BOSUN_GC_ENABLED", "false"),
+        ("BOSUN_GC_GRACE_PERIOD", "0"),
+        ("BOSUN_GC_UPLOAD_MAX_AGE", "200ms"),
+    ]);
+    let resp = s.http.post(s.url("/v2/up/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    s.http.patch(s.url(&location)).body("half a layer").send().await.unwrap();
+    let report = s.gc(false).await;
+    assert_eq!(count(&report, "upload"), 0, "too young: {report}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let report = s.gc(false).await;
+    assert_eq!(count(&report, "upload"), 1, "{report}");
+    expect_error(s.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn reconcile_removes_unknown_bytes_and_reports_missing_ones() {
+    let s = Server::start_with(GC_NOW);
+    s.push_image("rec", "v1", &[b"kept layer"]).await;
+    // Bytes metadata does not know (as a crash between commit and record leaves them).
+    let orphan = b"orphan bytes";
+    let d = sha256(orphan);
+    let path = s.data_dir.join("blobs/sha256").join(&d[7..9]).join(&d[7..]);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, orphan).unwrap();
+    // Bytes metadata knows, gone from storage.
+    let lost = s.push_blob("rec", b"lost layer").await;
+    std::fs::remove_file(s.data_dir.join("blobs/sha256").join(&lost[7..9]).join(&lost[7..])).unwrap();
+
+    let dry: Value = s.reconcile(true).await.json().await.unwrap();
+    assert_eq!(count(&dry, "blob"), 1);
+    assert!(path.exists(), "a dry run removed bytes");
+    let report: Value = s.reconcile(false).await.json().await.unwrap();
+    assert_eq!(report["removed"][0]["digest"], d);
+    assert_eq!(report["missing_blobs"], 1);
+    assert!(!path.exists());
+    // The missing blob is still known (reported, never silently dropped).
+    assert_eq!(s.head(&format!("/v2/rec/blobs/{lost}")).await.status(), StatusCode::OK);
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("bosun_reconcile_missing_blobs 1"), "{metrics}");
+    assert!(metrics.contains("bosun_reconcile_orphans_removed_total 1"), "{metrics}");
+    s.verify_image("rec", "v1").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_listing_error_stops_the_reconcile_before_it_removes_anything() {
+    let s = Server::start_with(GC_NOW);
+    let orphan = b"orphan";
+    let d = sha256(orphan);
+    let path = s.data_dir.join("blobs/sha256").join(&d[7..9]).join(&d[7..]);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, orphan).unwrap();
+    // Something in the blob area that is not a blob: the listing is not trustworthy.
+    std::fs::write(path.parent().unwrap().join("not-a-digest"), b"?").unwrap();
+    let resp = s.reconcile(false).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(path.exists(), "reconcile removed bytes after a listing error");
+    let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
+    assert!(runs[0]["error"].as_str().unwrap().contains("not-a-digest"), "{runs}");
+}
