@@ -6,6 +6,8 @@ mod harness;
 mod blobs;
 mod errors;
 mod gc;
+mod gc_crash;
+mod gc_races;
 mod listing;
 mod manifests;
 mod oci_client;

@@ -1,0 +1,151 @@
+//! Races with garbage collection made deterministic: a test pause point stops a
+//! collection between choosing its candidates and removing them (or between marking a
+//! blob as being deleted and removing its bytes), the test acts in the pause, and every
+//! resulting image must pull intact.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const AFTER_CANDIDATES: &str = "gc.after_candidates";
+const BEFORE_BYTES: &str = "gc.before_bytes";
+
+/// Starts a collection that will stop at `failpoint`; returns its handle once it has.
+async fn paused_gc(s: &Arc<Server>, failpoint: &str) -> tokio::task::JoinHandle<Value> {
+    s.arm(failpoint).await;
+    let server = s.clone();
+    let gc = tokio::spawn(async move { server.gc(false).await });
+    s.wait_paused(failpoint).await;
+    // Timestamps have millisecond resolution and the grace period is zero: let the clock
+    // move past the collection's cutoff, as any real grace period would.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    gc
+}
+
+/// A manifest referencing `config` and `layers` (already in the repository).
+fn manifest(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> {
+    let layers: Vec<Value> =
+        layers.iter().map(|(d, n)| json!({"mediaType": OCI_LAYER, "digest": d, "size": n})).collect();
+    serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config.0, "size": config.1}, "layers": layers}))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_manifest_push_in_the_pause_keeps_its_blobs() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let layer = random_bytes(200, 40_000);
+    let l = s.push_blob("race/push", &layer).await;
+    let c = s.push_blob("race/push", b"{}").await;
+    // Both links are unreferenced: the collection picks them as candidates.
+    let gc = paused_gc(&s, AFTER_CANDIDATES).await;
+    let body = manifest((&c, 2), &[(&l, layer.len())]);
+    assert_eq!(s.put_manifest("race/push", "v1", OCI_MANIFEST, &body).await.status(), StatusCode::CREATED);
+    s.release(AFTER_CANDIDATES).await;
+    let report = gc.await.unwrap();
+    assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    s.verify_image("race/push", "v1").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_probe_in_the_pause_protects_the_blob_until_the_manifest_arrives() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let layer = random_bytes(201, 40_000);
+    let l = s.push_blob("race/head", &layer).await;
+    let c = s.push_blob("race/head", b"{}").await;
+    let gc = paused_gc(&s, AFTER_CANDIDATES).await;
+    // "Layer already exists": the client will not upload these again.
+    assert_eq!(s.head(&format!("/v2/race/head/blobs/{l}")).await.status(), StatusCode::OK);
+    assert_eq!(s.head(&format!("/v2/race/head/blobs/{c}")).await.status(), StatusCode::OK);
+    // The collection goes on before the client's manifest push.
+    s.release(AFTER_CANDIDATES).await;
+    let report = gc.await.unwrap();
+    assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    let body = manifest((&c, 2), &[(&l, layer.len())]);
+    assert_eq!(s.put_manifest("race/head", "v1", OCI_MANIFEST, &body).await.status(), StatusCode::CREATED);
+    s.verify_image("race/head", "v1").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_mount_in_the_pause_keeps_the_blob() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let layer = random_bytes(202, 40_000);
+    let l = s.push_blob("race/src", &layer).await;
+    let c = s.push_blob("race/src", b"{}").await;
+    let gc = paused_gc(&s, AFTER_CANDIDATES).await;
+    for d in [&l, &c] {
+        let resp =
+            s.http.post(s.url(&format!("/v2/race/dst/blobs/uploads/?mount={d}&from=race/src"))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    s.release(AFTER_CANDIDATES).await;
+    let report = gc.await.unwrap();
+    // The source's unused links (and the emptied source) may go; the blobs may not.
+    assert!(report["removed"].as_array().unwrap().iter().all(|r| r["kind"] != "blob"), "{report}");
+    let body = manifest((&c, 2), &[(&l, layer.len())]);
+    assert_eq!(s.put_manifest("race/dst", "v1", OCI_MANIFEST, &body).await.status(), StatusCode::CREATED);
+    s.verify_image("race/dst", "v1").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_index_push_in_the_pause_keeps_its_untagged_children() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let child = s.push_image("race/index", "", &[&random_bytes(203, 30_000)]).await;
+    let gc = paused_gc(&s, AFTER_CANDIDATES).await;
+    push_index(&s, "race/index", "latest", &[child]).await;
+    s.release(AFTER_CANDIDATES).await;
+    let report = gc.await.unwrap();
+    assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    s.verify_image("race/index", "latest").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reupload_while_the_bytes_are_being_deleted_ends_with_the_bytes_in_place() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let layer = random_bytes(204, 60_000);
+    let l = s.push_blob("race/reup", &layer).await;
+    let c = s.push_blob("race/reup", b"{}").await;
+    // Unlinked: the blobs themselves become garbage.
+    for d in [&l, &c] {
+        assert_eq!(s.delete(&format!("/v2/race/reup/blobs/{d}")).await.status(), StatusCode::ACCEPTED);
+    }
+    let gc = paused_gc(&s, BEFORE_BYTES).await;
+    // Marked as being deleted: invisible, and not mountable, so the client uploads again.
+    assert_eq!(s.head(&format!("/v2/race/reup/blobs/{l}")).await.status(), StatusCode::NOT_FOUND);
+    let resp = s.http.post(s.url(&format!("/v2/race/reup/blobs/uploads/?mount={l}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED, "a blob being deleted was mounted");
+    s.delete(&header(&resp, "location")).await;
+    assert_eq!(s.push_blob("race/reup", &layer).await, l);
+    assert_eq!(s.push_blob("race/reup", b"{}").await, c);
+    s.release(BEFORE_BYTES).await;
+    let report = gc.await.unwrap();
+    assert!(report["removed"].as_array().unwrap().iter().all(|r| r["kind"] != "blob"), "{report}");
+    let body = manifest((&c, 2), &[(&l, layer.len())]);
+    assert_eq!(s.put_manifest("race/reup", "v1", OCI_MANIFEST, &body).await.status(), StatusCode::CREATED);
+    s.verify_image("race/reup", "v1").await.unwrap();
+    // And a later collection keeps it: it is referenced now.
+    s.gc(false).await;
+    s.verify_image("race/reup", "v1").await.unwrap();
+}
+
+#[tokio::test]
+async fn push_delete_collect_push_again_without_restart() {
+    let s = Server::start_with(GC_NOW);
+    let layers = [random_bytes(205, 80_000), random_bytes(206, 20_000)];
+    let refs: Vec<&[u8]> = layers.iter().map(|l| l.as_slice()).collect();
+    for round in 0..3 {
+        let (_, digest) = s.push_image("again", "v1", &refs).await;
+        s.verify_image("again", "v1").await.unwrap();
+        assert_eq!(s.delete(&format!("/v2/again/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+        let report = s.gc(false).await;
+        assert_eq!(report["blobs_removed"], 3, "round {round}: {report}");
+        // No stale "already exists": every blob is gone, for probes and mounts alike.
+        for l in &layers {
+            assert_eq!(s.head(&format!("/v2/again/blobs/{}", sha256(l))).await.status(), StatusCode::NOT_FOUND);
+        }
+    }
+}
