@@ -8,6 +8,7 @@ mod errors;
 mod gc;
 mod gc_crash;
 mod gc_races;
+mod gc_stress;
 mod listing;
 mod manifests;
 mod oci_client;
