@@ -4,6 +4,7 @@
 mod harness;
 
 mod blobs;
+mod cli;
 mod errors;
 mod gc;
 mod gc_crash;

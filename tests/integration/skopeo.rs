@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::harness::*;
 
 /// A blob written into an OCI layout; returns its descriptor.
-fn write_blob(layout: &Path, media_type: &str, data: &[u8]) -> Value {
+pub fn write_blob(layout: &Path, media_type: &str, data: &[u8]) -> Value {
     let digest = sha256(data);
     let path = layout.join("blobs/sha256").join(&digest[7..]);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -18,7 +18,7 @@ fn write_blob(layout: &Path, media_type: &str, data: &[u8]) -> Value {
     json!({"mediaType": media_type, "digest": digest, "size": data.len()})
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
+pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(data).unwrap();
     enc.finish().unwrap()
@@ -26,7 +26,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// An image for one platform, sharing `base` with its siblings; returns the manifest
 /// descriptor.
-fn write_image(layout: &Path, arch: &str, base: &[u8], seed: u64) -> Value {
+pub fn write_image(layout: &Path, arch: &str, base: &[u8], seed: u64) -> Value {
     let base = write_blob(layout, OCI_LAYER, &gzip(base));
     let own = write_blob(layout, OCI_LAYER, &gzip(&random_bytes(seed, 300_000)));
     let config = json!({"architecture": arch, "os": "linux",
@@ -39,7 +39,7 @@ fn write_image(layout: &Path, arch: &str, base: &[u8], seed: u64) -> Value {
 }
 
 /// Writes an OCI layout holding `top` under `tag`.
-fn write_index_json(layout: &Path, top: &Value, tag: &str) {
+pub fn write_index_json(layout: &Path, top: &Value, tag: &str) {
     let mut top = top.clone();
     top["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
     std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -47,7 +47,7 @@ fn write_index_json(layout: &Path, top: &Value, tag: &str) {
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
-async fn skopeo(args: &[&str]) -> String {
+pub async fn skopeo(args: &[&str]) -> String {
     let out = tokio::process::Command::new("skopeo")
         .args(args)
         .output()
@@ -57,7 +57,7 @@ async fn skopeo(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn blob_bytes(layout: &Path, digest: &str) -> Vec<u8> {
+pub fn blob_bytes(layout: &Path, digest: &str) -> Vec<u8> {
     std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap()
 }
 
@@ -143,4 +143,67 @@ async fn multi_arch_index_copy_all() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn delete_collect_and_push_again_with_skopeo() {
+    let s = Server::start_with(GC_NOW);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let image = write_image(&src, "amd64", &random_bytes(24, 100_000), 25);
+    write_index_json(&src, &image, "v1");
+    let dest = format!("docker://{}/skopeo/again:v1", s.addr);
+    let layout = format!("oci:{}:v1", src.display());
+    for round in 0..2 {
+        skopeo(&["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", &layout, &dest]).await;
+        s.verify_image("skopeo/again", "v1").await.unwrap();
+        skopeo(&["delete", "--tls-verify=false", &dest]).await;
+        let report = s.gc(false).await;
+        assert_eq!(report["blobs_removed"], 3, "round {round}: {report}");
+    }
+    // Pushed again after a collection, without a restart: skopeo must upload every layer
+    // again (no stale "already exists") and the image must pull.
+    skopeo(&["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", &layout, &dest]).await;
+    let out = dir.path().join("out");
+    skopeo(&["copy", "--quiet", "--src-tls-verify=false", &dest, &format!("oci:{}:v1", out.display())]).await;
+    let digest = image["digest"].as_str().unwrap();
+    assert_eq!(blob_bytes(&out, digest), blob_bytes(&src, digest));
+}
+
+#[tokio::test]
+async fn multi_arch_copy_all_survives_collections() {
+    let s = Server::start_with(GC_NOW);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let base = random_bytes(26, 100_000);
+    let platforms = [write_image(&src, "amd64", &base, 27), write_image(&src, "arm64", &base, 28)];
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": platforms});
+    let index_desc = write_blob(&src, OCI_INDEX, &serde_json::to_vec(&index).unwrap());
+    write_index_json(&src, &index_desc, "latest");
+    let dest = format!("docker://{}/skopeo/multi-gc:latest", s.addr);
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--all",
+        "--dest-tls-verify=false",
+        "--preserve-digests",
+        &format!("oci:{}:latest", src.display()),
+        &dest,
+    ])
+    .await;
+    for _ in 0..3 {
+        let report = s.gc(false).await;
+        assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    }
+    let out = dir.path().join("out");
+    skopeo(&["copy", "--quiet", "--all", "--src-tls-verify=false", &dest, &format!("oci:{}:latest", out.display())])
+        .await;
+    for p in &platforms {
+        let d = p["digest"].as_str().unwrap();
+        let manifest: Value = serde_json::from_slice(&blob_bytes(&src, d)).unwrap();
+        for blob in manifest["layers"].as_array().unwrap().iter().chain([&manifest["config"]]) {
+            let bd = blob["digest"].as_str().unwrap();
+            assert_eq!(blob_bytes(&out, bd), blob_bytes(&src, bd), "{bd}");
+        }
+    }
 }

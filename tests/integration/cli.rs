@@ -1,0 +1,52 @@
+//! The `bosun gc` command, against a running instance and a stopped one.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+fn bosun_gc(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .arg("gc")
+        .args(args)
+        .env("BOSUN_GC_GRACE_PERIOD", "0")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[tokio::test]
+async fn gc_through_a_running_instance_then_on_its_stopped_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let mut s = Server::start_in(dir.path(), GC_NOW);
+    let (_, d) = s.push_image("cli/a", "v1", &[b"one layer"]).await;
+    s.delete(&format!("/v2/cli/a/manifests/{d}")).await;
+
+    // Running: through its admin API.
+    let (ok, out, err) = bosun_gc(&["--data-dir", &data, "--url", &s.addr, "--dry-run"]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["blobs_removed"], 2);
+    assert_eq!(report["trigger"], "api");
+    // The data directory is the server's: working on it directly is refused.
+    let (ok, _, err) = bosun_gc(&["--data-dir", &data, "--url", "127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(err.contains("another Bosun process"), "{err}");
+
+    // Stopped: on the data directory.
+    s.kill();
+    let (ok, out, err) = bosun_gc(&["--data-dir", &data, "--url", "127.0.0.1:1"]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(report["trigger"], "cli");
+    assert_eq!(report["blobs_removed"], 2);
+    let (ok, out, err) = bosun_gc(&["--data-dir", &data, "--url", "127.0.0.1:1", "--history"]);
+    assert!(ok, "{err}");
+    let runs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    assert_eq!(runs[0]["trigger"], "cli");
+}
