@@ -162,8 +162,8 @@ impl Collector {
         &self.registry
     }
 
-    fn cutoff(&self) -> i64 {
-        now_ms() - self.options.grace_period.as_millis() as i64
+    fn ctx(&self) -> Ctx {
+        Ctx { cutoff: now_ms() - self.options.grace_period.as_millis() as i64, rules: self.options.rules }
     }
 
     /// Runs one collection. `trigger` says who asked (`schedule`, `api`, `cli`).
@@ -218,7 +218,7 @@ impl Collector {
 
     /// The real run: small transactions, candidates re-checked at removal, bytes last.
     async fn run(&self, report: &mut Report) -> Result<()> {
-        let cutoff = self.cutoff();
+        let ctx = self.ctx();
         // A previous run may have stopped between marking blobs and removing their bytes.
         let leftover = self.registry.meta.read(|c| q::deleting_blobs(c)).await?;
         self.remove_blob_bytes(leftover, report).await?;
@@ -226,9 +226,7 @@ impl Collector {
         // a round removes nothing.
         loop {
             let before = report.removed.len();
-            self.manifests(cutoff, report).await?;
-            self.links(cutoff, report).await?;
-            self.blobs(cutoff, report).await?;
+            self.round(ctx, report).await?;
             if report.removed.len() == before {
                 break;
             }
@@ -241,84 +239,43 @@ impl Collector {
         Ok(())
     }
 
-    async fn manifests(&self, cutoff: i64, report: &mut Report) -> Result<()> {
-        let rules = self.options.rules;
-        let mut after = (i64::MIN, i64::MIN);
+    /// Runs one kind of pass: candidates read without blocking writers, then each batch
+    /// removed in one write transaction that re-checks every candidate.
+    async fn pass<C, K, R>(&self, ctx: Ctx, pass: Pass<C, K, R>) -> Result<Vec<R>>
+    where
+        C: Send + 'static,
+        K: Clone + Send + 'static,
+        R: Send + 'static,
+    {
+        let meta = &self.registry.meta;
+        let mut after = (pass.start)();
+        let mut out = Vec::new();
         loop {
-            let candidates =
-                self.registry.meta.read(move |c| q::manifest_candidates(c, cutoff, rules, after, BATCH)).await?;
-            let Some(last) = candidates.last() else { return Ok(()) };
-            after = (last.touched_at, last.id);
+            let cursor = after.clone();
+            let candidates = meta.read(move |c| (pass.select)(c, &ctx, &cursor)).await?;
+            let Some(last) = candidates.last() else { return Ok(out) };
+            after = (pass.cursor)(last);
             self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
-            let removed = self
-                .registry
-                .meta
+            let removed = meta
                 .write(move |c| {
                     let mut removed = Vec::new();
-                    for m in &candidates {
-                        removed.extend(q::remove_manifest_if_garbage(c, m.id, cutoff, rules)?);
+                    for candidate in &candidates {
+                        removed.extend((pass.remove)(c, &ctx, candidate)?);
                     }
                     Ok::<_, MetadataError>(removed)
                 })
                 .await?;
-            removed.into_iter().for_each(|m| report.manifest(m));
+            out.extend(removed);
         }
     }
 
-    async fn links(&self, cutoff: i64, report: &mut Report) -> Result<()> {
-        let mut after = (i64::MIN, i64::MIN, String::new());
-        loop {
-            let cursor = after.clone();
-            let candidates = self
-                .registry
-                .meta
-                .read(move |c| q::link_candidates(c, cutoff, (cursor.0, cursor.1, &cursor.2), BATCH))
-                .await?;
-            let Some(last) = candidates.last() else { return Ok(()) };
-            after = (last.linked_at, last.repository_id, last.digest.clone());
-            self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
-            let removed = self
-                .registry
-                .meta
-                .write(move |c| {
-                    let mut removed = Vec::new();
-                    for l in &candidates {
-                        if let Some(repo) = q::remove_link_if_garbage(c, l.repository_id, &l.digest, cutoff)? {
-                            removed.push((repo, l.digest.clone()));
-                        }
-                    }
-                    Ok::<_, MetadataError>(removed)
-                })
-                .await?;
-            removed.into_iter().for_each(|(repo, digest)| report.link(repo, digest));
-        }
-    }
-
-    async fn blobs(&self, cutoff: i64, report: &mut Report) -> Result<()> {
-        let mut after = (i64::MIN, String::new());
-        loop {
-            let cursor = after.clone();
-            let candidates =
-                self.registry.meta.read(move |c| q::blob_candidates(c, cutoff, (cursor.0, &cursor.1), BATCH)).await?;
-            let Some(last) = candidates.last() else { return Ok(()) };
-            after = (last.touched_at, last.digest.clone());
-            self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
-            let marked = self
-                .registry
-                .meta
-                .write(move |c| {
-                    let mut marked = Vec::new();
-                    for b in &candidates {
-                        if let Some(size) = q::mark_blob_deleting(c, &b.digest, cutoff)? {
-                            marked.push((b.digest.clone(), size));
-                        }
-                    }
-                    Ok::<_, MetadataError>(marked)
-                })
-                .await?;
-            self.registry.failpoints.hit(GC_BEFORE_BYTES).await;
-            self.remove_blob_bytes(marked, report).await?;
-        }
+    /// One round of a real run: manifests, then links, then blobs (marked, then bytes).
+    async fn round(&self, ctx: Ctx, report: &mut Report) -> Result<()> {
+        self.pass(ctx, MANIFESTS).await?.into_iter().for_each(|m| report.manifest(m));
+        self.pass(ctx, LINKS).await?.into_iter().for_each(|(repo, digest)| report.link(repo, digest));
+        let marked = self.pass(ctx, BLOBS).await?;
+        self.registry.failpoints.hit(GC_BEFORE_BYTES).await;
+        self.remove_blob_bytes(marked, report).await
     }
 
     /// Removes the bytes of blobs marked `deleting`, then forgets them. Each digest is
@@ -369,8 +326,7 @@ impl Collector {
     /// The dry run: every metadata step of a real run, cascades included, in one
     /// transaction that is rolled back.
     async fn simulate(&self, report: &mut Report) -> Result<()> {
-        let cutoff = self.cutoff();
-        let rules = self.options.rules;
+        let ctx = self.ctx();
         let upload_before = now_ms() - self.options.upload_max_age.as_millis() as i64;
         let removed = self
             .registry
@@ -382,7 +338,9 @@ impl Collector {
                 }
                 loop {
                     let before = out.removed.len();
-                    simulate_round(c, cutoff, rules, &mut out)?;
+                    simulate_pass(c, ctx, MANIFESTS)?.into_iter().for_each(|m| out.manifest(m));
+                    simulate_pass(c, ctx, LINKS)?.into_iter().for_each(|(repo, digest)| out.link(repo, digest));
+                    simulate_pass(c, ctx, BLOBS)?.into_iter().for_each(|(digest, size)| out.blob(digest, size));
                     if out.removed.len() == before {
                         break;
                     }
@@ -406,46 +364,59 @@ impl Collector {
     }
 }
 
-/// One round of the dry run: the same candidate queries and re-checked removals as a real
-/// run, on one transaction.
-fn simulate_round(
-    c: &rusqlite::Connection,
+/// What every removal of one run checks against.
+#[derive(Debug, Clone, Copy)]
+struct Ctx {
+    /// Anything used or unreferenced after this instant (ms) is within its grace period.
     cutoff: i64,
     rules: ManifestRules,
-    out: &mut Report,
-) -> std::result::Result<(), MetadataError> {
-    let mut after = (i64::MIN, i64::MIN);
+}
+
+type MetaResult<T> = std::result::Result<T, MetadataError>;
+
+/// One kind of garbage: where its candidate list starts, how to read the next batch after
+/// a cursor, and how to remove one candidate after re-checking it.
+struct Pass<C, K, R> {
+    start: fn() -> K,
+    select: fn(&rusqlite::Connection, &Ctx, &K) -> MetaResult<Vec<C>>,
+    cursor: fn(&C) -> K,
+    remove: fn(&rusqlite::Connection, &Ctx, &C) -> MetaResult<Option<R>>,
+}
+
+const MANIFESTS: Pass<q::ManifestCandidate, (i64, i64), q::RemovedManifest> = Pass {
+    start: || (i64::MIN, i64::MIN),
+    select: |c, ctx, after| q::manifest_candidates(c, ctx.cutoff, ctx.rules, *after, BATCH),
+    cursor: |m| (m.touched_at, m.id),
+    remove: |c, ctx, m| q::remove_manifest_if_garbage(c, m.id, ctx.cutoff, ctx.rules),
+};
+
+const LINKS: Pass<q::LinkCandidate, (i64, i64, String), (String, String)> = Pass {
+    start: || (i64::MIN, i64::MIN, String::new()),
+    select: |c, ctx, after| q::link_candidates(c, ctx.cutoff, (after.0, after.1, &after.2), BATCH),
+    cursor: |l| (l.linked_at, l.repository_id, l.digest.clone()),
+    remove: |c, ctx, l| {
+        Ok(q::remove_link_if_garbage(c, l.repository_id, &l.digest, ctx.cutoff)?.map(|repo| (repo, l.digest.clone())))
+    },
+};
+
+/// Blobs are only marked `deleting` here; their bytes go afterwards, outside metadata.
+const BLOBS: Pass<q::BlobCandidate, (i64, String), (String, u64)> = Pass {
+    start: || (i64::MIN, String::new()),
+    select: |c, ctx, after| q::blob_candidates(c, ctx.cutoff, (after.0, &after.1), BATCH),
+    cursor: |b| (b.touched_at, b.digest.clone()),
+    remove: |c, ctx, b| Ok(q::mark_blob_deleting(c, &b.digest, ctx.cutoff)?.map(|size| (b.digest.clone(), size))),
+};
+
+/// A pass of the dry run: the same queries and re-checked removals, on one transaction.
+fn simulate_pass<C, K, R>(c: &rusqlite::Connection, ctx: Ctx, pass: Pass<C, K, R>) -> MetaResult<Vec<R>> {
+    let mut after = (pass.start)();
+    let mut out = Vec::new();
     loop {
-        let batch = q::manifest_candidates(c, cutoff, rules, after, BATCH)?;
-        let Some(last) = batch.last() else { break };
-        after = (last.touched_at, last.id);
-        for m in &batch {
-            if let Some(removed) = q::remove_manifest_if_garbage(c, m.id, cutoff, rules)? {
-                out.manifest(removed);
-            }
+        let candidates = (pass.select)(c, &ctx, &after)?;
+        let Some(last) = candidates.last() else { return Ok(out) };
+        after = (pass.cursor)(last);
+        for candidate in &candidates {
+            out.extend((pass.remove)(c, &ctx, candidate)?);
         }
     }
-    let mut after = (i64::MIN, i64::MIN, String::new());
-    loop {
-        let batch = q::link_candidates(c, cutoff, (after.0, after.1, &after.2), BATCH)?;
-        let Some(last) = batch.last() else { break };
-        after = (last.linked_at, last.repository_id, last.digest.clone());
-        for l in &batch {
-            if let Some(repo) = q::remove_link_if_garbage(c, l.repository_id, &l.digest, cutoff)? {
-                out.link(repo, l.digest.clone());
-            }
-        }
-    }
-    let mut after = (i64::MIN, String::new());
-    loop {
-        let batch = q::blob_candidates(c, cutoff, (after.0, &after.1), BATCH)?;
-        let Some(last) = batch.last() else { break };
-        after = (last.touched_at, last.digest.clone());
-        for b in &batch {
-            if let Some(size) = q::mark_blob_deleting(c, &b.digest, cutoff)? {
-                out.blob(b.digest.clone(), size);
-            }
-        }
-    }
-    Ok(())
 }

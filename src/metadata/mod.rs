@@ -131,23 +131,21 @@ impl Metadata {
         E: From<MetadataError> + Send + 'static,
         F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = this.inner.writer.lock().expect("writer poisoned");
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
-            let value = f(&tx)?;
-            tx.commit().map_err(MetadataError::from)?;
-            Ok(value)
-        })
-        .await
-        .map_err(|e| E::from(MetadataError::Task(e.to_string())))?
+        self.write_tx(f, true).await
     }
-}
 
-impl Metadata {
     /// Runs `f` inside a write transaction that is always rolled back: a dry run sees
     /// exactly what a real run would do, cascades included, and changes nothing.
     pub async fn simulate<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<MetadataError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
+    {
+        self.write_tx(f, false).await
+    }
+
+    async fn write_tx<T, E, F>(&self, f: F, commit: bool) -> std::result::Result<T, E>
     where
         T: Send + 'static,
         E: From<MetadataError> + Send + 'static,
@@ -158,7 +156,7 @@ impl Metadata {
             let mut conn = this.inner.writer.lock().expect("writer poisoned");
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
             let value = f(&tx)?;
-            tx.rollback().map_err(MetadataError::from)?;
+            if commit { tx.commit() } else { tx.rollback() }.map_err(MetadataError::from)?;
             Ok(value)
         })
         .await

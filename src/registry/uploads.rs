@@ -86,12 +86,17 @@ impl Registry {
         {
             return Ok(state.clone());
         }
-        let mut hasher = Hasher::new(DigestAlgorithm::Sha256);
+        Ok(HashState { size, hasher: self.rehash(id, size, DigestAlgorithm::Sha256).await? })
+    }
+
+    /// Hashes the first `size` staged bytes of a session.
+    async fn rehash(&self, id: &UploadId, size: u64, algorithm: DigestAlgorithm) -> Result<Hasher> {
+        let mut hasher = Hasher::new(algorithm);
         let mut bytes = self.store.read_upload(id, size).await?;
         while let Some(chunk) = bytes.try_next().await? {
             hasher.update(&chunk);
         }
-        Ok(HashState { size, hasher })
+        Ok(hasher)
     }
 
     /// Appends `body` to the session. A chunk that does not start where the upload ends is
@@ -110,19 +115,19 @@ impl Registry {
     {
         let slot = self.sessions.slot(id);
         let mut guard = slot.lock().await;
-        let size = self.session_size(name, id).await?;
-        let state = self.hash_state(id, &guard, size).await?;
-        let state = self.append_locked(id, state, range, body).await?;
+        let state = self.append_locked(name, id, &guard, range, body).await?;
         let (i, new_size) = (id.clone(), state.size);
         self.meta.write(move |c| uploads::set_size(c, &i, new_size, now_ms()).map_err(Error::from)).await?;
         *guard = Some(state);
         Ok(UploadStatus { id: id.clone(), size: new_size })
     }
 
+    /// Appends to a session whose lock the caller holds (`cached` is its hash state).
     async fn append_locked<S, E>(
         &self,
+        name: &RepoName,
         id: &UploadId,
-        state: HashState,
+        cached: &Option<HashState>,
         range: Option<ChunkRange>,
         mut body: S,
     ) -> Result<HashState>
@@ -130,6 +135,8 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
+        let size = self.session_size(name, id).await?;
+        let state = self.hash_state(id, cached, size).await?;
         if let Some(r) = range {
             if r.start != state.size {
                 return Err(Error::ChunkOutOfOrder { got: r.start, have: state.size });
@@ -189,19 +196,10 @@ impl Registry {
     {
         let slot = self.sessions.slot(id);
         let mut guard = slot.lock().await;
-        let size = self.session_size(name, id).await?;
-        let state = self.hash_state(id, &guard, size).await?;
-        let state = self.append_locked(id, state, range, body).await?;
+        let state = self.append_locked(name, id, &guard, range, body).await?;
         let actual = match digest.algorithm() {
             DigestAlgorithm::Sha256 => state.hasher.clone().finish(),
-            other => {
-                let mut hasher = Hasher::new(other);
-                let mut bytes = self.store.read_upload(id, state.size).await?;
-                while let Some(chunk) = bytes.try_next().await? {
-                    hasher.update(&chunk);
-                }
-                hasher.finish()
-            }
+            other => self.rehash(id, state.size, other).await?.finish(),
         };
         if actual != *digest {
             *guard = None;
