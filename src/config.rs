@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::gc::GcOptions;
 use crate::metadata::gc::ManifestRules;
+use crate::policy::{ImmutableSpec, Policies, QuotaSpec, RetentionSpec};
 use crate::registry::RegistryOptions;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -35,6 +36,19 @@ pub struct Config {
     /// Enables the test-only pause points under `/admin/failpoints/` (never in
     /// production). Env: `BOSUN_TEST_FAILPOINTS`.
     pub test_failpoints: bool,
+    /// How long a deleted tag can be restored (`bosun restore`); garbage collection keeps
+    /// its manifest that long. Env: `BOSUN_RESTORE_WINDOW`.
+    #[serde(deserialize_with = "de_duration")]
+    pub restore_window: Duration,
+    /// `[[retention]]` policies.
+    pub retention: Vec<RetentionSpec>,
+    /// How often scheduled retention policies are checked for being due.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention_check_interval: Duration,
+    /// `[[immutable]]` tag rules.
+    pub immutable: Vec<ImmutableSpec>,
+    /// `[[quota]]` rules.
+    pub quota: Vec<QuotaSpec>,
 }
 
 /// The `[gc]` section. Durations are written `500ms`, `30s`, `10m`, `1h`, `7d`.
@@ -114,6 +128,11 @@ impl Default for Config {
             log: "info".to_owned(),
             gc: GcConfig::default(),
             test_failpoints: false,
+            restore_window: Duration::from_secs(24 * 60 * 60),
+            retention: Vec::new(),
+            retention_check_interval: Duration::from_secs(60),
+            immutable: Vec::new(),
+            quota: Vec::new(),
         }
     }
 }
@@ -179,6 +198,9 @@ impl Config {
         if let Some(v) = var("BOSUN_GC_RECONCILE_INTERVAL") {
             self.gc.reconcile_interval = duration("BOSUN_GC_RECONCILE_INTERVAL", v)?;
         }
+        if let Some(v) = var("BOSUN_RESTORE_WINDOW") {
+            self.restore_window = duration("BOSUN_RESTORE_WINDOW", v)?;
+        }
         if let Some(v) = var("BOSUN_TEST_FAILPOINTS") {
             self.test_failpoints = parse_bool("BOSUN_TEST_FAILPOINTS", &v)?;
         }
@@ -186,6 +208,11 @@ impl Config {
             bail!("gc.interval must be more than zero while gc.enabled is true");
         }
         Ok(())
+    }
+
+    /// The configuration's policies with the ones managed through the admin API, validated.
+    pub fn policies(&self, api_retention: &[RetentionSpec]) -> anyhow::Result<Policies> {
+        Policies::compile(&self.retention, api_retention, &self.immutable, &self.quota).map_err(anyhow::Error::msg)
     }
 
     pub fn gc_options(&self) -> GcOptions {
@@ -202,6 +229,7 @@ impl Config {
             auto_mount: self.auto_mount,
             max_manifest_bytes: self.max_manifest_bytes,
             grace_period: self.gc.grace_period,
+            restore_window: self.restore_window,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`gc`]: online garbage collection and reconcile;
 //! - [`config`] and [`server`]: assembling and running it; [`cli`] talks to a running one.
 
+pub mod accounting;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod gc;
 pub mod metadata;
 pub mod metrics;
 pub mod oci;
+pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod storage;

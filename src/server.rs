@@ -12,6 +12,7 @@ use crate::failpoints::Failpoints;
 use crate::gc::Collector;
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
+use crate::policy::{Retention, RetentionSpec};
 use crate::registry::Registry;
 use crate::storage::FilesystemStore;
 
@@ -41,13 +42,43 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
         Arc::new(Metrics::default()),
     ));
     let collector = Arc::new(Collector::new(registry.clone(), config.gc_options()));
-    Ok(Opened { state: Arc::new(AppState { registry, collector }), _lock: lock })
+    let retention = Arc::new(Retention::new(collector.clone()));
+    let state = Arc::new(AppState { registry, collector, retention, config: config.clone() });
+    Ok(Opened { state, _lock: lock })
+}
+
+/// Loads the retention policies managed through the admin API and installs every policy;
+/// an invalid one stops the start with a message naming it.
+pub async fn load_policies(state: &AppState) -> anyhow::Result<()> {
+    let stored = state.registry.meta.read(|c| crate::metadata::retention::api_policies(c)).await?;
+    let specs = stored
+        .iter()
+        .map(|json| serde_json::from_str::<RetentionSpec>(json))
+        .collect::<Result<Vec<_>, _>>()
+        .context("a retention policy stored through the admin API is unreadable")?;
+    state.registry.set_policies(state.config.policies(&specs).context("invalid policies")?);
+    Ok(())
 }
 
 /// Serves the API until SIGINT or SIGTERM, then finishes the requests in flight. Garbage
 /// collection and reconcile run in the background on their intervals.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let opened = open(&config)?;
+    load_policies(&opened.state).await?;
+    let state = opened.state.clone();
+    every(Duration::from_secs(5), move || {
+        let s = state.clone();
+        async move {
+            if let Err(e) = s.registry.pulls.flush(&s.registry.meta).await {
+                tracing::error!(error = %e, "recording pull times failed");
+            }
+        }
+    });
+    let (state, started) = (opened.state.clone(), crate::metadata::now_ms());
+    every(config.retention_check_interval, move || {
+        let s = state.clone();
+        async move { s.retention.run_due(started).await }
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

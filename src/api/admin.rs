@@ -1,22 +1,32 @@
-//! The admin API (`/admin/...`) and Prometheus metrics (`/metrics`).
+//! The admin API (`/admin/...`) and Prometheus metrics (`/metrics`). JSON in and out.
 //!
-//! - `POST /admin/gc[?dry_run=true]`: run a garbage collection now; answers its report.
-//! - `POST /admin/reconcile[?dry_run=true]`: compare storage with metadata now.
-//! - `GET /admin/gc/runs[?limit=N]`: recorded runs, newest first.
-//! - `PUT|GET|DELETE /admin/failpoints/<name>`: arm, wait for, release a test pause point
-//!   (only with `test_failpoints` on).
+//! - `POST /admin/gc[?dry_run=true]`, `POST /admin/reconcile[?dry_run=true]`,
+//!   `GET /admin/gc/runs[?limit=N]`: garbage collection.
+//! - `GET /admin/retention/policies`, `PUT|DELETE /admin/retention/policies/<name>`:
+//!   retention policies (those of the config file are listed, not changed, here).
+//! - `GET /admin/retention/explain?repository=R`, `POST /admin/retention/plan[?repository=R]
+//!   [&policy=P]`, `POST /admin/retention/apply?plan=ID`, `POST /admin/retention/run[?policy=P]`.
+//! - `POST /admin/restore?repository=R&tag=T`: restore a deleted tag within the window.
+//! - `GET /admin/deletions[?limit=N]`: the audit of tag deletions (who, when, why).
+//! - `GET /admin/du[?repository=R]`: storage accounting.
+//! - `PUT|GET|DELETE /admin/failpoints/<name>`: test pause points (`test_failpoints` only).
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{Method, Response, StatusCode, header};
+use axum::response::IntoResponse;
 use serde::Serialize;
 
 use super::AppState;
 use super::headers;
+use crate::policy::RetentionSpec;
+use crate::policy::retention::RetentionError;
 
-fn json(status: StatusCode, value: &impl Serialize) -> axum::response::Response {
+type AdminResponse = axum::response::Response;
+
+fn json(status: StatusCode, value: &impl Serialize) -> AdminResponse {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -24,40 +34,112 @@ fn json(status: StatusCode, value: &impl Serialize) -> axum::response::Response 
         .expect("valid response")
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> axum::response::Response {
+fn error(status: StatusCode, message: impl Into<String>) -> AdminResponse {
     json(status, &serde_json::json!({ "error": message.into() }))
 }
 
-fn flag(request: &Parts, key: &str) -> bool {
-    headers::param(&headers::query(request), key).is_some_and(|v| v == "true" || v == "1")
+fn ok_or_500<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> AdminResponse {
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
-/// Handles `/admin/...` and `/metrics`; `None` if the path is not one of them.
-pub async fn route(state: &AppState, request: &Parts) -> Option<axum::response::Response> {
-    let path = request.uri.path();
-    let collector = &state.collector;
-    let outcome = |r: crate::gc::Result<crate::gc::Report>| match r {
-        Ok(report) => json(StatusCode::OK, &report),
+fn retention_response<T: Serialize>(r: Result<T, RetentionError>) -> AdminResponse {
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e @ RetentionError::Changed { .. }) | Err(e @ RetentionError::AlreadyApplied(_)) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e @ RetentionError::PlanUnknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ RetentionError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    Some(match (&request.method, path) {
+    }
+}
+
+/// Handles `/admin/...` and `/metrics`.
+pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminResponse {
+    let params = headers::query(request);
+    let param = |key: &str| headers::param(&params, key).map(str::to_owned);
+    let flag = |key: &str| param(key).is_some_and(|v| v == "true" || v == "1");
+    let limit = param("limit").and_then(|n| n.parse().ok()).unwrap_or(50);
+    let collector = &state.collector;
+    let retention = &state.retention;
+    let path = request.uri.path();
+    match (&request.method, path) {
         (&Method::GET, "/metrics") => Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
             .body(Body::from(state.registry.metrics.render()))
             .expect("valid response"),
-        (&Method::POST, "/admin/gc") => outcome(collector.collect("api", flag(request, "dry_run")).await),
-        (&Method::POST, "/admin/reconcile") => outcome(collector.reconcile("api", flag(request, "dry_run")).await),
-        (&Method::GET, "/admin/gc/runs") => {
-            let limit = headers::param(&headers::query(request), "limit").and_then(|n| n.parse().ok()).unwrap_or(50);
-            match collector.history(limit).await {
-                Ok(runs) => json(StatusCode::OK, &runs),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        (&Method::POST, "/admin/gc") => ok_or_500(collector.collect("api", flag("dry_run")).await),
+        (&Method::POST, "/admin/reconcile") => ok_or_500(collector.reconcile("api", flag("dry_run")).await),
+        (&Method::GET, "/admin/gc/runs") => ok_or_500(collector.history(limit).await),
+        (&Method::GET, "/admin/retention/policies") => {
+            let list: Vec<serde_json::Value> = state
+                .registry
+                .policies()
+                .retention
+                .iter()
+                .map(|p| serde_json::json!({ "source": p.source, "policy": p.spec }))
+                .collect();
+            json(StatusCode::OK, &list)
+        }
+        (method @ (&Method::PUT | &Method::DELETE), p) if p.starts_with("/admin/retention/policies/") => {
+            let name = &p["/admin/retention/policies/".len()..];
+            let spec = if *method == Method::PUT {
+                match read_json::<RetentionSpec>(body).await {
+                    Ok(spec) if spec.name == name => Some(spec),
+                    Ok(spec) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("the body names policy {:?}, the path {name:?}", spec.name),
+                        );
+                    }
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                }
+            } else {
+                None
+            };
+            match set_api_policy(state, name, spec).await {
+                Ok(()) => json(StatusCode::OK, &serde_json::json!({ "policy": name })),
+                Err((status, message)) => error(status, message),
             }
         }
+        (&Method::GET, "/admin/retention/explain") => match param("repository") {
+            Some(repo) => retention_response(retention.explain(repo).await),
+            None => error(StatusCode::BAD_REQUEST, "explain needs ?repository=<name>"),
+        },
+        (&Method::POST, "/admin/retention/plan") => {
+            retention_response(retention.plan(param("repository"), param("policy")).await)
+        }
+        (&Method::POST, "/admin/retention/apply") => match param("plan").and_then(|p| p.parse().ok()) {
+            Some(id) => retention_response(retention.apply(id).await),
+            None => error(StatusCode::BAD_REQUEST, "apply needs ?plan=<id>"),
+        },
+        (&Method::POST, "/admin/retention/run") => retention_response(retention.run(param("policy")).await),
+        (&Method::POST, "/admin/restore") => {
+            let (Some(repo), Some(tag)) = (param("repository"), param("tag")) else {
+                return error(StatusCode::BAD_REQUEST, "restore needs ?repository=<name>&tag=<tag>");
+            };
+            let (Ok(repo), Ok(tag)) = (repo.parse(), tag.parse()) else {
+                return error(StatusCode::BAD_REQUEST, "invalid repository name or tag");
+            };
+            match state.registry.restore_tag(&repo, &tag).await {
+                Ok(digest) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "repository": repo.as_str(), "tag": tag.as_str(), "digest": digest }),
+                ),
+                Err(e) => super::error::ApiError(e).into_response(),
+            }
+        }
+        (&Method::GET, "/admin/deletions") => {
+            ok_or_500(state.registry.meta.read(move |c| crate::metadata::retention::deletions(c, limit)).await)
+        }
+        (&Method::GET, "/admin/du") => ok_or_500(crate::accounting::usage(&state.registry, param("repository")).await),
         (method, p) if p.starts_with("/admin/failpoints/") => {
             let failpoints = &state.registry.failpoints;
             if !failpoints.enabled() {
-                return Some(error(StatusCode::NOT_FOUND, "failpoints are off (test_failpoints)"));
+                return error(StatusCode::NOT_FOUND, "failpoints are off (test_failpoints)");
             }
             let name = &p["/admin/failpoints/".len()..];
             match *method {
@@ -76,9 +158,40 @@ pub async fn route(state: &AppState, request: &Parts) -> Option<axum::response::
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "PUT, GET or DELETE"),
             }
         }
-        (_, p) if p.starts_with("/admin/") || p == "/metrics" => {
-            error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {p}"))
-        }
-        _ => return None,
-    })
+        (_, p) => error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {} {p}", request.method)),
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, String> {
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.map_err(|e| format!("reading the body: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+/// Adds, replaces (`Some`) or removes (`None`) a retention policy managed through the API,
+/// after validating the whole set with the change; then installs the new set.
+async fn set_api_policy(state: &AppState, name: &str, spec: Option<RetentionSpec>) -> Result<(), (StatusCode, String)> {
+    let internal = |e: crate::metadata::MetadataError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    if state.config.retention.iter().any(|p| p.name == name) {
+        return Err((StatusCode::CONFLICT, format!("policy {name:?} is declared in the config file; change it there")));
+    }
+    let stored = state.registry.meta.read(|c| crate::metadata::retention::api_policies(c)).await.map_err(internal)?;
+    let mut specs: Vec<RetentionSpec> =
+        stored.iter().filter_map(|j| serde_json::from_str(j).ok()).filter(|s: &RetentionSpec| s.name != name).collect();
+    if spec.is_none() && specs.len() == stored.len() {
+        return Err((StatusCode::NOT_FOUND, format!("no policy {name:?} managed through the API")));
+    }
+    specs.extend(spec.clone());
+    let policies = state.config.policies(&specs).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    let (name, json) = (name.to_owned(), spec.map(|s| serde_json::to_string(&s).expect("specs serialize")));
+    state
+        .registry
+        .meta
+        .write(move |c| match &json {
+            Some(j) => crate::metadata::retention::put_policy(c, &name, j, crate::metadata::now_ms()),
+            None => crate::metadata::retention::delete_policy(c, &name).map(drop),
+        })
+        .await
+        .map_err(internal)?;
+    state.registry.set_policies(policies);
+    Ok(())
 }

@@ -57,6 +57,7 @@ fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         // 405 (not 409): the OCI conformance suite and clients accept 405 for a refused
         // delete, and the message says what to delete first.
         BlobReferenced { .. } | ManifestReferenced { .. } => (StatusCode::METHOD_NOT_ALLOWED, "DENIED"),
+        Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
         PaginationInvalid(_) => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
         MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
         Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),

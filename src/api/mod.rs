@@ -20,7 +20,9 @@ use axum::response::{IntoResponse, Response};
 pub use endpoint::{Endpoint, PathError};
 use error::ApiError;
 
+use crate::config::Config;
 use crate::gc::Collector;
+use crate::policy::Retention;
 use crate::registry::{Error, Registry};
 
 pub type ApiResult = Result<Response, ApiError>;
@@ -29,6 +31,10 @@ pub type ApiResult = Result<Response, ApiError>;
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub collector: Arc<Collector>,
+    pub retention: Arc<Retention>,
+    /// The configuration the server started with (its policies are reloaded with the
+    /// admin API's).
+    pub config: Config,
 }
 
 /// The application: every request goes through [`dispatch`].
@@ -40,8 +46,9 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    if let Some(response) = admin::route(&state, &parts).await {
-        return response;
+    let path = parts.uri.path();
+    if path.starts_with("/admin/") || path == "/metrics" {
+        return admin::route(&state, &parts, body).await;
     }
     let mut response = match route(&state.registry, Request::from_parts(parts, body)).await {
         Ok(r) => r,

@@ -53,6 +53,7 @@ use crate::metadata::gc::{self as q, ManifestRules, RunRecord};
 use crate::metadata::{MetadataError, now_ms};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, UploadId};
+use crate::policy::Untagged;
 use crate::registry::Registry;
 
 /// Candidates examined per transaction: small enough that pushes interleave.
@@ -162,8 +163,23 @@ impl Collector {
         &self.registry
     }
 
-    fn ctx(&self) -> Ctx {
-        Ctx { cutoff: now_ms() - self.options.grace_period.as_millis() as i64, rules: self.options.rules }
+    /// The rules of a run starting now.
+    pub(crate) fn ctx(&self) -> Ctx {
+        let now = now_ms();
+        let cutoff = now - self.options.grace_period.as_millis() as i64;
+        let policies = self.registry.policies();
+        let gc_untagged = self.options.rules.untagged;
+        let untagged_cutoff = move |repo: &str, cutoff: i64| match policies.retention_for(repo).map(|p| p.untagged) {
+            None | Some(Untagged::Gc) => gc_untagged.then_some(cutoff),
+            Some(Untagged::Keep) => None,
+            Some(Untagged::RemoveAfter(age)) => Some(cutoff.min(now.saturating_sub(age.as_millis() as i64))),
+        };
+        Ctx {
+            cutoff,
+            rules: self.options.rules,
+            untagged_cutoff: Arc::new(untagged_cutoff),
+            restore_since: now - self.registry.options().restore_window.as_millis() as i64,
+        }
     }
 
     /// Runs one collection. `trigger` says who asked (`schedule`, `api`, `cli`).
@@ -226,7 +242,7 @@ impl Collector {
         // a round removes nothing.
         loop {
             let before = report.removed.len();
-            self.round(ctx, report).await?;
+            self.round(&ctx, report).await?;
             if report.removed.len() == before {
                 break;
             }
@@ -241,7 +257,7 @@ impl Collector {
 
     /// Runs one kind of pass: candidates read without blocking writers, then each batch
     /// removed in one write transaction that re-checks every candidate.
-    async fn pass<C, K, R>(&self, ctx: Ctx, pass: Pass<C, K, R>) -> Result<Vec<R>>
+    async fn pass<C, K, R>(&self, ctx: &Ctx, pass: Pass<C, K, R>) -> Result<Vec<R>>
     where
         C: Send + 'static,
         K: Clone + Send + 'static,
@@ -251,8 +267,8 @@ impl Collector {
         let mut after = (pass.start)();
         let mut out = Vec::new();
         loop {
-            let cursor = after.clone();
-            let candidates = meta.read(move |c| (pass.select)(c, &ctx, &cursor)).await?;
+            let (cursor, read_ctx, write_ctx) = (after.clone(), ctx.clone(), ctx.clone());
+            let candidates = meta.read(move |c| (pass.select)(c, &read_ctx, &cursor)).await?;
             let Some(last) = candidates.last() else { return Ok(out) };
             after = (pass.cursor)(last);
             self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
@@ -260,7 +276,7 @@ impl Collector {
                 .write(move |c| {
                     let mut removed = Vec::new();
                     for candidate in &candidates {
-                        removed.extend((pass.remove)(c, &ctx, candidate)?);
+                        removed.extend((pass.remove)(c, &write_ctx, candidate)?);
                     }
                     Ok::<_, MetadataError>(removed)
                 })
@@ -270,7 +286,7 @@ impl Collector {
     }
 
     /// One round of a real run: manifests, then links, then blobs (marked, then bytes).
-    async fn round(&self, ctx: Ctx, report: &mut Report) -> Result<()> {
+    async fn round(&self, ctx: &Ctx, report: &mut Report) -> Result<()> {
         self.pass(ctx, MANIFESTS).await?.into_iter().for_each(|m| report.manifest(m));
         self.pass(ctx, LINKS).await?.into_iter().for_each(|(repo, digest)| report.link(repo, digest));
         let marked = self.pass(ctx, BLOBS).await?;
@@ -338,9 +354,9 @@ impl Collector {
                 }
                 loop {
                     let before = out.removed.len();
-                    simulate_pass(c, ctx, MANIFESTS)?.into_iter().for_each(|m| out.manifest(m));
-                    simulate_pass(c, ctx, LINKS)?.into_iter().for_each(|(repo, digest)| out.link(repo, digest));
-                    simulate_pass(c, ctx, BLOBS)?.into_iter().for_each(|(digest, size)| out.blob(digest, size));
+                    simulate_pass(c, &ctx, MANIFESTS)?.into_iter().for_each(|m| out.manifest(m));
+                    simulate_pass(c, &ctx, LINKS)?.into_iter().for_each(|(repo, digest)| out.link(repo, digest));
+                    simulate_pass(c, &ctx, BLOBS)?.into_iter().for_each(|(digest, size)| out.blob(digest, size));
                     if out.removed.len() == before {
                         break;
                     }
@@ -365,11 +381,26 @@ impl Collector {
 }
 
 /// What every removal of one run checks against.
-#[derive(Debug, Clone, Copy)]
-struct Ctx {
+#[derive(Clone)]
+pub(crate) struct Ctx {
     /// Anything used or unreferenced after this instant (ms) is within its grace period.
     cutoff: i64,
     rules: ManifestRules,
+    /// Per repository: untagged manifests touched at or before this are garbage.
+    untagged_cutoff: Arc<dyn Fn(&str, i64) -> Option<i64> + Send + Sync>,
+    /// Tag deletions after this instant can still be restored.
+    restore_since: i64,
+}
+
+impl Ctx {
+    fn judge(&self) -> q::ManifestJudge<'_> {
+        q::ManifestJudge {
+            cutoff: self.cutoff,
+            rules: self.rules,
+            untagged_cutoff: &*self.untagged_cutoff,
+            restore_since: self.restore_since,
+        }
+    }
 }
 
 type MetaResult<T> = std::result::Result<T, MetadataError>;
@@ -385,9 +416,9 @@ struct Pass<C, K, R> {
 
 const MANIFESTS: Pass<q::ManifestCandidate, (i64, i64), q::RemovedManifest> = Pass {
     start: || (i64::MIN, i64::MIN),
-    select: |c, ctx, after| q::manifest_candidates(c, ctx.cutoff, ctx.rules, *after, BATCH),
+    select: |c, ctx, after| q::manifest_candidates(c, ctx.cutoff, *after, BATCH),
     cursor: |m| (m.touched_at, m.id),
-    remove: |c, ctx, m| q::remove_manifest_if_garbage(c, m.id, ctx.cutoff, ctx.rules),
+    remove: |c, ctx, m| q::remove_manifest_if_garbage(c, m.id, &ctx.judge()),
 };
 
 const LINKS: Pass<q::LinkCandidate, (i64, i64, String), (String, String)> = Pass {
@@ -408,15 +439,32 @@ const BLOBS: Pass<q::BlobCandidate, (i64, String), (String, u64)> = Pass {
 };
 
 /// A pass of the dry run: the same queries and re-checked removals, on one transaction.
-fn simulate_pass<C, K, R>(c: &rusqlite::Connection, ctx: Ctx, pass: Pass<C, K, R>) -> MetaResult<Vec<R>> {
+fn simulate_pass<C, K, R>(c: &rusqlite::Connection, ctx: &Ctx, pass: Pass<C, K, R>) -> MetaResult<Vec<R>> {
     let mut after = (pass.start)();
     let mut out = Vec::new();
     loop {
-        let candidates = (pass.select)(c, &ctx, &after)?;
+        let candidates = (pass.select)(c, ctx, &after)?;
         let Some(last) = candidates.last() else { return Ok(out) };
         after = (pass.cursor)(last);
         for candidate in &candidates {
-            out.extend((pass.remove)(c, &ctx, candidate)?);
+            out.extend((pass.remove)(c, ctx, candidate)?);
         }
+    }
+}
+
+/// Every blob a collection would free if it ran now with no grace period and no restore
+/// window, simulated on `c` (which the caller rolls back): what the retention plan reports
+/// as freed. (digest, size)
+pub(crate) fn blobs_freed_eventually(c: &rusqlite::Connection, ctx: &Ctx) -> MetaResult<Vec<(String, u64)>> {
+    let ctx = Ctx { cutoff: i64::MAX, restore_since: i64::MAX, ..ctx.clone() };
+    let mut freed = Vec::new();
+    loop {
+        let manifests = simulate_pass(c, &ctx, MANIFESTS)?.len();
+        let links = simulate_pass(c, &ctx, LINKS)?.len();
+        let blobs = simulate_pass(c, &ctx, BLOBS)?;
+        if manifests + links + blobs.len() == 0 {
+            return Ok(freed);
+        }
+        freed.extend(blobs);
     }
 }

@@ -32,17 +32,15 @@ pub struct ManifestCandidate {
 pub fn manifest_candidates(
     conn: &Connection,
     cutoff: i64,
-    rules: ManifestRules,
     after: (i64, i64),
     limit: usize,
 ) -> Result<Vec<ManifestCandidate>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, touched_at FROM manifests
           WHERE tag_count = 0 AND parent_count = 0 AND touched_at <= ?1 AND (touched_at, id) > (?2, ?3)
-            AND (?4 OR subject IS NOT NULL)
-          ORDER BY touched_at, id LIMIT ?5",
+          ORDER BY touched_at, id LIMIT ?4",
     )?;
-    let rows = stmt.query_map(params![cutoff, after.0, after.1, rules.untagged, limit as i64], |r| {
+    let rows = stmt.query_map(params![cutoff, after.0, after.1, limit as i64], |r| {
         Ok(ManifestCandidate { id: r.get(0)?, touched_at: r.get(1)? })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -57,27 +55,44 @@ pub struct RemovedManifest {
     pub tags: u64,
 }
 
+/// How one collection decides about manifests.
+pub struct ManifestJudge<'a> {
+    /// Anything touched after this (ms) is within its grace period.
+    pub cutoff: i64,
+    pub rules: ManifestRules,
+    /// For a repository: untagged manifests touched at or before this are garbage; `None`
+    /// keeps them (retention policies decide per repository).
+    /// (given the run's cutoff).
+    pub untagged_cutoff: &'a (dyn Fn(&str, i64) -> Option<i64> + Send + Sync),
+    /// Tags deleted after this (ms) can still be restored: their manifests stay.
+    pub restore_since: i64,
+}
+
 /// Deletes the manifest if it is still garbage: no tag, no parent, untouched since the
-/// cutoff, and either untagged collection is on and it has no subject, or its subject is
-/// not in the repository and orphaned referrers are collected. A referrer whose subject is
-/// present lives as long as the subject does.
+/// cutoff, no tag deletion inside its restore window, and either it has no subject and its
+/// repository collects untagged manifests, or its subject is not in the repository and
+/// orphaned referrers are collected. A referrer whose subject is present lives as long as
+/// the subject does.
 pub fn remove_manifest_if_garbage(
     conn: &Connection,
     id: i64,
-    cutoff: i64,
-    rules: ManifestRules,
+    judge: &ManifestJudge<'_>,
 ) -> Result<Option<RemovedManifest>> {
-    let row: Option<(RepoId, String, String, Option<String>)> = conn
+    let row: Option<(RepoId, String, String, Option<String>, i64)> = conn
         .prepare_cached(
-            "SELECT m.repository_id, r.name, m.digest, m.subject FROM manifests m
+            "SELECT m.repository_id, r.name, m.digest, m.subject, m.touched_at FROM manifests m
                JOIN repositories r ON r.id = m.repository_id
               WHERE m.id = ?1 AND m.tag_count = 0 AND m.parent_count = 0 AND m.touched_at <= ?2",
         )?
-        .query_row(params![id, cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row(params![id, judge.cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .optional()?;
-    let Some((repo, repository, digest, subject)) = row else { return Ok(None) };
+    let Some((repo, repository, digest, subject, touched_at)) = row else { return Ok(None) };
+    if super::retention::in_restore_window(conn, id, judge.restore_since)? {
+        return Ok(None);
+    }
+    let rules = judge.rules;
     let garbage = match subject {
-        None => rules.untagged,
+        None => (judge.untagged_cutoff)(&repository, judge.cutoff).is_some_and(|c| touched_at <= c),
         Some(subject) => {
             let subject_present = conn
                 .prepare_cached("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")?

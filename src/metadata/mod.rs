@@ -9,10 +9,12 @@
 //! modules below are plain functions over a connection, so the registry core composes
 //! several of them into one transaction: a write is all or nothing.
 
+pub mod accounting;
 pub mod blobs;
 pub mod gc;
 pub mod manifests;
 pub mod repositories;
+pub mod retention;
 pub mod tags;
 pub mod uploads;
 
@@ -33,6 +35,8 @@ pub enum MetadataError {
     Sqlite(#[from] rusqlite::Error),
     #[error("metadata database task failed: {0}")]
     Task(String),
+    #[error("inconsistent data: {0}")]
+    Corrupt(String),
     #[error("metadata database has schema version {found}, this Bosun knows {expected}")]
     SchemaVersion { found: i64, expected: i64 },
 }

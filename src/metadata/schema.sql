@@ -61,6 +61,7 @@ CREATE TABLE manifests (
     touched_at    INTEGER NOT NULL,
     tag_count     INTEGER NOT NULL DEFAULT 0 CHECK (tag_count >= 0),
     parent_count  INTEGER NOT NULL DEFAULT 0 CHECK (parent_count >= 0),
+    pulled_at     INTEGER,
     UNIQUE (repository_id, digest)
 );
 CREATE INDEX manifests_subject ON manifests (repository_id, subject) WHERE subject IS NOT NULL;
@@ -107,6 +108,7 @@ CREATE TABLE tags (
     name          TEXT NOT NULL,
     manifest_id   INTEGER NOT NULL REFERENCES manifests (id),
     updated_at    INTEGER NOT NULL,
+    pulled_at     INTEGER,
     PRIMARY KEY (repository_id, name)
 );
 CREATE INDEX tags_manifest ON tags (manifest_id);
@@ -150,4 +152,38 @@ CREATE TABLE gc_runs (
     bytes_removed     INTEGER NOT NULL,
     missing_blobs     INTEGER NOT NULL,   -- reconcile: known to metadata, absent from storage
     error             TEXT
+);
+
+-- Every tag deletion, by hand or by a policy: the audit of who deleted what and why, and
+-- the restore window (a manifest whose tag was deleted less than `restore_window` ago,
+-- and not restored, is kept by garbage collection as if still tagged).
+CREATE TABLE tag_deletions (
+    id            INTEGER PRIMARY KEY,
+    repository    TEXT NOT NULL,
+    tag           TEXT NOT NULL,
+    digest        TEXT NOT NULL,
+    manifest_id   INTEGER NOT NULL,
+    deleted_at    INTEGER NOT NULL,
+    actor         TEXT NOT NULL,      -- 'api', 'retention'
+    reason        TEXT NOT NULL,      -- for a policy: the policy and the rule that decided
+    restorable    INTEGER NOT NULL,   -- 0 when the manifest itself was deleted
+    restored_at   INTEGER
+);
+CREATE INDEX tag_deletions_manifest ON tag_deletions (manifest_id) WHERE restored_at IS NULL AND restorable = 1;
+CREATE INDEX tag_deletions_tag ON tag_deletions (repository, tag, deleted_at);
+
+-- Retention policies managed through the admin API (those of the config file are not
+-- stored here).
+CREATE TABLE retention_policies (
+    name       TEXT PRIMARY KEY,
+    spec       TEXT NOT NULL,         -- JSON, the same shape as in the config file
+    updated_at INTEGER NOT NULL
+);
+
+-- Retention plans, so that applying one deletes exactly what it showed.
+CREATE TABLE retention_plans (
+    id         INTEGER PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    plan       TEXT NOT NULL,         -- JSON
+    applied_at INTEGER
 );

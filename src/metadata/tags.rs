@@ -45,3 +45,10 @@ pub fn list(conn: &Connection, repo: RepoId, last: Option<&str>, n: usize) -> Re
     let rows = stmt.query_map(params![repo, last.unwrap_or(""), n as i64], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// The tags pointing at a manifest.
+pub fn names_of(conn: &Connection, manifest: ManifestId) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT name FROM tags WHERE manifest_id = ?1 ORDER BY name")?;
+    let rows = stmt.query_map([manifest], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

@@ -44,6 +44,9 @@ pub enum Error {
     BlobReferenced { digest: Digest, manifest: String },
     #[error("manifest {digest} is a child of index {parent} in this repository; delete the index first")]
     ManifestReferenced { digest: Digest, parent: String },
+    /// Refused by a policy (immutability, quota); the message names the rule and figures.
+    #[error("{0}")]
+    Denied(String),
     #[error("{0}")]
     PaginationInvalid(String),
     #[error("{0}")]

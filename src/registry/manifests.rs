@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::{Error, Registry, Result};
-use crate::metadata::{blobs, manifests, now_ms, repositories, tags};
+use crate::metadata::{blobs, manifests, now_ms, repositories, retention, tags};
 use crate::oci::{Digest, ManifestError, ParsedManifest, Reference, RepoName};
 
 /// A manifest as served: its bytes exactly as pushed.
@@ -22,9 +22,11 @@ pub struct PushedManifest {
 }
 
 impl Registry {
-    pub async fn get_manifest(&self, name: &RepoName, reference: &Reference) -> Result<StoredManifest> {
+    /// A manifest by tag or digest. A `pull` (a GET, not a HEAD) is noted for retention's
+    /// "pulled within" rules, in memory (see `pulls`).
+    pub async fn get_manifest(&self, name: &RepoName, reference: &Reference, pull: bool) -> Result<StoredManifest> {
         let (n, r) = (name.clone(), reference.clone());
-        let found = self
+        let (repo, found) = self
             .meta
             .read(move |c| {
                 let Some(repo) = repositories::find(c, &n)? else {
@@ -34,9 +36,16 @@ impl Registry {
                     Reference::Tag(t) => manifests::by_tag(c, repo, t)?,
                     Reference::Digest(d) => manifests::by_digest(c, repo, d)?,
                 };
-                Ok(row.ok_or_else(|| Error::ManifestUnknown(r.to_string())))
+                Ok(row.map(|row| (repo, row)).ok_or_else(|| Error::ManifestUnknown(r.to_string())))
             })
             .await??;
+        if pull {
+            let tag = match reference {
+                Reference::Tag(t) => Some((repo, t.to_string())),
+                Reference::Digest(_) => None,
+            };
+            self.pulls.note(found.id, tag, now_ms());
+        }
         Ok(StoredManifest {
             digest: found.digest.parse().map_err(|e| Error::Internal(format!("stored digest: {e}")))?,
             media_type: found.media_type,
@@ -77,10 +86,22 @@ impl Registry {
         let pushed =
             PushedManifest { digest: digest.clone(), subject: parsed.subject.as_ref().map(|s| s.digest.clone()) };
         let (n, r) = (name.clone(), reference.clone());
+        let immutable = match reference {
+            Reference::Tag(t) => self.policies().immutable_rule(name.as_str(), t.as_str()).map(|r| r.to_string()),
+            Reference::Digest(_) => None,
+        };
         self.meta
             .write(move |c| {
                 let now = now_ms();
                 let repo = repositories::ensure(c, &n, now)?;
+                if let (Some(rule), Reference::Tag(tag)) = (&immutable, &r)
+                    && let Some((_, current)) = retention::tag_target(c, repo, tag.as_str())?
+                    && current != digest.to_string()
+                {
+                    return Err(Error::Denied(format!(
+                        "tag {n}:{tag} is immutable ({rule}); it points at {current} and cannot be moved"
+                    )));
+                }
                 for blob in &parsed.blobs {
                     match blobs::linked_size(c, repo, &blob.digest)? {
                         None => return Err(Error::ManifestBlobUnknown(blob.digest.clone())),
@@ -115,26 +136,63 @@ impl Registry {
     pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> Result<()> {
         self.check_delete_enabled()?;
         let (n, r) = (name.clone(), reference.clone());
+        let policies = self.policies();
         self.meta
             .write(move |c| {
                 let now = now_ms();
                 let repo = repositories::find(c, &n)?.ok_or_else(|| Error::NameUnknown(n.clone()))?;
+                let check_mutable = |tag: &str| match policies.immutable_rule(n.as_str(), tag) {
+                    Some(rule) => {
+                        Err(Error::Denied(format!("tag {n}:{tag} is immutable ({rule}) and cannot be deleted")))
+                    }
+                    None => Ok(()),
+                };
                 match &r {
                     Reference::Tag(t) => {
-                        if !tags::delete(c, repo, t, now)? {
-                            return Err(Error::ManifestUnknown(t.to_string()));
-                        }
+                        check_mutable(t.as_str())?;
+                        let (id, digest) = retention::tag_target(c, repo, t.as_str())?
+                            .ok_or_else(|| Error::ManifestUnknown(t.to_string()))?;
+                        tags::delete(c, repo, t, now)?;
+                        retention::record_deletion(c, &api_deletion(n.as_str(), t.as_str(), &digest, id, now, true))?;
                     }
                     Reference::Digest(d) => {
                         let id = manifests::id_of(c, repo, d)?.ok_or_else(|| Error::ManifestUnknown(d.to_string()))?;
                         if let Some(parent) = manifests::parent_of(c, id)? {
                             return Err(Error::ManifestReferenced { digest: d.clone(), parent });
                         }
+                        let digest = d.to_string();
+                        for tag in tags::names_of(c, id)? {
+                            check_mutable(&tag)?;
+                            retention::record_deletion(c, &api_deletion(n.as_str(), &tag, &digest, id, now, false))?;
+                        }
+                        retention::close_restores(c, id)?;
                         manifests::delete(c, id, Some(now))?;
                     }
                 }
                 Ok(())
             })
             .await
+    }
+}
+
+/// The audit record of a tag deleted through the API (`restorable` unless the manifest
+/// itself is deleted).
+fn api_deletion<'a>(
+    repository: &'a str,
+    tag: &'a str,
+    digest: &'a str,
+    manifest_id: manifests::ManifestId,
+    at: i64,
+    restorable: bool,
+) -> retention::TagDeletion<'a> {
+    retention::TagDeletion {
+        repository,
+        tag,
+        digest,
+        manifest_id,
+        at,
+        actor: "api",
+        reason: if restorable { "tag deleted through the API" } else { "manifest deleted through the API" },
+        restorable,
     }
 }

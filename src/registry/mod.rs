@@ -16,6 +16,8 @@ mod digest_locks;
 mod error;
 mod listing;
 mod manifests;
+pub(crate) mod pulls;
+mod restore;
 pub(crate) mod uploads;
 
 use std::sync::Arc;
@@ -32,6 +34,7 @@ pub(crate) use digest_locks::DigestLocks;
 use crate::failpoints::Failpoints;
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
+use crate::policy::Policies;
 use crate::storage::BlobStore;
 
 /// Behaviour an operator can change.
@@ -45,6 +48,8 @@ pub struct RegistryOptions {
     /// How long unreferenced content stays before garbage collection may remove it; also
     /// how long a probe (HEAD) protects a blob.
     pub grace_period: Duration,
+    /// How long a deleted tag can be restored (its manifest is kept that long).
+    pub restore_window: Duration,
 }
 
 impl RegistryOptions {
@@ -64,6 +69,8 @@ pub struct Registry {
     pub(crate) digest_locks: DigestLocks,
     pub(crate) failpoints: Arc<Failpoints>,
     pub(crate) metrics: Arc<Metrics>,
+    policies: std::sync::RwLock<Arc<Policies>>,
+    pub(crate) pulls: pulls::PullTracker,
 }
 
 impl Registry {
@@ -82,7 +89,18 @@ impl Registry {
             digest_locks: DigestLocks::default(),
             failpoints,
             metrics,
+            policies: Default::default(),
+            pulls: Default::default(),
         }
+    }
+
+    /// The policies in force (a snapshot: replacing them does not disturb a reader).
+    pub fn policies(&self) -> Arc<Policies> {
+        self.policies.read().expect("policies poisoned").clone()
+    }
+
+    pub fn set_policies(&self, policies: Policies) {
+        *self.policies.write().expect("policies poisoned") = Arc::new(policies);
     }
 
     /// The upload sessions, so that garbage collection can tell a busy one from a stale one.

@@ -30,7 +30,7 @@ fn accepts(accept: Option<&str>, media_type: &str) -> bool {
 }
 
 pub async fn get(registry: &Registry, name: &RepoName, reference: &Reference, request: &Request) -> ApiResult {
-    let manifest = registry.get_manifest(name, reference).await?;
+    let manifest = registry.get_manifest(name, reference, request.method == Method::GET).await?;
     // Several Accept headers are allowed; join them.
     let accept: Vec<&str> = request.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
     let accept = (!accept.is_empty()).then(|| accept.join(","));

@@ -1,0 +1,198 @@
+//! Queries of retention, restore and the audit of tag deletions; pull times.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Result;
+use super::manifests::ManifestId;
+use super::repositories::RepoId;
+
+/// A tag as retention sees it.
+#[derive(Debug, Clone)]
+pub struct TagRow {
+    pub name: String,
+    pub manifest_id: ManifestId,
+    pub digest: String,
+    pub pushed_at: i64,
+    /// The later of the tag's own last pull and its manifest's.
+    pub pulled_at: Option<i64>,
+}
+
+pub fn repositories(conn: &Connection) -> Result<Vec<(RepoId, String)>> {
+    let mut stmt = conn.prepare_cached("SELECT id, name FROM repositories ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn tags(conn: &Connection, repo: RepoId) -> Result<Vec<TagRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT t.name, t.manifest_id, m.digest, t.updated_at,
+                CASE WHEN t.pulled_at IS NULL THEN m.pulled_at
+                     WHEN m.pulled_at IS NULL THEN t.pulled_at
+                     ELSE MAX(t.pulled_at, m.pulled_at) END
+           FROM tags t JOIN manifests m ON m.id = t.manifest_id
+          WHERE t.repository_id = ?1 ORDER BY t.name",
+    )?;
+    let rows = stmt.query_map([repo], |r| {
+        Ok(TagRow {
+            name: r.get(0)?,
+            manifest_id: r.get(1)?,
+            digest: r.get(2)?,
+            pushed_at: r.get(3)?,
+            pulled_at: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Untagged manifests of `repo` that are nobody's child and whose subject (if any) is not
+/// present: what "untagged" means for retention. (digest, id, touched_at)
+pub fn untagged(conn: &Connection, repo: RepoId) -> Result<Vec<(String, ManifestId, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT m.digest, m.id, m.touched_at FROM manifests m
+          WHERE m.repository_id = ?1 AND m.tag_count = 0 AND m.parent_count = 0
+            AND (m.subject IS NULL OR NOT EXISTS
+                 (SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject))
+          ORDER BY m.digest",
+    )?;
+    let rows = stmt.query_map([repo], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The manifest a tag points at now, if any.
+pub fn tag_target(conn: &Connection, repo: RepoId, tag: &str) -> Result<Option<(ManifestId, String)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT m.id, m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id
+              WHERE t.repository_id = ?1 AND t.name = ?2",
+        )?
+        .query_row(params![repo, tag], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// One tag deletion, for the audit and the restore window.
+pub struct TagDeletion<'a> {
+    pub repository: &'a str,
+    pub tag: &'a str,
+    pub digest: &'a str,
+    pub manifest_id: ManifestId,
+    pub at: i64,
+    pub actor: &'a str,
+    pub reason: &'a str,
+    /// False when the manifest itself is deleted (nothing to restore the tag to).
+    pub restorable: bool,
+}
+
+pub fn record_deletion(conn: &Connection, d: &TagDeletion<'_>) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO tag_deletions (repository, tag, digest, manifest_id, deleted_at, actor, reason, restorable)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![d.repository, d.tag, d.digest, d.manifest_id, d.at, d.actor, d.reason, d.restorable])?;
+    Ok(())
+}
+
+/// Ends the restore window of every deletion of tags that pointed at a manifest being
+/// deleted itself.
+pub fn close_restores(conn: &Connection, manifest: ManifestId) -> Result<()> {
+    conn.prepare_cached("UPDATE tag_deletions SET restorable = 0 WHERE manifest_id = ?1")?.execute([manifest])?;
+    Ok(())
+}
+
+/// The latest restorable deletion of `repo:tag` since `since`: (row id, manifest id, digest).
+pub fn restorable(conn: &Connection, repo: &str, tag: &str, since: i64) -> Result<Option<(i64, ManifestId, String)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT d.id, d.manifest_id, d.digest FROM tag_deletions d JOIN manifests m ON m.id = d.manifest_id
+              WHERE d.repository = ?1 AND d.tag = ?2 AND d.restorable = 1 AND d.restored_at IS NULL
+                AND d.deleted_at > ?3 AND m.digest = d.digest
+              ORDER BY d.deleted_at DESC LIMIT 1",
+        )?
+        .query_row(params![repo, tag, since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?)
+}
+
+pub fn mark_restored(conn: &Connection, id: i64, at: i64) -> Result<()> {
+    conn.prepare_cached("UPDATE tag_deletions SET restored_at = ?2 WHERE id = ?1")?.execute(params![id, at])?;
+    Ok(())
+}
+
+/// Whether a manifest is protected by a tag deletion still inside its restore window.
+pub fn in_restore_window(conn: &Connection, manifest: ManifestId, since: i64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM tag_deletions WHERE manifest_id = ?1 AND restorable = 1 AND restored_at IS NULL AND deleted_at > ?2",
+        )?
+        .query_row(params![manifest, since], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Recent tag deletions, newest first (the audit).
+pub fn deletions(conn: &Connection, limit: usize) -> Result<Vec<serde_json::Value>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT repository, tag, digest, deleted_at, actor, reason, restorable, restored_at
+           FROM tag_deletions ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(serde_json::json!({
+            "repository": r.get::<_, String>(0)?, "tag": r.get::<_, String>(1)?, "digest": r.get::<_, String>(2)?,
+            "deleted_at": r.get::<_, i64>(3)?, "actor": r.get::<_, String>(4)?, "reason": r.get::<_, String>(5)?,
+            "restorable": r.get::<_, bool>(6)?, "restored_at": r.get::<_, Option<i64>>(7)?,
+        }))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Records pulls: (manifest id, tag if pulled by tag, time).
+pub fn record_pulls(conn: &Connection, pulls: &[(ManifestId, Option<(RepoId, String)>, i64)]) -> Result<()> {
+    let mut m =
+        conn.prepare_cached("UPDATE manifests SET pulled_at = MAX(COALESCE(pulled_at, 0), ?2) WHERE id = ?1")?;
+    let mut t = conn.prepare_cached(
+        "UPDATE tags SET pulled_at = MAX(COALESCE(pulled_at, 0), ?3) WHERE repository_id = ?1 AND name = ?2",
+    )?;
+    for (manifest, tag, at) in pulls {
+        m.execute(params![manifest, at])?;
+        if let Some((repo, name)) = tag {
+            t.execute(params![repo, name, at])?;
+        }
+    }
+    Ok(())
+}
+
+pub fn api_policies(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT spec FROM retention_policies ORDER BY name")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn put_policy(conn: &Connection, name: &str, spec: &str, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO retention_policies (name, spec, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+    )?
+    .execute(params![name, spec, now])?;
+    Ok(())
+}
+
+pub fn delete_policy(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn.prepare_cached("DELETE FROM retention_policies WHERE name = ?1")?.execute([name])? > 0)
+}
+
+pub fn save_plan(conn: &Connection, plan: &str, now: i64) -> Result<i64> {
+    conn.prepare_cached("INSERT INTO retention_plans (created_at, plan) VALUES (?1, ?2)")?
+        .execute(params![now, plan])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// A saved plan and whether it was applied already.
+pub fn load_plan(conn: &Connection, id: i64) -> Result<Option<(String, Option<i64>)>> {
+    Ok(conn
+        .prepare_cached("SELECT plan, applied_at FROM retention_plans WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+pub fn mark_applied(conn: &Connection, id: i64, at: i64) -> Result<()> {
+    conn.prepare_cached("UPDATE retention_plans SET applied_at = ?2 WHERE id = ?1")?.execute(params![id, at])?;
+    Ok(())
+}

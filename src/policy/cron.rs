@@ -1,0 +1,166 @@
+//! Schedules: an interval (`6h`) or a five-field cron expression in UTC
+//! (`minute hour day-of-month month day-of-week`, with `*`, `a-b`, `*/n`, `a-b/n` and lists).
+
+use std::time::Duration;
+
+use crate::config::parse_duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    Every(Duration),
+    Cron(Box<Cron>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cron {
+    fields: [Vec<bool>; 5],
+    source: String,
+}
+
+const RANGES: [(u32, u32); 5] = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+const NAMES: [&str; 5] = ["minute", "hour", "day of month", "month", "day of week"];
+
+fn parse_field(raw: &str, i: usize) -> Result<Vec<bool>, String> {
+    let (lo, hi) = RANGES[i];
+    let mut set = vec![false; hi as usize + 1];
+    for part in raw.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (r, s.parse::<u32>().map_err(|_| format!("{}: bad step {s:?}", NAMES[i]))?),
+            None => (part, 1),
+        };
+        if step == 0 {
+            return Err(format!("{}: a step of 0", NAMES[i]));
+        }
+        let (a, b) = match range {
+            "*" => (lo, hi),
+            r => match r.split_once('-') {
+                Some((a, b)) => (
+                    a.parse().map_err(|_| format!("{}: bad value {a:?}", NAMES[i]))?,
+                    b.parse().map_err(|_| format!("{}: bad value {b:?}", NAMES[i]))?,
+                ),
+                None => {
+                    let v: u32 = r.parse().map_err(|_| format!("{}: bad value {r:?}", NAMES[i]))?;
+                    (v, if step > 1 { hi } else { v })
+                }
+            },
+        };
+        if a < lo || b > hi || a > b {
+            return Err(format!("{}: {range} is outside {lo}-{hi}", NAMES[i]));
+        }
+        for v in (a..=b).step_by(step as usize) {
+            set[v as usize] = true;
+        }
+    }
+    Ok(set)
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+impl Cron {
+    pub fn parse(raw: &str) -> Result<Cron, String> {
+        let parts: Vec<&str> = raw.split_whitespace().collect();
+        if parts.len() != 5 {
+            return Err(format!("cron expression {raw:?} needs 5 fields (minute hour day month weekday)"));
+        }
+        let mut fields: [Vec<bool>; 5] = Default::default();
+        for (i, p) in parts.iter().enumerate() {
+            fields[i] = parse_field(p, i)?;
+        }
+        // 7 is Sunday too.
+        if fields[4][7] {
+            fields[4][0] = true;
+        }
+        Ok(Cron { fields, source: raw.to_owned() })
+    }
+
+    fn matches_minute(&self, minute: i64) -> bool {
+        let days = minute.div_euclid(1440);
+        let in_day = minute.rem_euclid(1440);
+        let (_, month, day) = civil(days);
+        let weekday = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday.
+        self.fields[0][(in_day % 60) as usize]
+            && self.fields[1][(in_day / 60) as usize]
+            && self.fields[2][day as usize]
+            && self.fields[3][month as usize]
+            && self.fields[4][weekday]
+    }
+
+    /// The first matching minute strictly after `after_ms`, within a year and a day.
+    pub fn next_after(&self, after_ms: i64) -> Option<i64> {
+        let start = after_ms.div_euclid(60_000) + 1;
+        (start..start + 366 * 1440 + 1440).find(|&m| self.matches_minute(m)).map(|m| m * 60_000)
+    }
+}
+
+impl Schedule {
+    pub fn parse(raw: &str) -> Result<Schedule, String> {
+        if raw.split_whitespace().count() == 5 {
+            return Cron::parse(raw).map(|c| Schedule::Cron(Box::new(c)));
+        }
+        let d = parse_duration(raw).map_err(|e| format!("{e:#} (or give a 5-field cron expression)"))?;
+        if d.is_zero() {
+            return Err("a schedule interval of 0".into());
+        }
+        Ok(Schedule::Every(d))
+    }
+
+    /// Whether a run is due at `now_ms` when the last one was at `last_ms`.
+    pub fn due(&self, last_ms: i64, now_ms: i64) -> bool {
+        match self {
+            Schedule::Every(d) => now_ms - last_ms >= d.as_millis() as i64,
+            Schedule::Cron(c) => c.next_after(last_ms).is_some_and(|next| next <= now_ms),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Every(d) => format!("every {}", super::rules::fmt_duration(*d)),
+            Schedule::Cron(c) => format!("cron {:?} (UTC)", c.source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn cron_next() {
+        // 2026-11-23 was a Monday. 1795392000000 ms = 2026-11-23T00:00:00Z.
+        let monday = 1_795_392_000_000;
+        assert_eq!(civil(monday / 86_400_000), (2026, 11, 23));
+        let c = Cron::parse("30 3 * * *").unwrap();
+        assert_eq!(c.next_after(monday), Some(monday + (3 * 60 + 30) * MIN));
+        let c = Cron::parse("0 0 * * 0").unwrap(); // Sundays
+        assert_eq!(c.next_after(monday), Some(monday + 6 * 1440 * MIN));
+        let c = Cron::parse("*/15 * * * *").unwrap();
+        assert_eq!(c.next_after(monday), Some(monday + 15 * MIN));
+        let c = Cron::parse("0 12 1 1 *").unwrap();
+        assert_eq!(c.next_after(monday).map(|m| civil(m / 86_400_000)), Some((2027, 1, 1)));
+    }
+
+    #[test]
+    fn schedules() {
+        assert_eq!(Schedule::parse("6h").unwrap(), Schedule::Every(Duration::from_secs(6 * 3600)));
+        assert!(Schedule::parse("0 3 * * *").is_ok());
+        for bad in ["0 25 * * *", "* * *", "61 * * * *", "*/0 * * * *", "soon", "0"] {
+            assert!(Schedule::parse(bad).is_err(), "{bad}");
+        }
+        let every = Schedule::parse("1h").unwrap();
+        assert!(every.due(0, 3_600_000));
+        assert!(!every.due(0, 3_599_999));
+    }
+}

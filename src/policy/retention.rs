@@ -1,0 +1,354 @@
+//! Running retention policies: a plan says, for every tag of every governed repository,
+//! keep or delete and the rule that decided, plus the bytes that deleting would free;
+//! applying a plan deletes exactly what it showed, or nothing if anything changed since.
+//!
+//! "Bytes freed" counts only blobs that no surviving manifest in any repository uses: it is
+//! computed by simulating, on a rolled-back transaction, the deletions and then every
+//! collection they lead to, and subtracting what collection would free without them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::rules::{Evaluation, TagFacts};
+use super::{Policies, RetentionPolicy, Untagged};
+use crate::gc::{self, Collector};
+use crate::metadata::repositories::RepoId;
+use crate::metadata::{MetadataError, manifests, now_ms, retention as q, tags};
+use crate::oci::Tag;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagDecision {
+    pub tag: String,
+    pub digest: String,
+    pub keep: bool,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UntaggedDecision {
+    pub digest: String,
+    pub keep: bool,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoPlan {
+    pub repository: String,
+    pub policy: String,
+    pub tags: Vec<TagDecision>,
+    pub untagged: Vec<UntaggedDecision>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub id: i64,
+    pub created_at: i64,
+    pub repositories: Vec<RepoPlan>,
+    pub tags_deleted: usize,
+    pub manifests_deleted: usize,
+    /// Blobs, and their bytes, that no surviving manifest would use once the deletions
+    /// are made and collected.
+    pub blobs_freed: usize,
+    pub bytes_freed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("no retention plan {0}")]
+    PlanUnknown(i64),
+    #[error("retention plan {0} was applied already")]
+    AlreadyApplied(i64),
+    #[error(
+        "the registry changed since plan {id} was made; nothing was deleted. Make a new plan. Changes: {changes:?}"
+    )]
+    Changed { id: i64, changes: Vec<String> },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, RetentionError>;
+
+fn tag_facts(rows: &[q::TagRow]) -> Vec<TagFacts> {
+    rows.iter().map(|t| TagFacts { name: t.name.clone(), pushed_at: t.pushed_at, pulled_at: t.pulled_at }).collect()
+}
+
+/// Decides every tag and untagged manifest of one repository under `policy`.
+fn evaluate(
+    c: &rusqlite::Connection,
+    policies: &Policies,
+    policy: &RetentionPolicy,
+    repo: RepoId,
+    name: &str,
+    now: i64,
+) -> std::result::Result<RepoPlan, MetadataError> {
+    let rows = q::tags(c, repo)?;
+    let facts = tag_facts(&rows);
+    let eval = Evaluation::new(&policy.keep, &facts, now);
+    let tags = rows
+        .iter()
+        .zip(&facts)
+        .map(|(row, fact)| {
+            let (keep, reason) = match policies.immutable_rule(name, &row.name) {
+                Some(rule) => (true, format!("{rule}")),
+                None => eval.keeps(&policy.keep, "keep", fact),
+            };
+            TagDecision { tag: row.name.clone(), digest: row.digest.clone(), keep, reason }
+        })
+        .collect();
+    let untagged = match policy.untagged {
+        Untagged::Gc => Vec::new(),
+        Untagged::Keep => q::untagged(c, repo)?
+            .into_iter()
+            .map(|(digest, _, _)| UntaggedDecision { digest, keep: true, reason: "untagged = \"keep\"".into() })
+            .collect(),
+        Untagged::RemoveAfter(age) => q::untagged(c, repo)?
+            .into_iter()
+            .map(|(digest, _, touched_at)| {
+                let old = now - touched_at >= age.as_millis() as i64;
+                let reason = format!(
+                    "untagged = \"{}\": untagged for {}",
+                    super::rules::fmt_duration(age),
+                    super::rules::fmt_duration(std::time::Duration::from_millis((now - touched_at).max(0) as u64))
+                );
+                UntaggedDecision { digest, keep: !old, reason }
+            })
+            .collect(),
+    };
+    Ok(RepoPlan { repository: name.to_owned(), policy: policy.spec.name.clone(), tags, untagged })
+}
+
+/// Makes the deletions of `plan` on `c`: tags (recorded with the rule that decided, and
+/// restorable) and untagged manifests. First verifies that every tag still points where
+/// the plan saw it (and is not immutable now) and every manifest is still untagged; if
+/// not, deletes nothing and returns the differences.
+fn delete_planned(
+    c: &rusqlite::Connection,
+    policies: &Policies,
+    plan: &Plan,
+    now: i64,
+) -> std::result::Result<Vec<String>, MetadataError> {
+    let mut changes = Vec::new();
+    let mut work = Vec::new();
+    let repo_ids: HashMap<String, RepoId> = q::repositories(c)?.into_iter().map(|(id, n)| (n, id)).collect();
+    for rp in &plan.repositories {
+        let Some(&repo) = repo_ids.get(&rp.repository) else {
+            if rp.tags.iter().any(|t| !t.keep) || rp.untagged.iter().any(|u| !u.keep) {
+                changes.push(format!("repository {} is gone", rp.repository));
+            }
+            continue;
+        };
+        for t in rp.tags.iter().filter(|t| !t.keep) {
+            match q::tag_target(c, repo, &t.tag)? {
+                Some((id, digest)) if digest == t.digest => {
+                    if let Some(rule) = policies.immutable_rule(&rp.repository, &t.tag) {
+                        changes.push(format!("{}:{} is now immutable ({rule})", rp.repository, t.tag));
+                    }
+                    work.push((repo, rp, Some(t), id, digest));
+                }
+                Some((_, digest)) => changes.push(format!("{}:{} now points at {digest}", rp.repository, t.tag)),
+                None => changes.push(format!("{}:{} no longer exists", rp.repository, t.tag)),
+            }
+        }
+        let untagged: HashMap<String, i64> = q::untagged(c, repo)?.into_iter().map(|(d, id, _)| (d, id)).collect();
+        for u in rp.untagged.iter().filter(|u| !u.keep) {
+            match untagged.get(&u.digest) {
+                Some(&id) => work.push((repo, rp, None, id, u.digest.clone())),
+                None => changes.push(format!("{}@{} is gone or referenced again", rp.repository, u.digest)),
+            }
+        }
+    }
+    if !changes.is_empty() {
+        return Ok(changes);
+    }
+    for (repo, rp, tag, id, digest) in work {
+        match tag {
+            Some(t) => {
+                let name: Tag = t.tag.parse().map_err(|e| MetadataError::Corrupt(format!("plan tag: {e}")))?;
+                tags::delete(c, repo, &name, now)?;
+                let reason = format!("retention policy {:?}: {}", rp.policy, t.reason);
+                q::record_deletion(
+                    c,
+                    &q::TagDeletion {
+                        repository: &rp.repository,
+                        tag: &t.tag,
+                        digest: &digest,
+                        manifest_id: id,
+                        at: now,
+                        actor: "retention",
+                        reason: &reason,
+                        restorable: true,
+                    },
+                )?;
+            }
+            None => {
+                manifests::delete(c, id, Some(now))?;
+            }
+        }
+    }
+    Ok(changes)
+}
+
+/// Plans and applies retention.
+pub struct Retention {
+    collector: Arc<Collector>,
+    /// When each scheduled policy last ran (ms).
+    last_runs: Mutex<HashMap<String, i64>>,
+}
+
+impl Retention {
+    pub fn new(collector: Arc<Collector>) -> Retention {
+        Retention { collector, last_runs: Mutex::default() }
+    }
+
+    /// Plans retention for every governed repository (or one repository, or one policy's
+    /// repositories), and saves the plan so that it can be applied as shown.
+    pub async fn plan(&self, repository: Option<String>, policy: Option<String>) -> Result<Plan> {
+        let registry = self.collector.registry();
+        registry.pulls.flush(&registry.meta).await?;
+        let policies = registry.policies();
+        if let Some(p) = &policy
+            && !policies.retention.iter().any(|r| r.spec.name == *p)
+        {
+            return Err(RetentionError::Invalid(format!("no retention policy named {p:?}")));
+        }
+        let ctx = self.collector.ctx();
+        let now = now_ms();
+        let mut plan = registry
+            .meta
+            .simulate(move |c| {
+                let mut repositories = Vec::new();
+                for (id, name) in q::repositories(c)? {
+                    if repository.as_ref().is_some_and(|r| *r != name) {
+                        continue;
+                    }
+                    let Some(governing) = policies.retention_for(&name) else { continue };
+                    if policy.as_ref().is_some_and(|p| *p != governing.spec.name) {
+                        continue;
+                    }
+                    repositories.push(evaluate(c, &policies, governing, id, &name, now)?);
+                }
+                let mut plan = Plan {
+                    id: 0,
+                    created_at: now,
+                    tags_deleted: repositories.iter().flat_map(|r| &r.tags).filter(|t| !t.keep).count(),
+                    manifests_deleted: repositories.iter().flat_map(|r| &r.untagged).filter(|u| !u.keep).count(),
+                    repositories,
+                    blobs_freed: 0,
+                    bytes_freed: 0,
+                    applied_at: None,
+                };
+                c.execute_batch("SAVEPOINT without_plan")?;
+                let baseline: HashSet<String> =
+                    gc::blobs_freed_eventually(c, &ctx)?.into_iter().map(|(d, _)| d).collect();
+                c.execute_batch("ROLLBACK TO without_plan; RELEASE without_plan")?;
+                delete_planned(c, &policies, &plan, now)?;
+                for (digest, size) in gc::blobs_freed_eventually(c, &ctx)? {
+                    if !baseline.contains(&digest) {
+                        plan.blobs_freed += 1;
+                        plan.bytes_freed += size;
+                    }
+                }
+                Ok::<_, MetadataError>(plan)
+            })
+            .await?;
+        let json = serde_json::to_string(&plan).expect("plans serialize");
+        plan.id = registry.meta.write(move |c| q::save_plan(c, &json, now)).await?;
+        Ok(plan)
+    }
+
+    /// Applies a saved plan: deletes exactly what it showed, or nothing if anything it
+    /// would delete changed since.
+    pub async fn apply(&self, id: i64) -> Result<Plan> {
+        let registry = self.collector.registry();
+        let policies = registry.policies();
+        registry
+            .meta
+            .write(move |c| {
+                let (json, applied) = q::load_plan(c, id)?.ok_or(RetentionError::PlanUnknown(id))?;
+                if applied.is_some() {
+                    return Err(RetentionError::AlreadyApplied(id));
+                }
+                let mut plan: Plan = serde_json::from_str(&json)
+                    .map_err(|e| RetentionError::Invalid(format!("stored plan {id}: {e}")))?;
+                plan.id = id;
+                let now = now_ms();
+                let changes = delete_planned(c, &policies, &plan, now)?;
+                if !changes.is_empty() {
+                    return Err(RetentionError::Changed { id, changes });
+                }
+                q::mark_applied(c, id, now)?;
+                plan.applied_at = Some(now);
+                Ok(plan)
+            })
+            .await
+    }
+
+    /// Plans and applies at once (a scheduled run, or `run` on demand).
+    pub async fn run(&self, policy: Option<String>) -> Result<Plan> {
+        let plan = self.plan(None, policy).await?;
+        self.apply(plan.id).await
+    }
+
+    /// Runs every scheduled policy that is due; called periodically.
+    pub async fn run_due(&self, started_at: i64) {
+        let policies = self.collector.registry().policies();
+        let now = now_ms();
+        for p in &policies.retention {
+            let Some(schedule) = &p.schedule else { continue };
+            let last = *self.last_runs.lock().expect("retention poisoned").get(&p.spec.name).unwrap_or(&started_at);
+            if !schedule.due(last, now) {
+                continue;
+            }
+            self.last_runs.lock().expect("retention poisoned").insert(p.spec.name.clone(), now);
+            match self.run(Some(p.spec.name.clone())).await {
+                Ok(plan) => tracing::info!(
+                    policy = %p.spec.name,
+                    tags_deleted = plan.tags_deleted,
+                    manifests_deleted = plan.manifests_deleted,
+                    bytes_freed = plan.bytes_freed,
+                    "retention policy ran"
+                ),
+                Err(e) => tracing::error!(policy = %p.spec.name, error = %e, "retention policy failed"),
+            }
+        }
+    }
+
+    /// Which policies match `repository`, which one governs, and what it decides now.
+    pub async fn explain(&self, repository: String) -> Result<serde_json::Value> {
+        let registry = self.collector.registry();
+        registry.pulls.flush(&registry.meta).await?;
+        let policies = registry.policies();
+        let now = now_ms();
+        registry
+            .meta
+            .read(move |c| {
+                let candidates: Vec<serde_json::Value> = policies
+                    .retention_candidates(&repository)
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({"name": p.spec.name, "repositories": p.spec.repositories, "source": p.source,
+                        "schedule": p.schedule.as_ref().map(|s| s.describe())})
+                    })
+                    .collect();
+                let repo = q::repositories(c)?.into_iter().find(|(_, n)| *n == repository).map(|(id, _)| id);
+                let decisions = match (policies.retention_for(&repository), repo) {
+                    (Some(p), Some(id)) => Some(evaluate(c, &policies, p, id, &repository, now)?),
+                    _ => None,
+                };
+                Ok(serde_json::json!({
+                    "repository": repository,
+                    "matching_policies": candidates,
+                    "governed_by": policies.retention_for(&repository).map(|p| p.spec.name.clone()),
+                    "decisions": decisions,
+                }))
+            })
+            .await
+            .map_err(RetentionError::from)
+    }
+}

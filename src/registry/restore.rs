@@ -1,0 +1,36 @@
+//! The restore window: a tag deleted by hand or by a policy can be put back, pointing at
+//! the same manifest, until the window closes (garbage collection keeps the manifest that
+//! long).
+
+use super::{Error, Registry, Result};
+use crate::metadata::{manifests, now_ms, repositories, retention, tags};
+use crate::oci::{RepoName, Tag};
+
+impl Registry {
+    /// Restores `name:tag` to the manifest it pointed at when it was deleted; returns that
+    /// manifest's digest.
+    pub async fn restore_tag(&self, name: &RepoName, tag: &Tag) -> Result<String> {
+        let (n, t) = (name.clone(), tag.clone());
+        let since = now_ms() - self.options.restore_window.as_millis() as i64;
+        self.meta
+            .write(move |c| {
+                let now = now_ms();
+                let Some((row, manifest, digest)) = retention::restorable(c, n.as_str(), t.as_str(), since)? else {
+                    return Err(Error::ManifestUnknown(format!(
+                        "{n}:{t}: no deletion of this tag within the restore window, or its manifest is gone"
+                    )));
+                };
+                let repo = repositories::find(c, &n)?.ok_or_else(|| Error::NameUnknown(n.clone()))?;
+                if let Some((_, current)) = retention::tag_target(c, repo, t.as_str())? {
+                    return Err(Error::Denied(format!(
+                        "{n}:{t} exists again (it points at {current}); not overwritten"
+                    )));
+                }
+                tags::set(c, repo, &t, manifest, now)?;
+                manifests::touch(c, manifest, now)?;
+                retention::mark_restored(c, row, now)?;
+                Ok(digest)
+            })
+            .await
+    }
+}
