@@ -11,6 +11,7 @@ fn bosun_gc(args: &[&str]) -> (bool, String, String) {
         .arg("gc")
         .args(args)
         .env("BOSUN_GC_GRACE_PERIOD", "0")
+        .env("BOSUN_RESTORE_WINDOW", "0")
         .output()
         .unwrap();
     (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())

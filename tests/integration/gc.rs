@@ -168,6 +168,7 @@ async fn orphan_referrers_can_be_kept_and_untagged_collection_turned_off() {
     let s = Server::start_with(&[
         ("BOSUN_GC_ENABLED", "false"),
         ("BOSUN_GC_GRACE_PERIOD", "0"),
+        ("BOSUN_RESTORE_WINDOW", "0"),
         ("BOSUN_GC_UNTAGGED", "false"),
         ("BOSUN_GC_ORPHAN_REFERRERS", "false"),
     ]);
@@ -244,6 +245,7 @@ async fn abandoned_uploads_are_collected() {
     let s = Server::start_with(&[
         ("BOSUN_GC_ENABLED", "false"),
         ("BOSUN_GC_GRACE_PERIOD", "0"),
+        ("BOSUN_RESTORE_WINDOW", "0"),
         ("BOSUN_GC_UPLOAD_MAX_AGE", "200ms"),
     ]);
     let resp = s.http.post(s.url("/v2/up/blobs/uploads/")).send().await.unwrap();

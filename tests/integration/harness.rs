@@ -215,9 +215,13 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Environment for a server whose collections are started by the test only, with no
-/// grace period and the test pause points on.
-pub const GC_NOW: &[(&str, &str)] =
-    &[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "0"), ("BOSUN_TEST_FAILPOINTS", "true")];
+/// grace period, no restore window, and the test pause points on.
+pub const GC_NOW: &[(&str, &str)] = &[
+    ("BOSUN_GC_ENABLED", "false"),
+    ("BOSUN_GC_GRACE_PERIOD", "0"),
+    ("BOSUN_RESTORE_WINDOW", "0"),
+    ("BOSUN_TEST_FAILPOINTS", "true"),
+];
 
 impl Server {
     /// Runs a collection through the admin API; returns its report.
