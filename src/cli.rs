@@ -39,12 +39,20 @@ pub fn local_addr(listen: SocketAddr) -> SocketAddr {
 
 /// A plain HTTP/1.1 request to the admin API; `Ok(None)` when nothing listens there.
 fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<Option<(u16, String)>> {
+    request_with_body(addr, method, path, "")
+}
+
+fn request_with_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> anyhow::Result<Option<(u16, String)>> {
     let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("connecting to {addr}")),
     };
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response).context("reading the admin API's answer")?;
     let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP answer")?;
@@ -79,4 +87,61 @@ pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow:
     })?;
     println!("{out}");
     Ok(())
+}
+
+/// Calls the admin API of the running instance; returns the JSON answer.
+pub fn admin(config: &Config, url: Option<SocketAddr>, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
+    let addr = url.unwrap_or_else(|| local_addr(config.listen));
+    match request_with_body(addr, method, path, body)? {
+        Some((200, answer)) => Ok(answer),
+        Some((status, answer)) => bail!("the admin API at {addr} answered {status}: {answer}"),
+        None => bail!("no Bosun answered at {addr} (this command needs the running instance; --url sets its address)"),
+    }
+}
+
+/// Query-string encoding of one value.
+pub fn encode(v: &str) -> String {
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+/// `bosun du`: a table sorted by `sort` (`exclusive`, `referenced` or `name`), or the JSON.
+pub fn du(json_text: &str, sort: &str, as_json: bool) -> anyhow::Result<String> {
+    if as_json {
+        return Ok(json_text.to_owned());
+    }
+    let report: serde_json::Value = serde_json::from_str(json_text)?;
+    let mut rows: Vec<(String, u64, u64, u64)> = Vec::new();
+    for repo in report["repositories"].as_array().into_iter().flatten() {
+        let name = repo["repository"].as_str().unwrap_or_default();
+        let get = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+        rows.push((
+            name.to_owned(),
+            get(repo, "referenced_bytes"),
+            get(repo, "exclusive_bytes"),
+            get(repo, "shared_bytes"),
+        ));
+        for tag in repo["tags"].as_array().into_iter().flatten() {
+            rows.push((
+                format!("{name}:{}", tag["tag"].as_str().unwrap_or_default()),
+                get(tag, "referenced_bytes"),
+                get(tag, "exclusive_bytes"),
+                get(tag, "shared_bytes"),
+            ));
+        }
+    }
+    match sort {
+        "name" => rows.sort_by(|a, b| a.0.cmp(&b.0)),
+        "referenced" => rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0))),
+        "exclusive" => rows.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0))),
+        other => bail!("--sort {other:?}: use exclusive, referenced or name"),
+    }
+    let mut out = format!("{:>14} {:>14} {:>14}  NAME\n", "REFERENCED", "EXCLUSIVE", "SHARED");
+    out += &format!(
+        "{:>14} {:>14} {:>14}  (registry; {} bytes unreferenced)\n",
+        report["referenced_bytes"], "", "", report["unreferenced_bytes"]
+    );
+    for (name, referenced, exclusive, shared) in rows {
+        out += &format!("{referenced:>14} {exclusive:>14} {shared:>14}  {name}\n");
+    }
+    Ok(out)
 }

@@ -55,6 +55,65 @@ enum Command {
         #[arg(long)]
         url: Option<SocketAddr>,
     },
+    /// Retention policies: list, change, explain, plan, apply (on the running instance).
+    Retention {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        url: Option<SocketAddr>,
+        #[command(subcommand)]
+        action: RetentionAction,
+    },
+    /// Restore a deleted tag (`REPO:TAG`) within the restore window.
+    Restore {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        url: Option<SocketAddr>,
+        reference: String,
+    },
+    /// Storage accounting: referenced, exclusive and shared bytes per repository and tag.
+    Du {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        url: Option<SocketAddr>,
+        /// Only this repository.
+        repository: Option<String>,
+        /// Sort by `exclusive` (default), `referenced` or `name`.
+        #[arg(long, default_value = "exclusive")]
+        sort: String,
+        /// Print the JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionAction {
+    /// List the policies in force.
+    Policies,
+    /// Add or replace a policy managed through the API, from a JSON file (same fields as
+    /// a `[[retention]]` table).
+    Put { file: PathBuf },
+    /// Remove a policy managed through the API.
+    Remove { name: String },
+    /// Which policies match a repository, which one governs it, and every tag's decision.
+    Explain { repository: String },
+    /// Plan (dry run): every decision, the rule behind it, and the bytes really freed.
+    Plan {
+        #[arg(long)]
+        repository: Option<String>,
+        #[arg(long)]
+        policy: Option<String>,
+    },
+    /// Apply a plan made before, exactly as shown (nothing if the registry changed since).
+    Apply { plan: i64 },
+    /// Plan and apply now.
+    Run {
+        #[arg(long)]
+        policy: Option<String>,
+    },
 }
 
 fn load(args: ConfigArgs) -> anyhow::Result<Config> {
@@ -92,6 +151,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => GcAction::Collect { dry_run },
             };
             bosun::cli::gc(&cfg, url, action)
+        }
+        Command::Retention { config, url, action } => {
+            let cfg = load(config)?;
+            let enc = bosun::cli::encode;
+            let (method, path, body) = match action {
+                RetentionAction::Policies => ("GET", "/admin/retention/policies".to_owned(), String::new()),
+                RetentionAction::Put { file } => {
+                    let text = std::fs::read_to_string(&file)?;
+                    let spec: serde_json::Value = serde_json::from_str(&text)?;
+                    let name =
+                        spec["name"].as_str().ok_or_else(|| anyhow::anyhow!("the policy file has no \"name\""))?;
+                    ("PUT", format!("/admin/retention/policies/{}", enc(name)), text)
+                }
+                RetentionAction::Remove { name } => {
+                    ("DELETE", format!("/admin/retention/policies/{}", enc(&name)), String::new())
+                }
+                RetentionAction::Explain { repository } => {
+                    ("GET", format!("/admin/retention/explain?repository={}", enc(&repository)), String::new())
+                }
+                RetentionAction::Plan { repository, policy } => {
+                    let mut q = Vec::new();
+                    q.extend(repository.map(|r| format!("repository={}", enc(&r))));
+                    q.extend(policy.map(|p| format!("policy={}", enc(&p))));
+                    ("POST", format!("/admin/retention/plan?{}", q.join("&")), String::new())
+                }
+                RetentionAction::Apply { plan } => {
+                    ("POST", format!("/admin/retention/apply?plan={plan}"), String::new())
+                }
+                RetentionAction::Run { policy } => (
+                    "POST",
+                    format!(
+                        "/admin/retention/run?{}",
+                        policy.map(|p| format!("policy={}", enc(&p))).unwrap_or_default()
+                    ),
+                    String::new(),
+                ),
+            };
+            println!("{}", bosun::cli::admin(&cfg, url, method, &path, &body)?);
+            Ok(())
+        }
+        Command::Restore { config, url, reference } => {
+            let cfg = load(config)?;
+            let (repo, tag) = reference.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("give REPOSITORY:TAG"))?;
+            let path =
+                format!("/admin/restore?repository={}&tag={}", bosun::cli::encode(repo), bosun::cli::encode(tag));
+            println!("{}", bosun::cli::admin(&cfg, url, "POST", &path, "")?);
+            Ok(())
+        }
+        Command::Du { config, url, repository, sort, json } => {
+            let cfg = load(config)?;
+            let path = match repository {
+                Some(r) => format!("/admin/du?repository={}", bosun::cli::encode(&r)),
+                None => "/admin/du".to_owned(),
+            };
+            print!("{}", bosun::cli::du(&bosun::cli::admin(&cfg, url, "GET", &path, "")?, &sort, json)?);
+            Ok(())
         }
     }
 }

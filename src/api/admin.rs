@@ -9,7 +9,8 @@
 //! - `POST /admin/restore?repository=R&tag=T`: restore a deleted tag within the window.
 //! - `GET /admin/deletions[?limit=N]`: the audit of tag deletions (who, when, why).
 //! - `GET /admin/du[?repository=R]`: storage accounting.
-//! - `PUT|GET|DELETE /admin/failpoints/<name>`: test pause points (`test_failpoints` only).
+//! - `PUT|GET|DELETE /admin/failpoints/<name>`: test pause points, and
+//!   `POST /admin/clock?advance_ms=N` to move the clock ahead (`test_failpoints` only).
 
 use std::time::Duration;
 
@@ -136,6 +137,11 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
             ok_or_500(state.registry.meta.read(move |c| crate::metadata::retention::deletions(c, limit)).await)
         }
         (&Method::GET, "/admin/du") => ok_or_500(crate::accounting::usage(&state.registry, param("repository")).await),
+        (&Method::POST, "/admin/clock") if state.registry.failpoints.enabled() => {
+            let ms = param("advance_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            crate::metadata::advance_clock(ms);
+            json(StatusCode::OK, &serde_json::json!({ "now": crate::metadata::now_ms() }))
+        }
         (method, p) if p.starts_with("/admin/failpoints/") => {
             let failpoints = &state.registry.failpoints;
             if !failpoints.enabled() {

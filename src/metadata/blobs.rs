@@ -99,3 +99,30 @@ pub fn referencing_manifest(conn: &Connection, repo: RepoId, digest: &Digest) ->
         .query_row(params![repo, digest.to_string()], |r| r.get(0))
         .optional()?)
 }
+
+/// The bytes of distinct live blobs linked into any of `repos`, and whether `digest` is
+/// already among them.
+pub fn group_usage(conn: &Connection, repos: &[RepoId], digest: &Digest) -> Result<(u64, bool)> {
+    if repos.is_empty() {
+        return Ok((0, false));
+    }
+    let ids = repos.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",");
+    // The ids are integers from the database, so building the list is safe.
+    let used: i64 = conn.query_row(
+        &format!(
+            "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE state = 0 AND digest IN
+               (SELECT DISTINCT digest FROM repository_blobs WHERE repository_id IN ({ids}))"
+        ),
+        [],
+        |r| r.get(0),
+    )?;
+    let linked = conn
+        .query_row(
+            &format!("SELECT 1 FROM repository_blobs WHERE digest = ?1 AND repository_id IN ({ids}) LIMIT 1"),
+            [digest.to_string()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    Ok((used as u64, linked))
+}

@@ -181,7 +181,17 @@ impl Metadata {
     }
 }
 
+/// How far the clock is moved ahead, in ms: always 0 except in tests that move it (through
+/// the test-only `/admin/clock`) to see what days of pushes, pulls and policies do.
+static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Moves the clock ahead (tests only; see `CLOCK_OFFSET_MS`).
+pub fn advance_clock(ms: i64) {
+    CLOCK_OFFSET_MS.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Milliseconds since the Unix epoch: the unit of every timestamp column.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64);
+    real.unwrap_or(0) + CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -1,6 +1,6 @@
 //! Reading, mounting and deleting blobs of a repository.
 
-use super::{Error, Registry, Result};
+use super::{Error, Registry, Result, quota};
 use crate::metadata::{blobs, now_ms, repositories};
 use crate::oci::{Digest, RepoName};
 use crate::storage::ByteStream;
@@ -70,6 +70,7 @@ impl Registry {
     pub async fn mount_blob(&self, name: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Option<u64>> {
         let (n, d, f) = (name.clone(), digest.clone(), from.cloned());
         let auto = self.options.auto_mount;
+        let policies = self.policies();
         self.meta
             .write(move |c| {
                 let source_size = match &f {
@@ -84,7 +85,8 @@ impl Registry {
                     None if auto => blobs::size(c, &d)?,
                     None => None,
                 };
-                if size.is_some() {
+                if let Some(size) = size {
+                    quota::check(c, &policies, &n, &d, size)?;
                     let now = now_ms();
                     let repo = repositories::ensure(c, &n, now)?;
                     blobs::link(c, repo, &d, now)?;

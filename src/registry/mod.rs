@@ -17,6 +17,7 @@ mod error;
 mod listing;
 mod manifests;
 pub(crate) mod pulls;
+mod quota;
 mod restore;
 pub(crate) mod uploads;
 

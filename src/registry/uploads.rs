@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 
-use super::{Error, Registry, Result};
+use super::{Error, Registry, Result, quota};
 use crate::metadata::{blobs, now_ms, repositories, uploads};
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName, UploadId};
 
@@ -210,18 +210,38 @@ impl Registry {
         // either the collector finished first and these bytes land after, or this commit
         // revives the blob (state back to live) and the collector sees that and keeps it.
         let _digest_guard = self.digest_locks.lock(digest).await;
+        let size = state.size;
+        // A quota refusal stores nothing: checked before the bytes are committed, and again
+        // in the linking transaction (where a refusal removes bytes nobody else knows).
+        let (policies, n, d) = (self.policies(), name.clone(), digest.clone());
+        if let Err(e) = self.meta.read(move |c| Ok(quota::check(c, &policies, &n, &d, size))).await? {
+            *guard = None;
+            self.cancel_locked(id).await?;
+            return Err(e);
+        }
         self.store.commit_upload(id, digest).await?;
-        let (n, i, d, size) = (name.clone(), id.clone(), digest.clone(), state.size);
-        self.meta
+        let (n, i, d, policies) = (name.clone(), id.clone(), digest.clone(), self.policies());
+        let linked = self
+            .meta
             .write(move |c| {
                 let now = now_ms();
                 let repo = repositories::ensure(c, &n, now)?;
+                quota::check(c, &policies, &n, &d, size)?;
                 blobs::insert_or_touch(c, &d, size, now)?;
                 blobs::link(c, repo, &d, now)?;
                 uploads::delete(c, &i)?;
                 Ok::<_, Error>(())
             })
-            .await?;
+            .await;
+        if let Err(e) = linked {
+            let d = digest.clone();
+            if !self.meta.read(move |c| crate::metadata::gc::blob_known(c, &d.to_string())).await? {
+                self.store.delete_blob(digest).await?;
+            }
+            *guard = None;
+            self.cancel_locked(id).await?;
+            return Err(e);
+        }
         *guard = None;
         self.sessions.forget(id);
         Ok(size)

@@ -48,15 +48,29 @@ impl Server {
         server
     }
 
+    /// Starts a server with a TOML configuration file and extra environment.
+    pub fn start_with_config(toml: &str, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("bosun.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut server = Server::spawn(&dir.path().join("data"), Some(&config), env);
+        server._dir = Some(dir);
+        server
+    }
+
     /// Starts a server on an existing data directory (to test restarts).
     pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::spawn(data_dir, None, env)
+    }
+
+    fn spawn(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Server {
         install_tls_provider();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bosun"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("BOSUN_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env("BOSUN_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -231,6 +245,19 @@ impl Server {
         resp.json().await.unwrap()
     }
 
+    /// Moves the server's clock ahead (test-only admin endpoint).
+    pub async fn advance_clock(&self, ms: i64) {
+        let resp = self.http.post(self.url(&format!("/admin/clock?advance_ms={ms}"))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    /// POSTs to an admin endpoint; returns status and JSON.
+    pub async fn admin_post(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.post(self.url(path)).send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap())
+    }
+
     pub async fn reconcile(&self, dry_run: bool) -> Response {
         self.http.post(self.url(&format!("/admin/reconcile?dry_run={dry_run}"))).send().await.unwrap()
     }
@@ -326,6 +353,16 @@ impl Server {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Bytes of the files under `path` (their lengths, as `du --apparent-size` counts).
+pub fn apparent_size(path: &Path) -> u64 {
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    if meta.is_dir() {
+        std::fs::read_dir(path).unwrap().map(|e| apparent_size(&e.unwrap().path())).sum()
+    } else {
+        meta.len()
     }
 }
 

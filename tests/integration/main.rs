@@ -13,5 +13,6 @@ mod gc_stress;
 mod listing;
 mod manifests;
 mod oci_client;
+mod retention;
 mod skopeo;
 mod uploads;

@@ -1,0 +1,364 @@
+//! Retention policies, immutable tags, the restore window, quotas and accounting, driven
+//! through the admin API and skopeo, with the server's clock moved ahead by the tests.
+
+use std::path::Path;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+use crate::skopeo::{gzip, skopeo, write_blob};
+
+const DAY: i64 = 86_400_000;
+
+/// Test environment: collections on demand, no grace, test endpoints on.
+const ENV: &[(&str, &str)] =
+    &[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "0"), ("BOSUN_TEST_FAILPOINTS", "true")];
+
+/// An OCI layout holding one image per tag (shared base layer, own layer), for skopeo.
+fn write_layout(dir: &Path, tags: &[String]) {
+    let base = write_blob(dir, OCI_LAYER, &gzip(&random_bytes(900, 150_000)));
+    let mut entries = Vec::new();
+    for (i, tag) in tags.iter().enumerate() {
+        let own = write_blob(dir, OCI_LAYER, &gzip(&random_bytes(1000 + i as u64, 40_000 + 1000 * i)));
+        let config = json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [tag]}});
+        let config = write_blob(dir, OCI_CONFIG, &serde_json::to_vec(&config).unwrap());
+        let manifest = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [base, own]});
+        let mut desc = write_blob(dir, OCI_MANIFEST, &serde_json::to_vec(&manifest).unwrap());
+        desc["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+        entries.push(desc);
+    }
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": entries})).unwrap(),
+    )
+    .unwrap();
+}
+
+fn tag_list(v: &Value) -> Vec<String> {
+    let mut t: Vec<String> = v["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
+    t.sort();
+    t
+}
+
+#[tokio::test]
+async fn thirty_tags_over_time_policy_plan_apply_and_collect() {
+    let config = r#"
+restore_window = "0"
+
+[[retention]]
+name = "builds"
+repositories = "apps/*"
+keep = { any = [
+    { newest = { count = 5, matching = "build-*" } },
+    { highest_semver = 3 },
+    { pulled_within = "3d" },
+] }
+
+[[immutable]]
+repositories = "apps/**"
+tags = "v1.1.0"
+"#;
+    let s = Server::start_with_config(config, ENV);
+    let tags: Vec<String> =
+        (1..=20).map(|i| format!("build-{i}")).chain((1..=10).map(|i| format!("v1.{i}.0"))).collect();
+    let dir = tempfile::tempdir().unwrap();
+    write_layout(dir.path(), &tags);
+    // One push a day, for thirty days.
+    for tag in &tags {
+        let src = format!("oci:{}:{tag}", dir.path().display());
+        let dest = format!("docker://{}/apps/web:{tag}", s.addr);
+        skopeo(&["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", &src, &dest]).await;
+        s.advance_clock(DAY).await;
+    }
+    // build-3 is old but was pulled yesterday.
+    s.advance_clock(-2 * DAY).await;
+    assert_eq!(s.get("/v2/apps/web/manifests/build-3").await.status(), StatusCode::OK);
+    s.advance_clock(2 * DAY).await;
+
+    let (status, plan) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    let decisions = &plan["repositories"][0]["tags"];
+    let kept: Vec<&str> = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == true)
+        .map(|d| d["tag"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![
+        "build-16", "build-17", "build-18", "build-19", "build-20", "v1.10.0", "v1.9.0", "v1.8.0", "v1.1.0", "build-3",
+    ];
+    let mut kept_sorted = kept.clone();
+    kept_sorted.sort();
+    expected.sort();
+    assert_eq!(kept_sorted, expected, "{plan:#}");
+    let reason = |tag: &str| {
+        decisions.as_array().unwrap().iter().find(|d| d["tag"] == tag).unwrap()["reason"].as_str().unwrap().to_owned()
+    };
+    assert!(reason("v1.10.0").contains("keep.any[1]: highest_semver 3: ranked 1"), "{}", reason("v1.10.0"));
+    assert!(reason("v1.7.0").contains("ranked 4, beyond 3"), "{}", reason("v1.7.0"));
+    assert!(reason("v1.1.0").starts_with("immutable[0]"), "{}", reason("v1.1.0"));
+    assert!(reason("build-3").contains("pulled"), "{}", reason("build-3"));
+    assert_eq!(plan["tags_deleted"], 20);
+    // Only the unique layers and configs of the deleted images are freed, never the base.
+    let bytes_freed = plan["bytes_freed"].as_u64().unwrap();
+    assert_eq!(plan["blobs_freed"], 40, "{plan:#}");
+
+    // A dry run changed nothing.
+    assert_eq!(tag_list(&s.get("/v2/apps/web/tags/list").await.json().await.unwrap()).len(), 30);
+    s.gc(false).await;
+    // File lengths of the blob store: with forty small blobs, the filesystem's per-file
+    // block rounding alone would exceed the tolerance, and the metadata database grows by
+    // the audit records of the deletions (a few pages).
+    let blobs_dir = s.data_dir.join("blobs");
+    let before = apparent_size(&blobs_dir);
+    let (status, applied) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    let (status, again) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    let remaining = tag_list(&s.get("/v2/apps/web/tags/list").await.json().await.unwrap());
+    assert_eq!(remaining, expected);
+    let report = s.gc(false).await;
+    assert_eq!(report["bytes_removed"].as_u64().unwrap(), bytes_freed, "{report}");
+    let freed_on_disk = before as i64 - apparent_size(&blobs_dir) as i64;
+    assert!(
+        (freed_on_disk - bytes_freed as i64).abs() < 4 * 1024,
+        "disk freed {freed_on_disk}, plan said {bytes_freed}"
+    );
+    for tag in &expected {
+        s.verify_image("apps/web", tag).await.unwrap();
+    }
+    // Every deletion is recorded with the rule that caused it.
+    let audit: Value = s.get("/admin/deletions?limit=100").await.json().await.unwrap();
+    let by_policy: Vec<&Value> = audit.as_array().unwrap().iter().filter(|d| d["actor"] == "retention").collect();
+    assert_eq!(by_policy.len(), 20);
+    assert!(by_policy.iter().all(|d| d["reason"].as_str().unwrap().starts_with("retention policy \"builds\"")));
+}
+
+#[tokio::test]
+async fn applying_a_stale_plan_deletes_nothing() {
+    let config = r#"
+[[retention]]
+name = "two"
+repositories = "**"
+keep = { newest = 1 }
+"#;
+    let s = Server::start_with_config(config, ENV);
+    let (_, _) = s.push_image("stale", "old", &[b"old layer"]).await;
+    s.advance_clock(1000).await;
+    let (new_body, _) = s.push_image("stale", "new", &[b"new layer"]).await;
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(plan["tags_deleted"], 1);
+    // "old" moves to another manifest after the plan was made.
+    s.put_manifest("stale", "old", OCI_MANIFEST, &new_body).await;
+    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("stale:old now points at"), "{answer}");
+    assert_eq!(tag_list(&s.get("/v2/stale/tags/list").await.json().await.unwrap()), ["new", "old"]);
+}
+
+#[tokio::test]
+async fn immutable_tags_refuse_push_delete_and_policy() {
+    let config = r#"
+[[immutable]]
+repositories = "prod/**"
+tags_regex = "v[0-9]+\\.[0-9]+\\.[0-9]+"
+
+[[retention]]
+name = "nothing"
+repositories = "prod/**"
+keep = { matching = "never" }
+"#;
+    let s = Server::start_with_config(config, ENV);
+    let (body, digest) = s.push_image("prod/api", "v1.0.0", &[b"release"]).await;
+    // The same content again is fine; a different one is refused, naming the rule.
+    assert_eq!(s.put_manifest("prod/api", "v1.0.0", OCI_MANIFEST, &body).await.status(), StatusCode::CREATED);
+    let (other, _) = s.push_image("prod/api", "", &[b"something else"]).await;
+    let msg =
+        expect_error(s.put_manifest("prod/api", "v1.0.0", OCI_MANIFEST, &other).await, StatusCode::FORBIDDEN, "DENIED")
+            .await;
+    assert!(msg.contains("immutable[0]") && msg.contains("prod/api:v1.0.0"), "{msg}");
+    let msg = expect_error(s.delete("/v2/prod/api/manifests/v1.0.0").await, StatusCode::FORBIDDEN, "DENIED").await;
+    assert!(msg.contains("immutable"), "{msg}");
+    expect_error(s.delete(&format!("/v2/prod/api/manifests/{digest}")).await, StatusCode::FORBIDDEN, "DENIED").await;
+    // A mutable tag in the same repository is not protected.
+    s.push_image("prod/api", "latest", &[b"release"]).await;
+    let (_, plan) = s.admin_post("/admin/retention/run").await;
+    assert_eq!(plan["tags_deleted"], 1, "{plan:#}");
+    assert_eq!(tag_list(&s.get("/v2/prod/api/tags/list").await.json().await.unwrap()), ["v1.0.0"]);
+    s.verify_image("prod/api", "v1.0.0").await.unwrap();
+}
+
+#[tokio::test]
+async fn restore_within_the_window_and_not_after() {
+    let s = Server::start_with(&[
+        ("BOSUN_GC_ENABLED", "false"),
+        ("BOSUN_GC_GRACE_PERIOD", "0"),
+        ("BOSUN_RESTORE_WINDOW", "1d"),
+        ("BOSUN_TEST_FAILPOINTS", "true"),
+    ]);
+    let (_, digest) = s.push_image("undo", "v1", &[&random_bytes(950, 30_000)]).await;
+    assert_eq!(s.delete("/v2/undo/manifests/v1").await.status(), StatusCode::ACCEPTED);
+    // Collection keeps the manifest while the tag can be restored.
+    let report = s.gc(false).await;
+    assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    let (status, restored) = s.admin_post("/admin/restore?repository=undo&tag=v1").await;
+    assert_eq!(status, StatusCode::OK, "{restored}");
+    assert_eq!(restored["digest"], digest);
+    s.verify_image("undo", "v1").await.unwrap();
+
+    // Deleted again, and the window passes: collected, no longer restorable.
+    s.delete("/v2/undo/manifests/v1").await;
+    s.advance_clock(DAY + 1000).await;
+    let report = s.gc(false).await;
+    assert_eq!(report["manifests_removed"], 1, "{report}");
+    let (status, answer) = s.admin_post("/admin/restore?repository=undo&tag=v1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let audit: Value = s.get("/admin/deletions").await.json().await.unwrap();
+    assert_eq!(audit.as_array().unwrap().len(), 2);
+    assert!(audit[1]["restored_at"].is_number());
+}
+
+#[tokio::test]
+async fn quotas_at_the_boundary_count_each_blob_once_and_store_nothing_over() {
+    let config = r#"
+[[quota]]
+repositories = "team/*"
+max_bytes = 10000
+total = true
+"#;
+    let s = Server::start_with_config(config, ENV);
+    let a = random_bytes(960, 6000);
+    let b = random_bytes(961, 4000);
+    s.push_blob("team/one", &a).await;
+    // The same blob in another repository of the group is not counted twice.
+    let resp = s
+        .http
+        .post(s.url(&format!("/v2/team/two/blobs/uploads/?mount={}&from=team/one", sha256(&a))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    s.push_blob("team/two", &a).await;
+    // Exactly at the limit.
+    s.push_blob("team/two", &b).await;
+    // One byte over: refused with the figures, nothing stored.
+    let over = random_bytes(962, 1);
+    let resp = s
+        .http
+        .post(s.url(&format!("/v2/team/one/blobs/uploads/?digest={}", sha256(&over))))
+        .body(over.clone())
+        .send()
+        .await
+        .unwrap();
+    let msg = expect_error(resp, StatusCode::FORBIDDEN, "DENIED").await;
+    assert!(msg.contains("10000 bytes") && msg.contains("10001") && msg.contains("quota[0]"), "{msg}");
+    assert_eq!(s.head(&format!("/v2/team/one/blobs/{}", sha256(&over))).await.status(), StatusCode::NOT_FOUND);
+    let reconcile: Value = s.reconcile(true).await.json().await.unwrap();
+    assert!(reconcile["removed"].as_array().unwrap().is_empty(), "bytes were left behind: {reconcile}");
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
+    // Outside the group, no quota.
+    s.push_blob("other", &random_bytes(963, 20_000)).await;
+}
+
+#[tokio::test]
+async fn policies_through_the_admin_api_and_explain() {
+    let s = Server::start_with(ENV);
+    let put =
+        |name: &str, body: Value| s.http.put(s.url(&format!("/admin/retention/policies/{name}"))).json(&body).send();
+    let resp = put(
+        "bad",
+        json!({"name": "bad", "repositories": "**", "keep": {"any": [{"newest": 2}, {"matching_regex": "("}]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let err: Value = resp.json().await.unwrap();
+    assert!(err["error"].as_str().unwrap().contains("keep.any[1].matching_regex"), "{err}");
+    let resp = put("all", json!({"name": "all", "repositories": "**", "keep": {"newest": 10}})).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = put(
+        "team",
+        json!({"name": "team", "repositories": "team/*", "keep": {"always": true}, "schedule": "0 3 * * *"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    s.push_image("team/web", "v1", &[b"x"]).await;
+    let explain: Value = s.get("/admin/retention/explain?repository=team/web").await.json().await.unwrap();
+    assert_eq!(explain["governed_by"], "team");
+    assert_eq!(explain["matching_policies"].as_array().unwrap().len(), 2);
+    assert_eq!(explain["decisions"]["tags"][0]["reason"], "keep: always");
+    let policies: Value = s.get("/admin/retention/policies").await.json().await.unwrap();
+    assert_eq!(policies.as_array().unwrap().len(), 2);
+    assert_eq!(s.http.delete(s.url("/admin/retention/policies/team")).send().await.unwrap().status(), StatusCode::OK);
+    let explain: Value = s.get("/admin/retention/explain?repository=team/web").await.json().await.unwrap();
+    assert_eq!(explain["governed_by"], "all");
+}
+
+#[tokio::test]
+async fn untagged_manifests_kept_or_removed_after_an_age_never_index_children() {
+    let config = r#"
+[[retention]]
+name = "keep-untagged"
+repositories = "keep/**"
+keep = { always = true }
+untagged = "keep"
+
+[[retention]]
+name = "age"
+repositories = "age/**"
+keep = { always = true }
+untagged = "2d"
+"#;
+    let s = Server::start_with_config(
+        config,
+        &[
+            ("BOSUN_GC_ENABLED", "false"),
+            ("BOSUN_GC_GRACE_PERIOD", "0"),
+            ("BOSUN_RESTORE_WINDOW", "0"),
+            ("BOSUN_TEST_FAILPOINTS", "true"),
+        ],
+    );
+    s.push_image("keep/a", "", &[b"kept untagged"]).await;
+    let child = s.push_image("age/a", "", &[b"child"]).await;
+    push_index(&s, "age/a", "multi", &[child]).await;
+    s.push_image("age/a", "", &[b"lonely"]).await;
+    let report = s.gc(false).await;
+    assert!(report["removed"].as_array().unwrap().is_empty(), "younger than 2d: {report}");
+    let (_, plan) = s.admin_post("/admin/retention/plan?repository=age/a").await;
+    let untagged = plan["repositories"][0]["untagged"].as_array().unwrap();
+    assert_eq!(untagged.len(), 1, "the index child is not untagged: {plan:#}");
+    s.advance_clock(3 * DAY).await;
+    let report = s.gc(false).await;
+    assert_eq!(report["manifests_removed"], 1, "{report}");
+    s.verify_image("age/a", "multi").await.unwrap();
+    let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
+    assert!(catalog["repositories"].as_array().unwrap().contains(&json!("keep/a")));
+}
+
+#[tokio::test]
+async fn storage_accounting() {
+    let s = Server::start_with(ENV);
+    let base = random_bytes(970, 10_000);
+    let (m1, _) = s.push_image("acc/a", "one", &[&base, &random_bytes(971, 3000)]).await;
+    s.push_image("acc/a", "two", &[&base, &random_bytes(972, 2000)]).await;
+    s.push_image("acc/b", "one", &[&base]).await;
+    let config_size = |body: &[u8]| serde_json::from_slice::<Value>(body).unwrap()["config"]["size"].as_u64().unwrap();
+    let du: Value = s.get("/admin/du").await.json().await.unwrap();
+    let a = du["repositories"].as_array().unwrap().iter().find(|r| r["repository"] == "acc/a").unwrap();
+    let one = a["tags"].as_array().unwrap().iter().find(|t| t["tag"] == "one").unwrap();
+    assert_eq!(one["exclusive_bytes"], 3000 + config_size(&m1));
+    assert_eq!(one["shared_bytes"], 10_000);
+    assert_eq!(one["referenced_bytes"], 13_000 + config_size(&m1));
+    // The base is shared with acc/b: not exclusive to acc/a.
+    assert_eq!(a["shared_bytes"], 10_000);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["du", "--url", &s.addr, "--sort", "exclusive"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().nth(2).unwrap().ends_with("acc/a"), "{text}");
+}
