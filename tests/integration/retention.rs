@@ -324,17 +324,27 @@ untagged = "2d"
     );
     s.push_image("keep/a", "", &[b"kept untagged"]).await;
     let child = s.push_image("age/a", "", &[b"child"]).await;
-    push_index(&s, "age/a", "multi", &[child]).await;
+    let (index_body, index) = push_index(&s, "age/a", "multi", &[child]).await;
     s.push_image("age/a", "", &[b"lonely"]).await;
+    // A signature of the index: a referrer of a present subject, not untagged.
+    let empty = s.push_blob("age/a", b"{}").await;
+    let sig = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.example.sig",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}, "layers": [],
+        "subject": {"mediaType": OCI_INDEX, "digest": index, "size": index_body.len()},
+    }))
+    .unwrap();
+    assert_eq!(s.put_manifest("age/a", &sha256(&sig), OCI_MANIFEST, &sig).await.status(), StatusCode::CREATED);
     let report = s.gc(false).await;
     assert!(report["removed"].as_array().unwrap().is_empty(), "younger than 2d: {report}");
     let (_, plan) = s.admin_post("/admin/retention/plan?repository=age/a").await;
     let untagged = plan["repositories"][0]["untagged"].as_array().unwrap();
-    assert_eq!(untagged.len(), 1, "the index child is not untagged: {plan:#}");
+    assert_eq!(untagged.len(), 1, "neither the index child nor the signature is untagged: {plan:#}");
     s.advance_clock(3 * DAY).await;
     let report = s.gc(false).await;
     assert_eq!(report["manifests_removed"], 1, "{report}");
     s.verify_image("age/a", "multi").await.unwrap();
+    s.verify_image("age/a", &sha256(&sig)).await.unwrap();
     let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
     assert!(catalog["repositories"].as_array().unwrap().contains(&json!("keep/a")));
 }
@@ -361,4 +371,51 @@ async fn storage_accounting() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.lines().nth(2).unwrap().ends_with("acc/a"), "{text}");
+}
+
+#[tokio::test]
+async fn scheduled_policies_run_by_themselves() {
+    let config = r#"
+retention_check_interval = "100ms"
+
+[[retention]]
+name = "hourly"
+repositories = "sched/*"
+keep = { newest = 1 }
+schedule = "1s"
+"#;
+    let s = Server::start_with_config(config, ENV);
+    s.push_image("sched/a", "old", &[b"old"]).await;
+    s.advance_clock(1000).await;
+    s.push_image("sched/a", "new", &[b"new"]).await;
+    let mut tags = Vec::new();
+    for _ in 0..50 {
+        tags = tag_list(&s.get("/v2/sched/a/tags/list").await.json().await.unwrap());
+        if tags.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(tags, ["new"]);
+}
+
+#[tokio::test]
+async fn an_invalid_policy_stops_the_start_and_names_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bosun.toml");
+    std::fs::write(
+        &config,
+        "[[retention]]\nname = \"x\"\nrepositories = \"**\"\nkeep = { all = [ { newest = 3 }, { pushed_within = \"ten days\" } ] }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("retention[0] \"x\": keep.all[1].pushed_within"), "{err}");
 }
