@@ -239,11 +239,8 @@ mod tests {
         let blobs: Vec<String> = (0..30).map(|i| format!("b{i}")).collect();
         rows.blobs = blobs.iter().map(|b| (b.clone(), 1 + rng.below(1000))).collect();
         let repos = ["r0", "r1", "r2"];
-        let mut next = 0i64;
-        for _ in 0..25 {
+        for id in 1..=25i64 {
             let repo = repos[rng.below(3) as usize];
-            next += 1;
-            let id = next;
             let same_repo: Vec<i64> = rows.manifests.iter().filter(|m| m.1 == repo).map(|m| m.0).collect();
             let kind = rng.below(4);
             let subject = if kind == 3 && !same_repo.is_empty() {

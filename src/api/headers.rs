@@ -17,7 +17,7 @@ pub fn value(s: impl Into<String>) -> HeaderValue {
 }
 
 /// A request header as text, if present and visible ASCII.
-pub fn get<'a>(request: &'a Parts, name: impl axum::http::header::AsHeaderName) -> Option<&'a str> {
+pub fn get(request: &Parts, name: impl axum::http::header::AsHeaderName) -> Option<&str> {
     request.headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -380,6 +380,10 @@ impl Collector {
     }
 }
 
+/// Per repository, given a run's cutoff: untagged manifests touched at or before the
+/// answer are garbage (`None` keeps them).
+type UntaggedCutoff = dyn Fn(&str, i64) -> Option<i64> + Send + Sync;
+
 /// What every removal of one run checks against.
 #[derive(Clone)]
 pub(crate) struct Ctx {
@@ -387,7 +391,7 @@ pub(crate) struct Ctx {
     cutoff: i64,
     rules: ManifestRules,
     /// Per repository: untagged manifests touched at or before this are garbage.
-    untagged_cutoff: Arc<dyn Fn(&str, i64) -> Option<i64> + Send + Sync>,
+    untagged_cutoff: Arc<UntaggedCutoff>,
     /// Tag deletions after this instant can still be restored.
     restore_since: i64,
 }

@@ -143,8 +143,11 @@ pub fn deletions(conn: &Connection, limit: usize) -> Result<Vec<serde_json::Valu
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Records pulls: (manifest id, tag if pulled by tag, time).
-pub fn record_pulls(conn: &Connection, pulls: &[(ManifestId, Option<(RepoId, String)>, i64)]) -> Result<()> {
+/// A pull: the manifest, the tag it was pulled by (if any), and when.
+pub type Pull = (ManifestId, Option<(RepoId, String)>, i64);
+
+/// Records pulls.
+pub fn record_pulls(conn: &Connection, pulls: &[Pull]) -> Result<()> {
     let mut m =
         conn.prepare_cached("UPDATE manifests SET pulled_at = MAX(COALESCE(pulled_at, 0), ?2) WHERE id = ?1")?;
     let mut t = conn.prepare_cached(

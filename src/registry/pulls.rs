@@ -12,7 +12,9 @@ use crate::metadata::{self, Metadata};
 
 /// (manifest, tag pulled by) → last pull time.
 #[derive(Default)]
-pub struct PullTracker(Mutex<HashMap<(ManifestId, Option<(RepoId, String)>), i64>>);
+pub struct PullTracker(Mutex<HashMap<PullKey, i64>>);
+
+type PullKey = (ManifestId, Option<(RepoId, String)>);
 
 impl PullTracker {
     pub fn note(&self, manifest: ManifestId, tag: Option<(RepoId, String)>, at: i64) {
@@ -23,7 +25,7 @@ impl PullTracker {
 
     /// Writes the noted pulls and forgets them.
     pub async fn flush(&self, meta: &Metadata) -> metadata::Result<()> {
-        let pulls: Vec<(ManifestId, Option<(RepoId, String)>, i64)> = {
+        let pulls: Vec<metadata::retention::Pull> = {
             let mut map = self.0.lock().expect("pull tracker poisoned");
             map.drain().map(|((m, t), at)| (m, t, at)).collect()
         };

@@ -193,7 +193,7 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
             }
             // Delete a manifest with all its tags.
             4 => {
-                if let Some(digest) = model.digests(&repo).into_iter().last() {
+                if let Some(digest) = model.digests(&repo).into_iter().next_back() {
                     assert_eq!(
                         s.delete(&format!("/v2/{repo}/manifests/{digest}")).await.status(),
                         StatusCode::ACCEPTED
