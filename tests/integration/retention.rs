@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::*;
-use crate::skopeo::{gzip, skopeo, write_blob};
+use crate::skopeo::{gzip, push_layout, write_blob};
 
 const DAY: i64 = 86_400_000;
 
@@ -67,9 +67,7 @@ tags = "v1.1.0"
     write_layout(dir.path(), &tags);
     // One push a day, for thirty days.
     for tag in &tags {
-        let src = format!("oci:{}:{tag}", dir.path().display());
-        let dest = format!("docker://{}/apps/web:{tag}", s.addr);
-        skopeo(&["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", &src, &dest]).await;
+        push_layout(dir.path(), tag, &format!("docker://{}/apps/web:{tag}", s.addr), false).await;
         s.advance_clock(DAY).await;
     }
     // build-3 is old but was pulled yesterday.

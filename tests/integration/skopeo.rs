@@ -61,6 +61,37 @@ pub fn blob_bytes(layout: &Path, digest: &str) -> Vec<u8> {
     std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap()
 }
 
+/// `skopeo copy` from the OCI layout `src` (tag `tag`) to `dest`, every platform with `all`.
+pub async fn push_layout(src: &Path, tag: &str, dest: &str, all: bool) {
+    let from = format!("oci:{}:{tag}", src.display());
+    let mut args = vec!["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests"];
+    if all {
+        args.push("--all");
+    }
+    skopeo(&[args.as_slice(), &[from.as_str(), dest]].concat()).await;
+}
+
+/// `skopeo copy` from `src` into the OCI layout `out` (tag `tag`), every platform with `all`.
+pub async fn pull_layout(src: &str, out: &Path, tag: &str, all: bool) {
+    let to = format!("oci:{}:{tag}", out.display());
+    let mut args = vec!["copy", "--quiet", "--src-tls-verify=false"];
+    if all {
+        args.push("--all");
+    }
+    skopeo(&[args.as_slice(), &[src, to.as_str()]].concat()).await;
+}
+
+/// Asserts that the image manifest `digest` and its config and layers arrived in `out`
+/// exactly as they are in `src`.
+pub fn assert_image_copied(src: &Path, out: &Path, digest: &str) {
+    assert_eq!(blob_bytes(out, digest), blob_bytes(src, digest), "manifest {digest}");
+    let manifest: Value = serde_json::from_slice(&blob_bytes(src, digest)).unwrap();
+    for blob in manifest["layers"].as_array().unwrap().iter().chain([&manifest["config"]]) {
+        let d = blob["digest"].as_str().unwrap();
+        assert_eq!(blob_bytes(out, d), blob_bytes(src, d), "blob {d}");
+    }
+}
+
 #[tokio::test]
 async fn single_image_push_pull_delete() {
     let s = Server::start();
@@ -69,15 +100,7 @@ async fn single_image_push_pull_delete() {
     let image = write_image(&src, "amd64", b"base layer", 20);
     write_index_json(&src, &image, "v1");
     let dest = format!("docker://{}/skopeo/single:v1", s.addr);
-    skopeo(&[
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        &format!("oci:{}:v1", src.display()),
-        &dest,
-    ])
-    .await;
+    push_layout(&src, "v1", &dest, false).await;
 
     // The manifest comes back byte for byte.
     let raw = skopeo(&["inspect", "--tls-verify=false", "--raw", &dest]).await;
@@ -85,12 +108,8 @@ async fn single_image_push_pull_delete() {
     assert_eq!(raw.as_bytes(), blob_bytes(&src, digest));
 
     let out = dir.path().join("out");
-    skopeo(&["copy", "--quiet", "--src-tls-verify=false", &dest, &format!("oci:{}:v1", out.display())]).await;
-    let manifest: Value = serde_json::from_slice(&blob_bytes(&src, digest)).unwrap();
-    for layer in manifest["layers"].as_array().unwrap() {
-        let d = layer["digest"].as_str().unwrap();
-        assert_eq!(blob_bytes(&out, d), blob_bytes(&src, d), "layer {d}");
-    }
+    pull_layout(&dest, &out, "v1", false).await;
+    assert_image_copied(&src, &out, digest);
 
     skopeo(&["delete", "--tls-verify=false", &dest]).await;
     assert_eq!(s.get(&format!("/v2/skopeo/single/manifests/{digest}")).await.status(), StatusCode::NOT_FOUND);
@@ -110,30 +129,14 @@ async fn multi_arch_index_copy_all() {
     write_index_json(&src, &index_desc, "latest");
 
     let dest = format!("docker://{}/skopeo/multi:latest", s.addr);
-    skopeo(&[
-        "copy",
-        "--quiet",
-        "--all",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        &format!("oci:{}:latest", src.display()),
-        &dest,
-    ])
-    .await;
+    push_layout(&src, "latest", &dest, true).await;
     let raw = skopeo(&["inspect", "--tls-verify=false", "--raw", &dest]).await;
     assert_eq!(raw.as_bytes(), blob_bytes(&src, index_desc["digest"].as_str().unwrap()));
 
     let out = dir.path().join("out");
-    skopeo(&["copy", "--quiet", "--all", "--src-tls-verify=false", &dest, &format!("oci:{}:latest", out.display())])
-        .await;
+    pull_layout(&dest, &out, "latest", true).await;
     for platform in [&amd, &arm] {
-        let d = platform["digest"].as_str().unwrap();
-        assert_eq!(blob_bytes(&out, d), blob_bytes(&src, d));
-        let manifest: Value = serde_json::from_slice(&blob_bytes(&src, d)).unwrap();
-        for layer in manifest["layers"].as_array().unwrap() {
-            let ld = layer["digest"].as_str().unwrap();
-            assert_eq!(blob_bytes(&out, ld), blob_bytes(&src, ld));
-        }
+        assert_image_copied(&src, &out, platform["digest"].as_str().unwrap());
     }
     // A client asking for one platform gets it through the index.
     let resp = s
@@ -153,9 +156,8 @@ async fn delete_collect_and_push_again_with_skopeo() {
     let image = write_image(&src, "amd64", &random_bytes(24, 100_000), 25);
     write_index_json(&src, &image, "v1");
     let dest = format!("docker://{}/skopeo/again:v1", s.addr);
-    let layout = format!("oci:{}:v1", src.display());
     for round in 0..2 {
-        skopeo(&["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", &layout, &dest]).await;
+        push_layout(&src, "v1", &dest, false).await;
         s.verify_image("skopeo/again", "v1").await.unwrap();
         skopeo(&["delete", "--tls-verify=false", &dest]).await;
         let report = s.gc(false).await;
@@ -163,11 +165,10 @@ async fn delete_collect_and_push_again_with_skopeo() {
     }
     // Pushed again after a collection, without a restart: skopeo must upload every layer
     // again (no stale "already exists") and the image must pull.
-    skopeo(&["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", &layout, &dest]).await;
+    push_layout(&src, "v1", &dest, false).await;
     let out = dir.path().join("out");
-    skopeo(&["copy", "--quiet", "--src-tls-verify=false", &dest, &format!("oci:{}:v1", out.display())]).await;
-    let digest = image["digest"].as_str().unwrap();
-    assert_eq!(blob_bytes(&out, digest), blob_bytes(&src, digest));
+    pull_layout(&dest, &out, "v1", false).await;
+    assert_image_copied(&src, &out, image["digest"].as_str().unwrap());
 }
 
 #[tokio::test]
@@ -181,29 +182,14 @@ async fn multi_arch_copy_all_survives_collections() {
     let index_desc = write_blob(&src, OCI_INDEX, &serde_json::to_vec(&index).unwrap());
     write_index_json(&src, &index_desc, "latest");
     let dest = format!("docker://{}/skopeo/multi-gc:latest", s.addr);
-    skopeo(&[
-        "copy",
-        "--quiet",
-        "--all",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        &format!("oci:{}:latest", src.display()),
-        &dest,
-    ])
-    .await;
+    push_layout(&src, "latest", &dest, true).await;
     for _ in 0..3 {
         let report = s.gc(false).await;
         assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
     }
     let out = dir.path().join("out");
-    skopeo(&["copy", "--quiet", "--all", "--src-tls-verify=false", &dest, &format!("oci:{}:latest", out.display())])
-        .await;
+    pull_layout(&dest, &out, "latest", true).await;
     for p in &platforms {
-        let d = p["digest"].as_str().unwrap();
-        let manifest: Value = serde_json::from_slice(&blob_bytes(&src, d)).unwrap();
-        for blob in manifest["layers"].as_array().unwrap().iter().chain([&manifest["config"]]) {
-            let bd = blob["digest"].as_str().unwrap();
-            assert_eq!(blob_bytes(&out, bd), blob_bytes(&src, bd), "{bd}");
-        }
+        assert_image_copied(&src, &out, p["digest"].as_str().unwrap());
     }
 }
