@@ -251,7 +251,11 @@ impl Collector {
         for name in self.registry.meta.write(|c| q::remove_empty_repositories(c)).await? {
             report.push(Removed { kind: "repository", repository: Some(name), digest: None, id: None, bytes: 0 });
         }
-        self.registry.meta.checkpoint().await?;
+        // Fold the write-ahead log back so that freed space shows on disk (only when
+        // something was freed: a checkpoint briefly blocks writers).
+        if !report.removed.is_empty() {
+            self.registry.meta.checkpoint().await?;
+        }
         Ok(())
     }
 
@@ -294,26 +298,48 @@ impl Collector {
         self.remove_blob_bytes(marked, report).await
     }
 
-    /// Removes the bytes of blobs marked `deleting`, then forgets them. Each digest is
-    /// handled under its lock, after checking that no upload revived it meanwhile.
+    /// Removes the bytes of blobs marked `deleting`, then forgets them, a batch at a time.
+    /// The batch's digests are locked first (in order: an upload holds at most one digest
+    /// lock, so there is no cycle), then re-checked: a digest an upload revived meanwhile
+    /// keeps its (new) bytes.
     async fn remove_blob_bytes(&self, marked: Vec<(String, u64)>, report: &mut Report) -> Result<()> {
-        for (digest, size) in marked {
-            let Ok(parsed) = digest.parse::<Digest>() else {
-                tracing::error!(%digest, "metadata holds an unparsable blob digest; left alone");
-                continue;
-            };
-            let _guard = self.registry.digest_locks.lock(&parsed).await;
-            let d = digest.clone();
-            if !self.registry.meta.read(move |c| q::is_deleting(c, &d)).await? {
-                continue;
+        let mut marked: Vec<(Digest, u64)> = marked
+            .into_iter()
+            .filter_map(|(digest, size)| match digest.parse() {
+                Ok(d) => Some((d, size)),
+                Err(_) => {
+                    tracing::error!(%digest, "metadata holds an unparsable blob digest; left alone");
+                    None
+                }
+            })
+            .collect();
+        marked.sort();
+        let (meta, store) = (&self.registry.meta, &self.registry.store);
+        for batch in marked.chunks(BATCH) {
+            let mut guards = Vec::with_capacity(batch.len());
+            for (digest, _) in batch {
+                guards.push(self.registry.digest_locks.lock(digest).await);
             }
-            match self.registry.store.delete_blob(&parsed).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
+            let names: Vec<String> = batch.iter().map(|(d, _)| d.to_string()).collect();
+            let still: Vec<bool> = meta
+                .read(move |c| names.iter().map(|d| q::is_deleting(c, d)).collect::<MetaResult<Vec<bool>>>())
+                .await?;
+            let doomed: Vec<&(Digest, u64)> = batch.iter().zip(still).filter(|(_, s)| *s).map(|(b, _)| b).collect();
+            let deletions = doomed.iter().map(|(digest, _)| store.delete_blob(digest));
+            for outcome in futures_util::future::join_all(deletions).await {
+                match outcome {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
             }
-            let d = digest.clone();
-            if self.registry.meta.write(move |c| q::forget_deleted_blob(c, &d)).await? {
-                report.blob(digest, size);
+            let names: Vec<String> = doomed.iter().map(|(d, _)| d.to_string()).collect();
+            let forgotten = meta
+                .write(move |c| names.iter().map(|d| q::forget_deleted_blob(c, d)).collect::<MetaResult<Vec<bool>>>())
+                .await?;
+            for ((digest, size), forgotten) in doomed.into_iter().zip(forgotten) {
+                if forgotten {
+                    report.blob(digest.to_string(), *size);
+                }
             }
         }
         Ok(())
