@@ -325,13 +325,8 @@ impl Collector {
                 .read(move |c| names.iter().map(|d| q::is_deleting(c, d)).collect::<MetaResult<Vec<bool>>>())
                 .await?;
             let doomed: Vec<&(Digest, u64)> = batch.iter().zip(still).filter(|(_, s)| *s).map(|(b, _)| b).collect();
-            let deletions = doomed.iter().map(|(digest, _)| store.delete_blob(digest));
-            for outcome in futures_util::future::join_all(deletions).await {
-                match outcome {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
-                }
-            }
+            let digests: Vec<Digest> = doomed.iter().map(|(d, _)| d.clone()).collect();
+            store.delete_blobs(&digests).await?;
             let names: Vec<String> = doomed.iter().map(|(d, _)| d.to_string()).collect();
             let forgotten = meta
                 .write(move |c| names.iter().map(|d| q::forget_deleted_blob(c, d)).collect::<MetaResult<Vec<bool>>>())

@@ -189,6 +189,23 @@ impl BlobStore for FilesystemStore {
         .await
     }
 
+    async fn delete_blobs(&self, digests: &[Digest]) -> io::Result<()> {
+        // One blocking task for the whole batch: a thread per file would cost more than
+        // the unlinks.
+        let paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
+        let stop = self.root.join("blobs");
+        blocking(move || {
+            for path in paths {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => prune_empty_dirs(path.parent().expect("blob path has a parent"), &stop),
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn list_blobs(&self) -> io::Result<Vec<StoredBlob>> {
         let blobs = self.root.join("blobs");
         blocking(move || {
@@ -267,6 +284,27 @@ mod tests {
         // The shard and algorithm directories went with their last blob.
         assert_eq!(fs::read_dir(dir.path().join("blobs")).unwrap().count(), 0);
         assert!(store.list_blobs().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn batch_delete_tolerates_missing_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilesystemStore::open(dir.path()).unwrap();
+        let mut digests = Vec::new();
+        for content in [&b"one"[..], b"two"] {
+            let id = UploadId::random();
+            store.create_upload(&id).await.unwrap();
+            let mut w = store.upload_writer(&id, 0).await.unwrap();
+            w.write(Bytes::copy_from_slice(content)).await.unwrap();
+            w.finish().await.unwrap();
+            let digest = Digest::sha256_of(content);
+            store.commit_upload(&id, &digest).await.unwrap();
+            digests.push(digest);
+        }
+        digests.push(Digest::sha256_of(b"never stored"));
+        store.delete_blobs(&digests).await.unwrap();
+        assert!(store.list_blobs().await.unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path().join("blobs")).unwrap().count(), 0);
     }
 
     #[tokio::test]

@@ -67,6 +67,17 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> io::Result<ByteStream>;
     /// Removes a blob's bytes.
     async fn delete_blob(&self, digest: &Digest) -> io::Result<()>;
+    /// Removes the bytes of several blobs; a missing one is not an error. The first other
+    /// failure is returned (some of the others may be removed by then).
+    async fn delete_blobs(&self, digests: &[Digest]) -> io::Result<()> {
+        for digest in digests {
+            match self.delete_blob(digest).await {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
     /// Every stored blob. Fails as a whole on any listing error.
     async fn list_blobs(&self) -> io::Result<Vec<StoredBlob>>;
     /// Every staged upload, with when it was last written. Fails as a whole on any error.
