@@ -99,6 +99,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         });
     }
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "bosun is serving");
+    // No Nagle delay: a streamed response is written in several pieces, and waiting for
+    // the client's (delayed) ACK between them costs 40 ms per small blob.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, crate::api::router(opened.state.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await

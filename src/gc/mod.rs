@@ -56,8 +56,10 @@ use crate::oci::{Digest, UploadId};
 use crate::policy::Untagged;
 use crate::registry::Registry;
 
-/// Candidates examined per transaction: small enough that pushes interleave.
-const BATCH: usize = 256;
+/// Candidates examined per transaction: small enough that pushes interleave (a batch is a
+/// few milliseconds of writing), large enough that index pages shared by neighbouring rows
+/// are written once per batch, not once per row.
+const BATCH: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {

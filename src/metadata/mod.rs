@@ -62,6 +62,18 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    apply_read_tuning(conn, WRITER_CACHE_KIB)
+}
+
+/// Page cache per connection, KiB: the writer walks indexes of the whole registry during
+/// collections; readers mostly fetch single rows.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+const READER_CACHE_KIB: i64 = 8 * 1024;
+
+/// Memory-mapped reads (no read system call per page) and the page cache size.
+fn apply_read_tuning(conn: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     Ok(())
 }
 
@@ -101,6 +113,7 @@ impl Metadata {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
+        apply_read_tuning(&conn, READER_CACHE_KIB)?;
         Ok(conn)
     }
 

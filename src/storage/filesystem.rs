@@ -190,18 +190,34 @@ impl BlobStore for FilesystemStore {
     }
 
     async fn delete_blobs(&self, digests: &[Digest]) -> io::Result<()> {
-        // One blocking task for the whole batch: a thread per file would cost more than
-        // the unlinks.
+        // A few threads for the whole batch: an unlink costs tens of microseconds of
+        // journaling here, which overlaps across directories; a thread per file would cost
+        // more than the unlinks.
+        const THREADS: usize = 4;
         let paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
         let stop = self.root.join("blobs");
         blocking(move || {
-            for path in paths {
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => prune_empty_dirs(path.parent().expect("blob path has a parent"), &stop),
-                }
-            }
-            Ok(())
+            let per_thread = paths.len().div_ceil(THREADS).max(1);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = paths
+                    .chunks(per_thread)
+                    .map(|chunk| {
+                        let stop = &stop;
+                        scope.spawn(move || {
+                            for path in chunk {
+                                match fs::remove_file(path) {
+                                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                                    _ => prune_empty_dirs(path.parent().expect("blob path has a parent"), stop),
+                                }
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("unlink thread panicked"))))
+            })
         })
         .await
     }
