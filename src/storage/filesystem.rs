@@ -84,14 +84,18 @@ fn prune_empty_dirs(mut dir: &Path, stop: &Path) {
     }
 }
 
+/// Bytes gathered before one write: network frames are small (tens of KiB), and a system
+/// call per frame would cost more than copying them together.
+const WRITE_CHUNK: usize = 1 << 20;
+
 struct FileUploadWriter {
     tx: Option<mpsc::Sender<Bytes>>,
+    pending: BytesMut,
     done: tokio::task::JoinHandle<io::Result<u64>>,
 }
 
-#[async_trait::async_trait]
-impl UploadWriter for FileUploadWriter {
-    async fn write(&mut self, data: Bytes) -> io::Result<()> {
+impl FileUploadWriter {
+    async fn send(&mut self, data: Bytes) -> io::Result<()> {
         let tx = self.tx.as_ref().expect("write after finish");
         if tx.send(data).await.is_err() {
             // The disk thread stopped on an error; finish() reports it.
@@ -100,8 +104,28 @@ impl UploadWriter for FileUploadWriter {
         }
         Ok(())
     }
+}
+
+#[async_trait::async_trait]
+impl UploadWriter for FileUploadWriter {
+    async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        if self.pending.is_empty() && data.len() >= WRITE_CHUNK {
+            return self.send(data).await;
+        }
+        self.pending.extend_from_slice(&data);
+        if self.pending.len() >= WRITE_CHUNK {
+            let chunk = self.pending.split().freeze();
+            self.pending.reserve(WRITE_CHUNK);
+            self.send(chunk).await?;
+        }
+        Ok(())
+    }
 
     async fn finish(mut self: Box<Self>) -> io::Result<u64> {
+        if !self.pending.is_empty() {
+            let chunk = self.pending.split().freeze();
+            self.send(chunk).await?;
+        }
         self.tx = None;
         (&mut self.done).await.map_err(io::Error::other)?
     }
@@ -133,7 +157,7 @@ impl BlobStore for FilesystemStore {
             file.flush()?;
             file.stream_position()
         });
-        Ok(Box::new(FileUploadWriter { tx: Some(tx), done }))
+        Ok(Box::new(FileUploadWriter { tx: Some(tx), pending: BytesMut::with_capacity(WRITE_CHUNK), done }))
     }
 
     async fn read_upload(&self, id: &UploadId, len: u64) -> io::Result<ByteStream> {
