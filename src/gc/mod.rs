@@ -56,10 +56,11 @@ use crate::oci::{Digest, UploadId};
 use crate::policy::Untagged;
 use crate::registry::Registry;
 
-/// Candidates examined per transaction: small enough that pushes interleave (a batch is a
-/// few milliseconds of writing), large enough that index pages shared by neighbouring rows
-/// are written once per batch, not once per row.
+/// Candidates read at once.
 const BATCH: usize = 1000;
+/// Candidates removed per write transaction: small enough that a push waiting for the
+/// (first-come-first-served) writer waits a millisecond or two, not a whole batch.
+const WRITE_BATCH: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -273,21 +274,25 @@ impl Collector {
         let mut after = (pass.start)();
         let mut out = Vec::new();
         loop {
-            let (cursor, read_ctx, write_ctx) = (after.clone(), ctx.clone(), ctx.clone());
-            let candidates = meta.read(move |c| (pass.select)(c, &read_ctx, &cursor)).await?;
+            let (cursor, read_ctx) = (after.clone(), ctx.clone());
+            let mut candidates = meta.read(move |c| (pass.select)(c, &read_ctx, &cursor)).await?;
             let Some(last) = candidates.last() else { return Ok(out) };
             after = (pass.cursor)(last);
             self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
-            let removed = meta
-                .write(move |c| {
-                    let mut removed = Vec::new();
-                    for candidate in &candidates {
-                        removed.extend((pass.remove)(c, &write_ctx, candidate)?);
-                    }
-                    Ok::<_, MetadataError>(removed)
-                })
-                .await?;
-            out.extend(removed);
+            while !candidates.is_empty() {
+                let chunk: Vec<C> = candidates.drain(..candidates.len().min(WRITE_BATCH)).collect();
+                let write_ctx = ctx.clone();
+                let removed = meta
+                    .write(move |c| {
+                        let mut removed = Vec::new();
+                        for candidate in &chunk {
+                            removed.extend((pass.remove)(c, &write_ctx, candidate)?);
+                        }
+                        Ok::<_, MetadataError>(removed)
+                    })
+                    .await?;
+                out.extend(removed);
+            }
         }
     }
 
@@ -329,10 +334,16 @@ impl Collector {
             let doomed: Vec<&(Digest, u64)> = batch.iter().zip(still).filter(|(_, s)| *s).map(|(b, _)| b).collect();
             let digests: Vec<Digest> = doomed.iter().map(|(d, _)| d.clone()).collect();
             store.delete_blobs(&digests).await?;
-            let names: Vec<String> = doomed.iter().map(|(d, _)| d.to_string()).collect();
-            let forgotten = meta
-                .write(move |c| names.iter().map(|d| q::forget_deleted_blob(c, d)).collect::<MetaResult<Vec<bool>>>())
-                .await?;
+            let mut forgotten = Vec::with_capacity(doomed.len());
+            for chunk in doomed.chunks(WRITE_BATCH) {
+                let names: Vec<String> = chunk.iter().map(|(d, _)| d.to_string()).collect();
+                forgotten.extend(
+                    meta.write(move |c| {
+                        names.iter().map(|d| q::forget_deleted_blob(c, d)).collect::<MetaResult<Vec<bool>>>()
+                    })
+                    .await?,
+                );
+            }
             for ((digest, size), forgotten) in doomed.into_iter().zip(forgotten) {
                 if forgotten {
                     report.blob(digest.to_string(), *size);

@@ -50,7 +50,9 @@ pub struct Metadata {
 
 struct Inner {
     path: std::path::PathBuf,
-    writer: Mutex<Connection>,
+    /// The one writing connection, behind a first-come-first-served lock: a collection's
+    /// next batch queues behind the pushes that arrived while its last one ran.
+    writer: Arc<tokio::sync::Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -98,7 +100,7 @@ impl Metadata {
         Ok(Metadata {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                writer: Mutex::new(writer),
+                writer: Arc::new(tokio::sync::Mutex::new(writer)),
                 readers: Mutex::new(Vec::new()),
             }),
         })
@@ -168,9 +170,8 @@ impl Metadata {
         E: From<MetadataError> + Send + 'static,
         F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
-        let this = self.clone();
+        let mut conn = self.inner.writer.clone().lock_owned().await;
         tokio::task::spawn_blocking(move || {
-            let mut conn = this.inner.writer.lock().expect("writer poisoned");
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
             let value = f(&tx)?;
             if commit { tx.commit() } else { tx.rollback() }.map_err(MetadataError::from)?;
@@ -183,9 +184,8 @@ impl Metadata {
     /// Folds the write-ahead log back into the database file and truncates it, so that the
     /// space freed by deletes shows on disk.
     pub async fn checkpoint(&self) -> Result<()> {
-        let this = self.clone();
+        let conn = self.inner.writer.clone().lock_owned().await;
         tokio::task::spawn_blocking(move || {
-            let conn = this.inner.writer.lock().expect("writer poisoned");
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             Ok(())
         })
