@@ -113,9 +113,10 @@ class Fail(Exception):
     pass
 
 
-def expect(st, want, what):
+def expect(st, want, what, body=b""):
     if st not in want:
-        raise Fail("%s -> HTTP %d (expected %s)" % (what, st, "/".join(map(str, want))))
+        raise Fail("%s -> HTTP %d (expected %s) %s" % (what, st, "/".join(map(str, want)),
+                                                       body[:300].decode("utf-8", "replace")))
 
 
 def push_blob(c, repo, dig, data, mode):
@@ -123,7 +124,7 @@ def push_blob(c, repo, dig, data, mode):
         p = "/v2/%s/blobs/uploads/?digest=%s" % (repo, dig)
         st, h, body = c.req("POST", p, data, {"Content-Type": "application/octet-stream",
                                               "Content-Length": str(len(data))})
-        expect(st, (201,), "POST " + p)
+        expect(st, (201,), "POST " + p, body)
         if h.get("Docker-Content-Digest") not in (None, dig):
             raise Fail("POST %s answered Docker-Content-Digest %s" % (p, h.get("Docker-Content-Digest")))
         return 1
@@ -142,8 +143,8 @@ def push_blob(c, repo, dig, data, mode):
 
 def put_manifest(c, repo, ref, manifest, mdig):
     p = "/v2/%s/manifests/%s" % (repo, ref)
-    st, h, _ = c.req("PUT", p, manifest, {"Content-Type": OCI_MANIFEST})
-    expect(st, (201,), "PUT " + p)
+    st, h, body = c.req("PUT", p, manifest, {"Content-Type": OCI_MANIFEST})
+    expect(st, (201,), "PUT " + p, body)
     if h.get("Docker-Content-Digest") != mdig:
         raise Fail("PUT %s answered Docker-Content-Digest %s, expected %s" % (p, h.get("Docker-Content-Digest"), mdig))
 
@@ -256,48 +257,72 @@ def cmd_delete(a):
         repo, _, _, _, _, mdig = spec.image(i)
         p = "/v2/%s/manifests/%s" % (repo, mdig)
         st, _, body = c.req("DELETE", p)
-        expect(st, (202,), "DELETE " + p)
+        expect(st, (202,), "DELETE " + p, body)
     print(json.dumps({"deleted": len(sel), "seconds": round(time.monotonic() - t0, 3)}))
 
 
 # ----------------------------------------------------------------- pull checks
-def cmd_verify(a):
+def _verify_worker(args):
+    a, kept_part, deleted_part = args
     spec, c = Spec(a), Client(a.url)
-    rng = random.Random("verify:%s" % a.residues_deleted)
-    deleted = set(select(spec, set(a.residues_deleted)))
-    kept = [i for i in range(spec.images) if i not in deleted]
-    sample = rng.sample(kept, min(a.sample, len(kept)))
-    problems, blobs_ok = [], 0
-    for i in sample:
+    problems, blobs_ok, gone_checked, get_ms = [], 0, 0, []
+
+    def get(p, headers=None):
+        t = time.monotonic()
+        r = c.req("GET", p, headers=headers)
+        get_ms.append((time.monotonic() - t) * 1000)
+        return r
+
+    for i in kept_part:
         repo, tag, unique, (bdig, base), manifest, mdig = spec.image(i)
         p = "/v2/%s/manifests/%s" % (repo, tag)
-        st, h, body = c.req("GET", p, headers={"Accept": ACCEPT})
+        st, h, body = get(p, {"Accept": ACCEPT})
         if st != 200 or body != manifest or h.get("Docker-Content-Digest") != mdig:
             problems.append("GET %s -> %d, %d bytes, digest %s (expected 200, %s)" % (
                 p, st, len(body), h.get("Docker-Content-Digest"), mdig))
             continue
         for d, _ in [(bdig, base)] + unique:
             p = "/v2/%s/blobs/%s" % (repo, d)
-            st, _, body = c.req("GET", p)
+            st, _, body = get(p)
             if st != 200 or sha(body) != d:
                 problems.append("GET %s -> %d, sha256 of body %s" % (p, st, sha(body)))
             else:
                 blobs_ok += 1
-    gone_checked = 0
-    for i in sorted(deleted)[: a.sample]:
+    for i in deleted_part:
         repo, tag, unique, _, _, mdig = spec.image(i)
         for p in ["/v2/%s/manifests/%s" % (repo, mdig), "/v2/%s/blobs/%s" % (repo, unique[0][0]),
                   "/v2/%s/blobs/%s" % (repo, unique[-1][0])]:
-            if a.skip_deleted_blobs and "/blobs/" in p:
-                continue
-            st, _, _ = c.req("GET", p, headers={"Accept": ACCEPT})
+            st, _, _ = get(p, {"Accept": ACCEPT})
             gone_checked += 1
             if st != 404:
                 problems.append("GET %s -> %d after delete%s (expected 404)" % (
                     p, st, "" if "/manifests/" in p else " and collection"))
-    print(json.dumps({"images_checked": len(sample), "blobs_checked": blobs_ok,
-                      "deleted_checked": gone_checked, "problems": problems[:20],
-                      "problem_count": len(problems)}))
+    return problems, blobs_ok, gone_checked, get_ms
+
+
+def cmd_verify(a):
+    """Pull a sample of kept images (manifest by tag, every blob, sha256 checked) and check
+    that deleted manifests and their unique blobs answer 404; a.workers keep-alive clients."""
+    spec = Spec(a)
+    rng = random.Random("verify:%s" % a.residues_deleted)
+    deleted = set(select(spec, set(a.residues_deleted)))
+    ignored = set(select(spec, set(a.ignore_residues)))
+    kept = [i for i in range(spec.images) if i not in deleted and i not in ignored]
+    sample = rng.sample(kept, min(a.sample, len(kept)))
+    gone = sorted(deleted)[: a.sample]
+    w = a.workers
+    t0 = time.monotonic()
+    with mp.Pool(w) as pool:
+        res = pool.map(_verify_worker, [(a, sample[k::w], gone[k::w]) for k in range(w)])
+    dt = time.monotonic() - t0
+    problems = [p for r in res for p in r[0]]
+    get_ms = [x for r in res for x in r[3]]
+    print(json.dumps({"images_checked": len(sample), "blobs_checked": sum(r[1] for r in res),
+                      "deleted_checked": sum(r[2] for r in res), "problems": problems[:20],
+                      "problem_count": len(problems), "gets": len(get_ms), "seconds": round(dt, 3),
+                      "get_mean_ms": round(sum(get_ms) / max(1, len(get_ms)), 3),
+                      "get_p50_ms": round(pct(get_ms, 50), 3), "get_p99_ms": round(pct(get_ms, 99), 3),
+                      "gets_over_30ms": sum(1 for x in get_ms if x > 30), "workers": w}))
 
 
 # ----------------------------------------------------------------- latency probe
@@ -340,24 +365,37 @@ def _probe_worker(args):
 
 
 def _gc_loop(url, a, victims, stop, q):
-    """Back to back: delete the next batch of victim images, then POST /admin/gc."""
+    """Back to back: POST /admin/gc, again and again.  Before each collection, DELETE
+    (by digest) as many victim images as keep the delete rate at a.gc_rate images/s, so
+    that every collection has fresh garbage (aged past the grace period) to remove."""
     spec, c = Spec(a), Client(url)
-    runs, k = [], 0
-    while not stop.is_set():
-        batch = victims[k:k + a.gc_batch]
-        k += len(batch)
-        for i in batch:
-            repo, _, _, _, _, mdig = spec.image(i)
-            st, _, _ = c.req("DELETE", "/v2/%s/manifests/%s" % (repo, mdig))
-            expect(st, (202,), "DELETE manifest in gc loop")
-        t0 = time.monotonic()
-        st, _, body = c.req("POST", "/admin/gc")
-        t1 = time.monotonic()
-        expect(st, (200,), "POST /admin/gc")
-        rep = json.loads(body)
-        runs.append({"t0": t0, "t1": t1, "images_deleted": len(batch), "blobs_removed": rep["blobs_removed"],
-                     "server_ms": rep["finished_at"] - rep["started_at"], "error": rep.get("error")})
-    q.put({"runs": runs, "victims_used": k})
+    runs, k, fatal = [], 0, None
+    t_start = time.monotonic()
+    try:
+        while not stop.is_set():
+            owed = int(a.gc_rate * (time.monotonic() - t_start)) - k
+            batch = victims[k:k + max(0, min(owed, 500))]
+            k += len(batch)
+            for i in batch:
+                repo, _, _, _, _, mdig = spec.image(i)
+                st, _, body = c.req("DELETE", "/v2/%s/manifests/%s" % (repo, mdig))
+                expect(st, (202,), "DELETE /v2/%s/manifests/%s (gc loop)" % (repo, mdig), body)
+            if a.no_collect:  # the same DELETEs at the same rate, no collection
+                if batch:
+                    runs.append({"images_deleted": len(batch)})
+                time.sleep(0.005)
+                continue
+            t0 = time.monotonic()
+            st, _, body = c.req("POST", "/admin/gc")
+            t1 = time.monotonic()
+            expect(st, (200,), "POST /admin/gc", body)
+            rep = json.loads(body)
+            runs.append({"t0": t0, "t1": t1, "images_deleted": len(batch), "blobs_removed": rep["blobs_removed"],
+                         "links_removed": rep["links_removed"],
+                         "server_ms": rep["finished_at"] - rep["started_at"], "error": rep.get("error")})
+    except Exception as e:  # reported, never left hanging
+        fatal = "%s: %s" % (type(e).__name__, e)
+    q.put({"runs": runs, "victims_used": k, "victims_left": len(victims) - k, "fatal": fatal})
 
 
 def cmd_probe(a):
@@ -368,12 +406,18 @@ def cmd_probe(a):
         stop, q = mp.Event(), mp.Queue()
         gcp = mp.Process(target=_gc_loop, args=(a.url, a, victims, stop, q))
         gcp.start()
-        time.sleep(0.2)  # the loop is running before the first push
+        time.sleep(a.lead)  # the loop runs (and garbage ages past the grace period) before the first push
     start_at = time.time() + 0.3
-    t0 = time.monotonic()
-    with mp.Pool(a.workers) as pool:
-        res = pool.map(_probe_worker, [(a.url, a.label, w, a.pushes // a.workers, a.seed, start_at)
-                                       for w in range(a.workers)])
+    try:
+        with mp.Pool(a.workers) as pool:
+            res = pool.map(_probe_worker, [(a.url, a.label, w, a.pushes // a.workers, a.seed, start_at)
+                                           for w in range(a.workers)])
+    except BaseException:
+        if a.gc_loop:
+            stop.set(); gcp.join(30)
+            if gcp.is_alive():
+                gcp.terminate()
+        raise
     pushes = [p for r in res for p in r]
     t_first = min(p[0] for p in pushes); t_last = max(p[1] for p in pushes)
     gc = None
@@ -381,19 +425,27 @@ def cmd_probe(a):
         stop.set()
         gc = q.get(timeout=600)
         gcp.join()
+        if gc["fatal"]:
+            raise Fail("gc loop: " + gc["fatal"])
     lat = [(e - s) * 1000 for s, e in pushes]
     out = {"label": a.label, "pushes": len(pushes), "workers": a.workers,
            "seconds": round(t_last - t_first, 3), "pushes_per_s": round(len(pushes) / (t_last - t_first), 1),
            "p50_ms": round(pct(lat, 50), 3), "p90_ms": round(pct(lat, 90), 3), "p99_ms": round(pct(lat, 99), 3),
            "max_ms": round(max(lat), 3), "lat_ms": [round(x, 3) for x in lat]}
-    if gc is not None:
+    if gc is not None and a.no_collect:
+        out["deletes"] = {"images_deleted_total": sum(r["images_deleted"] for r in gc["runs"]),
+                          "victims_used": gc["victims_used"], "victims_left": gc["victims_left"]}
+    elif gc is not None:
         runs = [r for r in gc["runs"] if r["t1"] > t_first and r["t0"] < t_last]
         busy = sum(min(r["t1"], t_last) - max(r["t0"], t_first) for r in runs)
         overl = [(e - s) * 1000 for s, e in pushes if any(r["t0"] < e and s < r["t1"] for r in runs)]
         out["gc"] = {"collections_during_probe": len(runs), "collections_total": len(gc["runs"]),
+                     "collections_with_garbage_during_probe": sum(1 for r in runs if r["blobs_removed"]),
                      "blobs_removed_during_probe": sum(r["blobs_removed"] for r in runs),
                      "images_deleted_total": sum(r["images_deleted"] for r in gc["runs"]),
-                     "victims_used": gc["victims_used"],
+                     "victims_used": gc["victims_used"], "victims_left": gc["victims_left"],
+                     "gc_max_blobs": max([r["blobs_removed"] for r in runs] or [0]),
+                     "gc_blobs_per_collection": [r["blobs_removed"] for r in runs],
                      "busy_fraction": round(busy / (t_last - t_first), 3),
                      "pushes_overlapping_gc": len(overl),
                      "p99_overlapping_ms": round(pct(overl, 99), 3) if overl else None,
@@ -432,15 +484,20 @@ def main():
     p = sub.add_parser("verify"); p.add_argument("--url", required=True)
     p.add_argument("--residues-deleted", type=int, nargs="*", default=[])
     p.add_argument("--sample", type=int, default=100)
-    p.add_argument("--skip-deleted-blobs", action="store_true")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--ignore-residues", type=int, nargs="*", default=[],
+                   help="images neither checked as kept nor as deleted (the gc loop's victims)")
     p = sub.add_parser("probe"); p.add_argument("--url", required=True)
     p.add_argument("--label", required=True)
     p.add_argument("--pushes", type=int, default=500)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--gc-loop", action="store_true")
-    p.add_argument("--gc-batch", type=int, default=10, help="images deleted before each collection")
+    p.add_argument("--gc-rate", type=float, default=100, help="images deleted per second by the gc loop")
     p.add_argument("--residues", type=int, nargs="*", default=list(range(52, 100)))
     p.add_argument("--victim-offset", type=int, default=0)
+    p.add_argument("--no-collect", action="store_true",
+                   help="with --gc-loop: only the DELETEs, no POST /admin/gc (control condition)")
+    p.add_argument("--lead", type=float, default=0.2, help="seconds the gc loop runs before the first push")
     p = sub.add_parser("percentiles"); p.add_argument("files", nargs="+")
     a = ap.parse_args()
     try:
