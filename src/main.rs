@@ -59,7 +59,8 @@ enum Command {
     Retention {
         #[command(flatten)]
         config: ConfigArgs,
-        #[arg(long)]
+        /// Admin API address of the running instance (default: the configured listen address).
+        #[arg(long, global = true)]
         url: Option<SocketAddr>,
         #[command(subcommand)]
         action: RetentionAction,

@@ -51,3 +51,33 @@ async fn gc_through_a_running_instance_then_on_its_stopped_data() {
     assert_eq!(runs.as_array().unwrap().len(), 2);
     assert_eq!(runs[0]["trigger"], "cli");
 }
+
+#[tokio::test]
+async fn retention_restore_and_du_commands() {
+    let s = Server::start_with(GC_NOW);
+    s.push_image("cli/r", "a", &[b"a"]).await;
+    s.push_image("cli/r", "b", &[b"b"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"name": "only-b", "repositories": "cli/*", "keep": {"matching": "b"}}"#).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bosun")).args(args).args(["--url", &s.addr]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["retention", "put", policy.to_str().unwrap()]);
+    let explain: Value = serde_json::from_str(&run(&["retention", "explain", "cli/r"])).unwrap();
+    assert_eq!(explain["governed_by"], "only-b");
+    let plan: Value = serde_json::from_str(&run(&["retention", "plan"])).unwrap();
+    assert_eq!(plan["tags_deleted"], 1);
+    let id = plan["id"].to_string();
+    run(&["retention", "apply", &id]);
+    assert_eq!(s.get("/v2/cli/r/manifests/a").await.status(), reqwest::StatusCode::NOT_FOUND);
+    // GC_NOW has no restore window: the tag cannot come back, and the command says so.
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_bosun")).args(["restore", "cli/r:a", "--url", &s.addr]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("restore window"));
+    run(&["retention", "remove", "only-b"]);
+    assert!(run(&["du", "--sort", "name"]).contains("cli/r:b"));
+}
