@@ -363,6 +363,7 @@ impl Collector {
             }
             let i = id.clone();
             if self.registry.meta.write(move |c| q::remove_upload_if_stale(c, &i, before)).await? {
+                self.registry.sessions().forget(&upload);
                 match self.registry.store.delete_upload(&upload).await {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                     _ => {}

@@ -44,17 +44,20 @@ pub fn tags(conn: &Connection, repo: RepoId) -> Result<Vec<TagRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Untagged manifests of `repo` that are nobody's child and whose subject (if any) is not
-/// present: what "untagged" means for retention. (digest, id, touched_at)
-pub fn untagged(conn: &Connection, repo: RepoId) -> Result<Vec<(String, ManifestId, i64)>> {
+/// Untagged manifests of `repo` that are nobody's child, whose subject (if any) is not
+/// present, and that no tag deletion after `restore_since` may still bring back: what
+/// "untagged" means for retention. (digest, id, touched_at)
+pub fn untagged(conn: &Connection, repo: RepoId, restore_since: i64) -> Result<Vec<(String, ManifestId, i64)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT m.digest, m.id, m.touched_at FROM manifests m
           WHERE m.repository_id = ?1 AND m.tag_count = 0 AND m.parent_count = 0
             AND (m.subject IS NULL OR NOT EXISTS
                  (SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject))
+            AND NOT EXISTS (SELECT 1 FROM tag_deletions d WHERE d.manifest_id = m.id AND d.restorable = 1
+                               AND d.restored_at IS NULL AND d.deleted_at > ?2)
           ORDER BY m.digest",
     )?;
-    let rows = stmt.query_map([repo], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let rows = stmt.query_map(params![repo, restore_since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 

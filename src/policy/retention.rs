@@ -83,9 +83,9 @@ fn evaluate(
     c: &rusqlite::Connection,
     policies: &Policies,
     policy: &RetentionPolicy,
-    repo: RepoId,
-    name: &str,
+    (repo, name): (RepoId, &str),
     now: i64,
+    restore_since: i64,
 ) -> std::result::Result<RepoPlan, MetadataError> {
     let rows = q::tags(c, repo)?;
     let facts = tag_facts(&rows);
@@ -103,11 +103,11 @@ fn evaluate(
         .collect();
     let untagged = match policy.untagged {
         Untagged::Gc => Vec::new(),
-        Untagged::Keep => q::untagged(c, repo)?
+        Untagged::Keep => q::untagged(c, repo, restore_since)?
             .into_iter()
             .map(|(digest, _, _)| UntaggedDecision { digest, keep: true, reason: "untagged = \"keep\"".into() })
             .collect(),
-        Untagged::RemoveAfter(age) => q::untagged(c, repo)?
+        Untagged::RemoveAfter(age) => q::untagged(c, repo, restore_since)?
             .into_iter()
             .map(|(digest, _, touched_at)| {
                 let old = now - touched_at >= age.as_millis() as i64;
@@ -132,6 +132,7 @@ fn delete_planned(
     policies: &Policies,
     plan: &Plan,
     now: i64,
+    restore_since: i64,
 ) -> std::result::Result<Vec<String>, MetadataError> {
     let mut changes = Vec::new();
     let mut work = Vec::new();
@@ -155,7 +156,8 @@ fn delete_planned(
                 None => changes.push(format!("{}:{} no longer exists", rp.repository, t.tag)),
             }
         }
-        let untagged: HashMap<String, i64> = q::untagged(c, repo)?.into_iter().map(|(d, id, _)| (d, id)).collect();
+        let untagged: HashMap<String, i64> =
+            q::untagged(c, repo, restore_since)?.into_iter().map(|(d, id, _)| (d, id)).collect();
         for u in rp.untagged.iter().filter(|u| !u.keep) {
             match untagged.get(&u.digest) {
                 Some(&id) => work.push((repo, rp, None, id, u.digest.clone())),
@@ -219,6 +221,7 @@ impl Retention {
         }
         let ctx = self.collector.ctx();
         let now = now_ms();
+        let restore_since = now - registry.options().restore_window.as_millis() as i64;
         let mut plan = registry
             .meta
             .simulate(move |c| {
@@ -231,7 +234,7 @@ impl Retention {
                     if policy.as_ref().is_some_and(|p| *p != governing.spec.name) {
                         continue;
                     }
-                    repositories.push(evaluate(c, &policies, governing, id, &name, now)?);
+                    repositories.push(evaluate(c, &policies, governing, (id, &name), now, restore_since)?);
                 }
                 let mut plan = Plan {
                     id: 0,
@@ -247,7 +250,7 @@ impl Retention {
                 let baseline: HashSet<String> =
                     gc::blobs_freed_eventually(c, &ctx)?.into_iter().map(|(d, _)| d).collect();
                 c.execute_batch("ROLLBACK TO without_plan; RELEASE without_plan")?;
-                delete_planned(c, &policies, &plan, now)?;
+                delete_planned(c, &policies, &plan, now, restore_since)?;
                 for (digest, size) in gc::blobs_freed_eventually(c, &ctx)? {
                     if !baseline.contains(&digest) {
                         plan.blobs_freed += 1;
@@ -267,6 +270,7 @@ impl Retention {
     pub async fn apply(&self, id: i64) -> Result<Plan> {
         let registry = self.collector.registry();
         let policies = registry.policies();
+        let window = registry.options().restore_window.as_millis() as i64;
         registry
             .meta
             .write(move |c| {
@@ -278,7 +282,7 @@ impl Retention {
                     .map_err(|e| RetentionError::Invalid(format!("stored plan {id}: {e}")))?;
                 plan.id = id;
                 let now = now_ms();
-                let changes = delete_planned(c, &policies, &plan, now)?;
+                let changes = delete_planned(c, &policies, &plan, now, now - window)?;
                 if !changes.is_empty() {
                     return Err(RetentionError::Changed { id, changes });
                 }
@@ -325,6 +329,7 @@ impl Retention {
         registry.pulls.flush(&registry.meta).await?;
         let policies = registry.policies();
         let now = now_ms();
+        let window = registry.options().restore_window.as_millis() as i64;
         registry
             .meta
             .read(move |c| {
@@ -338,7 +343,7 @@ impl Retention {
                     .collect();
                 let repo = q::repositories(c)?.into_iter().find(|(_, n)| *n == repository).map(|(id, _)| id);
                 let decisions = match (policies.retention_for(&repository), repo) {
-                    (Some(p), Some(id)) => Some(evaluate(c, &policies, p, id, &repository, now)?),
+                    (Some(p), Some(id)) => Some(evaluate(c, &policies, p, (id, &repository), now, now - window)?),
                     _ => None,
                 };
                 Ok(serde_json::json!({

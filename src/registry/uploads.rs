@@ -39,7 +39,7 @@ impl Sessions {
         self.0.lock().expect("sessions poisoned").entry(id.clone()).or_default().clone()
     }
 
-    fn forget(&self, id: &UploadId) {
+    pub(crate) fn forget(&self, id: &UploadId) {
         self.0.lock().expect("sessions poisoned").remove(id);
     }
 

@@ -417,3 +417,28 @@ async fn an_invalid_policy_stops_the_start_and_names_the_rule() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("retention[0] \"x\": keep.all[1].pushed_within"), "{err}");
 }
+
+#[tokio::test]
+async fn retention_leaves_untagged_manifests_inside_the_restore_window() {
+    let config = r#"
+restore_window = "1d"
+
+[[retention]]
+name = "quick"
+repositories = "win/*"
+keep = { always = true }
+untagged = "1s"
+"#;
+    let s = Server::start_with_config(config, ENV);
+    s.push_image("win/a", "v1", &[b"layer"]).await;
+    s.delete("/v2/win/a/manifests/v1").await;
+    s.advance_clock(2000).await;
+    let (_, plan) = s.admin_post("/admin/retention/run").await;
+    assert_eq!(plan["manifests_deleted"], 0, "{plan:#}");
+    let (status, _) = s.admin_post("/admin/restore?repository=win/a&tag=v1").await;
+    assert_eq!(status, StatusCode::OK);
+    s.delete("/v2/win/a/manifests/v1").await;
+    s.advance_clock(2 * DAY).await;
+    let (_, plan) = s.admin_post("/admin/retention/run").await;
+    assert_eq!(plan["manifests_deleted"], 1, "{plan:#}");
+}
