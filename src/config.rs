@@ -49,6 +49,9 @@ pub struct Config {
     pub immutable: Vec<ImmutableSpec>,
     /// `[[quota]]` rules.
     pub quota: Vec<QuotaSpec>,
+    /// Let non-loopback clients use `/admin/...` (there is no authentication yet).
+    /// Env: `BOSUN_ADMIN_REMOTE`.
+    pub admin_remote: bool,
 }
 
 /// The `[gc]` section. Durations are written `500ms`, `30s`, `10m`, `1h`, `7d`.
@@ -133,6 +136,7 @@ impl Default for Config {
             retention_check_interval: Duration::from_secs(60),
             immutable: Vec::new(),
             quota: Vec::new(),
+            admin_remote: false,
         }
     }
 }
@@ -200,6 +204,9 @@ impl Config {
         }
         if let Some(v) = var("BOSUN_RESTORE_WINDOW") {
             self.restore_window = duration("BOSUN_RESTORE_WINDOW", v)?;
+        }
+        if let Some(v) = var("BOSUN_ADMIN_REMOTE") {
+            self.admin_remote = parse_bool("BOSUN_ADMIN_REMOTE", &v)?;
         }
         if let Some(v) = var("BOSUN_TEST_FAILPOINTS") {
             self.test_failpoints = parse_bool("BOSUN_TEST_FAILPOINTS", &v)?;

@@ -106,10 +106,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, crate::api::router(opened.state.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")
+    let app = crate::api::router(opened.state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving")
 }
 
 /// Runs `task` every `period` (first after one period); failures are logged by the task.

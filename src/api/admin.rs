@@ -58,6 +58,20 @@ fn retention_response<T: Serialize>(r: Result<T, RetentionError>) -> AdminRespon
     }
 }
 
+/// Whether a client at `peer` may use the admin API: there is no authentication yet, so
+/// only loopback clients may, unless the operator opened it (`admin_remote`). A request
+/// with no known peer (never the case behind the real listener) is refused.
+pub fn allowed(peer: Option<std::net::SocketAddr>, admin_remote: bool) -> bool {
+    admin_remote || peer.is_some_and(|p| p.ip().is_loopback())
+}
+
+pub fn refuse_remote() -> AdminResponse {
+    error(
+        StatusCode::FORBIDDEN,
+        "the admin API answers loopback clients only (it has no authentication yet); set admin_remote = true to open it",
+    )
+}
+
 /// Handles `/admin/...` and `/metrics`.
 pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminResponse {
     let params = headers::query(request);
@@ -200,4 +214,21 @@ async fn set_api_policy(state: &AppState, name: &str, spec: Option<RetentionSpec
         .map_err(internal)?;
     state.registry.set_policies(policies);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_by_default() {
+        let local: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let remote: std::net::SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let local6: std::net::SocketAddr = "[::1]:4000".parse().unwrap();
+        assert!(allowed(Some(local), false));
+        assert!(allowed(Some(local6), false));
+        assert!(!allowed(Some(remote), false));
+        assert!(!allowed(None, false));
+        assert!(allowed(Some(remote), true));
+    }
 }

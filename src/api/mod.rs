@@ -13,7 +13,9 @@ mod headers;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 
@@ -48,6 +50,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     if path.starts_with("/admin/") || path == "/metrics" {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        if path != "/metrics" && !admin::allowed(peer, state.config.admin_remote) {
+            return admin::refuse_remote();
+        }
         return admin::route(&state, &parts, body).await;
     }
     let mut response = match route(&state.registry, Request::from_parts(parts, body)).await {
