@@ -195,8 +195,12 @@ async fn set_api_policy(state: &AppState, name: &str, spec: Option<RetentionSpec
         return Err((StatusCode::CONFLICT, format!("policy {name:?} is declared in the config file; change it there")));
     }
     let stored = state.registry.meta.read(|c| crate::metadata::retention::api_policies(c)).await.map_err(internal)?;
-    let mut specs: Vec<RetentionSpec> =
-        stored.iter().filter_map(|j| serde_json::from_str(j).ok()).filter(|s: &RetentionSpec| s.name != name).collect();
+    // An unreadable stored policy is an error here as at start-up, never silently dropped.
+    let stored: Vec<RetentionSpec> =
+        stored.iter().map(|j| serde_json::from_str(j)).collect::<Result<_, _>>().map_err(|e| {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("a stored retention policy is unreadable: {e}"))
+        })?;
+    let mut specs: Vec<RetentionSpec> = stored.iter().filter(|s| s.name != name).cloned().collect();
     if spec.is_none() && specs.len() == stored.len() {
         return Err((StatusCode::NOT_FOUND, format!("no policy {name:?} managed through the API")));
     }

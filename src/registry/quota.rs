@@ -22,13 +22,16 @@ pub(super) fn check(
     if quotas.is_empty() {
         return Ok(());
     }
-    let repos = retention::repositories(c)?;
+    // Every repository is listed only when a group quota needs it; a per-repository
+    // quota looks up just this one (upload path).
+    let all = if quotas.iter().any(|q| q.spec.total) { retention::repositories(c)? } else { Vec::new() };
+    let this: Vec<i64> = metadata::repositories::find(c, name)?.into_iter().collect();
     for q in quotas {
-        let group: Vec<i64> = repos
-            .iter()
-            .filter(|(_, n)| if q.spec.total { q.repositories.matches(n) } else { n == name.as_str() })
-            .map(|(id, _)| *id)
-            .collect();
+        let group: Vec<i64> = if q.spec.total {
+            all.iter().filter(|(_, n)| q.repositories.matches(n)).map(|(id, _)| *id).collect()
+        } else {
+            this.clone()
+        };
         let (used, linked) = metadata::blobs::group_usage(c, &group, digest)?;
         if linked {
             continue;
