@@ -29,6 +29,11 @@ pub struct Config {
     pub auto_mount: bool,
     /// Largest manifest accepted, in bytes. Env: `BOSUN_MAX_MANIFEST_BYTES`.
     pub max_manifest_bytes: u64,
+    /// Flush blob bytes and metadata commits to stable storage before a write is
+    /// acknowledged, so that a power loss or kernel crash loses nothing a client was told
+    /// is stored. Off, writes survive a crash of Bosun but not of the machine. Env:
+    /// `BOSUN_SYNC_WRITES`.
+    pub sync_writes: bool,
     /// Log filter, in `tracing` syntax (`info`, `bosun=debug`). Env: `BOSUN_LOG`.
     pub log: String,
     /// Garbage collection.
@@ -128,6 +133,7 @@ impl Default for Config {
             delete_enabled: true,
             auto_mount: true,
             max_manifest_bytes: 4 * 1024 * 1024,
+            sync_writes: true,
             log: "info".to_owned(),
             gc: GcConfig::default(),
             test_failpoints: false,
@@ -176,6 +182,9 @@ impl Config {
         }
         if let Some(v) = var("BOSUN_MAX_MANIFEST_BYTES") {
             self.max_manifest_bytes = v.parse().with_context(|| format!("BOSUN_MAX_MANIFEST_BYTES={v:?}"))?;
+        }
+        if let Some(v) = var("BOSUN_SYNC_WRITES") {
+            self.sync_writes = parse_bool("BOSUN_SYNC_WRITES", &v)?;
         }
         if let Some(v) = var("BOSUN_LOG") {
             self.log = v;

@@ -32,8 +32,10 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     if lock.try_lock().is_err() {
         bail!("another Bosun process is using {}", dir.display());
     }
-    let store = FilesystemStore::open(dir).with_context(|| format!("opening blob storage in {}", dir.display()))?;
-    let meta = Metadata::open(&dir.join("metadata.sqlite")).context("opening the metadata database")?;
+    let store = FilesystemStore::open(dir, config.sync_writes)
+        .with_context(|| format!("opening blob storage in {}", dir.display()))?;
+    let meta =
+        Metadata::open(&dir.join("metadata.sqlite"), config.sync_writes).context("opening the metadata database")?;
     let registry = Arc::new(Registry::new(
         meta,
         Arc::new(store),

@@ -56,13 +56,14 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+fn configure(conn: &Connection, sync: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
-    // WAL: readers never wait for the writer. synchronous=NORMAL: a committed transaction
-    // survives a process crash (the WAL is written before commit returns); only an OS crash
-    // or power loss can drop the last transactions, never corrupt the database.
+    // WAL: readers never wait for the writer. synchronous=FULL flushes the WAL at every
+    // commit, so an acknowledged write (and a collection's "gone" before its unlinks)
+    // survives power loss. NORMAL, when the operator turns syncing off, survives a process
+    // crash only; a power loss may then drop the last transactions, never corrupt the file.
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", if sync { "FULL" } else { "NORMAL" })?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     apply_read_tuning(conn, WRITER_CACHE_KIB)
 }
@@ -80,10 +81,11 @@ fn apply_read_tuning(conn: &Connection, cache_kib: i64) -> rusqlite::Result<()> 
 }
 
 impl Metadata {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Metadata> {
+    /// Opens (creating if needed) the database at `path`; `sync` makes every commit
+    /// durable against power loss before it returns.
+    pub fn open(path: &Path, sync: bool) -> Result<Metadata> {
         let mut writer = Connection::open(path)?;
-        configure(&writer)?;
+        configure(&writer, sync)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
             0 => {

@@ -12,6 +12,9 @@
 //! - **Not-found is an answer, not an error.** Missing blobs and uploads are reported as
 //!   `io::ErrorKind::NotFound`; every other error is a real failure and must stop any
 //!   caller that would otherwise conclude "absent" (a listing error never means "empty").
+//! - **Durable when asked.** A store opened to sync makes a committed blob survive power
+//!   loss before `commit_upload` returns; the registry records a blob in metadata only
+//!   after that.
 //! - **Nothing left behind.** Deleting a blob or an upload removes every file and directory
 //!   it created.
 
