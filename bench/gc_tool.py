@@ -465,6 +465,37 @@ def cmd_percentiles(a):
 
 
 # ----------------------------------------------------------------- main
+def cmd_unlink_floor(a):
+    """The least time any collector can take to free the garbage on this filesystem:
+    write --files files totalling --bytes (the garbage's count and size) into a sharded
+    tree like a blob store's, flush them, then time unlinking them and nothing else."""
+    import concurrent.futures
+    rnd = random.Random(7)
+    sizes = [rnd.randint(1, 2 * a.bytes // a.files) for _ in range(a.files)]
+    paths = []
+    for i, size in enumerate(sizes):
+        d = os.path.join(a.dir, "%02x" % (i % 256))
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, "f%d" % i)
+        with open(path, "wb") as f:
+            f.write(os.urandom(size))
+        paths.append(path)
+    os.sync()
+    best = None
+    for threads in (1, 4):
+        t = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(threads) as ex:
+            list(ex.map(os.unlink, paths, chunksize=max(1, len(paths) // threads)))
+        took = time.perf_counter() - t
+        best = took if best is None else min(best, took)
+        if threads != 4:  # write them again for the next timing
+            for path, size in zip(paths, sizes):
+                with open(path, "wb") as f:
+                    f.write(os.urandom(size))
+            os.sync()
+    print(json.dumps({"files": a.files, "bytes": sum(sizes), "seconds": round(best, 4)}))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=10000)
@@ -499,11 +530,13 @@ def main():
                    help="with --gc-loop: only the DELETEs, no POST /admin/gc (control condition)")
     p.add_argument("--lead", type=float, default=0.2, help="seconds the gc loop runs before the first push")
     p = sub.add_parser("percentiles"); p.add_argument("files", nargs="+")
+    p = sub.add_parser("unlink-floor"); p.add_argument("--dir", required=True)
+    p.add_argument("--files", type=int, required=True); p.add_argument("--bytes", type=int, required=True)
     a = ap.parse_args()
     try:
         {"populate": cmd_populate, "write-layout": cmd_write_layout, "expect": cmd_expect,
          "delete": cmd_delete, "verify": cmd_verify, "probe": cmd_probe,
-         "percentiles": cmd_percentiles}[a.cmd](a)
+         "percentiles": cmd_percentiles, "unlink-floor": cmd_unlink_floor}[a.cmd](a)
     except Fail as e:
         print("gc_tool: %s" % e, file=sys.stderr)
         sys.exit(1)

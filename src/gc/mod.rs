@@ -33,7 +33,10 @@
 //!    under the digest's lock, after checking the mark is still there (an upload of the
 //!    same digest revives the blob and keeps its new bytes); then the row is forgotten. A
 //!    crash between the steps leaves a `deleting` row that the next run finishes, or bytes
-//!    that metadata does not know, which reconcile removes.
+//!    that metadata does not know, which reconcile removes. With `sync_writes` the mark is
+//!    flushed to disk before any byte goes, so not even a power loss brings back a live
+//!    row without bytes; the other steps commit without waiting for the disk, because
+//!    losing them only undoes progress that the next run redoes.
 //! 6. **Reconcile** compares storage with metadata: bytes unknown to metadata and older
 //!    than the grace period are removed (logged, counted); metadata pointing at missing
 //!    bytes is reported loudly and never dropped; any listing error stops it.
@@ -251,7 +254,7 @@ impl Collector {
             }
         }
         self.uploads(report).await?;
-        for name in self.registry.meta.write(|c| q::remove_empty_repositories(c)).await? {
+        for name in self.registry.meta.write_unflushed(|c| q::remove_empty_repositories(c)).await? {
             report.push(Removed { kind: "repository", repository: Some(name), digest: None, id: None, bytes: 0 });
         }
         // Fold the write-ahead log back so that freed space shows on disk (only when
@@ -282,15 +285,15 @@ impl Collector {
             while !candidates.is_empty() {
                 let chunk: Vec<C> = candidates.drain(..candidates.len().min(WRITE_BATCH)).collect();
                 let write_ctx = ctx.clone();
-                let removed = meta
-                    .write(move |c| {
-                        let mut removed = Vec::new();
-                        for candidate in &chunk {
-                            removed.extend((pass.remove)(c, &write_ctx, candidate)?);
-                        }
-                        Ok::<_, MetadataError>(removed)
-                    })
-                    .await?;
+                let remove = move |c: &rusqlite::Transaction<'_>| {
+                    let mut removed = Vec::new();
+                    for candidate in &chunk {
+                        removed.extend((pass.remove)(c, &write_ctx, candidate)?);
+                    }
+                    Ok::<_, MetadataError>(removed)
+                };
+                let removed =
+                    if pass.flushed { meta.write(remove).await? } else { meta.write_unflushed(remove).await? };
                 out.extend(removed);
             }
         }
@@ -337,8 +340,10 @@ impl Collector {
             let mut forgotten = Vec::with_capacity(doomed.len());
             for chunk in doomed.chunks(WRITE_BATCH) {
                 let names: Vec<String> = chunk.iter().map(|(d, _)| d.to_string()).collect();
+                // Unflushed: a forget lost to a power failure leaves a `deleting` row whose
+                // bytes are gone, which the next run finishes.
                 forgotten.extend(
-                    meta.write(move |c| {
+                    meta.write_unflushed(move |c| {
                         names.iter().map(|d| q::forget_deleted_blob(c, d)).collect::<MetaResult<Vec<bool>>>()
                     })
                     .await?,
@@ -353,23 +358,36 @@ impl Collector {
         Ok(())
     }
 
+    /// Removes upload sessions idle longer than `upload_max_age`, a page at a time; a
+    /// session a request is using right now is left for the next run.
     async fn uploads(&self, report: &mut Report) -> Result<()> {
         let before = now_ms() - self.options.upload_max_age.as_millis() as i64;
-        let stale = self.registry.meta.read(move |c| q::stale_uploads(c, before, usize::MAX >> 1)).await?;
-        for id in stale {
-            let Ok(upload) = id.parse::<UploadId>() else { continue };
-            if self.registry.sessions().busy(&upload) {
-                continue;
+        let mut after = q::UPLOADS_START;
+        loop {
+            let cursor = after;
+            let page = self.registry.meta.read(move |c| q::stale_uploads(c, before, cursor, BATCH)).await?;
+            let Some((last, _)) = page.last() else { return Ok(()) };
+            after = *last;
+            for (_, id) in page {
+                self.remove_stale_upload(id, before, report).await?;
             }
-            let i = id.clone();
-            if self.registry.meta.write(move |c| q::remove_upload_if_stale(c, &i, before)).await? {
-                self.registry.sessions().forget(&upload);
-                match self.registry.store.delete_upload(&upload).await {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
-                }
-                report.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+        }
+    }
+
+    /// Removes one stale session if it is still stale and no request is using it.
+    async fn remove_stale_upload(&self, id: String, before: i64, report: &mut Report) -> Result<()> {
+        let Ok(upload) = id.parse::<UploadId>() else { return Ok(()) };
+        if self.registry.sessions().busy(&upload) {
+            return Ok(());
+        }
+        let i = id.clone();
+        if self.registry.meta.write(move |c| q::remove_upload_if_stale(c, &i, before)).await? {
+            self.registry.sessions().forget(&upload);
+            match self.registry.store.delete_upload(&upload).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
             }
+            report.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
         }
         Ok(())
     }
@@ -396,8 +414,14 @@ impl Collector {
                         break;
                     }
                 }
-                for id in q::stale_uploads(c, upload_before, usize::MAX >> 1)? {
-                    out.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+                let mut after = q::UPLOADS_START;
+                loop {
+                    let page = q::stale_uploads(c, upload_before, after, BATCH)?;
+                    let Some((last, _)) = page.last() else { break };
+                    after = *last;
+                    for (_, id) in page {
+                        out.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+                    }
                 }
                 for name in q::remove_empty_repositories(c)? {
                     out.push(Removed { kind: "repository", repository: Some(name), digest: None, id: None, bytes: 0 });
@@ -447,6 +471,10 @@ type MetaResult<T> = std::result::Result<T, MetadataError>;
 /// One kind of garbage: where its candidate list starts, how to read the next batch after
 /// a cursor, and how to remove one candidate after re-checking it.
 struct Pass<C, K, R> {
+    /// Whether a removal must be on disk before the run goes on. Only marking blobs
+    /// `deleting` must (their bytes are unlinked next); losing any other step in a power
+    /// failure only undoes progress that the next run redoes.
+    flushed: bool,
     start: fn() -> K,
     select: fn(&rusqlite::Connection, &Ctx, &K) -> MetaResult<Vec<C>>,
     cursor: fn(&C) -> K,
@@ -454,6 +482,7 @@ struct Pass<C, K, R> {
 }
 
 const MANIFESTS: Pass<q::ManifestCandidate, (i64, i64), q::RemovedManifest> = Pass {
+    flushed: false,
     start: || (i64::MIN, i64::MIN),
     select: |c, ctx, after| q::manifest_candidates(c, ctx.cutoff, *after, BATCH),
     cursor: |m| (m.touched_at, m.id),
@@ -461,6 +490,7 @@ const MANIFESTS: Pass<q::ManifestCandidate, (i64, i64), q::RemovedManifest> = Pa
 };
 
 const LINKS: Pass<q::LinkCandidate, (i64, i64, String), (String, String)> = Pass {
+    flushed: false,
     start: || (i64::MIN, i64::MIN, String::new()),
     select: |c, ctx, after| q::link_candidates(c, ctx.cutoff, (after.0, after.1, &after.2), BATCH),
     cursor: |l| (l.linked_at, l.repository_id, l.digest.clone()),
@@ -471,6 +501,7 @@ const LINKS: Pass<q::LinkCandidate, (i64, i64, String), (String, String)> = Pass
 
 /// Blobs are only marked `deleting` here; their bytes go afterwards, outside metadata.
 const BLOBS: Pass<q::BlobCandidate, (i64, String), (String, u64)> = Pass {
+    flushed: true,
     start: || (i64::MIN, String::new()),
     select: |c, ctx, after| q::blob_candidates(c, ctx.cutoff, (after.0, &after.1), BATCH),
     cursor: |b| (b.touched_at, b.digest.clone()),

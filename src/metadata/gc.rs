@@ -205,12 +205,30 @@ pub fn forget_deleted_blob(conn: &Connection, digest: &str) -> Result<bool> {
     Ok(conn.prepare_cached("DELETE FROM blobs WHERE digest = ?1 AND state = 1")?.execute([digest])? > 0)
 }
 
-/// Upload sessions not written to since `before`.
-pub fn stale_uploads(conn: &Connection, before: i64, limit: usize) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT id FROM uploads WHERE updated_at <= ?1 ORDER BY updated_at LIMIT ?2")?;
-    let rows = stmt.query_map(params![before, limit as i64], |r| r.get(0))?;
+/// Where a walk over stale uploads stands: `(updated_at, rowid)` of the last one seen.
+pub type UploadCursor = (i64, i64);
+
+/// Up to `limit` upload sessions not written to since `before`, after `after`, with the
+/// cursor of each. The order is the `uploads_updated` index's own (`updated_at`, then
+/// rowid), so a page costs its size, whatever was skipped before it.
+pub fn stale_uploads(
+    conn: &Connection,
+    before: i64,
+    after: UploadCursor,
+    limit: usize,
+) -> Result<Vec<(UploadCursor, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT updated_at, rowid, id FROM uploads
+          WHERE updated_at <= ?1 AND (updated_at, rowid) > (?2, ?3)
+          ORDER BY updated_at, rowid LIMIT ?4",
+    )?;
+    let rows =
+        stmt.query_map(params![before, after.0, after.1, limit as i64], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// The cursor before every upload.
+pub const UPLOADS_START: UploadCursor = (i64::MIN, i64::MIN);
 
 /// Removes the session if it is still stale; true if it did.
 pub fn remove_upload_if_stale(conn: &Connection, id: &str, before: i64) -> Result<bool> {
@@ -325,4 +343,52 @@ pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{Metadata, MetadataError, uploads};
+    use crate::oci::{RepoName, UploadId};
+
+    #[tokio::test]
+    async fn stale_upload_pages_visit_each_stale_session_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata::open(&dir.path().join("metadata.sqlite"), false).unwrap();
+        let mut stale = meta
+            .write(|c| {
+                let name: RepoName = "r".parse().unwrap();
+                let mut stale = Vec::new();
+                for i in 0..2500i64 {
+                    let id = UploadId::random();
+                    // Hundreds of sessions share each timestamp: a page boundary falls
+                    // inside a run of ties, which the cursor must neither skip nor repeat.
+                    let at = i % 7 * 100;
+                    uploads::create(c, &id, &name, at)?;
+                    if at <= 300 {
+                        stale.push(id.as_str().to_owned());
+                    }
+                }
+                Ok::<_, MetadataError>(stale)
+            })
+            .await
+            .unwrap();
+        let mut seen = meta
+            .read(|c| {
+                let mut seen = Vec::new();
+                let mut after = UPLOADS_START;
+                loop {
+                    let page = stale_uploads(c, 300, after, 1000)?;
+                    let Some((last, _)) = page.last() else { return Ok(seen) };
+                    after = *last;
+                    seen.extend(page.into_iter().map(|(_, id)| id));
+                }
+            })
+            .await
+            .unwrap();
+        stale.sort();
+        seen.sort();
+        assert!(stale.len() > 1000, "the walk needs more than one page");
+        assert_eq!(seen, stale);
+    }
 }

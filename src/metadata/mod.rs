@@ -54,6 +54,17 @@ struct Inner {
     /// next batch queues behind the pushes that arrived while its last one ran.
     writer: Arc<tokio::sync::Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
+    /// Whether commits are flushed to disk (`synchronous=FULL`).
+    sync: bool,
+}
+
+/// How a write transaction ends.
+#[derive(Clone, Copy, PartialEq)]
+enum Ending {
+    Commit,
+    /// Committed without waiting for the disk (see [`Metadata::write_unflushed`]).
+    CommitUnflushed,
+    Rollback,
 }
 
 fn configure(conn: &Connection, sync: bool) -> rusqlite::Result<()> {
@@ -104,6 +115,7 @@ impl Metadata {
                 path: path.to_owned(),
                 writer: Arc::new(tokio::sync::Mutex::new(writer)),
                 readers: Mutex::new(Vec::new()),
+                sync,
             }),
         })
     }
@@ -152,7 +164,20 @@ impl Metadata {
         E: From<MetadataError> + Send + 'static,
         F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
-        self.write_tx(f, true).await
+        self.write_tx(f, Ending::Commit).await
+    }
+
+    /// Like [`Metadata::write`], but the commit does not wait for the disk: a power loss
+    /// may undo it until the next flushed commit (every other write is one) makes it
+    /// durable together with everything before it, because the log is written in order.
+    /// Only for work whose loss is harmless and redone later: a collection's progress.
+    pub async fn write_unflushed<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<MetadataError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
+    {
+        self.write_tx(f, Ending::CommitUnflushed).await
     }
 
     /// Runs `f` inside a write transaction that is always rolled back: a dry run sees
@@ -163,21 +188,31 @@ impl Metadata {
         E: From<MetadataError> + Send + 'static,
         F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
-        self.write_tx(f, false).await
+        self.write_tx(f, Ending::Rollback).await
     }
 
-    async fn write_tx<T, E, F>(&self, f: F, commit: bool) -> std::result::Result<T, E>
+    async fn write_tx<T, E, F>(&self, f: F, ending: Ending) -> std::result::Result<T, E>
     where
         T: Send + 'static,
         E: From<MetadataError> + Send + 'static,
         F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
         let mut conn = self.inner.writer.clone().lock_owned().await;
+        let relax = ending == Ending::CommitUnflushed && self.inner.sync;
         tokio::task::spawn_blocking(move || {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
-            let value = f(&tx)?;
-            if commit { tx.commit() } else { tx.rollback() }.map_err(MetadataError::from)?;
-            Ok(value)
+            if relax {
+                conn.pragma_update(None, "synchronous", "NORMAL").map_err(MetadataError::from)?;
+            }
+            let outcome = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
+                let value = f(&tx)?;
+                if ending == Ending::Rollback { tx.rollback() } else { tx.commit() }.map_err(MetadataError::from)?;
+                Ok(value)
+            })();
+            if relax {
+                conn.pragma_update(None, "synchronous", "FULL").map_err(MetadataError::from)?;
+            }
+            outcome
         })
         .await
         .map_err(|e| E::from(MetadataError::Task(e.to_string())))?

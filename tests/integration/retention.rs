@@ -219,6 +219,22 @@ async fn restore_within_the_window_and_not_after() {
     assert!(audit[1]["restored_at"].is_number());
 }
 
+/// Pushes `bytes` to `repo` in one POST, expects a quota refusal that stored nothing, and
+/// returns its message.
+async fn refused_by_quota(s: &Server, repo: &str, bytes: &[u8]) -> String {
+    let digest = sha256(bytes);
+    let resp = s
+        .http
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let msg = expect_error(resp, StatusCode::FORBIDDEN, "DENIED").await;
+    assert_eq!(s.head(&format!("/v2/{repo}/blobs/{digest}")).await.status(), StatusCode::NOT_FOUND, "{repo}: stored");
+    msg
+}
+
 #[tokio::test]
 async fn quotas_at_the_boundary_count_each_blob_once_and_store_nothing_over() {
     let config = r#"
@@ -243,22 +259,39 @@ total = true
     // Exactly at the limit.
     s.push_blob("team/two", &b).await;
     // One byte over: refused with the figures, nothing stored.
-    let over = random_bytes(962, 1);
-    let resp = s
-        .http
-        .post(s.url(&format!("/v2/team/one/blobs/uploads/?digest={}", sha256(&over))))
-        .body(over.clone())
-        .send()
-        .await
-        .unwrap();
-    let msg = expect_error(resp, StatusCode::FORBIDDEN, "DENIED").await;
+    let msg = refused_by_quota(&s, "team/one", &random_bytes(962, 1)).await;
     assert!(msg.contains("10000 bytes") && msg.contains("10001") && msg.contains("quota[0]"), "{msg}");
-    assert_eq!(s.head(&format!("/v2/team/one/blobs/{}", sha256(&over))).await.status(), StatusCode::NOT_FOUND);
     let reconcile: Value = s.reconcile(true).await.json().await.unwrap();
     assert!(reconcile["removed"].as_array().unwrap().is_empty(), "bytes were left behind: {reconcile}");
     assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
     // Outside the group, no quota.
     s.push_blob("other", &random_bytes(963, 20_000)).await;
+}
+
+#[tokio::test]
+async fn a_per_repository_quota_limits_each_repository_on_its_own() {
+    let config = r#"
+[[quota]]
+repositories = "team/*"
+max_bytes = 10000
+"#;
+    let s = Server::start_with_config(config, ENV);
+    let a = random_bytes(970, 6000);
+    let b = random_bytes(971, 4000);
+    // Each repository of the group has its own 10,000 bytes: both fill theirs exactly.
+    for repo in ["team/one", "team/two"] {
+        s.push_blob(repo, &a).await;
+        s.push_blob(repo, &b).await;
+    }
+    // A blob already linked is not counted again.
+    s.push_blob("team/one", &a).await;
+    let over = random_bytes(972, 1);
+    for repo in ["team/one", "team/two"] {
+        let msg = refused_by_quota(&s, repo, &over).await;
+        assert!(msg.contains("10000 bytes") && msg.contains("10001"), "{repo}: {msg}");
+    }
+    // A new repository of the group starts empty.
+    s.push_blob("team/three", &over).await;
 }
 
 #[tokio::test]
