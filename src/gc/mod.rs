@@ -33,10 +33,10 @@
 //!    under the digest's lock, after checking the mark is still there (an upload of the
 //!    same digest revives the blob and keeps its new bytes); then the row is forgotten. A
 //!    crash between the steps leaves a `deleting` row that the next run finishes, or bytes
-//!    that metadata does not know, which reconcile removes. With `sync_writes` the mark is
-//!    flushed to disk before any byte goes, so not even a power loss brings back a live
-//!    row without bytes; the other steps commit without waiting for the disk, because
-//!    losing them only undoes progress that the next run redoes.
+//!    that metadata does not know, which reconcile removes. A collection's commits do not
+//!    wait for the disk, because losing them only undoes progress that the next run
+//!    redoes; but with `sync_writes` one flush makes every mark durable before any byte
+//!    goes, so not even a power loss brings back a live row without bytes.
 //! 6. **Reconcile** compares storage with metadata: bytes unknown to metadata and older
 //!    than the grace period are removed (logged, counted); metadata pointing at missing
 //!    bytes is reported loudly and never dropped; any listing error stops it.
@@ -285,15 +285,18 @@ impl Collector {
             while !candidates.is_empty() {
                 let chunk: Vec<C> = candidates.drain(..candidates.len().min(WRITE_BATCH)).collect();
                 let write_ctx = ctx.clone();
-                let remove = move |c: &rusqlite::Transaction<'_>| {
-                    let mut removed = Vec::new();
-                    for candidate in &chunk {
-                        removed.extend((pass.remove)(c, &write_ctx, candidate)?);
-                    }
-                    Ok::<_, MetadataError>(removed)
-                };
-                let removed =
-                    if pass.flushed { meta.write(remove).await? } else { meta.write_unflushed(remove).await? };
+                // Unflushed: losing a removal to a power failure only undoes progress that
+                // the next run redoes; the marks that bytes depend on are flushed before any
+                // byte goes (`remove_blob_bytes`).
+                let removed = meta
+                    .write_unflushed(move |c| {
+                        let mut removed = Vec::new();
+                        for candidate in &chunk {
+                            removed.extend((pass.remove)(c, &write_ctx, candidate)?);
+                        }
+                        Ok::<_, MetadataError>(removed)
+                    })
+                    .await?;
                 out.extend(removed);
             }
         }
@@ -325,6 +328,13 @@ impl Collector {
             .collect();
         marked.sort();
         let (meta, store) = (&self.registry.meta, &self.registry.store);
+        if marked.is_empty() {
+            return Ok(());
+        }
+        // The marks were committed without waiting for the disk: one flush makes them all
+        // durable before the first byte goes, so no power loss can bring back a live row
+        // whose bytes are gone.
+        meta.flush().await?;
         for batch in marked.chunks(BATCH) {
             let mut guards = Vec::with_capacity(batch.len());
             for (digest, _) in batch {
@@ -471,10 +481,6 @@ type MetaResult<T> = std::result::Result<T, MetadataError>;
 /// One kind of garbage: where its candidate list starts, how to read the next batch after
 /// a cursor, and how to remove one candidate after re-checking it.
 struct Pass<C, K, R> {
-    /// Whether a removal must be on disk before the run goes on. Only marking blobs
-    /// `deleting` must (their bytes are unlinked next); losing any other step in a power
-    /// failure only undoes progress that the next run redoes.
-    flushed: bool,
     start: fn() -> K,
     select: fn(&rusqlite::Connection, &Ctx, &K) -> MetaResult<Vec<C>>,
     cursor: fn(&C) -> K,
@@ -482,7 +488,6 @@ struct Pass<C, K, R> {
 }
 
 const MANIFESTS: Pass<q::ManifestCandidate, (i64, i64), q::RemovedManifest> = Pass {
-    flushed: false,
     start: || (i64::MIN, i64::MIN),
     select: |c, ctx, after| q::manifest_candidates(c, ctx.cutoff, *after, BATCH),
     cursor: |m| (m.touched_at, m.id),
@@ -490,7 +495,6 @@ const MANIFESTS: Pass<q::ManifestCandidate, (i64, i64), q::RemovedManifest> = Pa
 };
 
 const LINKS: Pass<q::LinkCandidate, (i64, i64, String), (String, String)> = Pass {
-    flushed: false,
     start: || (i64::MIN, i64::MIN, String::new()),
     select: |c, ctx, after| q::link_candidates(c, ctx.cutoff, (after.0, after.1, &after.2), BATCH),
     cursor: |l| (l.linked_at, l.repository_id, l.digest.clone()),
@@ -501,7 +505,6 @@ const LINKS: Pass<q::LinkCandidate, (i64, i64, String), (String, String)> = Pass
 
 /// Blobs are only marked `deleting` here; their bytes go afterwards, outside metadata.
 const BLOBS: Pass<q::BlobCandidate, (i64, String), (String, u64)> = Pass {
-    flushed: true,
     start: || (i64::MIN, String::new()),
     select: |c, ctx, after| q::blob_candidates(c, ctx.cutoff, (after.0, &after.1), BATCH),
     cursor: |b| (b.touched_at, b.digest.clone()),

@@ -12,6 +12,7 @@
 pub mod accounting;
 pub mod blobs;
 pub mod gc;
+mod group_commit;
 pub mod manifests;
 pub mod repositories;
 pub mod retention;
@@ -24,6 +25,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use group_commit::GroupCommit;
+
 const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = include_str!("schema.sql");
 /// Readers kept open for reuse; more are opened on demand under load.
@@ -35,6 +38,8 @@ pub enum MetadataError {
     Sqlite(#[from] rusqlite::Error),
     #[error("metadata database task failed: {0}")]
     Task(String),
+    #[error("metadata database files: {0}")]
+    Io(#[from] std::io::Error),
     #[error("inconsistent data: {0}")]
     Corrupt(String),
     #[error("metadata database has schema version {found}, this Bosun knows {expected}")]
@@ -54,8 +59,8 @@ struct Inner {
     /// next batch queues behind the pushes that arrived while its last one ran.
     writer: Arc<tokio::sync::Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
-    /// Whether commits are flushed to disk (`synchronous=FULL`).
-    sync: bool,
+    /// Flushes commits to disk; none when the operator turned `sync_writes` off.
+    group: Option<GroupCommit>,
 }
 
 /// How a write transaction ends.
@@ -67,14 +72,13 @@ enum Ending {
     Rollback,
 }
 
-fn configure(conn: &Connection, sync: bool) -> rusqlite::Result<()> {
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
-    // WAL: readers never wait for the writer. synchronous=FULL flushes the WAL at every
-    // commit, so an acknowledged write (and a collection's "gone" before its unlinks)
-    // survives power loss. NORMAL, when the operator turns syncing off, survives a process
-    // crash only; a power loss may then drop the last transactions, never corrupt the file.
+    // WAL: readers never wait for the writer. synchronous=NORMAL: a commit survives a
+    // crash of the process as soon as it returns; surviving power loss is the group
+    // commit's job (`group_commit.rs`), which flushes the log outside the writer lock.
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if sync { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     apply_read_tuning(conn, WRITER_CACHE_KIB)
 }
@@ -96,7 +100,8 @@ impl Metadata {
     /// durable against power loss before it returns.
     pub fn open(path: &Path, sync: bool) -> Result<Metadata> {
         let mut writer = Connection::open(path)?;
-        configure(&writer, sync)?;
+        configure(&writer)?;
+        let group = sync.then(|| GroupCommit::new(path));
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
             0 => {
@@ -104,6 +109,9 @@ impl Metadata {
                 tx.execute_batch(SCHEMA)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
+                if let Some(group) = &group {
+                    group.flush_blocking()?;
+                }
             }
             SCHEMA_VERSION => {}
             found => {
@@ -115,7 +123,7 @@ impl Metadata {
                 path: path.to_owned(),
                 writer: Arc::new(tokio::sync::Mutex::new(writer)),
                 readers: Mutex::new(Vec::new()),
-                sync,
+                group,
             }),
         })
     }
@@ -198,24 +206,35 @@ impl Metadata {
         F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
         let mut conn = self.inner.writer.clone().lock_owned().await;
-        let relax = ending == Ending::CommitUnflushed && self.inner.sync;
-        tokio::task::spawn_blocking(move || {
-            if relax {
-                conn.pragma_update(None, "synchronous", "NORMAL").map_err(MetadataError::from)?;
+        let this = self.clone();
+        let (value, seq) = tokio::task::spawn_blocking(move || -> std::result::Result<_, E> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
+            let value = f(&tx)?;
+            if ending == Ending::Rollback {
+                tx.rollback().map_err(MetadataError::from)?;
+                return Ok((value, None));
             }
-            let outcome = (|| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
-                let value = f(&tx)?;
-                if ending == Ending::Rollback { tx.rollback() } else { tx.commit() }.map_err(MetadataError::from)?;
-                Ok(value)
-            })();
-            if relax {
-                conn.pragma_update(None, "synchronous", "FULL").map_err(MetadataError::from)?;
-            }
-            outcome
+            tx.commit().map_err(MetadataError::from)?;
+            // Numbered while the writer is still held, so numbers follow commit order.
+            Ok((value, this.inner.group.as_ref().map(GroupCommit::committed)))
         })
         .await
-        .map_err(|e| E::from(MetadataError::Task(e.to_string())))?
+        .map_err(|e| E::from(MetadataError::Task(e.to_string())))??;
+        // The writer is free again: the flush, shared with whoever committed meanwhile,
+        // happens outside it.
+        if let (Ending::Commit, Some(seq), Some(group)) = (ending, seq, &self.inner.group) {
+            group.flush_through(seq).await.map_err(|e| E::from(MetadataError::from(e)))?;
+        }
+        Ok(value)
+    }
+
+    /// Makes every transaction committed so far durable (with `sync_writes`; otherwise a
+    /// no-op), without holding up writers.
+    pub async fn flush(&self) -> Result<()> {
+        match &self.inner.group {
+            Some(group) => Ok(group.flush_through(group.last()).await?),
+            None => Ok(()),
+        }
     }
 
     /// Folds the write-ahead log back into the database file and truncates it, so that the

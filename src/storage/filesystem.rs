@@ -276,12 +276,11 @@ impl BlobStore for FilesystemStore {
                 let workers: Vec<_> = paths
                     .chunks(per_thread)
                     .map(|chunk| {
-                        let stop = &stop;
                         scope.spawn(move || {
                             for path in chunk {
                                 match fs::remove_file(path) {
                                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                                    _ => prune_empty_dirs(path.parent().expect("blob path has a parent"), stop),
+                                    _ => {}
                                 }
                             }
                             Ok(())
@@ -291,7 +290,16 @@ impl BlobStore for FilesystemStore {
                 workers
                     .into_iter()
                     .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("unlink thread panicked"))))
-            })
+            })?;
+            // Each shard directory once, after its files: a failed rmdir of a full shard
+            // scans the directory, which costs more than the unlink itself.
+            let mut dirs: Vec<&Path> = paths.iter().map(|p| p.parent().expect("blob path has a parent")).collect();
+            dirs.sort();
+            dirs.dedup();
+            for dir in dirs {
+                prune_empty_dirs(dir, &stop);
+            }
+            Ok(())
         })
         .await
     }

@@ -1,0 +1,100 @@
+//! Group commit: making committed transactions durable with one flush of SQLite's
+//! write-ahead log shared by every transaction that committed meanwhile, done after the
+//! writer lock is released.
+//!
+//! SQLite runs with `synchronous=NORMAL`, so a commit writes its frames to the log (into
+//! the page cache) and returns without flushing. Bosun then flushes the log itself when a
+//! caller needs durability. Why this is as safe as `synchronous=FULL`: FULL flushes the
+//! same file at the same point (after the commit's frames are written); a checkpoint in
+//! NORMAL mode flushes the log before copying it into the database and the database
+//! after, so frames a later log restart overwrites are already durable in the database.
+//! What it gains: the writer lock is never held across a flush, and while one flush runs,
+//! every commit that lands queues behind it and is covered by the next single flush.
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts commits and flushes the log on demand.
+pub(super) struct GroupCommit {
+    wal: PathBuf,
+    /// Commits that have returned so far (each took the next number).
+    committed: AtomicU64,
+    /// The highest commit number known durable. Held while a flush runs, so callers that
+    /// arrive meanwhile wait and then usually find their commit covered.
+    durable: tokio::sync::Mutex<u64>,
+}
+
+impl GroupCommit {
+    /// For the database at `database` (its log is `<database>-wal`).
+    pub(super) fn new(database: &std::path::Path) -> GroupCommit {
+        let mut wal = database.to_owned().into_os_string();
+        wal.push("-wal");
+        GroupCommit { wal: wal.into(), committed: AtomicU64::new(0), durable: tokio::sync::Mutex::new(0) }
+    }
+
+    /// Numbers a commit; call after the commit returned, while still holding the writer.
+    pub(super) fn committed(&self) -> u64 {
+        self.committed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The number of the last commit so far.
+    pub(super) fn last(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    /// Returns once commit `seq` (and every one before it) is on disk.
+    pub(super) async fn flush_through(&self, seq: u64) -> io::Result<()> {
+        let mut durable = self.durable.lock().await;
+        if *durable >= seq {
+            return Ok(());
+        }
+        // Every commit numbered up to `target` has written its frames before it was
+        // numbered, so the flush below covers them all.
+        let target = self.last();
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || flush_file(&wal)).await.map_err(io::Error::other)??;
+        *durable = target;
+        Ok(())
+    }
+
+    /// Flushes the log now, from a blocking context (start-up).
+    pub(super) fn flush_blocking(&self) -> io::Result<()> {
+        flush_file(&self.wal)
+    }
+}
+
+fn flush_file(wal: &std::path::Path) -> io::Result<()> {
+    match File::open(wal) {
+        Ok(file) => file.sync_data(),
+        // No log: every commit is in the database file, which SQLite flushed before it
+        // removed the log.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_flush_covers_every_commit_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db.sqlite");
+        std::fs::write(dir.path().join("db.sqlite-wal"), b"frames").unwrap();
+        let group = GroupCommit::new(&db);
+        let (a, b) = (group.committed(), group.committed());
+        group.flush_through(a).await.unwrap();
+        // `b` committed before that flush started: covered without another one.
+        assert_eq!(*group.durable.lock().await, b);
+        let c = group.committed();
+        group.flush_through(c).await.unwrap();
+        assert_eq!(*group.durable.lock().await, c);
+        // A missing log means nothing is waiting in one.
+        std::fs::remove_file(dir.path().join("db.sqlite-wal")).unwrap();
+        let d = group.committed();
+        group.flush_through(d).await.unwrap();
+    }
+}
