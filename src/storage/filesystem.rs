@@ -55,16 +55,16 @@ fn stream_file(mut file: File, offset: u64, len: u64) -> io::Result<ByteStream> 
     tokio::task::spawn_blocking(move || {
         let mut left = len;
         while left > 0 {
-            let want = left.min(READ_CHUNK as u64) as usize;
-            let mut buf = BytesMut::zeroed(want);
-            let result = match file.read(&mut buf) {
+            let want = left.min(READ_CHUNK as u64);
+            // `read_to_end` fills the spare capacity without zeroing it first: a memset of
+            // every chunk would cost a pass over the whole blob.
+            let mut buf = Vec::with_capacity(want as usize);
+            let result = match (&mut file).take(want).read_to_end(&mut buf) {
                 Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than expected")),
                 Ok(n) => {
-                    buf.truncate(n);
                     left -= n as u64;
-                    Ok(buf.freeze())
+                    Ok(Bytes::from(buf))
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => Err(e),
             };
             let failed = result.is_err();
