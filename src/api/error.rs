@@ -45,6 +45,8 @@ fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         UploadUnknown => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
         UploadInvalid(_) | BodyRead(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
         ChunkOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+        // The spec's codes are a closed list with none for a read range; the status, the
+        // message and `Content-Range: bytes */<size>` say what is wrong.
         RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
         DigestInvalid(_) | DigestMismatch { .. } => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
         SizeInvalid(_) => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
