@@ -369,37 +369,41 @@ impl Collector {
     }
 
     /// Removes upload sessions idle longer than `upload_max_age`, a page at a time; a
-    /// session a request is using right now is left for the next run.
+    /// session a request is using right now is left for the next run. Rows go first
+    /// (unflushed, then one flush for the page), files after.
     async fn uploads(&self, report: &mut Report) -> Result<()> {
+        let (meta, sessions) = (&self.registry.meta, self.registry.sessions());
         let before = now_ms() - self.options.upload_max_age.as_millis() as i64;
         let mut after = q::UPLOADS_START;
         loop {
             let cursor = after;
-            let page = self.registry.meta.read(move |c| q::stale_uploads(c, before, cursor, BATCH)).await?;
+            let page = meta.read(move |c| q::stale_uploads(c, before, cursor, BATCH)).await?;
             let Some((last, _)) = page.last() else { return Ok(()) };
             after = *last;
+            let mut removed = Vec::new();
             for (_, id) in page {
-                self.remove_stale_upload(id, before, report).await?;
+                let Ok(upload) = id.parse::<UploadId>() else { continue };
+                if sessions.busy(&upload) {
+                    continue;
+                }
+                let i = id.clone();
+                if meta.write_unflushed(move |c| q::remove_upload_if_stale(c, &i, before)).await? {
+                    sessions.forget(&upload);
+                    removed.push((id, upload));
+                }
+            }
+            if removed.is_empty() {
+                continue;
+            }
+            meta.flush().await?;
+            for (id, upload) in removed {
+                match self.registry.store.delete_upload(&upload).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+                report.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
             }
         }
-    }
-
-    /// Removes one stale session if it is still stale and no request is using it.
-    async fn remove_stale_upload(&self, id: String, before: i64, report: &mut Report) -> Result<()> {
-        let Ok(upload) = id.parse::<UploadId>() else { return Ok(()) };
-        if self.registry.sessions().busy(&upload) {
-            return Ok(());
-        }
-        let i = id.clone();
-        if self.registry.meta.write(move |c| q::remove_upload_if_stale(c, &i, before)).await? {
-            self.registry.sessions().forget(&upload);
-            match self.registry.store.delete_upload(&upload).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
-            report.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
-        }
-        Ok(())
     }
 
     /// The dry run: every metadata step of a real run, cascades included, in one

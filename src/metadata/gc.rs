@@ -209,22 +209,36 @@ pub fn forget_deleted_blob(conn: &Connection, digest: &str) -> Result<bool> {
 pub type UploadCursor = (i64, i64);
 
 /// Up to `limit` upload sessions not written to since `before`, after `after`, with the
-/// cursor of each. The order is the `uploads_updated` index's own (`updated_at`, then
-/// rowid), so a page costs its size, whatever was skipped before it.
+/// cursor of each, in the `uploads_updated` index's own order (`updated_at`, then rowid).
+/// The sessions that share the cursor's timestamp are read first, by an equality seek, so
+/// a page costs its size even inside a long run of equal timestamps.
 pub fn stale_uploads(
     conn: &Connection,
     before: i64,
     after: UploadCursor,
     limit: usize,
 ) -> Result<Vec<(UploadCursor, String)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT updated_at, rowid, id FROM uploads
-          WHERE updated_at <= ?1 AND (updated_at, rowid) > (?2, ?3)
-          ORDER BY updated_at, rowid LIMIT ?4",
-    )?;
-    let rows =
-        stmt.query_map(params![before, after.0, after.1, limit as i64], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let row = |r: &rusqlite::Row<'_>| Ok(((r.get(0)?, r.get(1)?), r.get(2)?));
+    let mut page: Vec<(UploadCursor, String)> = conn
+        .prepare_cached(
+            "SELECT updated_at, rowid, id FROM uploads
+              WHERE updated_at = ?1 AND updated_at <= ?2 AND rowid > ?3
+              ORDER BY rowid LIMIT ?4",
+        )?
+        .query_map(params![after.0, before, after.1, limit as i64], row)?
+        .collect::<rusqlite::Result<_>>()?;
+    if page.len() < limit {
+        let rest = conn
+            .prepare_cached(
+                "SELECT updated_at, rowid, id FROM uploads
+                  WHERE updated_at > ?1 AND updated_at <= ?2
+                  ORDER BY updated_at, rowid LIMIT ?3",
+            )?
+            .query_map(params![after.0, before, (limit - page.len()) as i64], row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        page.extend(rest);
+    }
+    Ok(page)
 }
 
 /// The cursor before every upload.

@@ -3,18 +3,23 @@
 //! writer lock is released.
 //!
 //! SQLite runs with `synchronous=NORMAL`, so a commit writes its frames to the log (into
-//! the page cache) and returns without flushing. Bosun then flushes the log itself when a
-//! caller needs durability. Why this is as safe as `synchronous=FULL`: FULL flushes the
-//! same file at the same point (after the commit's frames are written); a checkpoint in
-//! NORMAL mode flushes the log before copying it into the database and the database
-//! after, so frames a later log restart overwrites are already durable in the database.
-//! What it gains: the writer lock is never held across a flush, and while one flush runs,
-//! every commit that lands queues behind it and is covered by the next single flush.
+//! the page cache) and returns without flushing. Bosun then flushes the log itself before
+//! it acknowledges anything. Why nothing acknowledged can be lost: FULL would flush the
+//! same file after the same frames; a checkpoint in NORMAL mode flushes the log before
+//! copying it into the database and the database after, so frames that a later restart
+//! of the log overwrites are already durable in the database. One difference from FULL:
+//! a commit is visible to readers before its flush, so a client may read something (a
+//! tag another client is pushing) that a power loss then takes back, but no client is
+//! told its write succeeded before that write is on disk.
+//! What it gains: a commit's flush never happens under the writer lock (SQLite's own
+//! checkpoints still flush under it, about once per thousand pages of log), and while one
+//! flush runs, every commit that lands queues behind it and is covered by the next one.
+//! A failed flush stops all acknowledgements until a restart (see `failed`).
 
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Counts commits and flushes the log on demand.
 pub(super) struct GroupCommit {
@@ -24,6 +29,10 @@ pub(super) struct GroupCommit {
     /// The highest commit number known durable. Held while a flush runs, so callers that
     /// arrive meanwhile wait and then usually find their commit covered.
     durable: tokio::sync::Mutex<u64>,
+    /// Set by the first failed flush. Linux reports a failed write-back once, so a later
+    /// flush could succeed although log frames before it were lost, and SQLite's recovery
+    /// would then drop every commit after the loss: from here on, nothing is acknowledged.
+    failed: AtomicBool,
 }
 
 impl GroupCommit {
@@ -31,7 +40,12 @@ impl GroupCommit {
     pub(super) fn new(database: &std::path::Path) -> GroupCommit {
         let mut wal = database.to_owned().into_os_string();
         wal.push("-wal");
-        GroupCommit { wal: wal.into(), committed: AtomicU64::new(0), durable: tokio::sync::Mutex::new(0) }
+        GroupCommit {
+            wal: wal.into(),
+            committed: AtomicU64::new(0),
+            durable: tokio::sync::Mutex::new(0),
+            failed: AtomicBool::new(false),
+        }
     }
 
     /// Numbers a commit; call after the commit returned, while still holding the writer.
@@ -47,6 +61,11 @@ impl GroupCommit {
     /// Returns once commit `seq` (and every one before it) is on disk.
     pub(super) async fn flush_through(&self, seq: u64) -> io::Result<()> {
         let mut durable = self.durable.lock().await;
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(io::Error::other(
+                "an earlier flush of the metadata log failed; restart Bosun after checking the disk",
+            ));
+        }
         if *durable >= seq {
             return Ok(());
         }
@@ -54,7 +73,12 @@ impl GroupCommit {
         // numbered, so the flush below covers them all.
         let target = self.last();
         let wal = self.wal.clone();
-        tokio::task::spawn_blocking(move || flush_file(&wal)).await.map_err(io::Error::other)??;
+        let flushed = tokio::task::spawn_blocking(move || flush_file(&wal)).await.map_err(io::Error::other)?;
+        if let Err(e) = flushed {
+            self.failed.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, "flushing the metadata log failed; no further write will be acknowledged");
+            return Err(e);
+        }
         *durable = target;
         Ok(())
     }
@@ -96,5 +120,18 @@ mod tests {
         std::fs::remove_file(dir.path().join("db.sqlite-wal")).unwrap();
         let d = group.committed();
         group.flush_through(d).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_refuses_every_later_acknowledgement() {
+        let dir = tempfile::tempdir().unwrap();
+        // The log's directory is a plain file: opening the log fails (not as "missing").
+        std::fs::write(dir.path().join("plain"), b"").unwrap();
+        let group = GroupCommit::new(&dir.path().join("plain").join("db.sqlite"));
+        let a = group.committed();
+        assert!(group.flush_through(a).await.is_err());
+        // Even a commit the next flush would cover, and even with nothing new to flush.
+        assert!(group.flush_through(a).await.is_err());
+        assert!(group.flush_through(0).await.is_err());
     }
 }

@@ -101,7 +101,8 @@ impl Metadata {
     pub fn open(path: &Path, sync: bool) -> Result<Metadata> {
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
-        let group = sync.then(|| GroupCommit::new(path));
+        // The log is named after the database's real path (SQLite resolves links).
+        let group = if sync { Some(GroupCommit::new(&std::fs::canonicalize(path)?)) } else { None };
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
             0 => {
@@ -109,14 +110,17 @@ impl Metadata {
                 tx.execute_batch(SCHEMA)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
-                if let Some(group) = &group {
-                    group.flush_blocking()?;
-                }
             }
             SCHEMA_VERSION => {}
             found => {
                 return Err(MetadataError::SchemaVersion { found, expected: SCHEMA_VERSION });
             }
+        }
+        // Whatever an earlier process committed (a crash leaves commits that were never
+        // flushed) is made durable before this one builds on it: a collection may remove
+        // bytes on the strength of a mark it finds here.
+        if let Some(group) = &group {
+            group.flush_blocking()?;
         }
         Ok(Metadata {
             inner: Arc::new(Inner {
