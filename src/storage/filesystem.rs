@@ -196,8 +196,9 @@ impl BlobStore for FilesystemStore {
             }
             file.flush()?;
             if sync {
-                // The session's size is recorded once this returns; after a power loss
-                // the staged file must still be at least that long.
+                // The session's size is recorded once this returns, and a commit renames
+                // the file without flushing it again: after a power loss the staged bytes
+                // must all still be there.
                 file.sync_data()?;
             }
             file.stream_position()
@@ -216,13 +217,11 @@ impl BlobStore for FilesystemStore {
         let to = self.blob_path(digest);
         let (sync, stop) = (self.sync, self.root.clone());
         blocking(move || {
-            let staged = File::options().write(true).open(&from)?;
-            staged.set_modified(std::time::SystemTime::now())?;
-            if sync {
-                // Bytes first: once the rename is durable, the name must never point at
-                // data that a power loss could still take away.
-                staged.sync_data()?;
-            }
+            // Bytes first: once the rename is durable, the name must never point at data
+            // that a power loss could still take away. They already are on disk: staged
+            // bytes arrive only through an upload writer, which flushes them before it
+            // returns (with `sync`).
+            File::options().write(true).open(&from)?.set_modified(std::time::SystemTime::now())?;
             let dir = to.parent().expect("blob path has a parent");
             // A concurrent delete may prune the shard directory between its creation and
             // the rename; retry until the rename lands.
