@@ -11,8 +11,8 @@
 //! a commit is visible to readers before its flush, so a client may read something (a
 //! tag another client is pushing) that a power loss then takes back, but no client is
 //! told its write succeeded before that write is on disk.
-//! What it gains: a commit's flush never happens under the writer lock (SQLite's own
-//! checkpoints still flush under it, about once per thousand pages of log), and while one
+//! What it gains: no flush happens under the writer lock (checkpoints, which flush too,
+//! run beside the writers, `checkpoint.rs`), and while one
 //! flush runs, every commit that lands queues behind it and is covered by the next one.
 //! A failed flush stops all acknowledgements until a restart (see `failed`).
 

@@ -11,6 +11,7 @@
 
 pub mod accounting;
 pub mod blobs;
+mod checkpoint;
 pub mod gc;
 mod group_commit;
 pub mod manifests;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use checkpoint::Checkpointer;
 use group_commit::GroupCommit;
 
 const SCHEMA_VERSION: i64 = 1;
@@ -61,6 +63,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Flushes commits to disk; none when the operator turned `sync_writes` off.
     group: Option<GroupCommit>,
+    /// Folds the log back into the database beside the writers.
+    checkpointer: Checkpointer,
 }
 
 /// How a write transaction ends.
@@ -80,6 +84,8 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checkpoints are the background checkpointer's job (`checkpoint.rs`), never a commit's.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     apply_read_tuning(conn, WRITER_CACHE_KIB)
 }
 
@@ -128,6 +134,7 @@ impl Metadata {
                 writer: Arc::new(tokio::sync::Mutex::new(writer)),
                 readers: Mutex::new(Vec::new()),
                 group,
+                checkpointer: Checkpointer::start(path)?,
             }),
         })
     }
@@ -219,6 +226,7 @@ impl Metadata {
                 return Ok((value, None));
             }
             tx.commit().map_err(MetadataError::from)?;
+            this.inner.checkpointer.committed();
             // Numbered while the writer is still held, so numbers follow commit order.
             Ok((value, this.inner.group.as_ref().map(GroupCommit::committed)))
         })
@@ -239,18 +247,6 @@ impl Metadata {
             Some(group) => Ok(group.flush_through(group.last()).await?),
             None => Ok(()),
         }
-    }
-
-    /// Folds the write-ahead log back into the database file and truncates it, so that the
-    /// space freed by deletes shows on disk.
-    pub async fn checkpoint(&self) -> Result<()> {
-        let conn = self.inner.writer.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || {
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| MetadataError::Task(e.to_string()))?
     }
 }
 
