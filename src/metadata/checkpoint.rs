@@ -7,19 +7,28 @@
 //! pages in a short time, set it off about a dozen times per run (a quarter of its time in
 //! `perf`), and each one stalled the pushes queued behind it. So the automatic checkpoint
 //! is off (`wal_autocheckpoint = 0` on the writer) and this thread, with its own
-//! connection, does the same work beside the writers:
+//! connection, does the work beside the writers:
 //! - after a commit it waits [`PACE`], then runs a PASSIVE checkpoint, which copies what it
-//!   can without waiting for (or blocking) any reader or writer; the log grows by at most
-//!   what a pace's worth of writes adds, and a page written many times meanwhile is copied
-//!   once;
-//! - once a checkpoint has copied everything and no commit has come for [`IDLE`], it
-//!   truncates the log to zero (a TRUNCATE checkpoint that gives up at once if anyone is
-//!   busy), so a quiet registry's log takes no space.
+//!   can without waiting for (or blocking) any reader or writer; a page written many times
+//!   meanwhile is copied once;
+//! - the log only starts over from its beginning when a writer finds it entirely copied.
+//!   Under steady writes a copy running beside them never catches up, and the log grows
+//!   without end (7 GB while the GC benchmark filled its store). So once the log holds
+//!   [`RESTART_FRAMES`], the thread takes the writer lock and copies the little that the
+//!   passive copy left (a RESTART checkpoint): the next commit starts the log over. Writers
+//!   wait for two small flushes once per few MiB of log, not for the whole copy;
+//! - once everything is copied and no commit has come for [`IDLE`], it empties the log
+//!   file (a TRUNCATE checkpoint, under the writer lock too), so a quiet registry's log
+//!   takes no space.
+//!
+//! The thread takes SQLite's own write lock only while it holds Bosun's writer lock, so a
+//! writer never meets a busy database; its connection never waits for readers (a busy
+//! answer means "later").
 //!
 //! Durability does not depend on it: every commit is in the log, flushed by the group
 //! commit; a checkpoint in NORMAL mode flushes the log before it copies and the database
-//! after. A failed checkpoint is logged and retried after the next commit; the log only
-//! grows meanwhile.
+//! after, so no frame is overwritten before its page is durable in the database. A failed
+//! checkpoint is logged and retried after the next commit; the log only grows meanwhile.
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,8 +39,13 @@ use rusqlite::Connection;
 
 /// How long commits gather before a checkpoint copies them.
 pub(super) const PACE: Duration = Duration::from_millis(250);
-/// How long the registry must be quiet before the log is truncated.
+/// How long the registry must be quiet before the log is emptied.
 pub(super) const IDLE: Duration = Duration::from_secs(1);
+/// A log this long (in pages; 4 MiB) is made to start over (SQLite's own threshold).
+const RESTART_FRAMES: i64 = 1000;
+
+/// The writer connection's lock (`Metadata`'s first-come-first-served writer lock).
+pub(super) type WriterLock = Arc<tokio::sync::Mutex<Connection>>;
 
 #[derive(Default)]
 struct State {
@@ -54,13 +68,13 @@ pub(super) struct Checkpointer {
 
 impl Checkpointer {
     /// Starts the thread with its own connection to the database at `path`.
-    pub(super) fn start(path: &Path) -> super::Result<Checkpointer> {
+    pub(super) fn start(path: &Path, writer: WriterLock) -> super::Result<Checkpointer> {
         let conn = Connection::open(path)?;
-        // Never wait for a lock: a busy database means "later", not "block".
         conn.busy_timeout(Duration::ZERO)?;
         let shared = Arc::new(Shared::default());
         let worker = shared.clone();
-        let thread = std::thread::Builder::new().name("bosun-checkpoint".into()).spawn(move || run(&conn, &worker))?;
+        let thread =
+            std::thread::Builder::new().name("bosun-checkpoint".into()).spawn(move || run(&conn, &writer, &worker))?;
         Ok(Checkpointer { shared, thread: Some(thread) })
     }
 
@@ -84,7 +98,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(conn: &Connection, shared: &Shared) {
+fn run(conn: &Connection, writer: &WriterLock, shared: &Shared) {
     let lock = || shared.state.lock().expect("checkpoint state poisoned");
     loop {
         let state = shared.wake.wait_while(lock(), |s| s.commits == 0 && !s.stop).expect("checkpoint state poisoned");
@@ -101,7 +115,7 @@ fn run(conn: &Connection, shared: &Shared) {
             }
             state.commits = 0;
             drop(state);
-            let copied_all = match passive(conn) {
+            let copied_all = match copy(conn, writer) {
                 Ok(all) => all,
                 Err(e) => {
                     tracing::warn!(error = %e, "checkpoint of the metadata log failed; the log grows until one succeeds");
@@ -117,11 +131,11 @@ fn run(conn: &Connection, shared: &Shared) {
             }
             drop(state);
             if quiet.timed_out() && copied_all {
-                match truncate(conn) {
-                    Ok(true) => break,
-                    Ok(false) => {}
+                match checkpoint(conn, Some(writer), "TRUNCATE") {
+                    Ok(done) if done.complete() => break,
+                    Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "truncating the metadata log failed");
+                        tracing::warn!(error = %e, "emptying the metadata log failed");
                         break;
                     }
                 }
@@ -132,16 +146,37 @@ fn run(conn: &Connection, shared: &Shared) {
     }
 }
 
-/// Copies what it can; true if the whole log is now in the database.
-fn passive(conn: &Connection) -> rusqlite::Result<bool> {
-    let (busy, log, copied): (i64, i64, i64) =
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(busy == 0 && copied >= log)
+/// Copies the log into the database, beside the writers; once the log is long, finishes
+/// under the writer lock so that it starts over. True if all of it is in the database.
+fn copy(conn: &Connection, writer: &WriterLock) -> rusqlite::Result<bool> {
+    let done = checkpoint(conn, None, "PASSIVE")?;
+    if done.log < RESTART_FRAMES {
+        return Ok(done.complete());
+    }
+    Ok(checkpoint(conn, Some(writer), "RESTART")?.complete())
 }
 
-/// Empties the log file if nobody is using it right now; false if someone was.
-fn truncate(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)).map(|busy| busy == 0)
+/// What a checkpoint reported.
+struct Done {
+    busy: bool,
+    /// Pages in the log.
+    log: i64,
+    /// Pages of it now in the database.
+    copied: i64,
+}
+
+impl Done {
+    fn complete(&self) -> bool {
+        !self.busy && self.copied >= self.log
+    }
+}
+
+/// Runs one checkpoint of `mode`, holding the writer lock if given.
+fn checkpoint(conn: &Connection, writer: Option<&WriterLock>, mode: &str) -> rusqlite::Result<Done> {
+    let _writers_wait = writer.map(|w| w.blocking_lock());
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok(Done { busy: r.get::<_, i64>(0)? != 0, log: r.get(1)?, copied: r.get(2)? })
+    })
 }
 
 #[cfg(test)]
@@ -151,6 +186,57 @@ mod tests {
     use crate::metadata::{Metadata, MetadataError, uploads};
     use crate::oci::{RepoName, UploadId};
 
+    async fn add_uploads(meta: &Metadata, n: i64, at: i64) {
+        meta.write(move |c| {
+            let name: RepoName = "r".parse().unwrap();
+            for i in 0..n {
+                uploads::create(c, &UploadId::random(), &name, at + i)?;
+            }
+            Ok::<_, MetadataError>(())
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_starts_over_under_writes_that_never_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata::open(&dir.path().join("metadata.sqlite"), false).unwrap();
+        // Writers that always have a commit queued, as under a busy registry.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (meta, stop) = (meta.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut at = w * 1_000_000_000;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        add_uploads(&meta, 20, at).await;
+                        at += 20;
+                    }
+                })
+            })
+            .collect();
+        // The log header's checkpoint sequence number changes each time the log starts
+        // over from its beginning.
+        let wal = dir.path().join("metadata.sqlite-wal");
+        let sequence = || std::fs::read(&wal).ok().filter(|h| h.len() >= 16).map(|h| h[12..16].to_vec());
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let (mut restarts, mut last) = (0, None);
+        while restarts < 3 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            let now = sequence();
+            if last.is_some() && now != last {
+                restarts += 1;
+            }
+            last = now;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(restarts, 3, "the log never started over while writes went on");
+    }
+
     #[tokio::test]
     async fn a_quiet_database_has_its_log_copied_back_and_emptied() {
         let dir = tempfile::tempdir().unwrap();
@@ -158,15 +244,7 @@ mod tests {
         let wal = dir.path().join("metadata.sqlite-wal");
         let meta = Metadata::open(&db, false).unwrap();
         for batch in 0..5 {
-            meta.write(move |c| {
-                let name: RepoName = "r".parse().unwrap();
-                for i in 0..200 {
-                    uploads::create(c, &UploadId::random(), &name, batch * 1000 + i)?;
-                }
-                Ok::<_, MetadataError>(())
-            })
-            .await
-            .unwrap();
+            add_uploads(&meta, 200, batch * 1000).await;
         }
         assert!(std::fs::metadata(&wal).unwrap().len() > 0, "commits go to the log first");
         let deadline = Instant::now() + super::PACE + super::IDLE + std::time::Duration::from_secs(10);

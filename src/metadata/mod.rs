@@ -128,13 +128,14 @@ impl Metadata {
         if let Some(group) = &group {
             group.flush_blocking()?;
         }
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
         Ok(Metadata {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                writer: Arc::new(tokio::sync::Mutex::new(writer)),
+                checkpointer: Checkpointer::start(path, writer.clone())?,
+                writer,
                 readers: Mutex::new(Vec::new()),
                 group,
-                checkpointer: Checkpointer::start(path)?,
             }),
         })
     }
