@@ -221,10 +221,7 @@ impl Collector {
             }
         }
         let record = report.run.clone();
-        // Unflushed like the removals it reports: the log is written in order, so the
-        // record can only survive a power loss together with them, and the next flushed
-        // commit makes both durable. Back-to-back collections save a disk flush each.
-        report.run.id = self.registry.meta.write_unflushed(move |c| q::record_run(c, &record)).await?;
+        report.run.id = self.registry.meta.write(move |c| q::record_run(c, &record)).await?;
         tracing::info!(
             kind = %report.run.kind,
             trigger = %report.run.trigger,

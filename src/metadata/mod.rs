@@ -190,8 +190,7 @@ impl Metadata {
     /// Like [`Metadata::write`], but the commit does not wait for the disk: a power loss
     /// may undo it until the next flushed commit (every other write is one) makes it
     /// durable together with everything before it, because the log is written in order.
-    /// Only for work whose loss is harmless or redone later: a collection's progress and
-    /// its record.
+    /// Only for work whose loss is harmless and redone later: a collection's progress.
     pub async fn write_unflushed<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
         T: Send + 'static,
