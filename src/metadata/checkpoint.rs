@@ -1,22 +1,23 @@
-//! Folding the write-ahead log back into the database in the background, so that no write
-//! pays for it while holding the writer lock.
+//! Folding the write-ahead log back into the database in the background, so that writes
+//! do not pay for copying it while holding the writer lock.
 //!
 //! SQLite's own automatic checkpoint runs inside the commit that pushes the log past a
 //! thousand pages: that commit copies every page of the log into the database and flushes
-//! the database while every other writer waits behind it. A collection, which writes many
-//! pages in a short time, set it off about a dozen times per run (a quarter of its time in
-//! `perf`), and each one stalled the pushes queued behind it. So the automatic checkpoint
-//! is off (`wal_autocheckpoint = 0` on the writer) and this thread, with its own
-//! connection, does the work beside the writers:
+//! both while every other writer waits behind it. A collection, which writes many pages in
+//! a short time, set it off about a dozen times per run (a quarter of its time in `perf`),
+//! and each one stalled the pushes queued behind it. So the automatic checkpoint is off
+//! (`wal_autocheckpoint = 0` on the writer) and this thread, with its own connection, does
+//! the work:
 //! - after a commit it waits [`PACE`], then runs a PASSIVE checkpoint, which copies what it
 //!   can without waiting for (or blocking) any reader or writer; a page written many times
 //!   meanwhile is copied once;
 //! - the log only starts over from its beginning when a writer finds it entirely copied.
 //!   Under steady writes a copy running beside them never catches up, and the log grows
-//!   without end (7 GB while the GC benchmark filled its store). So once the log holds
-//!   [`RESTART_FRAMES`], the thread takes the writer lock and copies the little that the
-//!   passive copy left (a RESTART checkpoint): the next commit starts the log over. Writers
-//!   wait for two small flushes once per few MiB of log, not for the whole copy;
+//!   without end (7 GB while the GC benchmark filled its store). So when the log holds
+//!   [`RESTART_FRAMES`], the thread takes the writer lock after the passive copy and
+//!   finishes it (a RESTART checkpoint): the next commit starts the log over. Writers wait for the pages committed since the passive copy and for the
+//!   flushes of the log and the database, once per few MiB of log, instead of for the
+//!   whole copy at every thousand pages;
 //! - once everything is copied and no commit has come for [`IDLE`], it empties the log
 //!   file (a TRUNCATE checkpoint, under the writer lock too), so a quiet registry's log
 //!   takes no space.
@@ -25,17 +26,27 @@
 //! writer never meets a busy database; its connection never waits for readers (a busy
 //! answer means "later").
 //!
-//! Durability does not depend on it: every commit is in the log, flushed by the group
-//! commit; a checkpoint in NORMAL mode flushes the log before it copies and the database
-//! after, so no frame is overwritten before its page is durable in the database. A failed
-//! checkpoint is logged and retried after the next commit; the log only grows meanwhile.
+//! Correctness rests on two things:
+//! - SQLite 3.51.3 or later (the bundled one is): older versions have a race in which a
+//!   checkpoint on a fully copied log, while another connection's commit starts the log
+//!   over, later skips frames (sqlite.org/wal.html#walresetbug). With one read-write
+//!   connection it could not happen; this thread is a second one;
+//! - a checkpoint flushes the log before it copies and the database before the log may
+//!   start over (its connection runs with `synchronous=NORMAL`, like the writer), so no
+//!   frame is overwritten before its page is durable in the database. A checkpoint whose
+//!   I/O fails may have been told of a lost write-back of the log that the group commit
+//!   would then never hear of, so it stops every later acknowledgement as a failed group
+//!   flush does ([`LogFailure`]). Other failures are logged and retried after the next
+//!   commit; the log only grows meanwhile.
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, ErrorCode};
+
+use super::group_commit::LogFailure;
 
 /// How long commits gather before a checkpoint copies them.
 pub(super) const PACE: Duration = Duration::from_millis(250);
@@ -68,13 +79,17 @@ pub(super) struct Checkpointer {
 
 impl Checkpointer {
     /// Starts the thread with its own connection to the database at `path`.
-    pub(super) fn start(path: &Path, writer: WriterLock) -> super::Result<Checkpointer> {
+    /// `failure` is the group commit's (none when commits are not flushed).
+    pub(super) fn start(path: &Path, writer: WriterLock, failure: Option<LogFailure>) -> super::Result<Checkpointer> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::ZERO)?;
+        // Checkpoints flush in NORMAL mode (never in OFF): see the module's header.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         let shared = Arc::new(Shared::default());
         let worker = shared.clone();
-        let thread =
-            std::thread::Builder::new().name("bosun-checkpoint".into()).spawn(move || run(&conn, &writer, &worker))?;
+        let thread = std::thread::Builder::new()
+            .name("bosun-checkpoint".into())
+            .spawn(move || run(&conn, &writer, &worker, failure.as_ref()))?;
         Ok(Checkpointer { shared, thread: Some(thread) })
     }
 
@@ -98,7 +113,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(conn: &Connection, writer: &WriterLock, shared: &Shared) {
+fn run(conn: &Connection, writer: &WriterLock, shared: &Shared, failure: Option<&LogFailure>) {
     let lock = || shared.state.lock().expect("checkpoint state poisoned");
     loop {
         let state = shared.wake.wait_while(lock(), |s| s.commits == 0 && !s.stop).expect("checkpoint state poisoned");
@@ -118,7 +133,7 @@ fn run(conn: &Connection, writer: &WriterLock, shared: &Shared) {
             let copied_all = match copy(conn, writer) {
                 Ok(all) => all,
                 Err(e) => {
-                    tracing::warn!(error = %e, "checkpoint of the metadata log failed; the log grows until one succeeds");
+                    failed(&e, failure);
                     break;
                 }
             };
@@ -135,7 +150,7 @@ fn run(conn: &Connection, writer: &WriterLock, shared: &Shared) {
                     Ok(done) if done.complete() => break,
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "emptying the metadata log failed");
+                        failed(&e, failure);
                         break;
                     }
                 }
@@ -150,10 +165,24 @@ fn run(conn: &Connection, writer: &WriterLock, shared: &Shared) {
 /// under the writer lock so that it starts over. True if all of it is in the database.
 fn copy(conn: &Connection, writer: &WriterLock) -> rusqlite::Result<bool> {
     let done = checkpoint(conn, None, "PASSIVE")?;
+    // Even a copy that reports everything copied only copied the log as it was when the
+    // copy started: under steady writes, commits have added to it since, and the next
+    // writer finds it incomplete and appends instead of starting over.
     if done.log < RESTART_FRAMES {
         return Ok(done.complete());
     }
     Ok(checkpoint(conn, Some(writer), "RESTART")?.complete())
+}
+
+/// Reports a failed checkpoint; one that failed on I/O stops acknowledgements.
+fn failed(e: &rusqlite::Error, failure: Option<&LogFailure>) {
+    match (e.sqlite_error_code(), failure) {
+        (Some(ErrorCode::SystemIoFailure), Some(failure)) => {
+            failure.set();
+            tracing::error!(error = %e, "a checkpoint of the metadata log failed on I/O; no further write will be acknowledged");
+        }
+        _ => tracing::warn!(error = %e, "a checkpoint of the metadata log failed; the log grows until one succeeds"),
+    }
 }
 
 /// What a checkpoint reported.
@@ -181,6 +210,7 @@ fn checkpoint(conn: &Connection, writer: Option<&WriterLock>, mode: &str) -> rus
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::time::Instant;
 
     use crate::metadata::{Metadata, MetadataError, uploads};
@@ -201,7 +231,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_log_starts_over_under_writes_that_never_pause() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Metadata::open(&dir.path().join("metadata.sqlite"), false).unwrap();
+        // With flushed commits, as a registry runs by default.
+        let meta = Metadata::open(&dir.path().join("metadata.sqlite"), true).unwrap();
         // Writers that always have a commit queued, as under a busy registry.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writers: Vec<_> = (0..4)
@@ -219,7 +250,10 @@ mod tests {
         // The log header's checkpoint sequence number changes each time the log starts
         // over from its beginning.
         let wal = dir.path().join("metadata.sqlite-wal");
-        let sequence = || std::fs::read(&wal).ok().filter(|h| h.len() >= 16).map(|h| h[12..16].to_vec());
+        let sequence = || {
+            let mut header = [0u8; 16];
+            std::fs::File::open(&wal).and_then(|mut f| f.read_exact(&mut header)).ok().map(|()| header[12..16].to_vec())
+        };
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         let (mut restarts, mut last) = (0, None);
         while restarts < 3 && Instant::now() < deadline {

@@ -132,7 +132,7 @@ impl Metadata {
         Ok(Metadata {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                checkpointer: Checkpointer::start(path, writer.clone())?,
+                checkpointer: Checkpointer::start(path, writer.clone(), group.as_ref().map(GroupCommit::failure))?,
                 writer,
                 readers: Mutex::new(Vec::new()),
                 group,
@@ -220,16 +220,22 @@ impl Metadata {
         let mut conn = self.inner.writer.clone().lock_owned().await;
         let this = self.clone();
         let (value, seq) = tokio::task::spawn_blocking(move || -> std::result::Result<_, E> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
-            let value = f(&tx)?;
-            if ending == Ending::Rollback {
-                tx.rollback().map_err(MetadataError::from)?;
-                return Ok((value, None));
-            }
-            tx.commit().map_err(MetadataError::from)?;
-            this.inner.checkpointer.committed();
-            // Numbered while the writer is still held, so numbers follow commit order.
-            Ok((value, this.inner.group.as_ref().map(GroupCommit::committed)))
+            let outcome = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
+                let value = f(&tx)?;
+                if ending == Ending::Rollback {
+                    tx.rollback().map_err(MetadataError::from)?;
+                    return Ok((value, None));
+                }
+                tx.commit().map_err(MetadataError::from)?;
+                this.inner.checkpointer.committed();
+                // Numbered while the writer is still held, so numbers follow commit order.
+                Ok((value, this.inner.group.as_ref().map(GroupCommit::committed)))
+            })();
+            // The writer lock goes before `this`: if `this` is the last handle, dropping it
+            // joins the checkpoint thread, which may be waiting for that lock.
+            drop(conn);
+            outcome
         })
         .await
         .map_err(|e| E::from(MetadataError::Task(e.to_string())))??;
