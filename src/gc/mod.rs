@@ -184,7 +184,7 @@ impl Collector {
             cutoff,
             rules: self.options.rules,
             untagged_cutoff: Arc::new(untagged_cutoff),
-            restore_since: now - self.registry.options().restore_window.as_millis() as i64,
+            restore_since: self.registry.options().restore_since(now),
         }
     }
 
@@ -380,20 +380,33 @@ impl Collector {
             let page = meta.read(move |c| q::stale_uploads(c, before, cursor, BATCH)).await?;
             let Some((last, _)) = page.last() else { return Ok(()) };
             after = *last;
-            let mut removed = Vec::new();
-            for (_, id) in page {
-                let Ok(upload) = id.parse::<UploadId>() else { continue };
-                if sessions.busy(&upload) {
-                    continue;
-                }
-                let i = id.clone();
-                if meta.write_unflushed(move |c| q::remove_upload_if_stale(c, &i, before)).await? {
-                    sessions.forget(&upload);
-                    removed.push((id, upload));
-                }
+            let idle: Vec<(String, UploadId)> = page
+                .into_iter()
+                .filter_map(|(_, id)| {
+                    let upload: UploadId = id.parse().ok()?;
+                    (!sessions.busy(&upload)).then_some((id, upload))
+                })
+                .collect();
+            if idle.is_empty() {
+                continue;
             }
+            // One transaction for the page; each row is re-checked in it.
+            let removed = meta
+                .write_unflushed(move |c| {
+                    let mut removed = Vec::new();
+                    for (id, upload) in idle {
+                        if q::remove_upload_if_stale(c, &id, before)? {
+                            removed.push((id, upload));
+                        }
+                    }
+                    Ok::<_, MetadataError>(removed)
+                })
+                .await?;
             if removed.is_empty() {
                 continue;
+            }
+            for (_, upload) in &removed {
+                sessions.forget(upload);
             }
             meta.flush().await?;
             for (id, upload) in removed {

@@ -221,7 +221,7 @@ impl Retention {
         }
         let ctx = self.collector.ctx();
         let now = now_ms();
-        let restore_since = now - registry.options().restore_window.as_millis() as i64;
+        let restore_since = registry.options().restore_since(now);
         let mut plan = registry
             .meta
             .simulate(move |c| {
@@ -270,7 +270,7 @@ impl Retention {
     pub async fn apply(&self, id: i64) -> Result<Plan> {
         let registry = self.collector.registry();
         let policies = registry.policies();
-        let window = registry.options().restore_window.as_millis() as i64;
+        let options = registry.options().clone();
         registry
             .meta
             .write(move |c| {
@@ -282,7 +282,7 @@ impl Retention {
                     .map_err(|e| RetentionError::Invalid(format!("stored plan {id}: {e}")))?;
                 plan.id = id;
                 let now = now_ms();
-                let changes = delete_planned(c, &policies, &plan, now, now - window)?;
+                let changes = delete_planned(c, &policies, &plan, now, options.restore_since(now))?;
                 if !changes.is_empty() {
                     return Err(RetentionError::Changed { id, changes });
                 }
@@ -329,7 +329,7 @@ impl Retention {
         registry.pulls.flush(&registry.meta).await?;
         let policies = registry.policies();
         let now = now_ms();
-        let window = registry.options().restore_window.as_millis() as i64;
+        let restore_since = registry.options().restore_since(now);
         registry
             .meta
             .read(move |c| {
@@ -343,7 +343,7 @@ impl Retention {
                     .collect();
                 let repo = q::repositories(c)?.into_iter().find(|(_, n)| *n == repository).map(|(id, _)| id);
                 let decisions = match (policies.retention_for(&repository), repo) {
-                    (Some(p), Some(id)) => Some(evaluate(c, &policies, p, (id, &repository), now, now - window)?),
+                    (Some(p), Some(id)) => Some(evaluate(c, &policies, p, (id, &repository), now, restore_since)?),
                     _ => None,
                 };
                 Ok(serde_json::json!({

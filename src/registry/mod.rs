@@ -60,6 +60,12 @@ impl RegistryOptions {
     pub fn probe_refresh_interval(&self) -> Duration {
         (self.grace_period / 4).min(Duration::from_secs(60))
     }
+
+    /// Tags deleted after this moment (ms) can still be restored at `now`, so their
+    /// manifests stay.
+    pub fn restore_since(&self, now: i64) -> i64 {
+        now - self.restore_window.as_millis() as i64
+    }
 }
 
 pub struct Registry {

@@ -27,12 +27,14 @@ pub(super) fn check(
     let all = if quotas.iter().any(|q| q.spec.total) { retention::repositories(c)? } else { Vec::new() };
     let this: Vec<i64> = metadata::repositories::find(c, name)?.into_iter().collect();
     for q in quotas {
-        let group: Vec<i64> = if q.spec.total {
-            all.iter().filter(|(_, n)| q.repositories.matches(n)).map(|(id, _)| *id).collect()
+        let matching: Vec<i64>;
+        let group: &[i64] = if q.spec.total {
+            matching = all.iter().filter(|(_, n)| q.repositories.matches(n)).map(|(id, _)| *id).collect();
+            &matching
         } else {
-            this.clone()
+            &this
         };
-        let (used, linked) = metadata::blobs::group_usage(c, &group, digest)?;
+        let (used, linked) = metadata::blobs::group_usage(c, group, digest)?;
         if linked {
             continue;
         }

@@ -11,7 +11,7 @@ impl Registry {
     /// manifest's digest.
     pub async fn restore_tag(&self, name: &RepoName, tag: &Tag) -> Result<String> {
         let (n, t) = (name.clone(), tag.clone());
-        let since = now_ms() - self.options.restore_window.as_millis() as i64;
+        let since = self.options.restore_since(now_ms());
         self.meta
             .write(move |c| {
                 let now = now_ms();
