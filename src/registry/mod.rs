@@ -14,6 +14,7 @@
 mod blobs;
 mod digest_locks;
 mod error;
+mod hashing;
 mod listing;
 mod manifests;
 pub(crate) mod pulls;

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 
+use super::hashing::PipelinedHasher;
 use super::{Error, Registry, Result, quota};
 use crate::metadata::{blobs, now_ms, repositories, uploads};
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName, UploadId};
@@ -145,39 +146,45 @@ impl Registry {
                 return Err(Error::UploadInvalid(format!("Content-Range {}-{} ends before it starts", r.start, r.end)));
             }
         }
-        let mut next = state.clone();
+        let mut hasher = PipelinedHasher::new(state.hasher.clone());
+        let mut size = state.size;
         let mut writer = self.store.upload_writer(id, state.size).await?;
         let outcome: Result<()> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| Error::BodyRead(e.to_string()))?;
-                next.hasher.update(&chunk);
-                next.size += chunk.len() as u64;
+                size += chunk.len() as u64;
+                hasher.update(chunk.clone()).await;
                 writer.write(chunk).await?;
             }
             Ok(())
         }
         .await;
         let flushed = writer.finish().await;
-        let outcome = outcome.and_then(|()| {
-            let written = flushed?;
-            debug_assert_eq!(written, next.size);
-            match range {
-                Some(r) if r.end - r.start + 1 != next.size - state.size => Err(Error::UploadInvalid(format!(
-                    "Content-Range {}-{} announces {} bytes, the body had {}",
-                    r.start,
-                    r.end,
-                    r.end - r.start + 1,
-                    next.size - state.size
-                ))),
-                _ => Ok(()),
+        let hashed = hasher.finish().await;
+        let outcome = outcome
+            .and_then(|()| {
+                let written = flushed?;
+                debug_assert_eq!(written, size);
+                match range {
+                    Some(r) if r.end - r.start + 1 != size - state.size => Err(Error::UploadInvalid(format!(
+                        "Content-Range {}-{} announces {} bytes, the body had {}",
+                        r.start,
+                        r.end,
+                        r.end - r.start + 1,
+                        size - state.size
+                    ))),
+                    _ => Ok(()),
+                }
+            })
+            .and(hashed);
+        match outcome {
+            Ok(hasher) => Ok(HashState { size, hasher }),
+            Err(e) => {
+                // Roll back: a fresh writer at the old size truncates whatever got written.
+                self.store.upload_writer(id, state.size).await?.finish().await?;
+                Err(e)
             }
-        });
-        if let Err(e) = outcome {
-            // Roll back: a fresh writer at the old size truncates whatever got written.
-            self.store.upload_writer(id, state.size).await?.finish().await?;
-            return Err(e);
         }
-        Ok(next)
     }
 
     /// Appends the final `body` and completes the upload as `digest`, verifying it. On a
