@@ -217,14 +217,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// glibc returns blocks from 128 KiB up, and a shrinking heap top, to the kernel as soon as
 /// they are freed. A push streams its bytes through megabyte buffers, so every page of
 /// every buffer was faulted in and zeroed again: about 150,000 page faults per GiB pushed,
-/// and a tenth of the push throughput (BENCHMARKS.md). The thresholds sit above any buffer
-/// a request allocates (1 MiB chunks, hyper's read buffer of at most 408 KiB).
+/// and a tenth of the push throughput (BENCHMARKS.md). Blocks now come from the heap up to
+/// 4 MiB, above any buffer a request allocates (1 MiB chunks, hyper's read buffer of at
+/// most 408 KiB), and a heap keeps up to 16 MiB free: more than an upload's buffers in
+/// flight, little next to the memory a registry is given.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: mallopt only sets two allocator parameters, and runs before any other thread.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
 }
 
