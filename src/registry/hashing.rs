@@ -14,9 +14,10 @@ use crate::oci::Hasher;
 /// Bytes gathered before they go to the hashing thread, and the size from which a body
 /// gets a thread at all.
 const BATCH_BYTES: usize = 1 << 20;
-/// Batches in flight: enough to keep the hashing thread busy, few enough that a slow hash
-/// pushes back on the client instead of buffering its upload in memory.
-const BATCHES_IN_FLIGHT: usize = 4;
+/// Batches queued for the hashing thread: two keep it busy, and a slow hash pushes back on
+/// the client instead of buffering its upload in memory (each batch is a megabyte per
+/// concurrent upload).
+const BATCHES_IN_FLIGHT: usize = 2;
 
 pub(super) struct PipelinedHasher {
     /// Chunks received and not yet handed over.

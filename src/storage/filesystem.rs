@@ -13,8 +13,11 @@ use crate::oci::{Digest, UploadId};
 
 /// Chunk size for reads: large enough that per-chunk overhead vanishes next to the copy.
 const READ_CHUNK: usize = 1 << 20;
-/// Chunks in flight between the disk thread and the network.
+/// Chunks read ahead of the network by a blob's disk thread.
 const PIPELINE_DEPTH: usize = 4;
+/// Chunks queued for an upload's disk thread: two keep it busy, since it writes faster
+/// than the bytes are hashed, and each one more is a megabyte per concurrent upload.
+const WRITES_IN_FLIGHT: usize = 2;
 
 pub struct FilesystemStore {
     root: PathBuf,
@@ -330,7 +333,7 @@ impl BlobStore for FilesystemStore {
         let mode =
             if sync && offset.is_multiple_of(DIRECT_ALIGN as u64) { WriteMode::CacheFirst } else { WriteMode::Cache };
         let mut sink = DiskSink { file, mode, sync, written: offset };
-        let (tx, mut rx) = mpsc::channel::<ChunkBuf>(PIPELINE_DEPTH);
+        let (tx, mut rx) = mpsc::channel::<ChunkBuf>(WRITES_IN_FLIGHT);
         let (spare_tx, spare) = mpsc::unbounded_channel();
         // Writing on its own thread lets hashing (on the caller's side) and the disk copy
         // overlap.
