@@ -257,11 +257,6 @@ impl Collector {
         for name in self.registry.meta.write_unflushed(|c| q::remove_empty_repositories(c)).await? {
             report.push(Removed { kind: "repository", repository: Some(name), digest: None, id: None, bytes: 0 });
         }
-        // Fold the write-ahead log back so that freed space shows on disk (only when
-        // something was freed: a checkpoint briefly blocks writers).
-        if !report.removed.is_empty() {
-            self.registry.meta.checkpoint().await?;
-        }
         Ok(())
     }
 

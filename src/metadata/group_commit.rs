@@ -11,15 +11,34 @@
 //! a commit is visible to readers before its flush, so a client may read something (a
 //! tag another client is pushing) that a power loss then takes back, but no client is
 //! told its write succeeded before that write is on disk.
-//! What it gains: a commit's flush never happens under the writer lock (SQLite's own
-//! checkpoints still flush under it, about once per thousand pages of log), and while one
-//! flush runs, every commit that lands queues behind it and is covered by the next one.
-//! A failed flush stops all acknowledgements until a restart (see `failed`).
+//! What it gains: a commit's flush never happens under the writer lock (checkpoints flush
+//! too, mostly beside the writers: `checkpoint.rs`), and while one flush runs, every
+//! commit that lands queues behind it and is covered by the next one.
+//! A failed flush stops all acknowledgements until a restart (see `LogFailure`).
 
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Set once a flush of the log failed, by the group commit or by a checkpoint (which
+/// flushes the log too). Linux reports a failed write-back once, to whoever flushes first,
+/// so a later flush could succeed although log frames before it were lost, and SQLite's
+/// recovery would then drop every commit after the loss: from then on, nothing is
+/// acknowledged.
+#[derive(Clone, Default)]
+pub(super) struct LogFailure(Arc<AtomicBool>);
+
+impl LogFailure {
+    pub(super) fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 /// Counts commits and flushes the log on demand.
 pub(super) struct GroupCommit {
@@ -29,10 +48,8 @@ pub(super) struct GroupCommit {
     /// The highest commit number known durable. Held while a flush runs, so callers that
     /// arrive meanwhile wait and then usually find their commit covered.
     durable: tokio::sync::Mutex<u64>,
-    /// Set by the first failed flush. Linux reports a failed write-back once, so a later
-    /// flush could succeed although log frames before it were lost, and SQLite's recovery
-    /// would then drop every commit after the loss: from here on, nothing is acknowledged.
-    failed: AtomicBool,
+    /// Shared with the checkpointer.
+    failed: LogFailure,
 }
 
 impl GroupCommit {
@@ -44,7 +61,7 @@ impl GroupCommit {
             wal: wal.into(),
             committed: AtomicU64::new(0),
             durable: tokio::sync::Mutex::new(0),
-            failed: AtomicBool::new(false),
+            failed: LogFailure::default(),
         }
     }
 
@@ -61,7 +78,7 @@ impl GroupCommit {
     /// Returns once commit `seq` (and every one before it) is on disk.
     pub(super) async fn flush_through(&self, seq: u64) -> io::Result<()> {
         let mut durable = self.durable.lock().await;
-        if self.failed.load(Ordering::SeqCst) {
+        if self.failed.get() {
             return Err(io::Error::other(
                 "an earlier flush of the metadata log failed; restart Bosun after checking the disk",
             ));
@@ -75,12 +92,17 @@ impl GroupCommit {
         let wal = self.wal.clone();
         let flushed = tokio::task::spawn_blocking(move || flush_file(&wal)).await.map_err(io::Error::other)?;
         if let Err(e) = flushed {
-            self.failed.store(true, Ordering::SeqCst);
+            self.failed.set();
             tracing::error!(error = %e, "flushing the metadata log failed; no further write will be acknowledged");
             return Err(e);
         }
         *durable = target;
         Ok(())
+    }
+
+    /// The failure flag, for the checkpointer to set when its own flush of the log fails.
+    pub(super) fn failure(&self) -> LogFailure {
+        self.failed.clone()
     }
 
     /// Flushes the log now, from a blocking context (start-up).

@@ -11,6 +11,7 @@
 
 pub mod accounting;
 pub mod blobs;
+mod checkpoint;
 pub mod gc;
 mod group_commit;
 pub mod manifests;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use checkpoint::Checkpointer;
 use group_commit::GroupCommit;
 
 const SCHEMA_VERSION: i64 = 1;
@@ -62,6 +64,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Flushes commits to disk; none when the operator turned `sync_writes` off.
     group: Option<GroupCommit>,
+    /// Folds the log back into the database beside the writers.
+    checkpointer: Checkpointer,
 }
 
 /// How a write transaction ends.
@@ -81,6 +85,8 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checkpoints are the background checkpointer's job (`checkpoint.rs`), never a commit's.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     apply_read_tuning(conn, WRITER_CACHE_KIB)
 }
 
@@ -130,10 +136,12 @@ impl Metadata {
         if let Some(group) = &group {
             group.flush_blocking()?;
         }
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
         Ok(Metadata {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                writer: Arc::new(tokio::sync::Mutex::new(writer)),
+                checkpointer: Checkpointer::start(path, writer.clone(), group.as_ref().map(GroupCommit::failure))?,
+                writer,
                 readers: Mutex::new(Vec::new()),
                 group,
             }),
@@ -220,15 +228,22 @@ impl Metadata {
         let mut conn = self.inner.writer.clone().lock_owned().await;
         let this = self.clone();
         let (value, seq) = tokio::task::spawn_blocking(move || -> std::result::Result<_, E> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
-            let value = f(&tx)?;
-            if ending == Ending::Rollback {
-                tx.rollback().map_err(MetadataError::from)?;
-                return Ok((value, None));
-            }
-            tx.commit().map_err(MetadataError::from)?;
-            // Numbered while the writer is still held, so numbers follow commit order.
-            Ok((value, this.inner.group.as_ref().map(GroupCommit::committed)))
+            let outcome = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
+                let value = f(&tx)?;
+                if ending == Ending::Rollback {
+                    tx.rollback().map_err(MetadataError::from)?;
+                    return Ok((value, None));
+                }
+                tx.commit().map_err(MetadataError::from)?;
+                this.inner.checkpointer.committed();
+                // Numbered while the writer is still held, so numbers follow commit order.
+                Ok((value, this.inner.group.as_ref().map(GroupCommit::committed)))
+            })();
+            // The writer lock goes before `this`: if `this` is the last handle, dropping it
+            // joins the checkpoint thread, which may be waiting for that lock.
+            drop(conn);
+            outcome
         })
         .await
         .map_err(|e| E::from(MetadataError::Task(e.to_string())))??;
@@ -247,18 +262,6 @@ impl Metadata {
             Some(group) => Ok(group.flush_through(group.last()).await?),
             None => Ok(()),
         }
-    }
-
-    /// Folds the write-ahead log back into the database file and truncates it, so that the
-    /// space freed by deletes shows on disk.
-    pub async fn checkpoint(&self) -> Result<()> {
-        let conn = self.inner.writer.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || {
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| MetadataError::Task(e.to_string()))?
     }
 }
 

@@ -332,6 +332,18 @@ impl Server {
         disk_usage(&self.data_dir)
     }
 
+    /// Waits until the metadata's write-ahead log is folded back into the database and
+    /// emptied, which the background checkpointer does once the server has been quiet for
+    /// a moment: only then does the data directory's size say what the data takes.
+    pub async fn wait_log_folded(&self) {
+        let wal = self.data_dir.join("metadata.sqlite-wal");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            assert!(std::time::Instant::now() < deadline, "the metadata log was never emptied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every file and directory under the data directory, relative to it.
     pub fn data_files(&self) -> Vec<String> {
         let mut out = Vec::new();
