@@ -1,9 +1,14 @@
-//! Hashing an upload's bytes beside their reception: a large body is hashed on a thread of
-//! its own, so that receiving a chunk and hashing the previous one use two cores.
+//! Hashing an upload's bytes beside their reception: a large body is hashed by a task of
+//! its own, so that receiving a chunk and hashing the previous one can use two cores.
 //!
 //! Hashing is the most expensive step of a push (a core's worth for SHA-256 at about
-//! 1.6 GiB/s), and on the thread that reads the socket it would add the reception's cost
-//! to it. A small body is hashed in place: a thread handoff would cost more than the hash.
+//! 1.6 GiB/s), and on the task that reads the socket it would add the reception's cost to
+//! it. A small body is hashed in place: a handoff would cost more than the hash.
+//!
+//! A runtime task, not a blocking-pool thread: an upload already holds a pool thread for
+//! its disk writes, and with a second one waiting to start, uploads could fill the pool
+//! with disk threads whose hashers never get a thread, and stall every request. A batch
+//! keeps a worker busy for about half a millisecond, as hashing in place did per frame.
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -11,10 +16,10 @@ use tokio::sync::mpsc;
 use super::{Error, Result};
 use crate::oci::Hasher;
 
-/// Bytes gathered before they go to the hashing thread, and the size from which a body
-/// gets a thread at all.
+/// Bytes gathered before they go to the hashing task, and the size from which a body gets
+/// a task at all.
 const BATCH_BYTES: usize = 1 << 20;
-/// Batches queued for the hashing thread: two keep it busy, and a slow hash pushes back on
+/// Batches queued for the hashing task: two keep it busy, and a slow hash pushes back on
 /// the client instead of buffering its upload in memory (each batch is a megabyte per
 /// concurrent upload).
 const BATCHES_IN_FLIGHT: usize = 2;
@@ -30,15 +35,15 @@ enum State {
     /// Still small: the hasher is here, and the batch will be hashed in place. (Boxed: a
     /// SHA-512 state is larger than the rest of the struct.)
     InPlace(Box<Hasher>),
-    /// Hashing on its own thread, which returns the hasher when the channel closes.
+    /// Hashing in its own task, which returns the hasher when the channel closes.
     Threaded { tx: mpsc::Sender<Vec<Bytes>>, done: tokio::task::JoinHandle<Hasher> },
 }
 
 impl State {
     fn spawn(mut hasher: Hasher) -> State {
         let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(BATCHES_IN_FLIGHT);
-        let done = tokio::task::spawn_blocking(move || {
-            while let Some(batch) = rx.blocking_recv() {
+        let done = tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
                 batch.iter().for_each(|chunk| hasher.update(chunk));
             }
             hasher
@@ -66,7 +71,7 @@ impl PipelinedHasher {
             self.state = State::spawn((**hasher).clone());
         }
         if let State::Threaded { tx, .. } = &self.state {
-            // The receiver only goes away if the hashing thread panicked; `finish` says so.
+            // The receiver only goes away if the hashing task panicked; `finish` says so.
             let _ = tx.send(batch).await;
         }
     }
@@ -83,7 +88,7 @@ impl PipelinedHasher {
                     let _ = tx.send(self.batch).await;
                 }
                 drop(tx);
-                done.await.map_err(|e| Error::Internal(format!("hashing thread failed: {e}")))
+                done.await.map_err(|e| Error::Internal(format!("hashing task failed: {e}")))
             }
         }
     }
