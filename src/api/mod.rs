@@ -64,7 +64,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     response
 }
 
-async fn route(registry: &Registry, request: Request) -> ApiResult {
+async fn route(registry: &Arc<Registry>, request: Request) -> ApiResult {
     use Endpoint::*;
     let endpoint = match Endpoint::parse(request.uri().path()) {
         // A tag that cannot exist names no manifest: reading or deleting it is a 404 (as

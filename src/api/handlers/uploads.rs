@@ -1,6 +1,8 @@
 //! `/v2/<name>/blobs/uploads/[<id>]`: start (POST, with mount or a monolithic body),
 //! status (GET), chunk (PATCH), finish (PUT), cancel (DELETE).
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::body::Body as RequestBody;
 use axum::http::request::Parts as Request;
@@ -48,7 +50,17 @@ fn chunk_range(request: &Request) -> Result<Option<ChunkRange>, Error> {
         .transpose()
 }
 
-pub async fn start(registry: &Registry, name: &RepoName, request: &Request, body: RequestBody) -> ApiResult {
+/// Runs a step that writes an upload's bytes on a task of its own, so that it ends (stored,
+/// or rolled back to where the session was) even when the client goes away and the request
+/// is dropped. Dropped half-way, a step would release the session while its disk thread
+/// still writes queued chunks, which could then land on the bytes of the client's retry.
+async fn to_the_end<T: Send + 'static>(
+    step: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(step).await.map_err(|e| Error::Internal(format!("upload task failed: {e}")))?
+}
+
+pub async fn start(registry: &Arc<Registry>, name: &RepoName, request: &Request, body: RequestBody) -> ApiResult {
     let params = headers::query(request);
     if let Some(mount) = headers::param(&params, "mount") {
         let digest = parse_digest(mount)?;
@@ -66,8 +78,9 @@ pub async fn start(registry: &Registry, name: &RepoName, request: &Request, body
         // Monolithic upload in one POST: the body is the whole blob.
         Some(digest) => {
             let range = chunk_range(request)?;
-            let body = body.into_data_stream();
-            registry.finish_upload(name, &status.id, &digest, range, body).await?;
+            let (r, n, d) = (registry.clone(), name.clone(), digest.clone());
+            to_the_end(async move { r.finish_upload(&n, &status.id, &d, range, body.into_data_stream()).await })
+                .await?;
             Ok(created(name, &digest))
         }
         None => Ok(in_progress(name, &status, StatusCode::ACCEPTED)),
@@ -80,20 +93,20 @@ pub async fn status(registry: &Registry, name: &RepoName, id: &UploadId) -> ApiR
 }
 
 pub async fn patch(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     name: &RepoName,
     id: &UploadId,
     request: &Request,
     body: RequestBody,
 ) -> ApiResult {
     let range = chunk_range(request)?;
-    let body = body.into_data_stream();
-    let status = registry.append_upload(name, id, range, body).await?;
+    let (r, n, i) = (registry.clone(), name.clone(), id.clone());
+    let status = to_the_end(async move { r.append_upload(&n, &i, range, body.into_data_stream()).await }).await?;
     Ok(in_progress(name, &status, StatusCode::ACCEPTED))
 }
 
 pub async fn put(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     name: &RepoName,
     id: &UploadId,
     request: &Request,
@@ -104,8 +117,8 @@ pub async fn put(
         .ok_or_else(|| Error::DigestInvalid("finishing an upload needs ?digest=<digest>".into()))
         .and_then(parse_digest)?;
     let range = chunk_range(request)?;
-    let body = body.into_data_stream();
-    registry.finish_upload(name, id, &digest, range, body).await?;
+    let (r, n, i, d) = (registry.clone(), name.clone(), id.clone(), digest.clone());
+    to_the_end(async move { r.finish_upload(&n, &i, &d, range, body.into_data_stream()).await }).await?;
     Ok(created(name, &digest))
 }
 
