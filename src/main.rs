@@ -212,18 +212,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Keeps freed buffers in the process instead of giving them back to the kernel at once,
-/// within a bound.
+/// Keeps freed buffers in the process instead of giving them back to the kernel at once.
 ///
-/// glibc returns blocks from 128 KiB up, and a shrinking heap top, to the kernel as soon as
-/// they are freed. A push streams its bytes through megabyte buffers, so every page of
-/// every buffer was faulted in and zeroed again: about 150,000 page faults per GiB pushed,
-/// and a tenth of the push throughput (BENCHMARKS.md). Blocks now come from the heap up to
+/// glibc returns large blocks (from 128 KiB, a threshold it raises when it sees larger ones
+/// freed) and the free top of a heap (from twice that) to the kernel as soon as they are
+/// freed. A push streams its bytes through megabyte buffers, so every page of every
+/// buffer was faulted in and zeroed again: about 150,000 page faults per GiB pushed, and a
+/// tenth of the push throughput (BENCHMARKS.md). Blocks now come from the heap up to
 /// 4 MiB, above any buffer a request allocates (1 MiB chunks, hyper's read buffer of at
-/// most 408 KiB), and a heap keeps up to 16 MiB free: more than an upload's buffers in
-/// flight. glibc gives threads up to eight heaps per core, and each would keep its 16 MiB:
-/// over a push, pulls, five parallel pushes and a `wrk` run, peak memory was 76 MiB (26
-/// MiB with glibc's defaults); with one heap per core it is 45-47 MiB, at the same speed.
+/// most 408 KiB), and a heap gives back its free top only beyond 16 MiB: more than an
+/// upload's buffers in flight. glibc makes up to eight heaps per core, and each could keep
+/// that much: over a push, pulls, five parallel pushes and a `wrk` run, peak memory was 76
+/// MiB (26 MiB with glibc's defaults); with one heap per core (one in all on a one-core
+/// machine or cgroup) it is 45-47 MiB, at the same speed. Free memory below a heap's top
+/// stays with the heap, as it always did, for later allocations.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     let heaps = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -114,8 +114,10 @@ fn prune_empty_dirs(mut dir: &Path, stop: &Path) {
 /// Bytes gathered before one write: network frames are small (tens of KiB), and a system
 /// call per frame would cost more than copying them together.
 const WRITE_CHUNK: usize = 1 << 20;
-/// What `O_DIRECT` asks of a write's buffer address, length and file offset: the page
-/// size, which covers every logical block size in common use.
+/// The alignment of a direct write's buffer address, length and file offset: `O_DIRECT`
+/// asks for the device's logical block size, 4096 bytes or less on the devices in common
+/// use. A device that needs more refuses with EINVAL, and the writer falls back to the
+/// page cache.
 const DIRECT_ALIGN: usize = 4096;
 
 /// A write buffer of up to [`WRITE_CHUNK`] bytes whose data starts on a [`DIRECT_ALIGN`]
@@ -207,6 +209,8 @@ struct DiskSink {
 impl DiskSink {
     fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         if self.mode == WriteMode::CacheFirst && self.written >= DIRECT_FROM {
+            // Always aligned when the writer started aligned (chunks are whole megabytes);
+            // checked, since an unaligned direct write would only fail.
             let aligned = self.written.is_multiple_of(DIRECT_ALIGN as u64);
             self.mode =
                 if aligned && set_direct(&self.file, true).is_ok() { WriteMode::Direct } else { WriteMode::Cache };
