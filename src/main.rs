@@ -223,8 +223,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// most 408 KiB), and a heap gives back its free top only beyond 16 MiB: more than an
 /// upload's buffers in flight. glibc makes up to eight heaps per core, and each could keep
 /// that much: over a push, pulls, five parallel pushes and a `wrk` run, peak memory was 76
-/// MiB (26 MiB with glibc's defaults); with one heap per core (one in all on a one-core
-/// machine or cgroup) it is 45-47 MiB, at the same speed. Free memory below a heap's top
+/// MiB (26 MiB before these settings and the pipelined upload writer came in); with one
+/// heap per core (one in all on a one-core machine or cgroup) it is 45-47 MiB, at the same
+/// speed. Free memory below a heap's top
 /// stays with the heap, as it always did, for later allocations.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {

@@ -36,7 +36,7 @@ enum State {
     /// SHA-512 state is larger than the rest of the struct.)
     InPlace(Box<Hasher>),
     /// Hashing in its own task, which returns the hasher when the channel closes.
-    Threaded { tx: mpsc::Sender<Vec<Bytes>>, done: tokio::task::JoinHandle<Hasher> },
+    Spawned { tx: mpsc::Sender<Vec<Bytes>>, done: tokio::task::JoinHandle<Hasher> },
 }
 
 impl State {
@@ -48,7 +48,7 @@ impl State {
             }
             hasher
         });
-        State::Threaded { tx, done }
+        State::Spawned { tx, done }
     }
 }
 
@@ -70,7 +70,7 @@ impl PipelinedHasher {
         if let State::InPlace(hasher) = &self.state {
             self.state = State::spawn((**hasher).clone());
         }
-        if let State::Threaded { tx, .. } = &self.state {
+        if let State::Spawned { tx, .. } = &self.state {
             // The receiver only goes away if the hashing task panicked; `finish` says so.
             let _ = tx.send(batch).await;
         }
@@ -83,7 +83,7 @@ impl PipelinedHasher {
                 self.batch.iter().for_each(|chunk| hasher.update(chunk));
                 Ok(*hasher)
             }
-            State::Threaded { tx, done } => {
+            State::Spawned { tx, done } => {
                 if !self.batch.is_empty() {
                     let _ = tx.send(self.batch).await;
                 }
