@@ -5,7 +5,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
+use futures_util::Stream;
 use tokio::sync::mpsc;
 
 use super::{BlobStore, ByteStream, StoredBlob, UploadWriter};
@@ -13,6 +17,10 @@ use crate::oci::{Digest, UploadId};
 
 /// Chunk size for reads: large enough that per-chunk overhead vanishes next to the copy.
 const READ_CHUNK: usize = 1 << 20;
+/// Chunks read from the page cache on the consumer's task: small enough to stay in the
+/// core's cache until the network copies them out, large enough that a system call per
+/// chunk costs nothing next to the copy.
+const CACHED_CHUNK: usize = 256 << 10;
 /// Chunks read ahead of the network by a blob's disk thread.
 const PIPELINE_DEPTH: usize = 4;
 /// Chunks queued for an upload's disk thread: two keep it busy, since it writes faster
@@ -53,9 +61,89 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
     tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
+/// Streams `len` bytes of `file` from `offset`. What the page cache holds is read on the
+/// consumer's task without waiting (`RWF_NOWAIT`), in chunks that are still in the core's
+/// cache when the network copies them out; from the first chunk that would wait for the
+/// disk on, a blocking thread reads ahead of the consumer instead.
+fn stream_file(file: File, offset: u64, len: u64) -> io::Result<ByteStream> {
+    Ok(Box::pin(FileStream { file: Some(file), offset, left: len, from_disk: None }))
+}
+
+struct FileStream {
+    /// The file while it is read from the page cache; taken by the disk reader.
+    file: Option<File>,
+    offset: u64,
+    left: u64,
+    from_disk: Option<ByteStream>,
+}
+
+impl Stream for FileStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(disk) = &mut this.from_disk {
+                return disk.as_mut().poll_next(cx);
+            }
+            let Some(file) = &this.file else { return Poll::Ready(None) };
+            if this.left == 0 {
+                return Poll::Ready(None);
+            }
+            let want = this.left.min(CACHED_CHUNK as u64) as usize;
+            match read_cached(file, this.offset, want) {
+                Ok(Some(bytes)) => {
+                    this.offset += bytes.len() as u64;
+                    this.left -= bytes.len() as u64;
+                    return Poll::Ready(Some(Ok(bytes)));
+                }
+                Ok(None) => {
+                    let file = this.file.take().expect("checked above");
+                    this.from_disk = Some(read_ahead(file, this.offset, this.left)?);
+                }
+                Err(e) => {
+                    this.file = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+}
+
+/// Up to `len` bytes at `offset` if the page cache holds them (a prefix if it holds a
+/// prefix); `None` when reading would wait for the disk, or the kernel cannot tell.
+#[cfg(target_os = "linux")]
+fn read_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = Vec::<u8>::with_capacity(len);
+    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
+    // SAFETY: the iovec points at `len` bytes of `buf`'s spare capacity, which outlives
+    // the call; the kernel writes at most `len` bytes there and reports how many.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if n == 0 {
+        // Nothing cached at `offset`, or the file ends there: the disk reader tells which.
+        return Ok(None);
+    }
+    // SAFETY: the kernel initialised the first `n` bytes (n <= len <= capacity).
+    unsafe { buf.set_len(n as usize) };
+    Ok(Some(Bytes::from(buf)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached(_file: &File, _offset: u64, _len: usize) -> io::Result<Option<Bytes>> {
+    Ok(None)
+}
+
 /// Streams `len` bytes of `file` from `offset`, read on a blocking thread a chunk ahead of
 /// the consumer.
-fn stream_file(mut file: File, offset: u64, len: u64) -> io::Result<ByteStream> {
+fn read_ahead(mut file: File, offset: u64, len: u64) -> io::Result<ByteStream> {
     file.seek(SeekFrom::Start(offset))?;
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(PIPELINE_DEPTH);
     tokio::task::spawn_blocking(move || {
@@ -622,6 +710,52 @@ mod tests {
         assert_eq!(sink.finish().unwrap(), DIRECT_FROM + block.len() as u64 + 4);
         let on_disk = fs::read(&path).unwrap();
         assert_eq!(on_disk[DIRECT_FROM as usize..], [&block[..], b"tail"].concat());
+    }
+
+    /// A file of `len` patterned bytes, flushed and then dropped from the page cache, in a
+    /// directory on the disk the build uses (a memory filesystem such as a tmpfs `/tmp`
+    /// cannot drop anything).
+    fn uncached_file(len: usize) -> (tempfile::TempDir, File, Vec<u8>) {
+        let parent = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        fs::create_dir_all(&parent).unwrap();
+        let dir = tempfile::tempdir_in(parent).unwrap();
+        let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let path = dir.path().join("f");
+        fs::write(&path, &content).unwrap();
+        let file = File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: advice on a descriptor this function owns; no memory is passed.
+        let advised =
+            unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(advised, 0);
+        (dir, file, content)
+    }
+
+    #[test]
+    fn only_bytes_in_the_page_cache_are_read_without_waiting() {
+        let (_dir, file, content) = uncached_file(CACHED_CHUNK);
+        assert!(read_cached(&file, 0, 4096).unwrap().is_none(), "dropped pages must not be read on the task");
+        let mut plain = Vec::new();
+        (&file).read_to_end(&mut plain).unwrap();
+        assert_eq!(read_cached(&file, 5, 100).unwrap().unwrap(), content[5..105]);
+        // Past the end there is nothing: the disk reader reports the short file.
+        assert!(read_cached(&file, content.len() as u64, 10).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_read_moves_from_the_page_cache_to_the_disk_where_the_cache_ends() {
+        let len = 4 * CACHED_CHUNK + 123;
+        let (_dir, file, content) = uncached_file(len);
+        // Only the start is cached (with whatever the kernel reads ahead).
+        let mut start = vec![0; 8192];
+        (&file).read_exact(&mut start).unwrap();
+        let from_disk = read_cached(&file, (len - 4096) as u64, 4096).unwrap();
+        assert!(from_disk.is_none(), "the end must still be on the disk only");
+        let stream = stream_file(file.try_clone().unwrap(), 7, (len - 7) as u64).unwrap();
+        assert!(collect(stream).await == content[7..]);
+        // The disk reader left the rest in the cache: a second read finds all of it there.
+        assert_eq!(read_cached(&file, 0, len).unwrap().map(|b| b.len()), Some(len));
+        assert!(collect(stream_file(file, 0, len as u64).unwrap()).await == content);
     }
 
     #[tokio::test]
