@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""The pull ceiling for bench/run: an HTTP server that answers every GET with the bytes of
-one file, held in memory and sent in 1 MiB writes. It reads no file per request and parses
-next to nothing, so no registry can send faster to the same client.
+"""A yardstick for pulls in bench/run: an HTTP server that answers every GET with the bytes
+of one file, held in memory and sent in 1 MiB writes. It reads no file per request and
+parses next to nothing: one copy per byte, from memory that is not in the CPU's cache.
 
 Usage: mem_server.py PORT FILE
 """
