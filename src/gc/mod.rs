@@ -59,11 +59,9 @@ use crate::oci::{Digest, UploadId};
 use crate::policy::Untagged;
 use crate::registry::Registry;
 
-/// Candidates read at once.
+/// Candidates read at once. They are removed in as few transactions as pushes allow
+/// ([`crate::metadata::Metadata::write_each_unflushed`]): a push waits for one removal.
 const BATCH: usize = 1000;
-/// Candidates removed per write transaction: small enough that a push waiting for the
-/// (first-come-first-served) writer waits a millisecond or two, not a whole batch.
-const WRITE_BATCH: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -238,7 +236,8 @@ impl Collector {
         outcome.map(|()| report)
     }
 
-    /// The real run: small transactions, candidates re-checked at removal, bytes last.
+    /// The real run: transactions that give way to pushes, candidates re-checked at
+    /// removal, bytes last.
     async fn run(&self, report: &mut Report) -> Result<()> {
         let ctx = self.ctx();
         // A previous run may have stopped between marking blobs and removing their bytes.
@@ -273,27 +272,18 @@ impl Collector {
         let mut out = Vec::new();
         loop {
             let (cursor, read_ctx) = (after.clone(), ctx.clone());
-            let mut candidates = meta.read(move |c| (pass.select)(c, &read_ctx, &cursor)).await?;
+            let candidates = meta.read(move |c| (pass.select)(c, &read_ctx, &cursor)).await?;
             let Some(last) = candidates.last() else { return Ok(out) };
             after = (pass.cursor)(last);
             self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
-            while !candidates.is_empty() {
-                let chunk: Vec<C> = candidates.drain(..candidates.len().min(WRITE_BATCH)).collect();
-                let write_ctx = ctx.clone();
-                // Unflushed: losing a removal to a power failure only undoes progress that
-                // the next run redoes; the marks that bytes depend on are flushed before any
-                // byte goes (`remove_blob_bytes`).
-                let removed = meta
-                    .write_unflushed(move |c| {
-                        let mut removed = Vec::new();
-                        for candidate in &chunk {
-                            removed.extend((pass.remove)(c, &write_ctx, candidate)?);
-                        }
-                        Ok::<_, MetadataError>(removed)
-                    })
-                    .await?;
-                out.extend(removed);
-            }
+            let write_ctx = ctx.clone();
+            // Unflushed: losing a removal to a power failure only undoes progress that the
+            // next run redoes; the marks that bytes depend on are flushed before any byte
+            // goes (`remove_blob_bytes`).
+            let removed = meta
+                .write_each_unflushed(candidates, move |c, candidate| (pass.remove)(c, &write_ctx, candidate))
+                .await?;
+            out.extend(removed.into_iter().flatten());
         }
     }
 
@@ -342,18 +332,10 @@ impl Collector {
             let doomed: Vec<&(Digest, u64)> = batch.iter().zip(still).filter(|(_, s)| *s).map(|(b, _)| b).collect();
             let digests: Vec<Digest> = doomed.iter().map(|(d, _)| d.clone()).collect();
             store.delete_blobs(&digests).await?;
-            let mut forgotten = Vec::with_capacity(doomed.len());
-            for chunk in doomed.chunks(WRITE_BATCH) {
-                let names: Vec<String> = chunk.iter().map(|(d, _)| d.to_string()).collect();
-                // Unflushed: a forget lost to a power failure leaves a `deleting` row whose
-                // bytes are gone, which the next run finishes.
-                forgotten.extend(
-                    meta.write_unflushed(move |c| {
-                        names.iter().map(|d| q::forget_deleted_blob(c, d)).collect::<MetaResult<Vec<bool>>>()
-                    })
-                    .await?,
-                );
-            }
+            let names: Vec<String> = doomed.iter().map(|(d, _)| d.to_string()).collect();
+            // Unflushed: a forget lost to a power failure leaves a `deleting` row whose
+            // bytes are gone, which the next run finishes.
+            let forgotten = meta.write_each_unflushed(names, |c, d| q::forget_deleted_blob(c, d)).await?;
             for ((digest, size), forgotten) in doomed.into_iter().zip(forgotten) {
                 if forgotten {
                     report.blob(digest.to_string(), *size);

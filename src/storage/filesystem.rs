@@ -23,6 +23,11 @@ const READ_CHUNK: usize = 1 << 20;
 const CACHED_CHUNK: usize = 256 << 10;
 /// Chunks read ahead of the network by a blob's disk thread.
 const PIPELINE_DEPTH: usize = 4;
+/// Threads that unlink a batch of blobs. Freeing a file's blocks can wait for the device:
+/// ext4 without a journal, mounted with `discard`, trims them inside `unlink(2)`, tens of
+/// microseconds each. Those waits overlap across threads (16 unlinked 1,000 small files in
+/// a third of the time 1 thread took, and faster than 4, 32 or 64 threads, on such a disk).
+const UNLINK_THREADS: usize = 16;
 /// Chunks queued for an upload's disk thread: two keep it busy, since it writes faster
 /// than the bytes are hashed, and each one more is a megabyte per concurrent upload.
 const WRITES_IN_FLIGHT: usize = 2;
@@ -512,24 +517,28 @@ impl BlobStore for FilesystemStore {
     }
 
     async fn delete_blobs(&self, digests: &[Digest]) -> io::Result<()> {
-        // A few threads for the whole batch: an unlink costs tens of microseconds of
-        // journaling here, which overlaps across directories; a thread per file would cost
-        // more than the unlinks.
-        const THREADS: usize = 4;
-        let paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
+        let mut paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
+        paths.sort();
         let stop = self.root.join("blobs");
         blocking(move || {
-            let per_thread = paths.len().div_ceil(THREADS).max(1);
+            // One group per shard directory, so that a directory is pruned once, by the
+            // thread that emptied it: a failed `rmdir` of a full shard reads the directory.
+            let mut shards: Vec<&[PathBuf]> = paths.chunk_by(|a, b| a.parent() == b.parent()).collect();
+            let per_thread = shards.len().div_ceil(UNLINK_THREADS).max(1);
             std::thread::scope(|scope| {
-                let workers: Vec<_> = paths
-                    .chunks(per_thread)
-                    .map(|chunk| {
+                let workers: Vec<_> = shards
+                    .chunks_mut(per_thread)
+                    .map(|shards| {
+                        let stop = &stop;
                         scope.spawn(move || {
-                            for path in chunk {
-                                match fs::remove_file(path) {
-                                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                                    _ => {}
+                            for shard in shards.iter() {
+                                for path in shard.iter() {
+                                    match fs::remove_file(path) {
+                                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                                        _ => {}
+                                    }
                                 }
+                                prune_empty_dirs(shard[0].parent().expect("blob path has a parent"), stop);
                             }
                             Ok(())
                         })
@@ -538,16 +547,7 @@ impl BlobStore for FilesystemStore {
                 workers
                     .into_iter()
                     .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("unlink thread panicked"))))
-            })?;
-            // Each shard directory once, after its files: a failed rmdir of a full shard
-            // scans the directory, which costs more than the unlink itself.
-            let mut dirs: Vec<&Path> = paths.iter().map(|p| p.parent().expect("blob path has a parent")).collect();
-            dirs.sort();
-            dirs.dedup();
-            for dir in dirs {
-                prune_empty_dirs(dir, &stop);
-            }
-            Ok(())
+            })
         })
         .await
     }
