@@ -259,8 +259,8 @@ impl Collector {
         Ok(())
     }
 
-    /// Runs one kind of pass: candidates read without blocking writers, then each batch
-    /// removed in one write transaction that re-checks every candidate.
+    /// Runs one kind of pass: candidates read without blocking writers, then removed in
+    /// transactions that give way to other writers, each candidate re-checked.
     async fn pass<C, K, R>(&self, ctx: &Ctx, pass: Pass<C, K, R>) -> Result<Vec<R>>
     where
         C: Send + 'static,

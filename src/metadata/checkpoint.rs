@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode};
 
+use super::WriterLock;
 use super::group_commit::LogFailure;
 
 /// How long commits gather before a checkpoint copies them.
@@ -55,9 +56,6 @@ pub(super) const PACE: Duration = Duration::from_millis(250);
 pub(super) const IDLE: Duration = Duration::from_secs(1);
 /// A log this long (in pages; 4 MiB) is made to start over (SQLite's own threshold).
 const RESTART_FRAMES: i64 = 1000;
-
-/// The writer connection's lock (`Metadata`'s first-come-first-served writer lock).
-pub(super) type WriterLock = Arc<tokio::sync::Mutex<Connection>>;
 
 #[derive(Default)]
 struct State {

@@ -59,12 +59,7 @@ pub struct Metadata {
 
 struct Inner {
     path: std::path::PathBuf,
-    /// The one writing connection, behind a first-come-first-served lock: a collection's
-    /// next batch queues behind the pushes that arrived while its last one ran.
-    writer: Arc<tokio::sync::Mutex<Connection>>,
-    /// Writers queued for `writer` right now: a long run of small writes (a collection)
-    /// ends its transaction as soon as one arrives (see [`Metadata::write_each_unflushed`]).
-    waiting: Arc<AtomicUsize>,
+    writer: WriterLock,
     readers: Mutex<Vec<Connection>>,
     /// Flushes commits to disk; none when the operator turned `sync_writes` off.
     group: Option<GroupCommit>,
@@ -72,8 +67,34 @@ struct Inner {
     checkpointer: Checkpointer,
 }
 
-/// Counts a writer as waiting for the writer lock while it lives (also when the waiting
-/// request is dropped half-way).
+/// The one writing connection, behind a first-come-first-served lock (a collection's next
+/// transaction queues behind the pushes that arrived while its last one ran), with a count
+/// of who is queued for it right now: a long run of small writes ends its transaction as
+/// soon as one arrives (see [`Metadata::write_each_unflushed`]).
+#[derive(Clone)]
+pub(super) struct WriterLock {
+    conn: Arc<tokio::sync::Mutex<Connection>>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl WriterLock {
+    fn new(conn: Connection) -> WriterLock {
+        WriterLock { conn: Arc::new(tokio::sync::Mutex::new(conn)), waiting: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    async fn lock(&self) -> tokio::sync::OwnedMutexGuard<Connection> {
+        let _queued = Queued::new(&self.waiting);
+        self.conn.clone().lock_owned().await
+    }
+
+    /// For threads outside the runtime (the checkpointer).
+    pub(super) fn blocking_lock(&self) -> tokio::sync::MutexGuard<'_, Connection> {
+        let _queued = Queued::new(&self.waiting);
+        self.conn.blocking_lock()
+    }
+}
+
+/// Counts a writer as queued while it lives (also when a waiting request is dropped).
 struct Queued<'a>(&'a AtomicUsize);
 
 impl<'a> Queued<'a> {
@@ -157,13 +178,12 @@ impl Metadata {
         if let Some(group) = &group {
             group.flush_blocking()?;
         }
-        let writer = Arc::new(tokio::sync::Mutex::new(writer));
+        let writer = WriterLock::new(writer);
         Ok(Metadata {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 checkpointer: Checkpointer::start(path, writer.clone(), group.as_ref().map(GroupCommit::failure))?,
                 writer,
-                waiting: Arc::new(AtomicUsize::new(0)),
                 readers: Mutex::new(Vec::new()),
                 group,
             }),
@@ -232,9 +252,10 @@ impl Metadata {
 
     /// Runs `f` on each item and returns the results in order, in as few write transactions
     /// as the other writers allow: a transaction ends after the item during which another
-    /// writer started to wait, so that writer waits for one item, never for a batch, and
-    /// a collection on a quiet registry commits once instead of every hundred rows (each
-    /// commit writes every page it touched to the log again). Unflushed, like
+    /// writer queued, so that writer waits for one item and the commit of those before it,
+    /// and on a quiet registry all the items commit together (each commit writes every page
+    /// it touched to the log again). If `f` fails, the items of that transaction are rolled
+    /// back and the earlier transactions stay. Unflushed, like
     /// [`Metadata::write_unflushed`], so only for work whose loss is redone later.
     pub async fn write_each_unflushed<I, R, E, F>(&self, items: Vec<I>, f: F) -> std::result::Result<Vec<R>, E>
     where
@@ -244,25 +265,23 @@ impl Metadata {
         F: Fn(&Transaction<'_>, &I) -> std::result::Result<R, E> + Clone + Send + 'static,
     {
         let mut done = Vec::with_capacity(items.len());
-        let mut left = items.into_iter().peekable();
-        while left.peek().is_some() {
-            let (waiting, f) = (self.inner.waiting.clone(), f.clone());
-            let mut items: Vec<I> = left.collect();
+        let mut left = items.into_iter();
+        while left.len() > 0 {
+            let (waiting, f) = (self.inner.writer.waiting.clone(), f.clone());
             let (results, rest) = self
                 .write_unflushed(move |tx| {
-                    let mut results = Vec::with_capacity(items.len());
-                    let mut items = items.drain(..);
-                    for item in items.by_ref() {
+                    let mut results = Vec::new();
+                    for item in left.by_ref() {
                         results.push(f(tx, &item)?);
                         if waiting.load(Ordering::Relaxed) > 0 {
                             break;
                         }
                     }
-                    Ok::<_, E>((results, items.collect::<Vec<I>>()))
+                    Ok::<_, E>((results, left))
                 })
                 .await?;
             done.extend(results);
-            left = rest.into_iter().peekable();
+            left = rest;
         }
         Ok(done)
     }
@@ -284,10 +303,7 @@ impl Metadata {
         E: From<MetadataError> + Send + 'static,
         F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
-        let mut conn = {
-            let _queued = Queued::new(&self.inner.waiting);
-            self.inner.writer.clone().lock_owned().await
-        };
+        let mut conn = self.inner.writer.lock().await;
         let this = self.clone();
         let (value, seq) = tokio::task::spawn_blocking(move || -> std::result::Result<_, E> {
             let outcome = (|| {
@@ -370,37 +386,59 @@ mod tests {
         assert_eq!(reprepares, 0);
     }
 
-    /// A long run of small writes gives way to a writer that queues behind it after the
-    /// current item, and does all of its items, in order.
+    /// A long run of small writes is one transaction while it is alone, and gives way to a
+    /// writer that queues during an item right after that item.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_run_of_writes_gives_way_to_a_waiting_writer() {
+    async fn a_run_of_writes_is_one_transaction_until_a_writer_queues() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Metadata::open(&dir.path().join("metadata.sqlite"), false).unwrap();
-        let log = Arc::new(Mutex::new(Vec::<i64>::new()));
-        let run = {
-            let (meta, log) = (meta.clone(), log.clone());
-            tokio::spawn(async move {
-                meta.write_each_unflushed((0..100).collect(), move |_tx, &i| {
-                    std::thread::sleep(Duration::from_millis(1));
-                    log.lock().unwrap().push(i);
-                    Ok::<_, MetadataError>(i * 2)
-                })
-                .await
+        let insert = |tx: &Transaction<'_>, i: i64| tx.execute("INSERT INTO scratch VALUES (?1)", [i]);
+        meta.write(|tx| Ok::<_, MetadataError>(tx.execute("CREATE TABLE scratch (i INTEGER)", [])?)).await.unwrap();
+        let rows = || {
+            meta.read(|tx| {
+                let mut stmt = tx.prepare("SELECT i FROM scratch ORDER BY rowid")?;
+                Ok::<_, MetadataError>(stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<i64>>>()?)
             })
         };
-        tokio::time::sleep(Duration::from_millis(15)).await;
-        let pushed = log.clone();
-        meta.write(move |_tx| {
-            pushed.lock().unwrap().push(-1);
-            Ok::<_, MetadataError>(())
-        })
-        .await
-        .unwrap();
-        assert_eq!(run.await.unwrap().unwrap(), (0..100).map(|i| i * 2).collect::<Vec<_>>());
-        let log = log.lock().unwrap();
-        let turn = log.iter().position(|&i| i == -1).unwrap();
-        assert!(turn < 50, "the waiting writer ran only after {turn} of 100 items");
-        let items: Vec<i64> = log.iter().copied().filter(|&i| i >= 0).collect();
-        assert_eq!(items, (0..100).collect::<Vec<_>>());
+
+        // Alone: a failure at the last item rolls every item back, so all were in one transaction.
+        let failed = meta
+            .write_each_unflushed((0..100).collect(), move |tx, &i| {
+                insert(tx, i)?;
+                if i == 99 {
+                    return Err(MetadataError::Task("the last item fails".into()));
+                }
+                Ok(())
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(rows().await.unwrap(), Vec::<i64>::new());
+
+        // A writer queues while item 10 runs: it commits right after item 10.
+        let (reached, at_ten) = std::sync::mpsc::channel();
+        let waiting = meta.inner.writer.waiting.clone();
+        let run = tokio::spawn({
+            let meta = meta.clone();
+            async move {
+                meta.write_each_unflushed((0..100).collect(), move |tx, &i| {
+                    if i == 10 {
+                        reached.send(()).unwrap();
+                        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                        while waiting.load(Ordering::Relaxed) == 0 {
+                            assert!(std::time::Instant::now() < deadline, "the other writer never queued");
+                            std::thread::yield_now();
+                        }
+                    }
+                    insert(tx, i)?;
+                    Ok::<_, MetadataError>(i)
+                })
+                .await
+            }
+        });
+        tokio::task::spawn_blocking(move || at_ten.recv().unwrap()).await.unwrap();
+        meta.write(move |tx| Ok::<_, MetadataError>(insert(tx, -1)?)).await.unwrap();
+        assert_eq!(run.await.unwrap().unwrap(), (0..100).collect::<Vec<i64>>());
+        let expected: Vec<i64> = (0..=10).chain([-1]).chain(11..100).collect();
+        assert_eq!(rows().await.unwrap(), expected);
     }
 }

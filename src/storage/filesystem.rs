@@ -67,9 +67,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
 }
 
 /// Streams `len` bytes of `file` from `offset`. What the page cache holds is read on the
-/// consumer's task without waiting (`RWF_NOWAIT`), in chunks that are still in the core's
-/// cache when the network copies them out; from the first chunk that would wait for the
-/// disk on, a blocking thread reads ahead of the consumer instead.
+/// consumer's task (`RWF_NOWAIT`, which answers "not cached" instead of waiting for the
+/// data), in chunks that are still in the core's cache when the network copies them out;
+/// from the first chunk not in the cache on, a blocking thread reads ahead of the consumer.
 fn stream_file(file: File, offset: u64, len: u64) -> io::Result<ByteStream> {
     Ok(Box::pin(FileStream { file: Some(file), offset, left: len, from_disk: None }))
 }
@@ -190,6 +190,21 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+/// Unlinks the files of each shard (a missing one is not an error), then prunes the shard's
+/// directory if that left it empty.
+fn unlink_shards(shards: &[&[PathBuf]], stop: &Path) -> io::Result<()> {
+    for shard in shards {
+        for path in shard.iter() {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        prune_empty_dirs(shard[0].parent().expect("blob path has a parent"), stop);
+    }
+    Ok(())
+}
 
 /// Removes `dir` and then its parents up to (not including) `stop`, while they are empty.
 fn prune_empty_dirs(mut dir: &Path, stop: &Path) {
@@ -523,30 +538,21 @@ impl BlobStore for FilesystemStore {
         blocking(move || {
             // One group per shard directory, so that a directory is pruned once, by the
             // thread that emptied it: a failed `rmdir` of a full shard reads the directory.
-            let mut shards: Vec<&[PathBuf]> = paths.chunk_by(|a, b| a.parent() == b.parent()).collect();
+            let shards: Vec<&[PathBuf]> = paths.chunk_by(|a, b| a.parent() == b.parent()).collect();
             let per_thread = shards.len().div_ceil(UNLINK_THREADS).max(1);
             std::thread::scope(|scope| {
                 let workers: Vec<_> = shards
-                    .chunks_mut(per_thread)
+                    .chunks(per_thread)
                     .map(|shards| {
                         let stop = &stop;
-                        scope.spawn(move || {
-                            for shard in shards.iter() {
-                                for path in shard.iter() {
-                                    match fs::remove_file(path) {
-                                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                                        _ => {}
-                                    }
-                                }
-                                prune_empty_dirs(shard[0].parent().expect("blob path has a parent"), stop);
-                            }
-                            Ok(())
-                        })
+                        std::thread::Builder::new().spawn_scoped(scope, move || unlink_shards(shards, stop))
                     })
                     .collect();
+                // A thread that could not start is an error; the others are joined when the
+                // scope ends.
                 workers
                     .into_iter()
-                    .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("unlink thread panicked"))))
+                    .try_for_each(|w| w?.join().unwrap_or_else(|_| Err(io::Error::other("unlink thread panicked"))))
             })
         })
         .await
@@ -595,7 +601,7 @@ impl BlobStore for FilesystemStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::TryStreamExt;
+    use futures_util::{StreamExt, TryStreamExt};
 
     async fn collect(s: ByteStream) -> Vec<u8> {
         s.try_fold(Vec::new(), |mut acc, b| async move {
@@ -716,7 +722,9 @@ mod tests {
     /// directory on the disk the build uses (a memory filesystem such as a tmpfs `/tmp`
     /// cannot drop anything).
     fn uncached_file(len: usize) -> (tempfile::TempDir, File, Vec<u8>) {
-        let parent = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        let parent = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
         fs::create_dir_all(&parent).unwrap();
         let dir = tempfile::tempdir_in(parent).unwrap();
         let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
@@ -752,8 +760,15 @@ mod tests {
         (&file).read_exact(&mut start).unwrap();
         let from_disk = read_cached(&file, (len - 4096) as u64, 4096).unwrap();
         assert!(from_disk.is_none(), "the end must still be on the disk only");
-        let stream = stream_file(file.try_clone().unwrap(), 7, (len - 7) as u64).unwrap();
-        assert!(collect(stream).await == content[7..]);
+        let mut stream =
+            FileStream { file: Some(file.try_clone().unwrap()), offset: 7, left: (len - 7) as u64, from_disk: None };
+        let mut read = stream.next().await.unwrap().unwrap().to_vec();
+        assert!(stream.from_disk.is_none(), "the cached start must be read on the task");
+        while let Some(chunk) = stream.next().await {
+            read.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(read == content[7..]);
+        assert!(stream.from_disk.is_some(), "the uncached end must come from the disk reader");
         // The disk reader left the rest in the cache: a second read finds all of it there.
         assert_eq!(read_cached(&file, 0, len).unwrap().map(|b| b.len()), Some(len));
         assert!(collect(stream_file(file, 0, len as u64).unwrap()).await == content);
