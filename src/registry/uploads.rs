@@ -13,6 +13,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 
 use super::hashing::PipelinedHasher;
 use super::{Error, Registry, Result, quota};
+use crate::failpoints::UPLOAD_BEFORE_FLUSH;
 use crate::metadata::{blobs, now_ms, repositories, uploads};
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName, UploadId};
 
@@ -159,6 +160,7 @@ impl Registry {
             Ok(())
         }
         .await;
+        self.failpoints.hit(UPLOAD_BEFORE_FLUSH).await;
         let flushed = writer.finish().await;
         let hashed = hasher.finish().await;
         let outcome = outcome

@@ -1,7 +1,10 @@
 //! Blob uploads: monolithic, single-POST, chunked (with its 416 rules), status, cancel,
 //! mounts, and digest verification.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
+use tokio::io::AsyncWriteExt;
 
 use crate::harness::*;
 
@@ -178,4 +181,45 @@ async fn automatic_mount_can_be_turned_off() {
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let resp = s.http.post(s.url(&format!("/v2/dst/blobs/uploads/?mount={digest}&from=src"))).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+/// A client that hangs up while its PATCH is being stored does not leave the step half
+/// done: it runs to the end, and the session holds every byte the server received (before,
+/// the dropped step released the session while its disk thread still wrote).
+#[tokio::test]
+async fn an_upload_step_ends_stored_when_its_client_hangs_up() {
+    const PAUSE: &str = "upload.before_flush";
+    let s = Server::start_with(GC_NOW);
+    let resp = s.http.post(s.url("/v2/gone/a/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    let data = random_bytes(11, 3 << 20);
+    s.arm(PAUSE).await;
+    // Raw TCP, so that the test can hang up once the body is sent.
+    let mut tcp = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        s.addr,
+        data.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&data).await.unwrap();
+    s.wait_paused(PAUSE).await;
+    drop(tcp);
+    // Time for the server to see the hang-up, which drops the request.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.release(PAUSE).await;
+    let stored = format!("0-{}", data.len() - 1);
+    let mut range = String::new();
+    for _ in 0..100 {
+        range = header(&s.get(&location).await, "range");
+        if range == stored {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(range, stored, "the step stopped with its client");
+    let digest = sha256(&data);
+    let resp = s.http.put(s.url(&format!("{location}?digest={digest}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(s.get(&format!("/v2/gone/a/blobs/{digest}")).await.bytes().await.unwrap(), data);
 }
