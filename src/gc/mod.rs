@@ -59,8 +59,9 @@ use crate::oci::{Digest, UploadId};
 use crate::policy::Untagged;
 use crate::registry::Registry;
 
-/// Candidates read at once. They are removed in as few transactions as pushes allow
-/// ([`crate::metadata::Metadata::write_each_unflushed`]): a push waits for one removal.
+/// Candidates read at once. They are removed in as few transactions as other writers allow
+/// ([`crate::metadata::Metadata::write_each_unflushed`]): a push that arrives meanwhile
+/// waits for one removal and the commit of those before it.
 const BATCH: usize = 1000;
 
 #[derive(Debug, Clone)]

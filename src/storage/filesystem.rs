@@ -4,7 +4,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -70,8 +69,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
 /// consumer's task (`RWF_NOWAIT`, which answers "not cached" instead of waiting for the
 /// data), in chunks that are still in the core's cache when the network copies them out;
 /// from the first chunk not in the cache on, a blocking thread reads ahead of the consumer.
-fn stream_file(file: File, offset: u64, len: u64) -> io::Result<ByteStream> {
-    Ok(Box::pin(FileStream { file: Some(file), offset, left: len, from_disk: None }))
+fn stream_file(file: File, offset: u64, len: u64) -> ByteStream {
+    Box::pin(FileStream { file: Some(file), offset, left: len, from_disk: None })
 }
 
 struct FileStream {
@@ -464,7 +463,7 @@ impl BlobStore for FilesystemStore {
     async fn read_upload(&self, id: &UploadId, len: u64) -> io::Result<ByteStream> {
         let path = self.upload_path(id);
         let file = blocking(move || File::open(path)).await?;
-        stream_file(file, 0, len)
+        Ok(stream_file(file, 0, len))
     }
 
     async fn commit_upload(&self, id: &UploadId, digest: &Digest) -> io::Result<()> {
@@ -517,7 +516,7 @@ impl BlobStore for FilesystemStore {
     async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> io::Result<ByteStream> {
         let path = self.blob_path(digest);
         let file = blocking(move || File::open(path)).await?;
-        stream_file(file, offset, len)
+        Ok(stream_file(file, offset, len))
     }
 
     async fn delete_blob(&self, digest: &Digest) -> io::Result<()> {
@@ -771,7 +770,7 @@ mod tests {
         assert!(stream.from_disk.is_some(), "the uncached end must come from the disk reader");
         // The disk reader left the rest in the cache: a second read finds all of it there.
         assert_eq!(read_cached(&file, 0, len).unwrap().map(|b| b.len()), Some(len));
-        assert!(collect(stream_file(file, 0, len as u64).unwrap()).await == content);
+        assert!(collect(stream_file(file, 0, len as u64)).await == content);
     }
 
     #[tokio::test]
