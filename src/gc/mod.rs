@@ -27,16 +27,18 @@
 //! 3. **Select, then re-check under the write lock.** Candidates are read without
 //!    blocking writers; each removal re-checks every condition in the removing
 //!    transaction. A tag, a manifest push, a probe or a mount committed in between wins.
-//! 4. **Invisible before gone.** A blob is first marked `deleting` in metadata: from that
-//!    commit it answers 404 and cannot be mounted, so a racing client uploads it again.
-//! 5. **Metadata says gone before the bytes go.** Bytes are removed only after that mark,
-//!    under the digest's lock, after checking the mark is still there (an upload of the
-//!    same digest revives the blob and keeps its new bytes); then the row is forgotten. A
-//!    crash between the steps leaves a `deleting` row that the next run finishes, or bytes
-//!    that metadata does not know, which reconcile removes. A collection's commits do not
-//!    wait for the disk, because losing them only undoes progress that the next run
-//!    redoes; but with `sync_writes` one flush makes every mark durable before any byte
-//!    goes, so not even a power loss brings back a live row without bytes.
+//! 4. **Gone from metadata, then from storage.** A garbage blob's row is deleted by the
+//!    transaction that re-checks it (with its last link, when the link goes in this run):
+//!    from that commit it answers 404 and cannot be mounted, so a racing client uploads it
+//!    again.
+//! 5. **Bytes last.** Bytes are removed only after that commit, under the digest's lock,
+//!    after checking that metadata still does not know the digest (an upload of the same
+//!    digest records it again and keeps its new bytes). A crash or a storage error between
+//!    the two leaves bytes that metadata does not know, which reconcile removes. A
+//!    collection's commits do not wait for the disk, because losing them only undoes
+//!    progress that the next run redoes; but with `sync_writes` one flush makes every
+//!    removal durable before any byte goes, so not even a power loss brings back a row
+//!    whose bytes are gone.
 //! 6. **Reconcile** compares storage with metadata: bytes unknown to metadata and older
 //!    than the grace period are removed (logged, counted); metadata pointing at missing
 //!    bytes is reported loudly and never dropped; any listing error stops it.
@@ -241,9 +243,6 @@ impl Collector {
     /// removal, bytes last.
     async fn run(&self, report: &mut Report) -> Result<()> {
         let ctx = self.ctx();
-        // A previous run may have stopped between marking blobs and removing their bytes.
-        let leftover = self.registry.meta.read(|c| q::deleting_blobs(c)).await?;
-        self.remove_blob_bytes(leftover, report).await?;
         // Removing a manifest can make its blobs, links and children garbage: repeat until
         // a round removes nothing.
         loop {
@@ -288,21 +287,26 @@ impl Collector {
         }
     }
 
-    /// One round of a real run: manifests, then links, then blobs (marked, then bytes).
+    /// One round of a real run: manifests, then links (with the blobs that lose their last
+    /// one), then blobs that had no link; the blobs' bytes last.
     async fn round(&self, ctx: &Ctx, report: &mut Report) -> Result<()> {
         self.pass(ctx, MANIFESTS).await?.into_iter().for_each(|m| report.manifest(m));
-        self.pass(ctx, LINKS).await?.into_iter().for_each(|(repo, digest)| report.link(repo, digest));
-        let marked = self.pass(ctx, BLOBS).await?;
+        let mut blobs = Vec::new();
+        for link in self.pass(ctx, LINKS).await? {
+            blobs.extend(link.blob.map(|size| (link.digest.clone(), size)));
+            report.link(link.repository, link.digest);
+        }
+        blobs.extend(self.pass(ctx, BLOBS).await?);
         self.registry.failpoints.hit(GC_BEFORE_BYTES).await;
-        self.remove_blob_bytes(marked, report).await
+        self.remove_blob_bytes(blobs, report).await
     }
 
-    /// Removes the bytes of blobs marked `deleting`, then forgets them, a batch at a time.
-    /// The batch's digests are locked first (in order: an upload holds at most one digest
-    /// lock, so there is no cycle), then re-checked: a digest an upload revived meanwhile
+    /// Removes the bytes of blobs that metadata no longer knows, a batch at a time. The
+    /// batch's digests are locked first (in order: an upload holds at most one digest lock,
+    /// so there is no cycle), then re-checked: a digest an upload recorded again meanwhile
     /// keeps its (new) bytes.
-    async fn remove_blob_bytes(&self, marked: Vec<(String, u64)>, report: &mut Report) -> Result<()> {
-        let mut marked: Vec<(Digest, u64)> = marked
+    async fn remove_blob_bytes(&self, removed: Vec<(String, u64)>, report: &mut Report) -> Result<()> {
+        let mut removed: Vec<(Digest, u64)> = removed
             .into_iter()
             .filter_map(|(digest, size)| match digest.parse() {
                 Ok(d) => Some((d, size)),
@@ -312,35 +316,38 @@ impl Collector {
                 }
             })
             .collect();
-        marked.sort();
+        removed.sort();
         let (meta, store) = (&self.registry.meta, &self.registry.store);
-        if marked.is_empty() {
+        if removed.is_empty() {
             return Ok(());
         }
-        // The marks were committed without waiting for the disk: one flush makes them all
-        // durable before the first byte goes, so no power loss can bring back a live row
-        // whose bytes are gone.
-        meta.flush().await?;
-        for batch in marked.chunks(BATCH) {
-            let mut guards = Vec::with_capacity(batch.len());
-            for (digest, _) in batch {
-                guards.push(self.registry.digest_locks.lock(digest).await);
-            }
-            let names: Vec<String> = batch.iter().map(|(d, _)| d.to_string()).collect();
-            let still: Vec<bool> = meta
-                .read(move |c| names.iter().map(|d| q::is_deleting(c, d)).collect::<MetaResult<Vec<bool>>>())
-                .await?;
-            let doomed: Vec<&(Digest, u64)> = batch.iter().zip(still).filter(|(_, s)| *s).map(|(b, _)| b).collect();
+        // The removals were committed without waiting for the disk: one flush makes them all
+        // durable before the first byte goes, so no power loss can bring back a row whose
+        // bytes are gone. The first batch is locked and re-checked meanwhile.
+        let mut flush = Some(meta.flush());
+        for batch in removed.chunks(BATCH) {
+            let lock_and_check = async {
+                let mut guards = Vec::with_capacity(batch.len());
+                for (digest, _) in batch {
+                    guards.push(self.registry.digest_locks.lock(digest).await);
+                }
+                let names: Vec<String> = batch.iter().map(|(d, _)| d.to_string()).collect();
+                Ok::<_, GcError>((guards, meta.read(move |c| q::known_blobs(c, &names)).await?))
+            };
+            let flushed = async {
+                match flush.take() {
+                    Some(flush) => flush.await,
+                    None => Ok(()),
+                }
+            };
+            let (flushed, checked) = tokio::join!(flushed, lock_and_check);
+            flushed?;
+            let (_guards, known) = checked?;
+            let doomed: Vec<&(Digest, u64)> = batch.iter().zip(known).filter(|(_, k)| !k).map(|(b, _)| b).collect();
             let digests: Vec<Digest> = doomed.iter().map(|(d, _)| d.clone()).collect();
             store.delete_blobs(&digests).await?;
-            let names: Vec<String> = doomed.iter().map(|(d, _)| d.to_string()).collect();
-            // Unflushed: a forget lost to a power failure leaves a `deleting` row whose
-            // bytes are gone, which the next run finishes.
-            let forgotten = meta.write_each_unflushed(names, |c, d| q::forget_deleted_blob(c, d)).await?;
-            for ((digest, size), forgotten) in doomed.into_iter().zip(forgotten) {
-                if forgotten {
-                    report.blob(digest.to_string(), *size);
-                }
+            for (digest, size) in doomed {
+                report.blob(digest.to_string(), *size);
             }
         }
         Ok(())
@@ -407,13 +414,13 @@ impl Collector {
             .meta
             .simulate(move |c| {
                 let mut out = Report::new("collect", "", true);
-                for (digest, size) in q::deleting_blobs(c)? {
-                    out.blob(digest, size);
-                }
                 loop {
                     let before = out.removed.len();
                     simulate_pass(c, &ctx, MANIFESTS)?.into_iter().for_each(|m| out.manifest(m));
-                    simulate_pass(c, &ctx, LINKS)?.into_iter().for_each(|(repo, digest)| out.link(repo, digest));
+                    for link in simulate_pass(c, &ctx, LINKS)? {
+                        out.link(link.repository, link.digest.clone());
+                        link.blob.into_iter().for_each(|size| out.blob(link.digest.clone(), size));
+                    }
                     simulate_pass(c, &ctx, BLOBS)?.into_iter().for_each(|(digest, size)| out.blob(digest, size));
                     if out.removed.len() == before {
                         break;
@@ -489,21 +496,21 @@ const MANIFESTS: Pass<q::ManifestCandidate, (i64, i64), q::RemovedManifest> = Pa
     remove: |c, ctx, m| q::remove_manifest_if_garbage(c, m.id, &ctx.judge()),
 };
 
-const LINKS: Pass<q::LinkCandidate, (i64, i64, String), (String, String)> = Pass {
+/// A link goes with its blob when it was the blob's last link (bytes afterwards).
+const LINKS: Pass<q::LinkCandidate, (i64, i64, String), q::RemovedLink> = Pass {
     start: || (i64::MIN, i64::MIN, String::new()),
     select: |c, ctx, after| q::link_candidates(c, ctx.cutoff, (after.0, after.1, &after.2), BATCH),
     cursor: |l| (l.linked_at, l.repository_id, l.digest.clone()),
-    remove: |c, ctx, l| {
-        Ok(q::remove_link_if_garbage(c, l.repository_id, &l.digest, ctx.cutoff)?.map(|repo| (repo, l.digest.clone())))
-    },
+    remove: |c, ctx, l| q::remove_link_if_garbage(c, l, ctx.cutoff),
 };
 
-/// Blobs are only marked `deleting` here; their bytes go afterwards, outside metadata.
+/// Blobs with no link (left by an earlier run's grace period, or never linked); removed
+/// from metadata here, their bytes afterwards.
 const BLOBS: Pass<q::BlobCandidate, (i64, String), (String, u64)> = Pass {
     start: || (i64::MIN, String::new()),
     select: |c, ctx, after| q::blob_candidates(c, ctx.cutoff, (after.0, &after.1), BATCH),
     cursor: |b| (b.touched_at, b.digest.clone()),
-    remove: |c, ctx, b| Ok(q::mark_blob_deleting(c, &b.digest, ctx.cutoff)?.map(|size| (b.digest.clone(), size))),
+    remove: |c, ctx, b| Ok(q::remove_blob_if_garbage(c, &b.digest, ctx.cutoff)?.map(|size| (b.digest.clone(), size))),
 };
 
 /// A pass of the dry run: the same queries and re-checked removals, on one transaction.
@@ -528,11 +535,12 @@ pub(crate) fn blobs_freed_eventually(c: &rusqlite::Connection, ctx: &Ctx) -> Met
     let mut freed = Vec::new();
     loop {
         let manifests = simulate_pass(c, &ctx, MANIFESTS)?.len();
-        let links = simulate_pass(c, &ctx, LINKS)?.len();
+        let links = simulate_pass(c, &ctx, LINKS)?;
         let blobs = simulate_pass(c, &ctx, BLOBS)?;
-        if manifests + links + blobs.len() == 0 {
+        if manifests + links.len() + blobs.len() == 0 {
             return Ok(freed);
         }
+        freed.extend(links.into_iter().filter_map(|l| Some((l.digest, l.blob?))));
         freed.extend(blobs);
     }
 }

@@ -34,7 +34,7 @@ impl Collector {
         let old_enough = SystemTime::now() - self.options.grace_period;
         // Metadata first, then storage: every blob recorded before this snapshot had its
         // bytes committed before it was recorded, so it is in the listing unless missing.
-        let known = reg.meta.read(|c| q::all_live_blobs(c)).await?;
+        let known = reg.meta.read(|c| q::all_blobs(c)).await?;
         let stored = reg.store.list_blobs().await?;
         let uploads = reg.store.list_uploads().await?;
 

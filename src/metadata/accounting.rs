@@ -39,8 +39,6 @@ pub fn graph(conn: &Connection) -> Result<GraphRows> {
             "SELECT r.name, t.name, t.manifest_id FROM tags t JOIN repositories r ON r.id = t.repository_id",
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?,
-        blobs: all(conn, "SELECT digest, size FROM blobs WHERE state = 0", |r| {
-            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
-        })?,
+        blobs: all(conn, "SELECT digest, size FROM blobs", |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?,
     })
 }

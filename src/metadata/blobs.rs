@@ -6,12 +6,11 @@ use super::Result;
 use super::repositories::RepoId;
 use crate::oci::Digest;
 
-/// Records a verified blob, or refreshes `touched_at` of a known one. A blob that garbage
-/// collection was deleting becomes live again: its bytes were just written anew.
+/// Records a verified blob, or refreshes `touched_at` of a known one.
 pub fn insert_or_touch(conn: &Connection, digest: &Digest, size: u64, now: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO blobs (digest, size, created_at, touched_at) VALUES (?1, ?2, ?3, ?3)
-         ON CONFLICT (digest) DO UPDATE SET touched_at = MAX(touched_at, excluded.touched_at), state = 0",
+         ON CONFLICT (digest) DO UPDATE SET touched_at = MAX(touched_at, excluded.touched_at)",
     )?
     .execute(params![digest.to_string(), size as i64, now])?;
     Ok(())
@@ -24,10 +23,10 @@ pub fn touch(conn: &Connection, digest: &Digest, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// The size of a live blob known anywhere in the registry (a blob being deleted is not).
+/// The size of a blob known anywhere in the registry.
 pub fn size(conn: &Connection, digest: &Digest) -> Result<Option<u64>> {
     Ok(conn
-        .prepare_cached("SELECT size FROM blobs WHERE digest = ?1 AND state = 0")?
+        .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
         .query_row([digest.to_string()], |r| r.get::<_, i64>(0))
         .optional()?
         .map(|s| s as u64))
@@ -41,12 +40,12 @@ pub struct LinkedBlob {
     pub used_at: i64,
 }
 
-/// The blob if `repo` may read it (linked, and not being deleted).
+/// The blob if `repo` may read it (linked).
 pub fn linked(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<LinkedBlob>> {
     Ok(conn
         .prepare_cached(
             "SELECT b.size, MIN(l.linked_at, b.touched_at) FROM repository_blobs l JOIN blobs b ON b.digest = l.digest
-              WHERE l.repository_id = ?1 AND l.digest = ?2 AND b.state = 0",
+              WHERE l.repository_id = ?1 AND l.digest = ?2",
         )?
         .query_row(params![repo, digest.to_string()], |r| {
             Ok(LinkedBlob { size: r.get::<_, i64>(0)? as u64, used_at: r.get(1)? })
@@ -110,7 +109,7 @@ pub fn group_usage(conn: &Connection, repos: &[RepoId], digest: &Digest) -> Resu
     // The ids are integers from the database, so building the list is safe.
     let used: i64 = conn.query_row(
         &format!(
-            "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE state = 0 AND digest IN
+            "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE digest IN
                (SELECT DISTINCT digest FROM repository_blobs WHERE repository_id IN ({ids}))"
         ),
         [],

@@ -113,6 +113,9 @@ pub fn remove_manifest_if_garbage(
 #[derive(Debug, Clone)]
 pub struct LinkCandidate {
     pub repository_id: RepoId,
+    /// Read with the candidate: only collection removes repositories, after its passes, so
+    /// the id still names this repository when the link is removed.
+    pub repository: String,
     pub digest: String,
     pub linked_at: i64,
 }
@@ -124,28 +127,41 @@ pub fn link_candidates(
     limit: usize,
 ) -> Result<Vec<LinkCandidate>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT repository_id, digest, linked_at FROM repository_blobs
-          WHERE ref_count = 0 AND linked_at <= ?1 AND (linked_at, repository_id, digest) > (?2, ?3, ?4)
-          ORDER BY linked_at, repository_id, digest LIMIT ?5",
+        "SELECT l.repository_id, r.name, l.digest, l.linked_at FROM repository_blobs l
+           JOIN repositories r ON r.id = l.repository_id
+          WHERE l.ref_count = 0 AND l.linked_at <= ?1 AND (l.linked_at, l.repository_id, l.digest) > (?2, ?3, ?4)
+          ORDER BY l.linked_at, l.repository_id, l.digest LIMIT ?5",
     )?;
     let rows = stmt.query_map(params![cutoff, after.0, after.1, after.2, limit as i64], |r| {
-        Ok(LinkCandidate { repository_id: r.get(0)?, digest: r.get(1)?, linked_at: r.get(2)? })
+        Ok(LinkCandidate { repository_id: r.get(0)?, repository: r.get(1)?, digest: r.get(2)?, linked_at: r.get(3)? })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Removes the link if still unreferenced and unused since the cutoff; returns the
-/// repository's name if it did.
-pub fn remove_link_if_garbage(conn: &Connection, repo: RepoId, digest: &str, cutoff: i64) -> Result<Option<String>> {
+/// A link removed by collection, and its blob if that was the blob's last link and the
+/// blob is garbage too (removed from metadata in the same transaction).
+#[derive(Debug, Clone)]
+pub struct RemovedLink {
+    pub repository: String,
+    pub digest: String,
+    /// The size of the blob, if it went with its last link.
+    pub blob: Option<u64>,
+}
+
+/// Removes the link if still unreferenced and unused since the cutoff, then the blob if
+/// nothing else keeps it ([`remove_blob_if_garbage`]): most garbage blobs lose their last
+/// link in a collection, and removing both at once spares a second walk over them.
+pub fn remove_link_if_garbage(conn: &Connection, link: &LinkCandidate, cutoff: i64) -> Result<Option<RemovedLink>> {
     let removed = conn
         .prepare_cached(
             "DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2 AND ref_count = 0 AND linked_at <= ?3",
         )?
-        .execute(params![repo, digest, cutoff])?;
+        .execute(params![link.repository_id, link.digest, cutoff])?;
     if removed == 0 {
         return Ok(None);
     }
-    Ok(Some(conn.prepare_cached("SELECT name FROM repositories WHERE id = ?1")?.query_row([repo], |r| r.get(0))?))
+    let blob = remove_blob_if_garbage(conn, &link.digest, cutoff)?;
+    Ok(Some(RemovedLink { repository: link.repository.clone(), digest: link.digest.clone(), blob }))
 }
 
 /// A blob no manifest references and no repository links.
@@ -158,7 +174,7 @@ pub struct BlobCandidate {
 pub fn blob_candidates(conn: &Connection, cutoff: i64, after: (i64, &str), limit: usize) -> Result<Vec<BlobCandidate>> {
     let mut stmt = conn.prepare_cached(
         "SELECT digest, touched_at FROM blobs b
-          WHERE ref_count = 0 AND state = 0 AND touched_at <= ?1 AND (touched_at, digest) > (?2, ?3)
+          WHERE ref_count = 0 AND touched_at <= ?1 AND (touched_at, digest) > (?2, ?3)
             AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = b.digest)
           ORDER BY touched_at, digest LIMIT ?4",
     )?;
@@ -168,14 +184,16 @@ pub fn blob_candidates(conn: &Connection, cutoff: i64, after: (i64, &str), limit
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Marks the blob as being deleted if it is still garbage; returns its size if it did.
-/// From this commit on the blob is invisible: probes answer 404 and mounts refuse it, so a
-/// client uploads it again instead of linking bytes about to disappear.
-pub fn mark_blob_deleting(conn: &Connection, digest: &str, cutoff: i64) -> Result<Option<u64>> {
+/// Removes the blob from metadata if it is still garbage (no reference, no link, untouched
+/// since the cutoff); returns its size if it did. From this commit on the blob does not
+/// exist for any reader: probes answer 404 and mounts refuse it, so a client uploads it
+/// again instead of linking bytes about to disappear. Its bytes go afterwards
+/// (`gc::Collector::remove_blob_bytes`).
+pub fn remove_blob_if_garbage(conn: &Connection, digest: &str, cutoff: i64) -> Result<Option<u64>> {
     Ok(conn
         .prepare_cached(
-            "UPDATE blobs SET state = 1
-              WHERE digest = ?1 AND state = 0 AND ref_count = 0 AND touched_at <= ?2
+            "DELETE FROM blobs
+              WHERE digest = ?1 AND ref_count = 0 AND touched_at <= ?2
                 AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = blobs.digest)
           RETURNING size",
         )?
@@ -184,25 +202,11 @@ pub fn mark_blob_deleting(conn: &Connection, digest: &str, cutoff: i64) -> Resul
         .map(|s| s as u64))
 }
 
-/// Blobs marked as being deleted (including by a collection that crashed), with sizes.
-pub fn deleting_blobs(conn: &Connection) -> Result<Vec<(String, u64)>> {
-    let mut stmt = conn.prepare_cached("SELECT digest, size FROM blobs WHERE state = 1 ORDER BY digest")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-/// Whether the blob is still marked as being deleted (an upload may have revived it).
-pub fn is_deleting(conn: &Connection, digest: &str) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1 AND state = 1")?
-        .query_row([digest], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-/// Forgets a blob whose bytes are gone; false if an upload revived it meanwhile.
-pub fn forget_deleted_blob(conn: &Connection, digest: &str) -> Result<bool> {
-    Ok(conn.prepare_cached("DELETE FROM blobs WHERE digest = ?1 AND state = 1")?.execute([digest])? > 0)
+/// Which of `digests` metadata knows (an upload may have recorded one again since a
+/// collection removed it).
+pub fn known_blobs(conn: &Connection, digests: &[String]) -> Result<Vec<bool>> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")?;
+    digests.iter().map(|d| Ok(stmt.exists([d])?)).collect()
 }
 
 /// Where a walk over stale uploads stands: `(updated_at, rowid)` of the last one seen.
@@ -262,18 +266,14 @@ pub fn remove_empty_repositories(conn: &Connection) -> Result<Vec<String>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Whether metadata knows the blob (in any state).
+/// Whether metadata knows the blob.
 pub fn blob_known(conn: &Connection, digest: &str) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")?
-        .query_row([digest], |_| Ok(()))
-        .optional()?
-        .is_some())
+    Ok(conn.prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")?.exists([digest])?)
 }
 
-/// Every live blob metadata knows, for the reconcile's comparison with storage.
-pub fn all_live_blobs(conn: &Connection) -> Result<Vec<(String, u64)>> {
-    let mut stmt = conn.prepare_cached("SELECT digest, size FROM blobs WHERE state = 0")?;
+/// Every blob metadata knows, for the reconcile's comparison with storage.
+pub fn all_blobs(conn: &Connection) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT digest, size FROM blobs")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

@@ -31,8 +31,11 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use checkpoint::Checkpointer;
 use group_commit::GroupCommit;
 
-const SCHEMA_VERSION: i64 = 1;
+/// The schema of a new database, at the newest version.
 const SCHEMA: &str = include_str!("schema.sql");
+/// Upgrades of older databases, in order: `MIGRATIONS[i]` takes version `i + 1` to `i + 2`.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/2.sql")];
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 /// Readers kept open for reuse; more are opened on demand under load.
 const IDLE_READERS: usize = 8;
 
@@ -168,13 +171,23 @@ impl Metadata {
                 tx.commit()?;
             }
             SCHEMA_VERSION => {}
+            // All steps in one transaction: a failed upgrade leaves the old version intact.
+            older @ 1..SCHEMA_VERSION => {
+                let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                for step in &MIGRATIONS[older as usize - 1..] {
+                    tx.execute_batch(step)?;
+                }
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                tx.commit()?;
+                tracing::info!(from = older, to = SCHEMA_VERSION, "metadata schema upgraded");
+            }
             found => {
                 return Err(MetadataError::SchemaVersion { found, expected: SCHEMA_VERSION });
             }
         }
         // Whatever an earlier process committed (a crash leaves commits that were never
         // flushed) is made durable before this one builds on it: a collection may remove
-        // bytes on the strength of a mark it finds here.
+        // bytes on the strength of a row it no longer finds here.
         if let Some(group) = &group {
             group.flush_blocking()?;
         }
@@ -384,6 +397,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reprepares, 0);
+    }
+
+    /// A version-1 database is upgraded in place: blobs an old collection had marked as
+    /// being deleted are gone (their bytes are reconcile's), live blobs stay.
+    #[test]
+    fn a_version_1_database_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            // What version 2 removed from version 1.
+            conn.execute_batch(
+                "ALTER TABLE blobs ADD COLUMN state INTEGER NOT NULL DEFAULT 0 CHECK (state IN (0, 1));
+                 CREATE INDEX blobs_deleting ON blobs (digest) WHERE state = 1;
+                 INSERT INTO blobs (digest, size, created_at, touched_at, state) VALUES ('sha256:live', 1, 0, 0, 0);
+                 INSERT INTO blobs (digest, size, created_at, touched_at, state) VALUES ('sha256:marked', 2, 0, 0, 1);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        drop(Metadata::open(&path, false).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let mut stmt = conn.prepare("SELECT * FROM blobs ORDER BY digest").unwrap();
+        assert_eq!(
+            stmt.column_names().collect::<Vec<_>>(),
+            ["digest", "size", "created_at", "touched_at", "ref_count"]
+        );
+        let digests: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+        assert_eq!(digests, ["sha256:live"]);
+        // And it opens again as it is.
+        drop(stmt);
+        drop(conn);
+        drop(Metadata::open(&path, false).unwrap());
+    }
+
+    /// A database from a newer Bosun is refused, not guessed at.
+    #[test]
+    fn a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.sqlite");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        assert!(matches!(Metadata::open(&path, false), Err(MetadataError::SchemaVersion { .. })));
     }
 
     /// A long run of small writes is one transaction while it is alone, and gives way to a

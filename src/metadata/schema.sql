@@ -1,4 +1,4 @@
--- Bosun metadata, schema version 1. The single source of truth for repositories, tags,
+-- Bosun metadata, schema version 2 (`migrations/` upgrades older databases). The single source of truth for repositories, tags,
 -- manifests, blobs and every reference between them. Storage holds bytes only.
 --
 -- Reference counts (blobs.ref_count, repository_blobs.ref_count, manifests.tag_count,
@@ -23,19 +23,16 @@ CREATE TABLE repositories (
     created_at INTEGER NOT NULL
 );
 
--- Every blob whose bytes were verified and committed to storage.
--- state: 0 = live; 1 = being deleted (invisible to every reader and to mounts; an upload
--- of the same digest makes it live again).
+-- Every blob whose bytes were verified and committed to storage. Garbage collection
+-- deletes the row before it removes the bytes, so a row always has its bytes.
 CREATE TABLE blobs (
     digest     TEXT PRIMARY KEY,
     size       INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     touched_at INTEGER NOT NULL,
-    ref_count  INTEGER NOT NULL DEFAULT 0 CHECK (ref_count >= 0),
-    state      INTEGER NOT NULL DEFAULT 0 CHECK (state IN (0, 1))
+    ref_count  INTEGER NOT NULL DEFAULT 0 CHECK (ref_count >= 0)
 ) WITHOUT ROWID;
 CREATE INDEX blobs_unreferenced ON blobs (touched_at) WHERE ref_count = 0;
-CREATE INDEX blobs_deleting ON blobs (digest) WHERE state = 1;
 
 -- Which repository may read which blob. ref_count: manifests of this repository that
 -- reference the blob.

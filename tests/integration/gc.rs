@@ -267,12 +267,12 @@ async fn reconcile_removes_unknown_bytes_and_reports_missing_ones() {
     // Bytes metadata does not know (as a crash between commit and record leaves them).
     let orphan = b"orphan bytes";
     let d = sha256(orphan);
-    let path = s.data_dir.join("blobs/sha256").join(&d[7..9]).join(&d[7..]);
+    let path = blob_file(&s.data_dir, &d);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, orphan).unwrap();
     // Bytes metadata knows, gone from storage.
     let lost = s.push_blob("rec", b"lost layer").await;
-    std::fs::remove_file(s.data_dir.join("blobs/sha256").join(&lost[7..9]).join(&lost[7..])).unwrap();
+    std::fs::remove_file(blob_file(&s.data_dir, &lost)).unwrap();
 
     let dry: Value = s.reconcile(true).await.json().await.unwrap();
     assert_eq!(count(&dry, "blob"), 1);
@@ -294,7 +294,7 @@ async fn a_listing_error_stops_the_reconcile_before_it_removes_anything() {
     let s = Server::start_with(GC_NOW);
     let orphan = b"orphan";
     let d = sha256(orphan);
-    let path = s.data_dir.join("blobs/sha256").join(&d[7..9]).join(&d[7..]);
+    let path = blob_file(&s.data_dir, &d);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, orphan).unwrap();
     // Something in the blob area that is not a blob: the listing is not trustworthy.

@@ -20,25 +20,36 @@ async fn assert_consistent(s: &Server) {
 }
 
 #[tokio::test]
-async fn killed_between_marking_and_removing_bytes() {
+async fn killed_between_removing_rows_and_removing_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let kept_layers = [random_bytes(300, 50_000)];
+    let doomed_layer = random_bytes(301, 50_000);
+    let doomed_digest;
     {
         let mut s = Server::start_in(dir.path(), GC_NOW);
         s.push_image("crash/kept", "v1", &[&kept_layers[0]]).await;
-        let (_, doomed) = s.push_image("crash/doomed", "v1", &[&random_bytes(301, 50_000)]).await;
+        let (_, doomed) = s.push_image("crash/doomed", "v1", &[&doomed_layer]).await;
+        doomed_digest = sha256(&doomed_layer);
         s.delete(&format!("/v2/crash/doomed/manifests/{doomed}")).await;
         s.arm("gc.before_bytes").await;
         let gc = tokio::spawn(s.http.post(s.url("/admin/gc")).send());
         s.wait_paused("gc.before_bytes").await;
-        // Metadata says "deleting"; the bytes are still there. Kill now.
+        // Metadata no longer knows the blobs; their bytes are still there. Kill now.
         s.kill();
         assert!(gc.await.unwrap().is_err(), "the collection should have died with the server");
     }
+    assert!(blob_file(dir.path(), &doomed_digest).exists(), "the kill came before the bytes went");
     let s = Server::start_in(dir.path(), GC_NOW);
     s.verify_image("crash/kept", "v1").await.unwrap();
+    assert_eq!(s.get(&format!("/v2/crash/doomed/blobs/{doomed_digest}")).await.status(), StatusCode::NOT_FOUND);
+    // Nothing is left for a collection: the bytes metadata does not know are reconcile's.
     let report = s.gc(false).await;
-    assert_eq!(report["blobs_removed"], 2, "the interrupted deletion is finished: {report}");
+    assert_eq!(report["blobs_removed"], 0, "{report}");
+    let reconcile: Value = s.reconcile(false).await.json().await.unwrap();
+    let removed: Vec<&str> =
+        reconcile["removed"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(removed, ["blob", "blob"], "the layer and the config: {reconcile}");
+    assert!(!blob_file(dir.path(), &doomed_digest).exists());
     assert_consistent(&s).await;
     s.verify_image("crash/kept", "v1").await.unwrap();
 }

@@ -1,6 +1,6 @@
 //! Races with garbage collection made deterministic: a test pause point stops a
-//! collection between choosing its candidates and removing them (or between marking a
-//! blob as being deleted and removing its bytes), the test acts in the pause, and every
+//! collection between choosing its candidates and removing them (or between removing a
+//! blob from metadata and removing its bytes), the test acts in the pause, and every
 //! resulting image must pull intact.
 
 use std::sync::Arc;
@@ -114,7 +114,7 @@ async fn a_reupload_while_the_bytes_are_being_deleted_ends_with_the_bytes_in_pla
         assert_eq!(s.delete(&format!("/v2/race/reup/blobs/{d}")).await.status(), StatusCode::ACCEPTED);
     }
     let gc = paused_gc(&s, BEFORE_BYTES).await;
-    // Marked as being deleted: invisible, and not mountable, so the client uploads again.
+    // Gone from metadata: invisible, and not mountable, so the client uploads again.
     assert_eq!(s.head(&format!("/v2/race/reup/blobs/{l}")).await.status(), StatusCode::NOT_FOUND);
     let resp = s.http.post(s.url(&format!("/v2/race/reup/blobs/uploads/?mount={l}"))).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED, "a blob being deleted was mounted");

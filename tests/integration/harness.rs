@@ -202,6 +202,12 @@ pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
+/// Where the filesystem store keeps the bytes of a sha256 `digest` under `data_dir`.
+pub fn blob_file(data_dir: &Path, digest: &str) -> std::path::PathBuf {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    data_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
 pub fn header(resp: &Response, name: &str) -> String {
     resp.headers().get(name).unwrap_or_else(|| panic!("response has no {name} header")).to_str().unwrap().to_owned()
 }
