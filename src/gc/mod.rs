@@ -38,7 +38,8 @@
 //!    collection's commits do not wait for the disk, because losing them only undoes
 //!    progress that the next run redoes; but with `sync_writes` one flush makes every
 //!    removal durable before any byte goes, so not even a power loss brings back a row
-//!    whose bytes are gone.
+//!    whose bytes are gone. (Every other place that removes bytes because metadata has no
+//!    row for them, reconcile and a failed upload, flushes first too.)
 //! 6. **Reconcile** compares storage with metadata: bytes unknown to metadata and older
 //!    than the grace period are removed (logged, counted); metadata pointing at missing
 //!    bytes is reported loudly and never dropped; any listing error stops it.
@@ -278,7 +279,7 @@ impl Collector {
             self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
             let write_ctx = ctx.clone();
             // Unflushed: losing a removal to a power failure only undoes progress that the
-            // next run redoes; the marks that bytes depend on are flushed before any byte
+            // next run redoes; the removals that bytes depend on are flushed before any byte
             // goes (`remove_blob_bytes`).
             let removed = meta
                 .write_each_unflushed(candidates, move |c, candidate| (pass.remove)(c, &write_ctx, candidate))
@@ -311,12 +312,15 @@ impl Collector {
             .filter_map(|(digest, size)| match digest.parse() {
                 Ok(d) => Some((d, size)),
                 Err(_) => {
-                    tracing::error!(%digest, "metadata holds an unparsable blob digest; left alone");
+                    tracing::error!(%digest, "metadata held an unparsable blob digest; its bytes, if any, are reconcile's");
                     None
                 }
             })
             .collect();
         removed.sort();
+        // A digest is removed once per round, unless an upload recorded it again in between
+        // with an older timestamp (a clock that stepped back); locking it twice would hang.
+        removed.dedup_by(|a, b| a.0 == b.0);
         let (meta, store) = (&self.registry.meta, &self.registry.store);
         if removed.is_empty() {
             return Ok(());

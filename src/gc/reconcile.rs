@@ -47,6 +47,9 @@ impl Collector {
         reg.metrics.reconcile_missing_blobs.store(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
 
         let known_set: HashSet<&str> = known.iter().map(|(d, _)| d.as_str()).collect();
+        // Bytes go here because metadata has no row for them: that absence is made durable
+        // first (a collection that failed before its own flush may have left it unflushed).
+        reg.meta.flush().await?;
         for blob in stored.iter().filter(|b| !known_set.contains(b.digest.to_string().as_str())) {
             if blob.modified > old_enough {
                 continue;

@@ -186,8 +186,8 @@ impl Metadata {
             }
         }
         // Whatever an earlier process committed (a crash leaves commits that were never
-        // flushed) is made durable before this one builds on it: a collection may remove
-        // bytes on the strength of a row it no longer finds here.
+        // flushed) is made durable before this one builds on it: reconcile may remove bytes
+        // on the strength of a row it does not find here.
         if let Some(group) = &group {
             group.flush_blocking()?;
         }
@@ -408,9 +408,18 @@ mod tests {
         {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(SCHEMA).unwrap();
-            // What version 2 removed from version 1.
+            // The blobs table as version 1 created it (the only table version 2 changed).
             conn.execute_batch(
-                "ALTER TABLE blobs ADD COLUMN state INTEGER NOT NULL DEFAULT 0 CHECK (state IN (0, 1));
+                "DROP TABLE blobs;
+                 CREATE TABLE blobs (
+                     digest     TEXT PRIMARY KEY,
+                     size       INTEGER NOT NULL,
+                     created_at INTEGER NOT NULL,
+                     touched_at INTEGER NOT NULL,
+                     ref_count  INTEGER NOT NULL DEFAULT 0 CHECK (ref_count >= 0),
+                     state      INTEGER NOT NULL DEFAULT 0 CHECK (state IN (0, 1))
+                 ) WITHOUT ROWID;
+                 CREATE INDEX blobs_unreferenced ON blobs (touched_at) WHERE ref_count = 0;
                  CREATE INDEX blobs_deleting ON blobs (digest) WHERE state = 1;
                  INSERT INTO blobs (digest, size, created_at, touched_at, state) VALUES ('sha256:live', 1, 0, 0, 0);
                  INSERT INTO blobs (digest, size, created_at, touched_at, state) VALUES ('sha256:marked', 2, 0, 0, 1);

@@ -1,5 +1,6 @@
--- Bosun metadata, schema version 2 (`migrations/` upgrades older databases). The single source of truth for repositories, tags,
--- manifests, blobs and every reference between them. Storage holds bytes only.
+-- Bosun metadata, schema version 2 (`migrations/` upgrades older databases). The single
+-- source of truth for repositories, tags, manifests, blobs and every reference between
+-- them. Storage holds bytes only.
 --
 -- Reference counts (blobs.ref_count, repository_blobs.ref_count, manifests.tag_count,
 -- manifests.parent_count) are kept by the triggers below, in the same transaction as the
@@ -24,7 +25,8 @@ CREATE TABLE repositories (
 );
 
 -- Every blob whose bytes were verified and committed to storage. Garbage collection
--- deletes the row before it removes the bytes, so a row always has its bytes.
+-- deletes the row before it removes the bytes (with `sync_writes`, durably first), so a
+-- row without bytes is damage, which reconcile reports.
 CREATE TABLE blobs (
     digest     TEXT PRIMARY KEY,
     size       INTEGER NOT NULL,

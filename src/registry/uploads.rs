@@ -217,7 +217,7 @@ impl Registry {
         }
         // The digest lock orders this commit against a collector removing the same digest:
         // either the collector finished first and these bytes land after, or this commit
-        // revives the blob (state back to live) and the collector sees that and keeps it.
+        // records the blob again and the collector sees that and keeps its bytes.
         let _digest_guard = self.digest_locks.lock(digest).await;
         let size = state.size;
         // A quota refusal stores nothing: checked before the bytes are committed, and again
@@ -243,6 +243,10 @@ impl Registry {
             })
             .await;
         if let Err(e) = linked {
+            // A collection may have just removed the blob's row without flushing: the
+            // removal is made durable before the bytes go on the strength of it, or a power
+            // loss could bring the row back without them.
+            self.meta.flush().await?;
             let d = digest.clone();
             if !self.meta.read(move |c| crate::metadata::gc::blob_known(c, &d.to_string())).await? {
                 self.store.delete_blob(digest).await?;
