@@ -191,9 +191,8 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Unlinks the files of each shard (a missing one is not an error), then prunes the shard's
-/// directory if that left it empty. Runs on a thread of its own, at a lower CPU priority.
+/// directory if that left it empty.
 fn unlink_shards(shards: &[&[PathBuf]], stop: &Path) -> io::Result<()> {
-    lower_priority();
     for shard in shards {
         for path in shard.iter() {
             match fs::remove_file(path) {
@@ -204,20 +203,6 @@ fn unlink_shards(shards: &[&[PathBuf]], stop: &Path) -> io::Result<()> {
         prune_empty_dirs(shard[0].parent().expect("blob path has a parent"), stop);
     }
     Ok(())
-}
-
-/// Lowers the calling thread's CPU priority (nice 10): freeing garbage can wait a few
-/// milliseconds, the requests that share the cores with it should not. Unlinks cost CPU
-/// (20-30 ms of kernel time per 1,000 small files here), and on two cores a collection's
-/// unlinks ran beside every push. Only for threads that end with their work: an
-/// unprivileged thread cannot raise its priority again.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority has no memory effects; `who = 0` is the calling thread on Linux.
-    // A failure leaves the priority as it was, which is harmless.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-    }
 }
 
 /// Removes `dir` and then its parents up to (not including) `stop`, while they are empty.
