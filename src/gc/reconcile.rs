@@ -1,8 +1,9 @@
 //! Reconcile: compare what storage holds with what metadata knows.
 //!
 //! - Bytes metadata does not know (a crash between committing bytes and recording them,
-//!   or between forgetting a blob and removing its bytes) are removed once older than the
-//!   grace period, each re-checked under its digest lock, logged and counted.
+//!   or between a collection's removal of a blob's row and of its bytes) are removed once
+//!   older than the grace period, each re-checked under its digest lock, logged and
+//!   counted.
 //! - Blobs metadata knows but storage lacks are reported loudly (log, metric, run record)
 //!   and never dropped from metadata: that is data loss to investigate, not to hide.
 //! - Staged upload files without a session are removed once older than the grace period.
