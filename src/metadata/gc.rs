@@ -205,8 +205,7 @@ pub fn remove_blob_if_garbage(conn: &Connection, digest: &str, cutoff: i64) -> R
 /// Which of `digests` metadata knows (an upload may have recorded one again since a
 /// collection removed it).
 pub fn known_blobs(conn: &Connection, digests: &[String]) -> Result<Vec<bool>> {
-    let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")?;
-    digests.iter().map(|d| Ok(stmt.exists([d])?)).collect()
+    digests.iter().map(|d| blob_known(conn, d)).collect()
 }
 
 /// Where a walk over stale uploads stands: `(updated_at, rowid)` of the last one seen.
