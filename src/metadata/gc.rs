@@ -173,9 +173,8 @@ pub struct BlobCandidate {
 
 pub fn blob_candidates(conn: &Connection, cutoff: i64, after: (i64, &str), limit: usize) -> Result<Vec<BlobCandidate>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT digest, touched_at FROM blobs b
-          WHERE ref_count = 0 AND touched_at <= ?1 AND (touched_at, digest) > (?2, ?3)
-            AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = b.digest)
+        "SELECT digest, touched_at FROM blobs
+          WHERE ref_count = 0 AND touched_at <= ?1 AND (touched_at, digest) > (?2, ?3) AND link_count = 0
           ORDER BY touched_at, digest LIMIT ?4",
     )?;
     let rows = stmt.query_map(params![cutoff, after.0, after.1, limit as i64], |r| {
@@ -193,8 +192,7 @@ pub fn remove_blob_if_garbage(conn: &Connection, digest: &str, cutoff: i64) -> R
     Ok(conn
         .prepare_cached(
             "DELETE FROM blobs
-              WHERE digest = ?1 AND ref_count = 0 AND touched_at <= ?2
-                AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = blobs.digest)
+              WHERE digest = ?1 AND ref_count = 0 AND link_count = 0 AND touched_at <= ?2
           RETURNING size",
         )?
         .query_row(params![digest, cutoff], |r| r.get::<_, i64>(0))

@@ -34,7 +34,7 @@ use group_commit::GroupCommit;
 /// The schema of a new database, at the newest version.
 const SCHEMA: &str = include_str!("schema.sql");
 /// Upgrades of older databases, in order: `MIGRATIONS[i]` takes version `i + 1` to `i + 2`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/2.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("migrations/2.sql"), include_str!("migrations/3.sql")];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 /// Readers kept open for reuse; more are opened on demand under load.
 const IDLE_READERS: usize = 8;
@@ -154,6 +154,30 @@ fn apply_read_tuning(conn: &Connection, cache_kib: i64) -> rusqlite::Result<()> 
     Ok(())
 }
 
+/// Takes a database from version `from` to [`SCHEMA_VERSION`], all steps in one
+/// transaction: a failed upgrade leaves the old version intact.
+fn upgrade(writer: &mut Connection, from: i64) -> Result<()> {
+    // A step may rebuild a table that others reference, which SQLite allows only with
+    // foreign keys off, and they cannot be switched inside a transaction. Every foreign
+    // key is checked before the commit instead.
+    writer.pragma_update(None, "foreign_keys", "OFF")?;
+    let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for step in &MIGRATIONS[from as usize - 1..] {
+        tx.execute_batch(step)?;
+    }
+    let violations: i64 = tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+    if violations > 0 {
+        return Err(MetadataError::Corrupt(format!(
+            "upgrading the schema from version {from} found {violations} broken references; nothing was changed"
+        )));
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    writer.pragma_update(None, "foreign_keys", "ON")?;
+    tracing::info!(from, to = SCHEMA_VERSION, "metadata schema upgraded");
+    Ok(())
+}
+
 impl Metadata {
     /// Opens (creating if needed) the database at `path`; `sync` makes every commit
     /// durable against power loss before it returns.
@@ -171,16 +195,7 @@ impl Metadata {
                 tx.commit()?;
             }
             SCHEMA_VERSION => {}
-            // All steps in one transaction: a failed upgrade leaves the old version intact.
-            older @ 1..SCHEMA_VERSION => {
-                let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                for step in &MIGRATIONS[older as usize - 1..] {
-                    tx.execute_batch(step)?;
-                }
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-                tx.commit()?;
-                tracing::info!(from = older, to = SCHEMA_VERSION, "metadata schema upgraded");
-            }
+            older @ 1..SCHEMA_VERSION => upgrade(&mut writer, older)?,
             found => {
                 return Err(MetadataError::SchemaVersion { found, expected: SCHEMA_VERSION });
             }
@@ -399,49 +414,142 @@ mod tests {
         assert_eq!(reprepares, 0);
     }
 
-    /// A version-1 database is upgraded in place: blobs an old collection had marked as
-    /// being deleted are gone (their bytes are reconcile's), live blobs stay.
-    #[test]
-    fn a_version_1_database_is_upgraded() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.sqlite");
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(SCHEMA).unwrap();
-            // The blobs table as version 1 created it (the only table version 2 changed).
-            conn.execute_batch(
-                "DROP TABLE blobs;
-                 CREATE TABLE blobs (
-                     digest     TEXT PRIMARY KEY,
-                     size       INTEGER NOT NULL,
-                     created_at INTEGER NOT NULL,
-                     touched_at INTEGER NOT NULL,
-                     ref_count  INTEGER NOT NULL DEFAULT 0 CHECK (ref_count >= 0),
-                     state      INTEGER NOT NULL DEFAULT 0 CHECK (state IN (0, 1))
-                 ) WITHOUT ROWID;
-                 CREATE INDEX blobs_unreferenced ON blobs (touched_at) WHERE ref_count = 0;
-                 CREATE INDEX blobs_deleting ON blobs (digest) WHERE state = 1;
-                 INSERT INTO blobs (digest, size, created_at, touched_at, state) VALUES ('sha256:live', 1, 0, 0, 0);
-                 INSERT INTO blobs (digest, size, created_at, touched_at, state) VALUES ('sha256:marked', 2, 0, 0, 1);
-                 PRAGMA user_version = 1;",
-            )
-            .unwrap();
+    /// The schemas released versions created, oldest first.
+    const RELEASED: &[&str] = &[include_str!("migrations/released/1.sql"), include_str!("migrations/released/2.sql")];
+
+    /// What a schema is made of, as SQLite sees it: each table's columns, foreign keys and
+    /// indexes, and each trigger's text. Table text is left out: an upgraded table keeps the
+    /// text it was created with, plus what `ALTER TABLE` appended.
+    fn shape(conn: &Connection) -> Vec<String> {
+        let strings = |sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+            rows.collect::<rusqlite::Result<_>>().unwrap()
+        };
+        let mut shape = Vec::new();
+        for table in strings("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name") {
+            shape.extend(strings(&format!(
+                "SELECT '{table} column ' || name || ' ' || type || ' ' || \"notnull\" || ' ' || IFNULL(dflt_value, '-') || ' ' || pk
+                   FROM pragma_table_xinfo('{table}') ORDER BY cid"
+            )));
+            shape.extend(strings(&format!(
+                "SELECT '{table} references ' || \"table\" || '(' || IFNULL(\"to\", '') || ') from ' || \"from\"
+                   FROM pragma_foreign_key_list('{table}') ORDER BY id, seq"
+            )));
+            shape.extend(strings(&format!(
+                "SELECT '{table} index ' || l.name || ' ' || l.\"unique\" || ' ' || l.partial || ' ' || i.seqno || ' ' || IFNULL(i.name, '-')
+                   FROM pragma_index_list('{table}') l, pragma_index_xinfo(l.name) i WHERE i.key ORDER BY l.name, i.seqno"
+            )));
         }
-        drop(Metadata::open(&path, false).unwrap());
-        let conn = Connection::open(&path).unwrap();
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
-        let mut stmt = conn.prepare("SELECT * FROM blobs ORDER BY digest").unwrap();
-        assert_eq!(
-            stmt.column_names().collect::<Vec<_>>(),
-            ["digest", "size", "created_at", "touched_at", "ref_count"]
+        shape.extend(strings(
+            "SELECT 'trigger ' || name || ' ' || replace(replace(sql, char(10), ' '), '  ', ' ')
+               FROM sqlite_schema WHERE type = 'trigger' ORDER BY name",
+        ));
+        shape.extend(strings(
+            "SELECT 'index sql ' || name || ' ' || sql FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+        ));
+        shape
+    }
+
+    /// Every released schema, with data in it, upgrades to exactly what a new database
+    /// gets: same columns, keys, indexes and triggers, counts filled in, every reference
+    /// intact. Version 1's blobs marked as being deleted are gone (their bytes are
+    /// reconcile's).
+    #[test]
+    fn every_released_schema_upgrades_to_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh.sqlite");
+        drop(Metadata::open(&fresh, false).unwrap());
+        let want = shape(&Connection::open(&fresh).unwrap());
+        for (i, released) in RELEASED.iter().enumerate() {
+            let version = i as i64 + 1;
+            let path = dir.path().join(format!("v{version}.sqlite"));
+            {
+                let conn = Connection::open(&path).unwrap();
+                conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+                conn.execute_batch(released).unwrap();
+                conn.execute_batch(
+                    "INSERT INTO repositories (id, name, created_at) VALUES (1, 'a', 0), (2, 'b', 0);
+                     INSERT INTO blobs (digest, size, created_at, touched_at) VALUES
+                         ('sha256:shared', 1, 0, 0), ('sha256:only-a', 2, 0, 0), ('sha256:unlinked', 3, 0, 0);
+                     INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES
+                         (1, 'sha256:shared', 0), (2, 'sha256:shared', 0), (1, 'sha256:only-a', 0);
+                     INSERT INTO manifests (id, repository_id, digest, media_type, payload, created_at, touched_at)
+                         VALUES (1, 1, 'sha256:m', 'application/vnd.oci.image.manifest.v1+json', x'7b7d', 0, 0);
+                     INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES (1, 1, 'sha256:shared');",
+                )
+                .unwrap();
+                if version == 1 {
+                    conn.execute("INSERT INTO blobs (digest, size, created_at, touched_at, state) VALUES ('sha256:marked', 4, 0, 0, 1)", [])
+                        .unwrap();
+                }
+                conn.pragma_update(None, "user_version", version).unwrap();
+            }
+            drop(Metadata::open(&path, false).unwrap());
+            let conn = Connection::open(&path).unwrap();
+            assert_eq!(conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).unwrap(), SCHEMA_VERSION);
+            assert_eq!(shape(&conn), want, "version {version} upgraded");
+            let mut stmt = conn.prepare("SELECT digest, ref_count, link_count FROM blobs ORDER BY digest").unwrap();
+            let blobs: Vec<(String, i64, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let expected = [("sha256:only-a", 0, 1), ("sha256:shared", 1, 2), ("sha256:unlinked", 0, 0)];
+            assert_eq!(blobs, expected.map(|(d, r, l)| (d.to_owned(), r, l)), "version {version} upgraded");
+            assert_eq!(conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap(), "ok");
+            assert_eq!(
+                conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get::<_, i64>(0)).unwrap(),
+                0
+            );
+            drop(stmt);
+            drop(conn);
+            // And it opens again as it is.
+            drop(Metadata::open(&path, false).unwrap());
+        }
+    }
+
+    /// The link counts follow inserts, repeated links and deletes; a link needs its blob,
+    /// and a linked blob cannot be deleted, as a foreign key would enforce.
+    #[test]
+    fn links_are_counted_and_checked_like_a_foreign_key() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Metadata::open(&dir.path().join("m.sqlite"), false).unwrap());
+        let conn = Connection::open(dir.path().join("m.sqlite")).unwrap();
+        conn.execute_batch(
+            "INSERT INTO repositories (id, name, created_at) VALUES (1, 'a', 0), (2, 'b', 0);
+             INSERT INTO blobs (digest, size, created_at, touched_at) VALUES ('sha256:x', 1, 0, 0);",
+        )
+        .unwrap();
+        let links = || {
+            conn.query_row("SELECT link_count FROM blobs WHERE digest = 'sha256:x'", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+        };
+        let link = |repo: i64| {
+            conn.execute(
+                "INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (?1, 'sha256:x', 0)
+                 ON CONFLICT DO UPDATE SET linked_at = excluded.linked_at",
+                [repo],
+            )
+        };
+        link(1).unwrap();
+        link(1).unwrap();
+        link(2).unwrap();
+        assert_eq!(links(), 2);
+        assert!(conn.execute("DELETE FROM blobs WHERE digest = 'sha256:x'", []).is_err());
+        assert!(
+            conn.execute(
+                "INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (1, 'sha256:none', 0)",
+                []
+            )
+            .is_err()
         );
-        let digests: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
-        assert_eq!(digests, ["sha256:live"]);
-        // And it opens again as it is.
-        drop(stmt);
-        drop(conn);
-        drop(Metadata::open(&path, false).unwrap());
+        assert!(conn.execute("UPDATE repository_blobs SET digest = 'sha256:y' WHERE repository_id = 1", []).is_err());
+        conn.execute("DELETE FROM repository_blobs WHERE repository_id = 1", []).unwrap();
+        assert_eq!(links(), 1);
+        conn.execute("DELETE FROM repository_blobs WHERE repository_id = 2", []).unwrap();
+        assert_eq!(links(), 0);
+        conn.execute("DELETE FROM blobs WHERE digest = 'sha256:x'", []).unwrap();
     }
 
     /// A database from a newer Bosun is refused, not guessed at.

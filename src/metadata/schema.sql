@@ -1,9 +1,9 @@
--- Bosun metadata, schema version 2 (`migrations/` upgrades older databases). The single
+-- Bosun metadata, schema version 3 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.
 --
--- Reference counts (blobs.ref_count, repository_blobs.ref_count, manifests.tag_count,
--- manifests.parent_count) are kept by the triggers below, in the same transaction as the
+-- Reference counts (blobs.ref_count, blobs.link_count, repository_blobs.ref_count,
+-- manifests.tag_count, manifests.parent_count) are kept by the triggers below, in the same transaction as the
 -- write that changes a reference; no code maintains them by hand. Garbage collection
 -- finds its candidates through partial indexes on "count = 0", so a collection costs in
 -- proportion to the garbage, not to the size of the registry.
@@ -32,7 +32,9 @@ CREATE TABLE blobs (
     size       INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     touched_at INTEGER NOT NULL,
-    ref_count  INTEGER NOT NULL DEFAULT 0 CHECK (ref_count >= 0)
+    ref_count  INTEGER NOT NULL DEFAULT 0 CHECK (ref_count >= 0),
+    -- Repositories that link the blob (rows of repository_blobs).
+    link_count INTEGER NOT NULL DEFAULT 0 CHECK (link_count >= 0)
 ) WITHOUT ROWID;
 CREATE INDEX blobs_unreferenced ON blobs (touched_at) WHERE ref_count = 0;
 
@@ -40,13 +42,33 @@ CREATE INDEX blobs_unreferenced ON blobs (touched_at) WHERE ref_count = 0;
 -- reference the blob.
 CREATE TABLE repository_blobs (
     repository_id INTEGER NOT NULL REFERENCES repositories (id),
-    digest        TEXT NOT NULL REFERENCES blobs (digest),
+    digest        TEXT NOT NULL,
     linked_at     INTEGER NOT NULL,
     ref_count     INTEGER NOT NULL DEFAULT 0 CHECK (ref_count >= 0),
     PRIMARY KEY (repository_id, digest)
 ) WITHOUT ROWID;
-CREATE INDEX repository_blobs_digest ON repository_blobs (digest);
 CREATE INDEX repository_blobs_unreferenced ON repository_blobs (linked_at) WHERE ref_count = 0;
+
+-- The link -> blob reference is checked here rather than by a foreign key. A foreign key
+-- needs an index on repository_blobs (digest) to check a blob's delete, and keeping that
+-- index cost every link removed by a collection one more randomly placed page to write
+-- (digests scatter its rows). blobs.link_count answers "does any repository link it?"
+-- from the blob's own row, which a collection is deleting anyway.
+CREATE TRIGGER repository_blobs_link AFTER INSERT ON repository_blobs BEGIN
+    SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: link to an unknown blob')
+     WHERE NOT EXISTS (SELECT 1 FROM blobs WHERE digest = NEW.digest);
+    UPDATE blobs SET link_count = link_count + 1 WHERE digest = NEW.digest;
+END;
+CREATE TRIGGER repository_blobs_unlink AFTER DELETE ON repository_blobs BEGIN
+    UPDATE blobs SET link_count = link_count - 1 WHERE digest = OLD.digest;
+END;
+-- Links are inserted and deleted, never re-keyed: a re-keyed link would escape the count.
+CREATE TRIGGER repository_blobs_rekey BEFORE UPDATE OF repository_id, digest ON repository_blobs BEGIN
+    SELECT RAISE(ABORT, 'a repository link is never re-keyed');
+END;
+CREATE TRIGGER blobs_linked BEFORE DELETE ON blobs WHEN OLD.link_count > 0 BEGIN
+    SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: the blob is still linked');
+END;
 
 -- Manifests, with their bytes exactly as pushed. tag_count and parent_count (indexes of
 -- this repository listing it) are kept by triggers.
