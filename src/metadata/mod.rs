@@ -171,7 +171,14 @@ fn upgrade(writer: &mut Connection, from: i64) -> Result<()> {
     for step in &MIGRATIONS[from as usize - 1..] {
         tx.execute_batch(step)?;
     }
-    let violations: i64 = tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+    // The link -> blob reference is kept by triggers, not a foreign key, so it is
+    // checked here too.
+    let violations: i64 = tx.query_row(
+        "SELECT (SELECT COUNT(*) FROM pragma_foreign_key_check)
+              + (SELECT COUNT(*) FROM repository_blobs l WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = l.digest))",
+        [],
+        |r| r.get(0),
+    )?;
     if violations > 0 {
         return Err(MetadataError::Corrupt(format!(
             "upgrading the schema from version {from} found {violations} broken references; nothing was changed"
@@ -556,6 +563,33 @@ mod tests {
         conn.execute("DELETE FROM repository_blobs WHERE repository_id = 2", []).unwrap();
         assert_eq!(links(), 0);
         conn.execute("DELETE FROM blobs WHERE digest = 'sha256:x'", []).unwrap();
+    }
+
+    /// An upgrade that would leave a broken reference is refused, and leaves the database
+    /// as it was.
+    #[test]
+    fn an_upgrade_that_finds_a_broken_reference_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(RELEASED[1]).unwrap();
+            // Version 2's foreign keys would have refused this; a damaged file need not.
+            conn.execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 INSERT INTO repositories (id, name, created_at) VALUES (1, 'a', 0);
+                 INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (1, 'sha256:gone', 0);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        assert!(matches!(Metadata::open(&path, false), Err(MetadataError::Corrupt(_))));
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).unwrap(), 2);
+        let indexed: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_schema WHERE name = 'repository_blobs_digest'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(indexed, 1, "the version-2 schema is intact");
     }
 
     /// A database from a newer Bosun is refused, not guessed at.
