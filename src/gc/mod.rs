@@ -101,6 +101,8 @@ pub enum GcError {
     Metadata(#[from] MetadataError),
     #[error("storage: {0}")]
     Storage(#[from] std::io::Error),
+    #[error("collection task failed: {0}")]
+    Task(String),
 }
 
 pub type Result<T> = std::result::Result<T, GcError>;
@@ -190,13 +192,18 @@ impl Collector {
         }
     }
 
-    /// Runs one collection. `trigger` says who asked (`schedule`, `api`, `cli`).
-    pub async fn collect(&self, trigger: &str, dry_run: bool) -> Result<Report> {
-        let _one_at_a_time = self.running.lock().await;
-        let started = Instant::now();
-        let mut report = Report::new("collect", trigger, dry_run);
-        let outcome = if dry_run { self.simulate(&mut report).await } else { self.run(&mut report).await };
-        self.finish(report, outcome, started).await
+    /// Runs one collection, to its end even if the caller stops waiting. `trigger` says who
+    /// asked (`schedule`, `api`, `cli`).
+    pub async fn collect(self: &Arc<Self>, trigger: &str, dry_run: bool) -> Result<Report> {
+        let (this, trigger) = (self.clone(), trigger.to_owned());
+        detached(async move {
+            let _one_at_a_time = this.running.lock().await;
+            let started = Instant::now();
+            let mut report = Report::new("collect", &trigger, dry_run);
+            let outcome = if dry_run { this.simulate(&mut report).await } else { this.run(&mut report).await };
+            this.finish(report, outcome, started).await
+        })
+        .await
     }
 
     /// Records the run and updates the metrics, whatever the outcome.
@@ -483,6 +490,14 @@ impl Ctx {
 }
 
 type MetaResult<T> = std::result::Result<T, MetadataError>;
+
+/// Runs a collection or reconcile on a task of its own. Dropped half-way, by an HTTP client
+/// that goes away, it would release its digest locks while the unlinks it started still
+/// run (an upload of the same digest could then lose its new bytes), and it would never
+/// be recorded.
+async fn detached<T: Send + 'static>(work: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    tokio::spawn(work).await.unwrap_or_else(|e| Err(GcError::Task(e.to_string())))
+}
 
 /// One kind of garbage: where its candidate list starts, how to read the next batch after
 /// a cursor, and how to remove one candidate after re-checking it.

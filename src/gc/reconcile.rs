@@ -14,20 +14,26 @@
 //! collection, which only visits garbage.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::{Collector, Removed, Report, Result};
+use super::{Collector, Removed, Report, Result, detached};
 use crate::metadata::gc as q;
 use crate::metrics::Metrics;
 use crate::oci::UploadId;
 
 impl Collector {
-    pub async fn reconcile(&self, trigger: &str, dry_run: bool) -> Result<Report> {
-        let _one_at_a_time = self.running.lock().await;
-        let started = Instant::now();
-        let mut report = Report::new("reconcile", trigger, dry_run);
-        let outcome = self.reconcile_locked(&mut report).await;
-        self.finish(report, outcome, started).await
+    /// Runs one reconcile, to its end even if the caller stops waiting.
+    pub async fn reconcile(self: &Arc<Self>, trigger: &str, dry_run: bool) -> Result<Report> {
+        let (this, trigger) = (self.clone(), trigger.to_owned());
+        detached(async move {
+            let _one_at_a_time = this.running.lock().await;
+            let started = Instant::now();
+            let mut report = Report::new("reconcile", &trigger, dry_run);
+            let outcome = this.reconcile_locked(&mut report).await;
+            this.finish(report, outcome, started).await
+        })
+        .await
     }
 
     async fn reconcile_locked(&self, report: &mut Report) -> Result<()> {

@@ -149,3 +149,31 @@ async fn push_delete_collect_push_again_without_restart() {
         }
     }
 }
+
+/// A collection whose client goes away in the middle runs to its end: the bytes of the
+/// blobs it removed from metadata go, under their digest locks, and the run is recorded.
+/// (Cancelled with its request, it would have released the locks with unlinks still
+/// running, and left no record.)
+#[tokio::test]
+async fn a_collection_whose_client_goes_away_runs_to_its_end() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let layer = random_bytes(410, 30_000);
+    let (_, digest) = s.push_image("gone/client", "v1", &[&layer]).await;
+    assert_eq!(s.delete(&format!("/v2/gone/client/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+    let layer_file = blob_file(&s.data_dir, &sha256(&layer));
+    let gc = paused_gc(&s, BEFORE_BYTES).await;
+    gc.abort();
+    assert!(gc.await.unwrap_err().is_cancelled());
+    // Give the server the time to see the connection close before the pause ends.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.release(BEFORE_BYTES).await;
+    for _ in 0..100 {
+        let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
+        if runs.as_array().unwrap().iter().any(|r| r["kind"] == "collect" && r["blobs_removed"] == 2) {
+            assert!(!layer_file.exists(), "the run is recorded, so its bytes are gone");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the collection whose client went away was never recorded");
+}
