@@ -161,12 +161,14 @@ impl Report {
 pub struct Collector {
     registry: Arc<Registry>,
     options: GcOptions,
-    running: tokio::sync::Mutex<()>,
+    /// Held by the run in progress; a run waits for it before it is detached, so a caller
+    /// that gives up while waiting starts nothing.
+    running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Collector {
     pub fn new(registry: Arc<Registry>, options: GcOptions) -> Collector {
-        Collector { registry, options, running: tokio::sync::Mutex::new(()) }
+        Collector { registry, options, running: Arc::new(tokio::sync::Mutex::new(())) }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -195,9 +197,10 @@ impl Collector {
     /// Runs one collection, to its end even if the caller stops waiting. `trigger` says who
     /// asked (`schedule`, `api`, `cli`).
     pub async fn collect(self: &Arc<Self>, trigger: &str, dry_run: bool) -> Result<Report> {
+        let one_at_a_time = self.running.clone().lock_owned().await;
         let (this, trigger) = (self.clone(), trigger.to_owned());
         detached(async move {
-            let _one_at_a_time = this.running.lock().await;
+            let _one_at_a_time = one_at_a_time;
             let started = Instant::now();
             let mut report = Report::new("collect", &trigger, dry_run);
             let outcome = if dry_run { this.simulate(&mut report).await } else { this.run(&mut report).await };

@@ -25,9 +25,10 @@ use crate::oci::UploadId;
 impl Collector {
     /// Runs one reconcile, to its end even if the caller stops waiting.
     pub async fn reconcile(self: &Arc<Self>, trigger: &str, dry_run: bool) -> Result<Report> {
+        let one_at_a_time = self.running.clone().lock_owned().await;
         let (this, trigger) = (self.clone(), trigger.to_owned());
         detached(async move {
-            let _one_at_a_time = this.running.lock().await;
+            let _one_at_a_time = one_at_a_time;
             let started = Instant::now();
             let mut report = Report::new("reconcile", &trigger, dry_run);
             let outcome = this.reconcile_locked(&mut report).await;

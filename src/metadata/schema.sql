@@ -62,7 +62,8 @@ END;
 CREATE TRIGGER repository_blobs_unlink AFTER DELETE ON repository_blobs BEGIN
     UPDATE blobs SET link_count = link_count - 1 WHERE digest = OLD.digest;
 END;
--- Links are inserted and deleted, never re-keyed: a re-keyed link would escape the count.
+-- Links are inserted and deleted, never re-keyed or replaced (INSERT OR REPLACE deletes
+-- without firing the delete trigger): either would escape the count.
 CREATE TRIGGER repository_blobs_rekey BEFORE UPDATE OF repository_id, digest ON repository_blobs BEGIN
     SELECT RAISE(ABORT, 'a repository link is never re-keyed');
 END;
