@@ -161,8 +161,7 @@ impl Report {
 pub struct Collector {
     registry: Arc<Registry>,
     options: GcOptions,
-    /// Held by the run in progress; a run waits for it before it is detached, so a caller
-    /// that gives up while waiting starts nothing.
+    /// Held by the run in progress ([`Collector::run_once`]).
     running: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -197,16 +196,33 @@ impl Collector {
     /// Runs one collection, to its end even if the caller stops waiting. `trigger` says who
     /// asked (`schedule`, `api`, `cli`).
     pub async fn collect(self: &Arc<Self>, trigger: &str, dry_run: bool) -> Result<Report> {
+        self.run_once("collect", trigger, dry_run, move |this, mut report| async move {
+            let outcome = if dry_run { this.simulate(&mut report).await } else { this.run(&mut report).await };
+            (report, outcome)
+        })
+        .await
+    }
+
+    /// Runs one collection or reconcile: waits for the one-at-a-time lock (a caller that
+    /// gives up while waiting starts nothing), then runs `body` on a task of its own and
+    /// records it. Dropped half-way, by an HTTP client that goes away, a run would release
+    /// its digest locks while the unlinks it started still run (an upload of the same
+    /// digest could then lose its new bytes), and would never be recorded.
+    async fn run_once<F, Fut>(self: &Arc<Self>, kind: &str, trigger: &str, dry_run: bool, body: F) -> Result<Report>
+    where
+        F: FnOnce(Arc<Self>, Report) -> Fut + Send + 'static,
+        Fut: Future<Output = (Report, Result<()>)> + Send + 'static,
+    {
         let one_at_a_time = self.running.clone().lock_owned().await;
-        let (this, trigger) = (self.clone(), trigger.to_owned());
-        detached(async move {
+        let (this, report) = (self.clone(), Report::new(kind, trigger, dry_run));
+        tokio::spawn(async move {
             let _one_at_a_time = one_at_a_time;
             let started = Instant::now();
-            let mut report = Report::new("collect", &trigger, dry_run);
-            let outcome = if dry_run { this.simulate(&mut report).await } else { this.run(&mut report).await };
+            let (report, outcome) = body(this.clone(), report).await;
             this.finish(report, outcome, started).await
         })
         .await
+        .unwrap_or_else(|e| Err(GcError::Task(e.to_string())))
     }
 
     /// Records the run and updates the metrics, whatever the outcome.
@@ -493,14 +509,6 @@ impl Ctx {
 }
 
 type MetaResult<T> = std::result::Result<T, MetadataError>;
-
-/// Runs a collection or reconcile on a task of its own. Dropped half-way, by an HTTP client
-/// that goes away, it would release its digest locks while the unlinks it started still
-/// run (an upload of the same digest could then lose its new bytes), and it would never
-/// be recorded.
-async fn detached<T: Send + 'static>(work: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
-    tokio::spawn(work).await.unwrap_or_else(|e| Err(GcError::Task(e.to_string())))
-}
 
 /// One kind of garbage: where its candidate list starts, how to read the next batch after
 /// a cursor, and how to remove one candidate after re-checking it.

@@ -15,9 +15,9 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
-use super::{Collector, Removed, Report, Result, detached};
+use super::{Collector, Removed, Report, Result};
 use crate::metadata::gc as q;
 use crate::metrics::Metrics;
 use crate::oci::UploadId;
@@ -25,14 +25,9 @@ use crate::oci::UploadId;
 impl Collector {
     /// Runs one reconcile, to its end even if the caller stops waiting.
     pub async fn reconcile(self: &Arc<Self>, trigger: &str, dry_run: bool) -> Result<Report> {
-        let one_at_a_time = self.running.clone().lock_owned().await;
-        let (this, trigger) = (self.clone(), trigger.to_owned());
-        detached(async move {
-            let _one_at_a_time = one_at_a_time;
-            let started = Instant::now();
-            let mut report = Report::new("reconcile", &trigger, dry_run);
+        self.run_once("reconcile", trigger, dry_run, |this, mut report| async move {
             let outcome = this.reconcile_locked(&mut report).await;
-            this.finish(report, outcome, started).await
+            (report, outcome)
         })
         .await
     }
