@@ -144,9 +144,12 @@ pub fn delete(conn: &Connection, id: ManifestId, touch_at: Option<i64>) -> Resul
               WHERE digest IN (SELECT digest FROM manifest_blobs WHERE manifest_id = ?1)",
         )?
         .execute(params![id, now])?;
+        // Not `(repository_id, digest) IN (...)`: some SQLite versions (Debian's 3.40) seek
+        // that on the repository alone and walk all of its links.
         conn.prepare_cached(
             "UPDATE repository_blobs SET linked_at = MAX(linked_at, ?2)
-              WHERE (repository_id, digest) IN (SELECT repository_id, digest FROM manifest_blobs WHERE manifest_id = ?1)",
+              WHERE repository_id = (SELECT repository_id FROM manifests WHERE id = ?1)
+                AND digest IN (SELECT digest FROM manifest_blobs WHERE manifest_id = ?1)",
         )?
         .execute(params![id, now])?;
         conn.prepare_cached(
