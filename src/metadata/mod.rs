@@ -172,16 +172,22 @@ fn upgrade(writer: &mut Connection, from: i64) -> Result<()> {
         tx.execute_batch(step)?;
     }
     // The link -> blob reference is kept by triggers, not a foreign key, so it is
-    // checked here too.
-    let violations: i64 = tx.query_row(
-        "SELECT (SELECT COUNT(*) FROM pragma_foreign_key_check)
-              + (SELECT COUNT(*) FROM repository_blobs l WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = l.digest))",
-        [],
-        |r| r.get(0),
-    )?;
-    if violations > 0 {
+    // checked here too. The operator is shown the first few, to find the damage.
+    let broken: Vec<String> = tx
+        .prepare(
+            "SELECT \"table\" || ' row ' || IFNULL(rowid, '(no rowid)') || ' -> ' || parent FROM pragma_foreign_key_check
+             UNION ALL
+             SELECT 'repository_blobs (repository ' || l.repository_id || ', ' || l.digest || ') -> blobs'
+               FROM repository_blobs l WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = l.digest)",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !broken.is_empty() {
+        let shown = broken.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
         return Err(MetadataError::Corrupt(format!(
-            "upgrading the schema from version {from} found {violations} broken references; nothing was changed"
+            "upgrading the schema from version {from} found {} broken reference(s) ({shown}{}); nothing was changed",
+            broken.len(),
+            if broken.len() > 5 { "; ..." } else { "" }
         )));
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -583,7 +589,13 @@ mod tests {
             )
             .unwrap();
         }
-        assert!(matches!(Metadata::open(&path, false), Err(MetadataError::Corrupt(_))));
+        match Metadata::open(&path, false) {
+            Err(MetadataError::Corrupt(message)) => assert!(
+                message.contains("1 broken reference(s) (repository_blobs (repository 1, sha256:gone) -> blobs)"),
+                "{message}"
+            ),
+            other => panic!("expected a refused upgrade, got {:?}", other.map(|_| ())),
+        }
         let conn = Connection::open(&path).unwrap();
         assert_eq!(conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).unwrap(), 2);
         let indexed: i64 = conn
