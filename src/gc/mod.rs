@@ -597,19 +597,20 @@ mod tests {
         for i in 0..images {
             let name = format!("r{}", i / per_repository).parse().unwrap();
             let repo = repositories::ensure(&tx, &name, 0).unwrap();
-            let blob = |what: String| {
-                let digest = Digest::sha256_of(what.as_bytes());
+            // A pushed blob, linked, as the manifest's descriptor of `media_type`.
+            let blob = |media_type: &str, content: String| {
+                let digest = Digest::sha256_of(content.as_bytes());
                 blobs::insert_or_touch(&tx, &digest, 10, 0).unwrap();
                 blobs::link(&tx, repo, &digest, 0).unwrap();
-                format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{digest}","size":10}}"#)
+                format!(r#"{{"mediaType":"{media_type}","digest":"{digest}","size":10}}"#)
             };
-            let config = blob(format!("config {i}"));
-            let layers: Vec<String> = std::iter::once(blob(format!("base {}", i / per_repository)))
-                .chain((0..3).map(|l| blob(format!("layer {i} {l}"))))
+            let layer = |content: String| blob("application/vnd.oci.image.layer.v1.tar", content);
+            let config = blob("application/vnd.oci.image.config.v1+json", format!("config {i}"));
+            let layers: Vec<String> = std::iter::once(layer(format!("base {}", i / per_repository)))
+                .chain((0..3).map(|l| layer(format!("layer {i} {l}"))))
                 .collect();
             let body = format!(
-                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[{}]}}"#,
-                config.replace("layer.v1.tar", "config.v1+json"),
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{config},"layers":[{}]}}"#,
                 layers.join(",")
             );
             let parsed = ParsedManifest::parse(body.as_bytes(), None).unwrap();

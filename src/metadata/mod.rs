@@ -172,22 +172,21 @@ fn upgrade(writer: &mut Connection, from: i64) -> Result<()> {
         tx.execute_batch(step)?;
     }
     // The link -> blob reference is kept by triggers, not a foreign key, so it is
-    // checked here too. The operator is shown the first few, to find the damage.
-    let broken: Vec<String> = tx
-        .prepare(
-            "SELECT \"table\" || ' row ' || IFNULL(rowid, '(no rowid)') || ' -> ' || parent FROM pragma_foreign_key_check
-             UNION ALL
-             SELECT 'repository_blobs (repository ' || l.repository_id || ', ' || l.digest || ') -> blobs'
-               FROM repository_blobs l WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = l.digest)",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    if !broken.is_empty() {
-        let shown = broken.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+    // checked here too. The operator is shown the count and the first few, to find the
+    // damage.
+    const BROKEN: &str = "SELECT \"table\" || ' row ' || IFNULL(rowid, '(no rowid)') || ' -> ' || parent
+                            FROM pragma_foreign_key_check
+                          UNION ALL
+                          SELECT 'repository_blobs (repository ' || l.repository_id || ', ' || l.digest || ') -> blobs'
+                            FROM repository_blobs l WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = l.digest)";
+    let count: i64 = tx.query_row(&format!("SELECT COUNT(*) FROM ({BROKEN})"), [], |r| r.get(0))?;
+    if count > 0 {
+        let first: Vec<String> =
+            tx.prepare(&format!("{BROKEN} LIMIT 5"))?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         return Err(MetadataError::Corrupt(format!(
-            "upgrading the schema from version {from} found {} broken reference(s) ({shown}{}); nothing was changed",
-            broken.len(),
-            if broken.len() > 5 { "; ..." } else { "" }
+            "upgrading the schema from version {from} found {count} broken reference(s) ({}{}); nothing was changed",
+            first.join("; "),
+            if count > 5 { "; ..." } else { "" }
         )));
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
