@@ -659,6 +659,8 @@ mod tests {
                 manifests::delete(c, id, Some(1)).unwrap();
             }
         });
+        // A connection of its own, whose statements all start counting at zero.
+        let mut conn = Connection::open(&path).unwrap();
         let ctx = Ctx {
             cutoff: 10,
             rules: ManifestRules { untagged: true, orphan_referrers: true },
