@@ -3,8 +3,8 @@
 -- them. Storage holds bytes only.
 --
 -- Reference counts (blobs.ref_count, blobs.link_count, repository_blobs.ref_count,
--- manifests.tag_count, manifests.parent_count) are kept by the triggers below, in the same transaction as the
--- write that changes a reference; no code maintains them by hand. Garbage collection
+-- manifests.tag_count, manifests.parent_count) are kept by the triggers below, in the
+-- same transaction as the write that changes a reference; no code maintains them by hand. Garbage collection
 -- finds its candidates through partial indexes on "count = 0", so a collection costs in
 -- proportion to the garbage, not to the size of the registry.
 --

@@ -540,13 +540,8 @@ impl BlobStore for FilesystemStore {
         let stop = Arc::new(self.root.join("blobs"));
         // One group per shard directory, so that a directory is pruned once, by the thread
         // that emptied it: a failed `rmdir` of a full shard reads the directory.
-        let mut shards: Vec<Vec<PathBuf>> = Vec::new();
-        for path in paths {
-            match shards.last_mut() {
-                Some(shard) if shard[0].parent() == path.parent() => shard.push(path),
-                _ => shards.push(vec![path]),
-            }
-        }
+        let mut shards: Vec<Vec<PathBuf>> =
+            paths.chunk_by(|a, b| a.parent() == b.parent()).map(<[PathBuf]>::to_vec).collect();
         // Threads of the blocking pool, which outlive the call: a collection that removes a
         // few blobs, as most do under steady traffic, would otherwise pay more for creating
         // and tearing down threads than for its unlinks.
