@@ -139,7 +139,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// The size the log file keeps when it starts over (`checkpoint.rs`): writes overwrite it
 /// instead of growing it, which on ext4 lets a flush skip the file system's journal. A
 /// collection of 1,000 blobs writes about 7 MiB of log.
-pub(super) const LOG_KEPT_BYTES: i64 = 64 << 20;
+const LOG_KEPT_BYTES: i64 = 64 << 20;
 
 /// Page cache per connection, KiB: the writer walks indexes of the whole registry during
 /// collections; readers mostly fetch single rows.
