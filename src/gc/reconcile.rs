@@ -7,6 +7,9 @@
 //! - Blobs metadata knows but storage lacks are reported loudly (log, metric, run record)
 //!   and never dropped from metadata: that is data loss to investigate, not to hide.
 //! - Staged upload files without a session are removed once older than the grace period.
+//! - Repositories with nothing in them are removed. Collections remove those their own
+//!   removals emptied, and a blob delete the one it empties; this sweep, the only one over
+//!   every repository, catches what neither saw.
 //! - Any listing error stops the reconcile before it removes anything, so a partial
 //!   listing can never make live data look orphaned.
 //!
@@ -17,8 +20,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{Collector, Removed, Report, Result};
+use super::{BATCH, Collector, MetaResult, Removed, Report, Result, remove_if_empty};
 use crate::metadata::gc as q;
+use crate::metadata::repositories;
 use crate::metrics::Metrics;
 use crate::oci::UploadId;
 
@@ -95,9 +99,31 @@ impl Collector {
             }
             report.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
         }
+        self.sweep_repositories(report).await?;
         if !report.run.dry_run {
             Metrics::add(&reg.metrics.reconcile_runs, 1);
         }
         Ok(())
+    }
+
+    /// Removes every repository with nothing in it, a page at a time, each re-checked in
+    /// the removing transaction: those no collection looked at (one that stopped before
+    /// its sweep, or a database from a version that swept differently).
+    async fn sweep_repositories(&self, report: &mut Report) -> Result<()> {
+        let meta = &self.registry.meta;
+        let mut after: Option<String> = None;
+        loop {
+            let cursor = after.take();
+            let page = meta.read(move |c| repositories::list(c, cursor.as_deref(), BATCH)).await?;
+            let Some(last) = page.last() else { return Ok(()) };
+            after = Some(last.clone());
+            let emptied = if report.run.dry_run {
+                meta.simulate(move |c| page.iter().map(|name| remove_if_empty(c, name)).collect::<MetaResult<Vec<_>>>())
+                    .await?
+            } else {
+                meta.write_each_unflushed(page, |c, name| remove_if_empty(c, name)).await?
+            };
+            emptied.into_iter().flatten().for_each(|name| report.repository(name));
+        }
     }
 }

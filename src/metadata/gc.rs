@@ -250,19 +250,6 @@ pub fn remove_upload_if_stale(conn: &Connection, id: &str, before: i64) -> Resul
     Ok(conn.prepare_cached("DELETE FROM uploads WHERE id = ?1 AND updated_at <= ?2")?.execute(params![id, before])? > 0)
 }
 
-/// Removes every repository with no manifest and no blob link; returns their names.
-pub fn remove_empty_repositories(conn: &Connection) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
-        "DELETE FROM repositories
-          WHERE NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = repositories.id)
-            AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.repository_id = repositories.id)
-            AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = repositories.id)
-      RETURNING name",
-    )?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
 /// Whether metadata knows the blob.
 pub fn blob_known(conn: &Connection, digest: &str) -> Result<bool> {
     Ok(conn.prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")?.exists([digest])?)

@@ -1,4 +1,4 @@
-//! Repositories: created by their first link or manifest.
+//! Repositories: created by their first link or manifest, removed once nothing is in them.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -26,4 +26,20 @@ pub fn list(conn: &Connection, last: Option<&str>, n: usize) -> Result<Vec<Strin
     let mut stmt = conn.prepare_cached("SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2")?;
     let rows = stmt.query_map(params![last.unwrap_or(""), n as i64], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Removes the repository `name` if nothing is in it (no manifest, no blob link, no tag);
+/// true if it did. Called where something may have left it empty: a blob delete, a
+/// collection (for the repositories its removals touched), a reconcile (for every one).
+pub fn remove_if_empty(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM repositories
+              WHERE name = ?1
+                AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = repositories.id)
+                AND NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.repository_id = repositories.id)
+                AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = repositories.id)",
+        )?
+        .execute([name])?
+        > 0)
 }

@@ -97,8 +97,8 @@ impl Registry {
             .await
     }
 
-    /// Removes `name`'s link to a blob. Refused while a manifest of `name` references it:
-    /// a delete never breaks an image.
+    /// Removes `name`'s link to a blob, and `name` itself if that was all it held. Refused
+    /// while a manifest of `name` references the blob: a delete never breaks an image.
     pub async fn delete_blob(&self, name: &RepoName, digest: &Digest) -> Result<()> {
         self.check_delete_enabled()?;
         let (n, d) = (name.clone(), digest.clone());
@@ -112,6 +112,8 @@ impl Registry {
                     return Err(Error::BlobUnknown(d));
                 }
                 blobs::touch(c, &d, now_ms())?;
+                // Its last link may have gone: an empty repository leaves `_catalog` now.
+                repositories::remove_if_empty(c, n.as_str())?;
                 Ok(())
             })
             .await

@@ -62,6 +62,27 @@ async fn deleting_a_referenced_blob_is_refused() {
     expect_error(s.delete(&format!("/v2/del/blob/blobs/{loose}")).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
 }
 
+async fn catalog(s: &Server) -> serde_json::Value {
+    s.get("/v2/_catalog").await.json::<serde_json::Value>().await.unwrap()["repositories"].clone()
+}
+
+#[tokio::test]
+async fn deleting_a_repositorys_last_blob_removes_the_repository() {
+    let s = Server::start();
+    let kept = s.push_blob("emptied/kept", b"stays").await;
+    let blobs = [s.push_blob("emptied/gone", b"one").await, s.push_blob("emptied/gone", b"two").await];
+    assert_eq!(catalog(&s).await, serde_json::json!(["emptied/gone", "emptied/kept"]));
+    assert_eq!(s.delete(&format!("/v2/emptied/gone/blobs/{}", blobs[0])).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(catalog(&s).await, serde_json::json!(["emptied/gone", "emptied/kept"]), "one blob is still in it");
+    assert_eq!(s.delete(&format!("/v2/emptied/gone/blobs/{}", blobs[1])).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(catalog(&s).await, serde_json::json!(["emptied/kept"]));
+    expect_error(s.get("/v2/emptied/gone/tags/list").await, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
+    // Pushing to it again creates it again.
+    assert_eq!(s.push_blob("emptied/gone", b"one").await, blobs[0]);
+    assert_eq!(catalog(&s).await, serde_json::json!(["emptied/gone", "emptied/kept"]));
+    assert_eq!(s.head(&format!("/v2/emptied/kept/blobs/{kept}")).await.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn delete_disabled_names_the_setting() {
     let s = Server::start_with(&[("BOSUN_DELETE_ENABLED", "false")]);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::*;
 
@@ -42,13 +42,20 @@ async fn killed_between_removing_rows_and_removing_bytes() {
     let s = Server::start_in(dir.path(), GC_NOW);
     s.verify_image("crash/kept", "v1").await.unwrap();
     assert_eq!(s.get(&format!("/v2/crash/doomed/blobs/{doomed_digest}")).await.status(), StatusCode::NOT_FOUND);
-    // Nothing is left for a collection: the bytes metadata does not know are reconcile's.
+    // Nothing is left for a collection: the bytes metadata does not know are reconcile's,
+    // and so is the repository the killed run emptied but never swept (a collection only
+    // looks at the repositories its own removals touch).
     let report = s.gc(false).await;
     assert_eq!(report["blobs_removed"], 0, "{report}");
+    let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(catalog["repositories"], json!(["crash/doomed", "crash/kept"]));
     let reconcile: Value = s.reconcile(false).await.json().await.unwrap();
     let removed: Vec<&str> =
         reconcile["removed"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    assert_eq!(removed, ["blob", "blob"], "the layer and the config: {reconcile}");
+    assert_eq!(removed, ["blob", "blob", "repository"], "the layer, the config, crash/doomed: {reconcile}");
+    assert_eq!(reconcile["repositories_removed"], 1, "{reconcile}");
+    let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(catalog["repositories"], json!(["crash/kept"]));
     assert!(!blob_file(dir.path(), &doomed_digest).exists());
     assert_consistent(&s).await;
     s.verify_image("crash/kept", "v1").await.unwrap();
