@@ -2,7 +2,7 @@
 //!
 //! A request's path is parsed into an [`Endpoint`] (a closed enum), then dispatched on
 //! (endpoint, method) to a handler. Handlers translate between HTTP and the registry core;
-//! errors become OCI responses in [`error`] only.
+//! errors become OCI responses in `error` only.
 
 mod admin;
 mod endpoint;
@@ -39,7 +39,7 @@ pub struct AppState {
     pub config: Config,
 }
 
-/// The application: every request goes through [`dispatch`].
+/// The application: every request goes through `dispatch`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }

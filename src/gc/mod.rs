@@ -12,7 +12,7 @@
 //!   period;
 //! - an upload session not written to for `upload_max_age`;
 //! - a repository with no manifest and no blob link (a run looks only at the repositories
-//!   its removals touched; see [`touched_repositories`]).
+//!   its removals touched; see `touched_repositories`).
 //!
 //! Children of an index and manifests with a `subject` are references: nothing reachable
 //! from a tag, or from a present subject, is ever collected.
