@@ -332,4 +332,40 @@ mod tests {
         assert_ne!(sequence(), before, "the log did not start over");
         assert_eq!(std::fs::metadata(&wal).unwrap().len(), log_len);
     }
+
+    /// A log that one large write grew past `LOG_KEPT_BYTES` gives the space back when it
+    /// starts over, instead of keeping the largest size it ever had.
+    #[tokio::test]
+    async fn a_log_grown_past_the_kept_size_is_cut_back_when_it_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("metadata.sqlite-wal");
+        let meta = Metadata::open(&dir.path().join("metadata.sqlite"), false).unwrap();
+        let kept = super::super::LOG_KEPT_BYTES as u64;
+        let chunk = "x".repeat(1 << 20);
+        let chunks = (kept >> 20) as i64 + 8;
+        meta.write(move |c| {
+            for i in 0..chunks {
+                c.execute(
+                    "INSERT INTO retention_plans (created_at, plan) VALUES (?1, ?2)",
+                    rusqlite::params![i, chunk],
+                )?;
+            }
+            Ok::<_, MetadataError>(())
+        })
+        .await
+        .unwrap();
+        assert!(std::fs::metadata(&wal).unwrap().len() > kept);
+        // Copied back and quiet, then one more commit: the log starts over, and the file is
+        // cut to the kept size.
+        tokio::time::sleep(super::PACE + super::IDLE * 2).await;
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            add_uploads(&meta, 1, 0).await;
+            if std::fs::metadata(&wal).unwrap().len() <= kept {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the log kept {} bytes", std::fs::metadata(&wal).unwrap().len());
+            tokio::time::sleep(super::PACE + super::IDLE).await;
+        }
+    }
 }
