@@ -176,7 +176,7 @@ fn touched_repositories(removed: &[Removed]) -> Vec<String> {
 }
 
 /// The repository's name if it was empty and is removed.
-fn remove_if_empty(c: &rusqlite::Connection, name: &str) -> MetaResult<Option<String>> {
+fn remove_repository_if_empty(c: &rusqlite::Connection, name: &str) -> MetaResult<Option<String>> {
     Ok(repositories::remove_if_empty(c, name)?.then(|| name.to_owned()))
 }
 
@@ -307,7 +307,7 @@ impl Collector {
         let emptied = self
             .registry
             .meta
-            .write_each_unflushed(touched_repositories(&report.removed), |c, name| remove_if_empty(c, name))
+            .write_each_unflushed(touched_repositories(&report.removed), |c, name| remove_repository_if_empty(c, name))
             .await?;
         emptied.into_iter().flatten().for_each(|name| report.repository(name));
         Ok(())
@@ -493,7 +493,7 @@ impl Collector {
                     }
                 }
                 for name in touched_repositories(&out.removed) {
-                    remove_if_empty(c, &name)?.into_iter().for_each(|name| out.repository(name));
+                    remove_repository_if_empty(c, &name)?.into_iter().for_each(|name| out.repository(name));
                 }
                 Ok::<_, MetadataError>(out.removed)
             })

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{BATCH, Collector, MetaResult, Removed, Report, Result, remove_if_empty};
+use super::{BATCH, Collector, MetaResult, Removed, Report, Result, remove_repository_if_empty};
 use crate::metadata::gc as q;
 use crate::metadata::repositories;
 use crate::metrics::Metrics;
@@ -118,10 +118,12 @@ impl Collector {
             let Some(last) = page.last() else { return Ok(()) };
             after = Some(last.clone());
             let emptied = if report.run.dry_run {
-                meta.simulate(move |c| page.iter().map(|name| remove_if_empty(c, name)).collect::<MetaResult<Vec<_>>>())
-                    .await?
+                meta.simulate(move |c| {
+                    page.iter().map(|name| remove_repository_if_empty(c, name)).collect::<MetaResult<Vec<_>>>()
+                })
+                .await?
             } else {
-                meta.write_each_unflushed(page, |c, name| remove_if_empty(c, name)).await?
+                meta.write_each_unflushed(page, |c, name| remove_repository_if_empty(c, name)).await?
             };
             emptied.into_iter().flatten().for_each(|name| report.repository(name));
         }
