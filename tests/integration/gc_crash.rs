@@ -49,10 +49,16 @@ async fn killed_between_removing_rows_and_removing_bytes() {
     assert_eq!(report["blobs_removed"], 0, "{report}");
     let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
     assert_eq!(catalog["repositories"], json!(["crash/doomed", "crash/kept"]));
+    let kinds = |report: &Value| -> Vec<String> {
+        report["removed"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap().to_owned()).collect()
+    };
+    // A dry run reports the same and changes nothing.
+    let dry: Value = s.reconcile(true).await.json().await.unwrap();
+    assert_eq!(kinds(&dry), ["blob", "blob", "repository"], "{dry}");
+    let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(catalog["repositories"], json!(["crash/doomed", "crash/kept"]));
     let reconcile: Value = s.reconcile(false).await.json().await.unwrap();
-    let removed: Vec<&str> =
-        reconcile["removed"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    assert_eq!(removed, ["blob", "blob", "repository"], "the layer, the config, crash/doomed: {reconcile}");
+    assert_eq!(kinds(&reconcile), ["blob", "blob", "repository"], "the layer, the config, crash/doomed: {reconcile}");
     assert_eq!(reconcile["repositories_removed"], 1, "{reconcile}");
     let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
     assert_eq!(catalog["repositories"], json!(["crash/kept"]));
