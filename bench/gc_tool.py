@@ -249,16 +249,21 @@ def cmd_expect(a):
 
 
 # ----------------------------------------------------------------- delete
-def cmd_delete(a):
-    spec, c = Spec(a), Client(a.url)
-    sel = select(spec, set(a.residues))
-    t0 = time.monotonic()
+def delete_images(spec, c, residues):
+    """DELETE the manifests of the images whose index % 100 is in residues; -> how many."""
+    sel = select(spec, set(residues))
     for i in sel:
         repo, _, _, _, _, mdig = spec.image(i)
         p = "/v2/%s/manifests/%s" % (repo, mdig)
         st, _, body = c.req("DELETE", p)
         expect(st, (202,), "DELETE " + p, body)
-    print(json.dumps({"deleted": len(sel), "seconds": round(time.monotonic() - t0, 3)}))
+    return len(sel)
+
+
+def cmd_delete(a):
+    t0 = time.monotonic()
+    deleted = delete_images(Spec(a), Client(a.url), a.residues)
+    print(json.dumps({"deleted": deleted, "seconds": round(time.monotonic() - t0, 3)}))
 
 
 # ----------------------------------------------------------------- pull checks
@@ -499,6 +504,98 @@ def cmd_unlink_floor(a):
     print(json.dumps({"files": a.files, "bytes": sum(sizes), "seconds": round(best, 4)}))
 
 
+# ----------------------------------------------------------------- A/B of collections
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Bosun:
+    """A Bosun server on a data directory, collections off and no grace period, so that
+    every collection is started by the caller and removes what the DELETEs left."""
+
+    def __init__(self, binary, data_dir, log_path):
+        import subprocess
+        self.url = "http://127.0.0.1:%d" % _free_port()
+        env = dict(os.environ, BOSUN_GC_ENABLED="false", BOSUN_GC_GRACE_PERIOD="0", BOSUN_LOG="warn")
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen([binary, "serve", "--listen", self.url[len("http://"):], "--data-dir", data_dir],
+                                     env=env, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if Client(self.url, timeout=5).req("GET", "/v2/")[0] in (200, 401):
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise Fail("%s did not start (log: %s)" % (binary, log_path))
+            time.sleep(0.1)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        self.log.close()
+
+
+def cmd_ab(a):
+    """Collections of the same garbage by several Bosun binaries, alternating: per round
+    and binary, a fresh copy of --store, then for each residue the DELETEs of its images,
+    a sync and --quiet seconds, and one timed POST /admin/gc (curl-like wall time, and
+    the server's own finished_at - started_at). A missing --store is populated first, by
+    the first binary. Medians per binary on stdout, one JSON line per collection on stderr."""
+    import shutil
+    import statistics
+    spec = Spec(a)
+    # The store is the data dir itself, or a directory holding one as data/.
+    is_store = lambda d: os.path.exists(os.path.join(d, "metadata.sqlite"))
+    store = a.store if is_store(a.store) else os.path.join(a.store, "data")
+    if not is_store(store):
+        os.makedirs(a.store, exist_ok=True)
+        server = _Bosun(a.bin[0], store, os.path.join(a.store, "populate.log"))
+        try:
+            cmd_populate(argparse.Namespace(**vars(a), url=server.url, workers=4, mode="monolithic-post"))
+        finally:
+            server.stop()
+    work = os.path.join(a.work, "data")
+    expected = {m: len(select(spec, {m})) * (1 + spec.layers) for m in a.residues}
+    results = {b: {"wall_ms": [], "server_ms": []} for b in a.bin}
+    for r in range(a.rounds):
+        for binary in a.bin:
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(store, work, symlinks=True)
+            os.sync()
+            server = _Bosun(binary, work, os.path.join(a.work, "server.log"))
+            try:
+                c = Client(server.url)
+                for m in a.residues:
+                    delete_images(spec, c, [m])
+                    os.sync()
+                    time.sleep(a.quiet)
+                    t = time.perf_counter()
+                    st, _, body = c.req("POST", "/admin/gc")
+                    wall = (time.perf_counter() - t) * 1000
+                    expect(st, (200,), "POST /admin/gc", body)
+                    run = json.loads(body)
+                    if run["blobs_removed"] != expected[m] or run.get("error"):
+                        raise Fail("%s removed %s blobs (expected %d), error %s"
+                                   % (binary, run["blobs_removed"], expected[m], run.get("error")))
+                    server_ms = run["finished_at"] - run["started_at"]
+                    results[binary]["wall_ms"].append(wall)
+                    results[binary]["server_ms"].append(server_ms)
+                    print(json.dumps({"round": r + 1, "bin": binary, "residue": m, "wall_ms": round(wall, 1),
+                                      "server_ms": server_ms}), file=sys.stderr)
+            finally:
+                server.stop()
+    for binary, res in results.items():
+        w = res["wall_ms"]
+        print("%s: wall median %.1f ms (min %.1f, max %.1f), server median %.0f ms, n %d"
+              % (binary, statistics.median(w), min(w), max(w), statistics.median(res["server_ms"]), len(w)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=10000)
@@ -535,11 +632,18 @@ def main():
     p = sub.add_parser("percentiles"); p.add_argument("files", nargs="+")
     p = sub.add_parser("unlink-floor"); p.add_argument("--dir", required=True)
     p.add_argument("--files", type=int, required=True); p.add_argument("--bytes", type=int, required=True)
+    p = sub.add_parser("ab", help="time the collections of several Bosun binaries on copies of one store")
+    p.add_argument("--store", required=True, help="a stopped Bosun data dir with this content (made if missing)")
+    p.add_argument("--work", required=True, help="where each copy of the store is run")
+    p.add_argument("--bin", action="append", required=True, help="a bosun binary (repeat: two or more)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--residues", type=int, nargs="+", default=[50, 51, 52])
+    p.add_argument("--quiet", type=float, default=2.0, help="seconds between the DELETEs and the collection")
     a = ap.parse_args()
     try:
         {"populate": cmd_populate, "write-layout": cmd_write_layout, "expect": cmd_expect,
          "delete": cmd_delete, "verify": cmd_verify, "probe": cmd_probe,
-         "percentiles": cmd_percentiles, "unlink-floor": cmd_unlink_floor}[a.cmd](a)
+         "percentiles": cmd_percentiles, "unlink-floor": cmd_unlink_floor, "ab": cmd_ab}[a.cmd](a)
     except Fail as e:
         print("gc_tool: %s" % e, file=sys.stderr)
         sys.exit(1)
