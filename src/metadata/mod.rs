@@ -34,7 +34,8 @@ use group_commit::GroupCommit;
 /// The schema of a new database, at the newest version.
 const SCHEMA: &str = include_str!("schema.sql");
 /// Upgrades of older databases, in order: `MIGRATIONS[i]` takes version `i + 1` to `i + 2`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/2.sql"), include_str!("migrations/3.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/2.sql"), include_str!("migrations/3.sql"), include_str!("migrations/4.sql")];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 /// Readers kept open for reuse; more are opened on demand under load.
 const IDLE_READERS: usize = 8;
@@ -177,14 +178,18 @@ fn upgrade(writer: &mut Connection, from: i64) -> Result<()> {
     for step in &MIGRATIONS[from as usize - 1..] {
         tx.execute_batch(step)?;
     }
-    // The link -> blob reference is kept by triggers, not a foreign key, so it is
-    // checked here too. The operator is shown the count and the first few, to find the
-    // damage.
+    // The link -> blob and reference -> link references are kept by triggers, not
+    // foreign keys, so they are checked here too. The operator is shown the count and the
+    // first few, to find the damage.
     const BROKEN: &str = "SELECT \"table\" || ' row ' || IFNULL(rowid, '(no rowid)') || ' -> ' || parent
                             FROM pragma_foreign_key_check
                           UNION ALL
                           SELECT 'repository_blobs (repository ' || l.repository_id || ', ' || l.digest || ') -> blobs'
-                            FROM repository_blobs l WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = l.digest)";
+                            FROM repository_blobs l WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = l.digest)
+                          UNION ALL
+                          SELECT 'manifest_blobs (manifest ' || r.manifest_id || ', ' || r.digest || ') -> repository_blobs'
+                            FROM manifest_blobs r WHERE NOT EXISTS
+                                 (SELECT 1 FROM repository_blobs l WHERE l.repository_id = r.repository_id AND l.digest = r.digest)";
     let count: i64 = tx.query_row(&format!("SELECT COUNT(*) FROM ({BROKEN})"), [], |r| r.get(0))?;
     if count > 0 {
         let first: Vec<String> =
@@ -439,7 +444,11 @@ mod tests {
     }
 
     /// The schemas released versions created, oldest first.
-    const RELEASED: &[&str] = &[include_str!("migrations/released/1.sql"), include_str!("migrations/released/2.sql")];
+    const RELEASED: &[&str] = &[
+        include_str!("migrations/released/1.sql"),
+        include_str!("migrations/released/2.sql"),
+        include_str!("migrations/released/3.sql"),
+    ];
 
     /// What a schema is made of, as SQLite sees it: each table's columns, foreign keys and
     /// indexes, and each trigger's text. Table text is left out: an upgraded table keeps the
@@ -576,6 +585,51 @@ mod tests {
         conn.execute("DELETE FROM blobs WHERE digest = 'sha256:x'", []).unwrap();
     }
 
+    /// A manifest's blob reference needs its repository's link, and keeps that link and
+    /// the blob from being deleted; the counts follow. Triggers do it, as foreign keys did.
+    #[test]
+    fn blob_references_are_counted_and_checked_like_a_foreign_key() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Metadata::open(&dir.path().join("m.sqlite"), false).unwrap());
+        let conn = Connection::open(dir.path().join("m.sqlite")).unwrap();
+        conn.execute_batch(
+            "INSERT INTO repositories (id, name, created_at) VALUES (1, 'a', 0), (2, 'b', 0);
+             INSERT INTO blobs (digest, size, created_at, touched_at) VALUES ('sha256:x', 1, 0, 0);
+             INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (1, 'sha256:x', 0);
+             INSERT INTO manifests (id, repository_id, digest, media_type, payload, created_at, touched_at)
+                 VALUES (1, 1, 'sha256:m', 'application/vnd.oci.image.manifest.v1+json', x'7b7d', 0, 0);",
+        )
+        .unwrap();
+        let refer = |repo: i64, digest: &str| {
+            conn.execute(
+                "INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES (1, ?1, ?2)",
+                rusqlite::params![repo, digest],
+            )
+        };
+        let counts = || {
+            conn.query_row(
+                "SELECT b.ref_count, l.ref_count FROM blobs b, repository_blobs l
+                  WHERE b.digest = 'sha256:x' AND l.repository_id = 1 AND l.digest = 'sha256:x'",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .unwrap()
+        };
+        assert!(refer(2, "sha256:x").is_err(), "repository 2 does not link the blob");
+        assert!(refer(1, "sha256:none").is_err(), "no such blob");
+        refer(1, "sha256:x").unwrap();
+        assert_eq!(counts(), (1, 1));
+        assert!(conn.execute("DELETE FROM repository_blobs WHERE repository_id = 1", []).is_err());
+        assert!(conn.execute("UPDATE manifest_blobs SET repository_id = 2", []).is_err());
+        // The reference alone keeps the blob, whatever its links say.
+        conn.execute_batch("DROP TRIGGER blobs_linked").unwrap();
+        assert!(conn.execute("DELETE FROM blobs WHERE digest = 'sha256:x'", []).is_err());
+        conn.execute("DELETE FROM manifest_blobs WHERE manifest_id = 1", []).unwrap();
+        assert_eq!(counts(), (0, 0));
+        conn.execute("DELETE FROM repository_blobs WHERE repository_id = 1", []).unwrap();
+        conn.execute("DELETE FROM blobs WHERE digest = 'sha256:x'", []).unwrap();
+    }
+
     /// An upgrade that would leave a broken reference is refused, and leaves the database
     /// as it was.
     #[test]
@@ -607,6 +661,35 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM sqlite_schema WHERE name = 'repository_blobs_digest'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(indexed, 1, "the version-2 schema is intact");
+    }
+
+    /// A version-3 reference to a blob its repository does not link (its foreign key would
+    /// have refused it) is found by the upgrade, which then changes nothing.
+    #[test]
+    fn an_upgrade_finds_a_reference_without_its_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(RELEASED[2]).unwrap();
+            conn.execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 INSERT INTO repositories (id, name, created_at) VALUES (1, 'a', 0);
+                 INSERT INTO manifests (id, repository_id, digest, media_type, payload, created_at, touched_at)
+                     VALUES (1, 1, 'sha256:m', 'application/vnd.oci.image.manifest.v1+json', x'7b7d', 0, 0);
+                 INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES (1, 1, 'sha256:gone');
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        match Metadata::open(&path, false) {
+            Err(MetadataError::Corrupt(message)) => {
+                assert!(message.contains("(manifest_blobs (manifest 1, sha256:gone) -> repository_blobs"), "{message}")
+            }
+            other => panic!("expected a refused upgrade, got {:?}", other.map(|_| ())),
+        }
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).unwrap(), 3);
     }
 
     /// A database from a newer Bosun is refused, not guessed at.

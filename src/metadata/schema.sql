@@ -1,4 +1,4 @@
--- Bosun metadata, schema version 3 (`migrations/` upgrades older databases). The single
+-- Bosun metadata, schema version 4 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.
 --
@@ -93,15 +93,35 @@ CREATE INDEX manifests_subject ON manifests (repository_id, subject) WHERE subje
 CREATE INDEX manifests_unreferenced ON manifests (touched_at) WHERE tag_count = 0 AND parent_count = 0;
 
 -- Manifest -> blob references (config and layers), one row per distinct blob.
+--
+-- A reference needs its repository's link to the blob (and a link needs its blob), and a
+-- referenced link or blob cannot be deleted. Triggers check both, from the counts the same
+-- triggers keep, instead of foreign keys: a foreign key was checked on every link and
+-- blob a collection deleted by a probe into this table's digest index, a randomly placed
+-- page, where the count is in the row being deleted (schema version 4: about 1.5 ms less
+-- per 1,000 blobs collected).
 CREATE TABLE manifest_blobs (
     manifest_id   INTEGER NOT NULL REFERENCES manifests (id),
     repository_id INTEGER NOT NULL,
-    digest        TEXT NOT NULL REFERENCES blobs (digest),
-    PRIMARY KEY (manifest_id, digest),
-    FOREIGN KEY (repository_id, digest) REFERENCES repository_blobs (repository_id, digest)
+    digest        TEXT NOT NULL,
+    PRIMARY KEY (manifest_id, digest)
 ) WITHOUT ROWID;
 CREATE INDEX manifest_blobs_digest ON manifest_blobs (digest);
 
+CREATE TRIGGER manifest_blobs_linked BEFORE INSERT ON manifest_blobs BEGIN
+    SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: a reference to a blob its repository does not link')
+     WHERE NOT EXISTS (SELECT 1 FROM repository_blobs WHERE repository_id = NEW.repository_id AND digest = NEW.digest);
+END;
+-- References are inserted and deleted, never changed: a change would escape the counts.
+CREATE TRIGGER manifest_blobs_rekey BEFORE UPDATE ON manifest_blobs BEGIN
+    SELECT RAISE(ABORT, 'a manifest''s blob reference is never changed');
+END;
+CREATE TRIGGER repository_blobs_referenced BEFORE DELETE ON repository_blobs WHEN OLD.ref_count > 0 BEGIN
+    SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: a manifest references the link');
+END;
+CREATE TRIGGER blobs_referenced BEFORE DELETE ON blobs WHEN OLD.ref_count > 0 BEGIN
+    SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: a manifest references the blob');
+END;
 CREATE TRIGGER manifest_blobs_count_up AFTER INSERT ON manifest_blobs BEGIN
     UPDATE blobs SET ref_count = ref_count + 1 WHERE digest = NEW.digest;
     UPDATE repository_blobs SET ref_count = ref_count + 1
