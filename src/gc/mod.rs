@@ -160,6 +160,10 @@ impl Report {
     fn repository(&mut self, name: String) {
         self.push(Removed { kind: "repository", repository: Some(name), digest: None, id: None, bytes: 0 });
     }
+
+    fn upload(&mut self, id: String) {
+        self.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+    }
 }
 
 /// The repositories that `removed` took a manifest or a link from, each once: the only ones
@@ -456,7 +460,7 @@ impl Collector {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                     _ => {}
                 }
-                report.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+                report.upload(id);
             }
         }
     }
@@ -489,7 +493,7 @@ impl Collector {
                     let Some((last, _)) = page.last() else { break };
                     after = *last;
                     for (_, id) in page {
-                        out.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+                        out.upload(id);
                     }
                 }
                 for name in touched_repositories(&out.removed) {

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{BATCH, Collector, MetaResult, Removed, Report, Result, remove_repository_if_empty};
+use super::{BATCH, Collector, MetaResult, Report, Result, remove_repository_if_empty};
 use crate::metadata::gc as q;
 use crate::metadata::repositories;
 use crate::metrics::Metrics;
@@ -97,7 +97,7 @@ impl Collector {
                     _ => {}
                 }
             }
-            report.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+            report.upload(id);
         }
         self.sweep_repositories(report).await?;
         if !report.run.dry_run {
