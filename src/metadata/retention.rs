@@ -146,20 +146,24 @@ pub fn deletions(conn: &Connection, limit: usize) -> Result<Vec<serde_json::Valu
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// A pull: the manifest, the tag it was pulled by (if any), and when.
-pub type Pull = (ManifestId, Option<(RepoId, String)>, i64);
+/// A pull: the manifest and its digest, the tag it was pulled by (if any), and when.
+pub type Pull = (ManifestId, String, Option<(RepoId, String)>, i64);
 
-/// Records pulls.
+/// Records pulls. A pull whose manifest has gone since (its id may now be another
+/// manifest's) is dropped, and a tag's pull is recorded only while the tag still points at
+/// the manifest that was pulled.
 pub fn record_pulls(conn: &Connection, pulls: &[Pull]) -> Result<()> {
-    let mut m =
-        conn.prepare_cached("UPDATE manifests SET pulled_at = MAX(COALESCE(pulled_at, 0), ?2) WHERE id = ?1")?;
-    let mut t = conn.prepare_cached(
-        "UPDATE tags SET pulled_at = MAX(COALESCE(pulled_at, 0), ?3) WHERE repository_id = ?1 AND name = ?2",
+    let mut m = conn.prepare_cached(
+        "UPDATE manifests SET pulled_at = MAX(COALESCE(pulled_at, 0), ?3) WHERE id = ?1 AND digest = ?2",
     )?;
-    for (manifest, tag, at) in pulls {
-        m.execute(params![manifest, at])?;
-        if let Some((repo, name)) = tag {
-            t.execute(params![repo, name, at])?;
+    let mut t = conn.prepare_cached(
+        "UPDATE tags SET pulled_at = MAX(COALESCE(pulled_at, 0), ?4)
+          WHERE repository_id = ?1 AND name = ?2 AND manifest_id = ?3",
+    )?;
+    for (manifest, digest, tag, at) in pulls {
+        let present = m.execute(params![manifest, digest, at])? == 1;
+        if let (true, Some((repo, name))) = (present, tag) {
+            t.execute(params![repo, name, manifest, at])?;
         }
     }
     Ok(())
@@ -201,4 +205,46 @@ pub fn load_plan(conn: &Connection, id: i64) -> Result<Option<(String, Option<i6
 pub fn mark_applied(conn: &Connection, id: i64, at: i64) -> Result<()> {
     conn.prepare_cached("UPDATE retention_plans SET applied_at = ?2 WHERE id = ?1")?.execute(params![id, at])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{Metadata, MetadataError, manifests, repositories, tags};
+    use crate::oci::{Digest, ParsedManifest};
+
+    /// Pulls are written seconds after they happen. A manifest deleted in between may
+    /// leave its id to the next one pushed; that one, never pulled, must stay unpulled.
+    #[tokio::test]
+    async fn a_pull_of_a_manifest_deleted_before_the_flush_marks_no_other_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata::open(&dir.path().join("metadata.sqlite"), false).unwrap();
+        let pulled_at = meta
+            .write(|c| {
+                let repo = repositories::ensure(c, &"r".parse().unwrap(), 0)?;
+                let tag = "latest".parse().unwrap();
+                let push = |annotation: &str| -> Result<(ManifestId, String)> {
+                    let body = format!(
+                        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{{"a":"{annotation}"}}}}"#
+                    );
+                    let parsed = ParsedManifest::parse(body.as_bytes(), None).unwrap();
+                    let digest = Digest::sha256_of(body.as_bytes());
+                    let id = manifests::insert(c, repo, &digest, &parsed, &[], body.as_bytes(), 0)?;
+                    tags::set(c, repo, &tag, id, 0)?;
+                    Ok((id, digest.to_string()))
+                };
+                let (old, old_digest) = push("old")?;
+                manifests::delete(c, old, Some(1))?;
+                let (new, new_digest) = push("new")?;
+                assert_eq!(new, old, "the test needs SQLite to reuse the id");
+                assert_ne!(new_digest, old_digest);
+                record_pulls(c, &[(old, old_digest, Some((repo, "latest".into())), 5)])?;
+                let after_stale = tags(c, repo)?[0].pulled_at;
+                record_pulls(c, &[(new, new_digest, Some((repo, "latest".into())), 7)])?;
+                Ok::<_, MetadataError>((after_stale, tags(c, repo)?[0].pulled_at))
+            })
+            .await
+            .unwrap();
+        assert_eq!(pulled_at, (None, Some(7)));
+    }
 }

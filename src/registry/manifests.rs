@@ -44,7 +44,7 @@ impl Registry {
                 Reference::Tag(t) => Some((repo, t.to_string())),
                 Reference::Digest(_) => None,
             };
-            self.pulls.note(found.id, tag, now_ms());
+            self.pulls.note(found.id, found.digest.clone(), tag, now_ms());
         }
         Ok(StoredManifest {
             digest: found.digest.parse().map_err(|e| Error::Internal(format!("stored digest: {e}")))?,
