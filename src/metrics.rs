@@ -3,6 +3,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::metadata::gc::Gauges;
+
 #[derive(Default)]
 pub struct Metrics {
     pub gc_runs: AtomicU64,
@@ -31,7 +33,8 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn render(&self) -> String {
+    /// The counters of this process, and `gauges` read from metadata for this scrape.
+    pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
         counter(&mut out, "bosun_gc_runs_total", "Garbage collections that changed storage.", &self.gc_runs);
         counter(&mut out, "bosun_gc_dry_runs_total", "Garbage collection dry runs.", &self.gc_dry_runs);
@@ -83,6 +86,25 @@ impl Metrics {
             out,
             "# HELP bosun_reconcile_missing_blobs Blobs metadata knows but storage lacks (last reconcile).\n# TYPE bosun_reconcile_missing_blobs gauge\nbosun_reconcile_missing_blobs {}",
             self.reconcile_missing_blobs.load(Ordering::Relaxed)
+        );
+        // 0 when there was none yet, so that `time() - x > limit` alerts from the start.
+        let _ = writeln!(
+            out,
+            "# HELP bosun_gc_last_success_timestamp_seconds When the last run that changed storage ended without an error (0: none yet).\n# TYPE bosun_gc_last_success_timestamp_seconds gauge"
+        );
+        for (kind, at) in [("collect", gauges.last_collect), ("reconcile", gauges.last_reconcile)] {
+            let secs = at.unwrap_or(0) as f64 / 1000.0;
+            let _ = writeln!(out, "bosun_gc_last_success_timestamp_seconds{{kind=\"{kind}\"}} {secs}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP bosun_blobs_unreferenced Blobs no manifest references: in their grace period or awaiting collection.\n# TYPE bosun_blobs_unreferenced gauge\nbosun_blobs_unreferenced {}",
+            gauges.unreferenced_blobs
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bosun_blobs_unreferenced_bytes Bytes of those blobs: what collections will free once their grace ends.\n# TYPE bosun_blobs_unreferenced_bytes gauge\nbosun_blobs_unreferenced_bytes {}",
+            gauges.unreferenced_bytes
         );
         out
     }

@@ -314,6 +314,34 @@ pub fn record_run(conn: &Connection, r: &RunRecord) -> Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
+/// What `/metrics` reads from metadata at each scrape, in one snapshot; each part costs in
+/// proportion to what it counts (garbage), never to the size of the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// When the last collection that changed storage ended without an error (ms).
+    pub last_collect: Option<i64>,
+    /// The same for reconcile.
+    pub last_reconcile: Option<i64>,
+    /// Blobs no manifest references: in their grace period, or awaiting collection.
+    pub unreferenced_blobs: u64,
+    pub unreferenced_bytes: u64,
+}
+
+/// Read from `blobs_unreferenced`, the partial index collections find candidates with.
+pub const UNREFERENCED_TOTALS: &str = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE ref_count = 0";
+
+pub fn gauges(conn: &Connection) -> Result<Gauges> {
+    // Newest first: the walk stops at the first success, normally the last run.
+    let mut last = conn.prepare_cached(
+        "SELECT finished_at FROM gc_runs WHERE kind = ?1 AND dry_run = 0 AND error IS NULL ORDER BY id DESC LIMIT 1",
+    )?;
+    let last_collect = last.query_row(["collect"], |r| r.get(0)).optional()?;
+    let last_reconcile = last.query_row(["reconcile"], |r| r.get(0)).optional()?;
+    let (blobs, bytes): (i64, i64) =
+        conn.prepare_cached(UNREFERENCED_TOTALS)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(Gauges { last_collect, last_reconcile, unreferenced_blobs: blobs as u64, unreferenced_bytes: bytes as u64 })
+}
+
 /// The most recent runs, newest first.
 pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
     let mut stmt = conn.prepare_cached(
@@ -388,5 +416,23 @@ mod tests {
         seen.sort();
         assert!(stale.len() > 1000, "the walk needs more than one page");
         assert_eq!(seen, stale);
+    }
+
+    /// A scrape of `/metrics` counts the unreferenced blobs through the partial index, so
+    /// that it costs what the garbage costs, not a walk of every blob.
+    #[test]
+    fn unreferenced_totals_read_the_partial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.sqlite");
+        drop(Metadata::open(&path, false).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {UNREFERENCED_TOTALS}"))
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(plan.iter().any(|step| step.contains("INDEX blobs_unreferenced")), "{plan:?}");
     }
 }

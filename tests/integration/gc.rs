@@ -221,7 +221,17 @@ async fn runs_are_recorded_and_counted() {
     let s = Server::start_with(GC_NOW);
     let (_, d) = s.push_image("hist", "v1", &[b"layer"]).await;
     s.delete(&format!("/v2/hist/manifests/{d}")).await;
-    s.gc(true).await;
+    // A sample's value, by its name with labels.
+    let sample = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    let waiting = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&waiting, "bosun_blobs_unreferenced"), 2.0, "the config and the layer");
+    assert_eq!(sample(&waiting, "bosun_gc_last_success_timestamp_seconds{kind=\"collect\"}"), 0.0);
+    let dry = s.gc(true).await;
+    assert_eq!(sample(&waiting, "bosun_blobs_unreferenced_bytes"), dry["bytes_removed"].as_f64().unwrap());
     s.gc(false).await;
     let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
     let runs = runs.as_array().unwrap();
@@ -238,6 +248,11 @@ async fn runs_are_recorded_and_counted() {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
     assert!(metrics.contains("bosun_gc_bytes_removed_total"));
+    assert_eq!(sample(&metrics, "bosun_blobs_unreferenced"), 0.0);
+    assert_eq!(sample(&metrics, "bosun_blobs_unreferenced_bytes"), 0.0);
+    let finished = runs[0]["finished_at"].as_f64().unwrap() / 1000.0;
+    assert_eq!(sample(&metrics, "bosun_gc_last_success_timestamp_seconds{kind=\"collect\"}"), finished);
+    assert_eq!(sample(&metrics, "bosun_gc_last_success_timestamp_seconds{kind=\"reconcile\"}"), 0.0);
 }
 
 #[tokio::test]
