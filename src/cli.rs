@@ -72,11 +72,12 @@ pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow:
         return Ok(());
     }
     // Nothing listens: work on the data directory directly (refused if a server holds it).
-    let opened = crate::server::open(config)
-        .with_context(|| format!("no Bosun answered at {addr}, and its data directory could not be opened"))?;
-    let collector = opened.state.collector.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let out = runtime.block_on(async move {
+        let opened = crate::server::open(config)
+            .await
+            .with_context(|| format!("no Bosun answered at {addr}, and its data directory could not be opened"))?;
+        let collector = opened.state.collector.clone();
         Ok::<_, anyhow::Error>(match action {
             GcAction::Collect { dry_run } => serde_json::to_string_pretty(&collector.collect("cli", dry_run).await?)?,
             GcAction::Reconcile { dry_run } => {

@@ -23,8 +23,10 @@ pub struct Opened {
     _lock: File,
 }
 
-/// Opens the data directory (blob store and metadata database) for exclusive use.
-pub fn open(config: &Config) -> anyhow::Result<Opened> {
+/// Opens the data directory (blob store and metadata database) for exclusive use, with
+/// every retention policy installed: a collection decides what untagged manifests to keep
+/// by them, whether it runs in a server or from `bosun gc` on a stopped instance.
+pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     let lock_path = dir.join("bosun.lock");
@@ -46,12 +48,13 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let collector = Arc::new(Collector::new(registry.clone(), config.gc_options()));
     let retention = Arc::new(Retention::new(collector.clone()));
     let state = Arc::new(AppState { registry, collector, retention, config: config.clone() });
+    load_policies(&state).await?;
     Ok(Opened { state, _lock: lock })
 }
 
 /// Loads the retention policies managed through the admin API and installs every policy;
 /// an invalid one stops the start with a message naming it.
-pub async fn load_policies(state: &AppState) -> anyhow::Result<()> {
+async fn load_policies(state: &AppState) -> anyhow::Result<()> {
     let stored = state.registry.meta.read(|c| crate::metadata::retention::api_policies(c)).await?;
     let specs = stored
         .iter()
@@ -65,8 +68,7 @@ pub async fn load_policies(state: &AppState) -> anyhow::Result<()> {
 /// Serves the API until SIGINT or SIGTERM, then finishes the requests in flight. Garbage
 /// collection and reconcile run in the background on their intervals.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let opened = open(&config)?;
-    load_policies(&opened.state).await?;
+    let opened = open(&config).await?;
     let state = opened.state.clone();
     every(Duration::from_secs(5), move || {
         let s = state.clone();

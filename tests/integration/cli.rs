@@ -52,6 +52,33 @@ async fn gc_through_a_running_instance_then_on_its_stopped_data() {
     assert_eq!(runs[0]["trigger"], "cli");
 }
 
+/// A collection on a stopped instance keeps what the retention policies stored through the
+/// admin API keep, as the server's own collections do.
+#[tokio::test]
+async fn an_offline_collection_keeps_what_retention_policies_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let mut s = Server::start_in(dir.path(), GC_NOW);
+    let policy =
+        serde_json::json!({"name": "keep", "repositories": "kept/*", "keep": {"always": true}, "untagged": "keep"});
+    let put = s.http.put(s.url("/admin/retention/policies/keep")).json(&policy).send().await.unwrap();
+    assert_eq!(put.status(), reqwest::StatusCode::OK);
+    let (_, kept) = s.push_image("kept/a", "", &[b"kept untagged"]).await;
+    let (_, free) = s.push_image("free/a", "", &[b"free untagged"]).await;
+    s.kill();
+    let (ok, out, err) = bosun_gc(&["--data-dir", &data, "--url", "127.0.0.1:1"]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let manifests: Vec<&str> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "manifest")
+        .map(|r| r["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(manifests, [free.as_str()], "kept: {kept}");
+}
+
 #[tokio::test]
 async fn retention_restore_and_du_commands() {
     let s = Server::start_with(GC_NOW);
