@@ -22,9 +22,10 @@
 //!    references are counted by triggers (`metadata/schema.sql`), so candidates are found
 //!    through "count = 0" indexes: a run costs in proportion to the garbage.
 //! 2. **Grace period.** Anything that loses its last reference, and any blob a client
-//!    uploads, mounts or probes (HEAD), restarts its grace from that moment
-//!    (`touched_at` / `linked_at`). A client that saw a blob as present has at least a
-//!    grace period to reference it.
+//!    uploads, mounts or probes (HEAD), and any collectable manifest a client reads or
+//!    pushes again, restarts its grace from that moment (`touched_at` / `linked_at`). A
+//!    client that saw a blob or manifest as present has at least a grace period to
+//!    reference it.
 //! 3. **Select, then re-check under the write lock.** Candidates are read without
 //!    blocking writers; each removal re-checks every condition in the removing
 //!    transaction. A tag, a manifest push, a probe or a mount committed in between wins.

@@ -18,6 +18,10 @@ pub struct ManifestRow {
     pub media_type: String,
     pub subject: Option<String>,
     pub payload: Vec<u8>,
+    /// When a client last pushed or probed it, or it lost its last tag or parent.
+    pub touched_at: i64,
+    /// No tag and no parent index: collection may take it once untouched for a grace period.
+    pub collectable: bool,
 }
 
 /// A manifest as the referrers API lists it.
@@ -30,10 +34,30 @@ pub struct ReferrerRow {
     pub annotations: Option<String>,
 }
 
-const SELECT_ROW: &str = "SELECT m.id, m.digest, m.media_type, m.subject, m.payload FROM manifests m";
+const SELECT_ROW: &str = "SELECT m.id, m.digest, m.media_type, m.subject, m.payload, m.touched_at,
+                                 m.tag_count = 0 AND m.parent_count = 0 FROM manifests m";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {
-    Ok(ManifestRow { id: r.get(0)?, digest: r.get(1)?, media_type: r.get(2)?, subject: r.get(3)?, payload: r.get(4)? })
+    Ok(ManifestRow {
+        id: r.get(0)?,
+        digest: r.get(1)?,
+        media_type: r.get(2)?,
+        subject: r.get(3)?,
+        payload: r.get(4)?,
+        touched_at: r.get(5)?,
+        collectable: r.get(6)?,
+    })
+}
+
+/// Marks a manifest a client just read as used, restarting its grace period: the client
+/// may be about to list it in an index. False if it is gone.
+pub fn probe(conn: &Connection, repo: RepoId, digest: &Digest, now: i64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE manifests SET touched_at = MAX(touched_at, ?3) WHERE repository_id = ?1 AND digest = ?2",
+        )?
+        .execute(params![repo, digest.to_string(), now])?
+        > 0)
 }
 
 pub fn by_digest(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<ManifestRow>> {
@@ -60,8 +84,9 @@ pub fn id_of(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<
         .optional()?)
 }
 
-/// Stores a manifest with all its references, unless the repository already has it.
-/// `children` are the ids of the index's child manifests, already checked to exist.
+/// Stores a manifest with all its references, unless the repository already has it (then
+/// a push of the same bytes marks it as used, as a probe does). `children` are the ids of
+/// the index's child manifests, already checked to exist.
 pub fn insert(
     conn: &Connection,
     repo: RepoId,
@@ -72,6 +97,7 @@ pub fn insert(
     now: i64,
 ) -> Result<ManifestId> {
     if let Some(id) = id_of(conn, repo, digest)? {
+        touch(conn, id, now)?;
         return Ok(id);
     }
     let annotations =
@@ -117,7 +143,7 @@ pub fn parent_of(conn: &Connection, id: ManifestId) -> Result<Option<String>> {
 }
 
 /// Restarts the grace period of a manifest that just lost a reference (a tag, a parent
-/// index, its subject).
+/// index, its subject), or was pushed again.
 pub fn touch(conn: &Connection, id: ManifestId, now: i64) -> Result<()> {
     conn.prepare_cached("UPDATE manifests SET touched_at = MAX(touched_at, ?2) WHERE id = ?1")?
         .execute(params![id, now])?;

@@ -25,17 +25,25 @@ impl Registry {
         let seen = self
             .meta
             .read(move |c| match repositories::find(c, &n)? {
-                Some(repo) => Ok(blobs::linked(c, repo, &d)?.map(|b| (repo, b))),
+                Some(repo) => blobs::linked(c, repo, &d),
                 None => Ok(None),
             })
             .await?;
         let unknown = || Error::BlobUnknown(digest.clone());
-        let (repo, blob) = seen.ok_or_else(unknown)?;
+        let blob = seen.ok_or_else(unknown)?;
         if blob.used_at >= fresh_after && !self.options.grace_period.is_zero() {
             return Ok(blob.size);
         }
-        let d = digest.clone();
-        self.meta.write(move |c| blobs::probe(c, repo, &d, now_ms()).map_err(Error::from)).await?.ok_or_else(unknown)
+        // By name again inside the write: the repository may have gone since the read, and
+        // its id passed to a new one.
+        let (n, d) = (name.clone(), digest.clone());
+        self.meta
+            .write(move |c| match repositories::find(c, &n)? {
+                Some(repo) => blobs::probe(c, repo, &d, now_ms()).map_err(Error::from),
+                None => Ok(None),
+            })
+            .await?
+            .ok_or_else(unknown)
     }
 
     /// Opens a blob that `name` may read; `range` is an inclusive byte range already

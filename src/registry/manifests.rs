@@ -23,7 +23,10 @@ pub struct PushedManifest {
 
 impl Registry {
     /// A manifest by tag or digest. A `pull` (a GET, not a HEAD) is noted for retention's
-    /// "pulled within" rules, in memory (see `pulls`).
+    /// "pulled within" rules, in memory (see `pulls`). A manifest that collection could
+    /// take (no tag, no parent) is marked as used before it is answered, as a blob probe
+    /// is: the client may be about to list it in an index, and one reported present here
+    /// is not collected before it can.
     pub async fn get_manifest(&self, name: &RepoName, reference: &Reference, pull: bool) -> Result<StoredManifest> {
         let (n, r) = (name.clone(), reference.clone());
         let (repo, found) = self
@@ -39,18 +42,31 @@ impl Registry {
                 Ok(row.map(|row| (repo, row)).ok_or_else(|| Error::ManifestUnknown(r.to_string())))
             })
             .await??;
+        let digest: Digest = found.digest.parse().map_err(|e| Error::Internal(format!("stored digest: {e}")))?;
+        // At most one write per refresh interval, as for blobs.
+        let fresh_after = now_ms() - self.options.probe_refresh_interval().as_millis() as i64;
+        if found.collectable && (found.touched_at < fresh_after || self.options.grace_period.is_zero()) {
+            // By name again inside the write: the id read above may have been reused since.
+            let (n, d) = (name.clone(), digest.clone());
+            let present = self
+                .meta
+                .write(move |c| match repositories::find(c, &n)? {
+                    Some(repo) => manifests::probe(c, repo, &d, now_ms()),
+                    None => Ok(false),
+                })
+                .await?;
+            if !present {
+                return Err(Error::ManifestUnknown(reference.to_string()));
+            }
+        }
         if pull {
             let tag = match reference {
                 Reference::Tag(t) => Some((repo, t.to_string())),
                 Reference::Digest(_) => None,
             };
-            self.pulls.note(found.id, found.digest.clone(), tag, now_ms());
+            self.pulls.note(found.id, found.digest, tag, now_ms());
         }
-        Ok(StoredManifest {
-            digest: found.digest.parse().map_err(|e| Error::Internal(format!("stored digest: {e}")))?,
-            media_type: found.media_type,
-            payload: Bytes::from(found.payload),
-        })
+        Ok(StoredManifest { digest, media_type: found.media_type, payload: Bytes::from(found.payload) })
     }
 
     /// Stores a manifest under `reference` (a tag, or the digest it must have). Every blob

@@ -103,6 +103,25 @@ async fn an_index_push_in_the_pause_keeps_its_untagged_children() {
     s.verify_image("race/index", "latest").await.unwrap();
 }
 
+/// A client that finds an untagged manifest present (a HEAD by digest, or a push of the
+/// same bytes that the registry answers 201) may list it in an index after the collection
+/// has ended: the manifest must still be there then.
+#[tokio::test]
+async fn a_manifest_probed_or_pushed_again_in_the_pause_waits_for_the_index_that_lists_it() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let probed = s.push_image("race/probe", "", &[&random_bytes(204, 30_000)]).await;
+    let pushed = s.push_image("race/probe", "", &[&random_bytes(205, 30_000)]).await;
+    let gc = paused_gc(&s, AFTER_CANDIDATES).await;
+    let head = s.head(&format!("/v2/race/probe/manifests/{}", probed.1)).await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(s.put_manifest("race/probe", &pushed.1, OCI_MANIFEST, &pushed.0).await.status(), StatusCode::CREATED);
+    s.release(AFTER_CANDIDATES).await;
+    let report = gc.await.unwrap();
+    assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    push_index(&s, "race/probe", "latest", &[probed, pushed]).await;
+    s.verify_image("race/probe", "latest").await.unwrap();
+}
+
 #[tokio::test]
 async fn a_reupload_while_the_bytes_are_being_deleted_ends_with_the_bytes_in_place() {
     let s = Arc::new(Server::start_with(GC_NOW));
