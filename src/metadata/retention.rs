@@ -146,23 +146,25 @@ pub fn deletions(conn: &Connection, limit: usize) -> Result<Vec<serde_json::Valu
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// A pull: the manifest and its digest, the tag it was pulled by (if any), and when.
-pub type Pull = (ManifestId, String, Option<(RepoId, String)>, i64);
+/// A pull: the manifest with its repository and digest, the tag it was pulled by (if any),
+/// and when.
+pub type Pull = (ManifestId, RepoId, String, Option<String>, i64);
 
 /// Records pulls. A pull whose manifest has gone since (its id may now be another
 /// manifest's) is dropped, and a tag's pull is recorded only while the tag still points at
 /// the manifest that was pulled.
 pub fn record_pulls(conn: &Connection, pulls: &[Pull]) -> Result<()> {
     let mut m = conn.prepare_cached(
-        "UPDATE manifests SET pulled_at = MAX(COALESCE(pulled_at, 0), ?3) WHERE id = ?1 AND digest = ?2",
+        "UPDATE manifests SET pulled_at = MAX(COALESCE(pulled_at, 0), ?4)
+          WHERE id = ?1 AND repository_id = ?2 AND digest = ?3",
     )?;
     let mut t = conn.prepare_cached(
         "UPDATE tags SET pulled_at = MAX(COALESCE(pulled_at, 0), ?4)
           WHERE repository_id = ?1 AND name = ?2 AND manifest_id = ?3",
     )?;
-    for (manifest, digest, tag, at) in pulls {
-        let present = m.execute(params![manifest, digest, at])? == 1;
-        if let (true, Some((repo, name))) = (present, tag) {
+    for (manifest, repo, digest, tag, at) in pulls {
+        let present = m.execute(params![manifest, repo, digest, at])? == 1;
+        if let (true, Some(name)) = (present, tag) {
             t.execute(params![repo, name, manifest, at])?;
         }
     }
@@ -214,16 +216,17 @@ mod tests {
     use crate::oci::{Digest, ParsedManifest};
 
     /// Pulls are written seconds after they happen. A manifest deleted in between may
-    /// leave its id to the next one pushed; that one, never pulled, must stay unpulled.
+    /// leave its id to the next one pushed, even with the same bytes in another
+    /// repository; that one, never pulled, must stay unpulled.
     #[tokio::test]
     async fn a_pull_of_a_manifest_deleted_before_the_flush_marks_no_other_manifest() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Metadata::open(&dir.path().join("metadata.sqlite"), false).unwrap();
         let pulled_at = meta
             .write(|c| {
-                let repo = repositories::ensure(c, &"r".parse().unwrap(), 0)?;
+                let (r, s) = (repositories::ensure(c, &"r".parse().unwrap(), 0)?, repositories::ensure(c, &"s".parse().unwrap(), 0)?);
                 let tag = "latest".parse().unwrap();
-                let push = |annotation: &str| -> Result<(ManifestId, String)> {
+                let push = |repo: RepoId, annotation: &str| -> Result<(ManifestId, String)> {
                     let body = format!(
                         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{{"a":"{annotation}"}}}}"#
                     );
@@ -233,18 +236,25 @@ mod tests {
                     tags::set(c, repo, &tag, id, 0)?;
                     Ok((id, digest.to_string()))
                 };
-                let (old, old_digest) = push("old")?;
+                let pulled = |repo: RepoId| -> Result<Option<i64>> { Ok(tags(c, repo)?[0].pulled_at) };
+                // Other bytes, same repository.
+                let (old, old_digest) = push(r, "old")?;
                 manifests::delete(c, old, Some(1))?;
-                let (new, new_digest) = push("new")?;
+                let (new, new_digest) = push(r, "new")?;
                 assert_eq!(new, old, "the test needs SQLite to reuse the id");
-                assert_ne!(new_digest, old_digest);
-                record_pulls(c, &[(old, old_digest, Some((repo, "latest".into())), 5)])?;
-                let after_stale = tags(c, repo)?[0].pulled_at;
-                record_pulls(c, &[(new, new_digest, Some((repo, "latest".into())), 7)])?;
-                Ok::<_, MetadataError>((after_stale, tags(c, repo)?[0].pulled_at))
+                record_pulls(c, &[(old, r, old_digest, Some("latest".into()), 5)])?;
+                let other_bytes = pulled(r)?;
+                record_pulls(c, &[(new, r, new_digest.clone(), Some("latest".into()), 7)])?;
+                let own_pull = pulled(r)?;
+                // The same bytes, another repository.
+                manifests::delete(c, new, Some(1))?;
+                let (moved, moved_digest) = push(s, "new")?;
+                assert_eq!((moved, &moved_digest), (new, &new_digest));
+                record_pulls(c, &[(new, r, new_digest, None, 9)])?;
+                Ok::<_, MetadataError>((other_bytes, own_pull, pulled(s)?))
             })
             .await
             .unwrap();
-        assert_eq!(pulled_at, (None, Some(7)));
+        assert_eq!(pulled_at, (None, Some(7), None));
     }
 }

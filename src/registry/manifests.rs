@@ -61,10 +61,10 @@ impl Registry {
         }
         if pull {
             let tag = match reference {
-                Reference::Tag(t) => Some((repo, t.to_string())),
+                Reference::Tag(t) => Some(t.to_string()),
                 Reference::Digest(_) => None,
             };
-            self.pulls.note(found.id, found.digest, tag, now_ms());
+            self.pulls.note(found.id, repo, found.digest, tag, now_ms());
         }
         Ok(StoredManifest { digest, media_type: found.media_type, payload: Bytes::from(found.payload) })
     }

@@ -10,18 +10,19 @@ use crate::metadata::manifests::ManifestId;
 use crate::metadata::repositories::RepoId;
 use crate::metadata::{self, Metadata};
 
-/// (manifest, its digest, tag pulled by) → last pull time.
+/// (manifest, its repository and digest, tag pulled by) → last pull time.
 #[derive(Default)]
 pub struct PullTracker(Mutex<HashMap<PullKey, i64>>);
 
-/// The digest goes with the id because ids are reused: a manifest deleted before the flush
-/// may leave its id to one pushed after, which was never pulled.
-type PullKey = (ManifestId, String, Option<(RepoId, String)>);
+/// The repository and digest go with the id because ids are reused: a manifest deleted
+/// before the flush may leave its id to one pushed after, maybe the same bytes in another
+/// repository, which was never pulled.
+type PullKey = (ManifestId, RepoId, String, Option<String>);
 
 impl PullTracker {
-    pub fn note(&self, manifest: ManifestId, digest: String, tag: Option<(RepoId, String)>, at: i64) {
+    pub fn note(&self, manifest: ManifestId, repo: RepoId, digest: String, tag: Option<String>, at: i64) {
         let mut map = self.0.lock().expect("pull tracker poisoned");
-        let entry = map.entry((manifest, digest, tag)).or_insert(at);
+        let entry = map.entry((manifest, repo, digest, tag)).or_insert(at);
         *entry = (*entry).max(at);
     }
 
@@ -29,7 +30,7 @@ impl PullTracker {
     pub async fn flush(&self, meta: &Metadata) -> metadata::Result<()> {
         let pulls: Vec<metadata::retention::Pull> = {
             let mut map = self.0.lock().expect("pull tracker poisoned");
-            map.drain().map(|((m, d, t), at)| (m, d, t, at)).collect()
+            map.drain().map(|((m, r, d, t), at)| (m, r, d, t, at)).collect()
         };
         if pulls.is_empty() {
             return Ok(());
