@@ -570,10 +570,12 @@ impl BlobStore for FilesystemStore {
             for alg in fs::read_dir(&blobs)? {
                 let alg = alg?;
                 let alg_name = alg.file_name().to_string_lossy().into_owned();
-                for shard in fs::read_dir(alg.path())? {
-                    for file in fs::read_dir(shard?.path())? {
+                let Some(shards) = gone_is_none(fs::read_dir(alg.path()))? else { continue };
+                for shard in shards {
+                    let Some(files) = gone_is_none(fs::read_dir(shard?.path()))? else { continue };
+                    for file in files {
                         let file = file?;
-                        let meta = file.metadata()?;
+                        let Some(meta) = gone_is_none(file.metadata())? else { continue };
                         let name = format!("{alg_name}:{}", file.file_name().to_string_lossy());
                         // A file whose name is no digest is not a blob this store wrote; it is
                         // reported so that the caller can decide, never silently skipped.
@@ -595,11 +597,23 @@ impl BlobStore for FilesystemStore {
             let mut out = Vec::new();
             for entry in fs::read_dir(&uploads)? {
                 let entry = entry?;
-                out.push((entry.file_name().to_string_lossy().into_owned(), entry.metadata()?.modified()?));
+                let Some(meta) = gone_is_none(entry.metadata())? else { continue };
+                out.push((entry.file_name().to_string_lossy().into_owned(), meta.modified()?));
             }
             Ok(out)
         })
         .await
+    }
+}
+
+/// `None` for an entry that went between the directory read and this call: a collection
+/// unlinked a blob and pruned its directory, an upload was committed or cancelled. It
+/// needs no reconcile, and is no reason to stop one; every other error still is.
+fn gone_is_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
