@@ -132,6 +132,22 @@ async fn wrong_digest_stores_nothing() {
     expect_error(resp, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
 }
 
+/// A monolithic POST that is refused leaves no session: its client never learned the id,
+/// so nobody could ever resume or cancel it.
+#[tokio::test]
+async fn a_refused_monolithic_post_leaves_no_session() {
+    let s = Server::start_with(&[GC_NOW, &[("BOSUN_GC_UPLOAD_MAX_AGE", "0s")]].concat());
+    let digest = sha256(b"12345");
+    for (range, status) in [("bytes=oops", StatusCode::BAD_REQUEST), ("0-9", StatusCode::BAD_REQUEST)] {
+        let url = s.url(&format!("/v2/mono/blobs/uploads/?digest={digest}"));
+        let resp = s.http.post(url).header("content-range", range).body("12345").send().await.unwrap();
+        assert_eq!(resp.status(), status, "{range}: {}", resp.text().await.unwrap());
+    }
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
+    let dry = s.gc(true).await;
+    assert_eq!(dry["uploads_removed"], 0, "{dry}");
+}
+
 #[tokio::test]
 async fn cancel_removes_the_session() {
     let s = Server::start();

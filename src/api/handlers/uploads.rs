@@ -73,14 +73,24 @@ pub async fn start(registry: &Arc<Registry>, name: &RepoName, request: &Request,
         return Ok(in_progress(name, &status, StatusCode::ACCEPTED));
     }
     let digest = headers::param(&params, "digest").map(parse_digest).transpose()?;
+    // Checked before a session exists, so a refusal leaves none behind.
+    let range = if digest.is_some() { chunk_range(request)? } else { None };
     let status = registry.start_upload(name).await?;
     match digest {
         // Monolithic upload in one POST: the body is the whole blob.
         Some(digest) => {
-            let range = chunk_range(request)?;
             let (r, n, d) = (registry.clone(), name.clone(), digest.clone());
-            to_the_end(async move { r.finish_upload(&n, &status.id, &d, range, body.into_data_stream()).await })
-                .await?;
+            to_the_end(async move {
+                let stored = r.finish_upload(&n, &status.id, &d, range, body.into_data_stream()).await;
+                if stored.is_err() {
+                    // The client never learned this session's id, so nobody can resume it.
+                    // (A failure here, such as a session already cancelled by the refusal,
+                    // leaves at most what collection removes after `upload_max_age`.)
+                    let _ = r.cancel_upload(&n, &status.id).await;
+                }
+                stored
+            })
+            .await?;
             Ok(created(name, &digest))
         }
         None => Ok(in_progress(name, &status, StatusCode::ACCEPTED)),
