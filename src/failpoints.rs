@@ -14,6 +14,9 @@ use tokio::sync::watch;
 /// The points the code can stop at.
 pub const GC_AFTER_CANDIDATES: &str = "gc.after_candidates";
 pub const GC_BEFORE_BYTES: &str = "gc.before_bytes";
+/// In a collection, once it holds the locks of a page of stale upload sessions, before it
+/// removes them.
+pub const GC_UPLOADS_CLAIMED: &str = "gc.uploads_claimed";
 /// In an upload step, after its body has been received and before it is flushed.
 pub const UPLOAD_BEFORE_FLUSH: &str = "upload.before_flush";
 

@@ -56,13 +56,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::failpoints::{GC_AFTER_CANDIDATES, GC_BEFORE_BYTES};
+use crate::failpoints::{GC_AFTER_CANDIDATES, GC_BEFORE_BYTES, GC_UPLOADS_CLAIMED};
 use crate::metadata::gc::{self as q, ManifestRules, RunRecord};
 use crate::metadata::{MetadataError, now_ms, repositories};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, UploadId};
 use crate::policy::Untagged;
 use crate::registry::Registry;
+use crate::registry::uploads::Claim;
 
 /// Candidates read at once. They are removed in as few transactions as other writers allow
 /// ([`crate::metadata::Metadata::write_each_unflushed`]): a push that arrives meanwhile
@@ -416,8 +417,9 @@ impl Collector {
     }
 
     /// Removes upload sessions idle longer than `upload_max_age`, a page at a time; a
-    /// session a request is using right now is left for the next run. Rows go first
-    /// (unflushed, then one flush for the page), files after.
+    /// session a request is using right now is left for the next run, and one that is being
+    /// removed is claimed (locked) until it is gone, so a request arriving meanwhile finds
+    /// it unknown. Rows go first (unflushed, then one flush for the page), files after.
     async fn uploads(&self, report: &mut Report) -> Result<()> {
         let (meta, sessions) = (&self.registry.meta, self.registry.sessions());
         let before = now_ms() - self.options.upload_max_age.as_millis() as i64;
@@ -427,23 +429,25 @@ impl Collector {
             let page = meta.read(move |c| q::stale_uploads(c, before, cursor, BATCH)).await?;
             let Some((last, _)) = page.last() else { return Ok(()) };
             after = *last;
-            let idle: Vec<(String, UploadId)> = page
+            let idle: Vec<(String, UploadId, Claim)> = page
                 .into_iter()
                 .filter_map(|(_, id)| {
                     let upload: UploadId = id.parse().ok()?;
-                    (!sessions.busy(&upload)).then_some((id, upload))
+                    let claim = sessions.claim(&upload)?;
+                    Some((id, upload, claim))
                 })
                 .collect();
             if idle.is_empty() {
                 continue;
             }
+            self.registry.failpoints.hit(GC_UPLOADS_CLAIMED).await;
             // One transaction for the page; each row is re-checked in it.
             let removed = meta
                 .write_unflushed(move |c| {
                     let mut removed = Vec::new();
-                    for (id, upload) in idle {
+                    for (id, upload, claim) in idle {
                         if q::remove_upload_if_stale(c, &id, before)? {
-                            removed.push((id, upload));
+                            removed.push((id, upload, claim));
                         }
                     }
                     Ok::<_, MetadataError>(removed)
@@ -452,11 +456,12 @@ impl Collector {
             if removed.is_empty() {
                 continue;
             }
-            for (_, upload) in &removed {
+            for (_, upload, _) in &removed {
                 sessions.forget(upload);
             }
             meta.flush().await?;
-            for (id, upload) in removed {
+            // Each claim is released once its session's file is gone.
+            for (id, upload, _claim) in removed {
                 match self.registry.store.delete_upload(&upload).await {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                     _ => {}

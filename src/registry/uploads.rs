@@ -32,6 +32,11 @@ struct HashState {
 
 type SessionSlot = Arc<tokio::sync::Mutex<Option<HashState>>>;
 
+/// A session's lock, held by collection while it removes the session ([`Sessions::claim`]).
+pub(crate) struct Claim {
+    _lock: tokio::sync::OwnedMutexGuard<Option<HashState>>,
+}
+
 /// Per-session locks (one request at a time per upload) holding the hash state.
 #[derive(Default)]
 pub(crate) struct Sessions(Mutex<HashMap<UploadId, SessionSlot>>);
@@ -45,9 +50,11 @@ impl Sessions {
         self.0.lock().expect("sessions poisoned").remove(id);
     }
 
-    /// Whether a request is working on the session right now.
-    pub(crate) fn busy(&self, id: &UploadId) -> bool {
-        self.0.lock().expect("sessions poisoned").get(id).is_some_and(|slot| slot.try_lock().is_err())
+    /// The session's lock, unless a request holds it. Collection removes a session only
+    /// while holding it, so a request that arrives meanwhile waits, then finds the session
+    /// gone (404) instead of writing to a file being deleted.
+    pub(crate) fn claim(&self, id: &UploadId) -> Option<Claim> {
+        self.slot(id).try_lock_owned().ok().map(|lock| Claim { _lock: lock })
     }
 }
 

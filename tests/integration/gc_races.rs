@@ -13,6 +13,8 @@ use crate::harness::*;
 
 const AFTER_CANDIDATES: &str = "gc.after_candidates";
 const BEFORE_BYTES: &str = "gc.before_bytes";
+const UPLOADS_CLAIMED: &str = "gc.uploads_claimed";
+const UPLOAD_BEFORE_FLUSH: &str = "upload.before_flush";
 
 /// Starts a collection that will stop at `failpoint`; returns its handle once it has.
 async fn paused_gc(s: &Arc<Server>, failpoint: &str) -> tokio::task::JoinHandle<Value> {
@@ -195,4 +197,62 @@ async fn a_collection_whose_client_goes_away_runs_to_its_end() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the collection whose client went away was never recorded");
+}
+
+/// A server whose upload sessions are stale after 100 ms, with one session that has become
+/// stale; returns its location.
+async fn stale_session(s: &Server) -> String {
+    let resp = s.http.post(s.url("/v2/race/upload/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    location
+}
+
+const STALE_UPLOADS: &[(&str, &str)] = &[("BOSUN_GC_UPLOAD_MAX_AGE", "100ms")];
+
+/// A stale session that a request is using is not collected: the request ends normally and
+/// the upload can be finished.
+#[tokio::test]
+async fn a_stale_upload_session_in_use_is_left_to_its_request() {
+    let s = Arc::new(Server::start_with(&[GC_NOW, STALE_UPLOADS].concat()));
+    let location = stale_session(&s).await;
+    let data = random_bytes(420, 10_000);
+    s.arm(UPLOAD_BEFORE_FLUSH).await;
+    let patch = {
+        let (s, location, data) = (s.clone(), location.clone(), data.clone());
+        tokio::spawn(async move { s.http.patch(s.url(&location)).body(data).send().await.unwrap().status() })
+    };
+    s.wait_paused(UPLOAD_BEFORE_FLUSH).await;
+    let report = s.gc(false).await;
+    assert_eq!(report["uploads_removed"], 0, "{report}");
+    s.release(UPLOAD_BEFORE_FLUSH).await;
+    assert_eq!(patch.await.unwrap(), StatusCode::ACCEPTED);
+    let digest = sha256(&data);
+    let resp = s.http.put(s.url(&format!("{location}?digest={digest}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+/// A request that arrives while a collection removes its stale session waits, then finds
+/// the session gone (404), instead of writing into a file being deleted.
+#[tokio::test]
+async fn a_request_for_a_stale_upload_session_being_removed_finds_it_gone() {
+    let s = Arc::new(Server::start_with(&[GC_NOW, STALE_UPLOADS].concat()));
+    let location = stale_session(&s).await;
+    s.arm(UPLOADS_CLAIMED).await;
+    let gc = {
+        let s = s.clone();
+        tokio::spawn(async move { s.gc(false).await })
+    };
+    s.wait_paused(UPLOADS_CLAIMED).await;
+    let patch = {
+        let (s, location) = (s.clone(), location.clone());
+        tokio::spawn(async move { s.http.patch(s.url(&location)).body("late bytes").send().await.unwrap() })
+    };
+    // Time for the request to reach the session's lock.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.release(UPLOADS_CLAIMED).await;
+    let report = gc.await.unwrap();
+    assert_eq!(report["uploads_removed"], 1, "{report}");
+    expect_error(patch.await.unwrap(), StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
 }
