@@ -310,18 +310,19 @@ impl Collector {
             }
         }
         self.uploads(report).await?;
-        let emptied = self
+        let (emptied, ended) = self
             .registry
             .meta
             .write_each_unflushed(touched_repositories(&report.removed), |c, name| remove_repository_if_empty(c, name))
-            .await?;
+            .await;
         emptied.into_iter().flatten().for_each(|name| report.repository(name));
-        Ok(())
+        Ok(ended?)
     }
 
     /// Runs one kind of pass: candidates read without blocking writers, then removed in
-    /// transactions that give way to other writers, each candidate re-checked.
-    async fn pass<C, K, R>(&self, ctx: &Ctx, pass: Pass<C, K, R>) -> Result<Vec<R>>
+    /// transactions that give way to other writers, each candidate re-checked. Returns what
+    /// it removed, also when an error stopped it (the error comes with it).
+    async fn pass<C, K, R>(&self, ctx: &Ctx, pass: Pass<C, K, R>) -> (Vec<R>, Result<()>)
     where
         C: Send + 'static,
         K: Clone + Send + 'static,
@@ -332,33 +333,49 @@ impl Collector {
         let mut out = Vec::new();
         loop {
             let (cursor, read_ctx) = (after.clone(), ctx.clone());
-            let candidates = meta.read(move |c| (pass.select)(c, &read_ctx, &cursor)).await?;
-            let Some(last) = candidates.last() else { return Ok(out) };
+            let candidates = match meta.read(move |c| (pass.select)(c, &read_ctx, &cursor)).await {
+                Ok(candidates) => candidates,
+                Err(e) => return (out, Err(e.into())),
+            };
+            let Some(last) = candidates.last() else { return (out, Ok(())) };
             after = (pass.cursor)(last);
             self.registry.failpoints.hit(GC_AFTER_CANDIDATES).await;
             let write_ctx = ctx.clone();
             // Unflushed: losing a removal to a power failure only undoes progress that the
             // next run redoes; the removals that bytes depend on are flushed before any byte
             // goes (`remove_blob_bytes`).
-            let removed = meta
+            let (removed, ended) = meta
                 .write_each_unflushed(candidates, move |c, candidate| (pass.remove)(c, &write_ctx, candidate))
-                .await?;
+                .await;
             out.extend(removed.into_iter().flatten());
+            if let Err(e) = ended {
+                return (out, Err(e.into()));
+            }
         }
     }
 
     /// One round of a real run: manifests, then links (with the blobs that lose their last
-    /// one), then blobs that had no link; the blobs' bytes last.
+    /// one), then blobs that had no link; the blobs' bytes last. A pass that fails ends the
+    /// round, but what was removed before is reported, and the bytes of blobs already gone
+    /// from metadata still go (rather than waiting for reconcile).
     async fn round(&self, ctx: &Ctx, report: &mut Report) -> Result<()> {
-        self.pass(ctx, MANIFESTS).await?.into_iter().for_each(|m| report.manifest(m));
+        let (manifests, ended) = self.pass(ctx, MANIFESTS).await;
+        manifests.into_iter().for_each(|m| report.manifest(m));
+        ended?;
         let mut blobs = Vec::new();
-        for link in self.pass(ctx, LINKS).await? {
+        let (links, mut ended) = self.pass(ctx, LINKS).await;
+        for link in links {
             blobs.extend(link.blob.map(|size| (link.digest.clone(), size)));
             report.link(link.repository, link.digest);
         }
-        blobs.extend(self.pass(ctx, BLOBS).await?);
+        if ended.is_ok() {
+            let unlinked;
+            (unlinked, ended) = self.pass(ctx, BLOBS).await;
+            blobs.extend(unlinked);
+        }
         self.registry.failpoints.hit(GC_BEFORE_BYTES).await;
-        self.remove_blob_bytes(blobs, report).await
+        let bytes = self.remove_blob_bytes(blobs, report).await;
+        ended.and(bytes)
     }
 
     /// Removes the bytes of blobs that metadata no longer knows, a batch at a time. The

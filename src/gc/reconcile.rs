@@ -117,15 +117,18 @@ impl Collector {
             let page = meta.read(move |c| repositories::list(c, cursor.as_deref(), BATCH)).await?;
             let Some(last) = page.last() else { return Ok(()) };
             after = Some(last.clone());
-            let emptied = if report.run.dry_run {
-                meta.simulate(move |c| {
-                    page.iter().map(|name| remove_repository_if_empty(c, name)).collect::<MetaResult<Vec<_>>>()
-                })
-                .await?
+            let (emptied, ended) = if report.run.dry_run {
+                let emptied = meta
+                    .simulate(move |c| {
+                        page.iter().map(|name| remove_repository_if_empty(c, name)).collect::<MetaResult<Vec<_>>>()
+                    })
+                    .await?;
+                (emptied, Ok(()))
             } else {
-                meta.write_each_unflushed(page, |c, name| remove_repository_if_empty(c, name)).await?
+                meta.write_each_unflushed(page, |c, name| remove_repository_if_empty(c, name)).await
             };
             emptied.into_iter().flatten().for_each(|name| report.repository(name));
+            ended?;
         }
     }
 }

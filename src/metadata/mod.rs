@@ -322,9 +322,10 @@ impl Metadata {
     /// writer queued, so that writer waits for one item and the commit of those before it,
     /// and on a quiet registry all the items commit together (each commit writes every page
     /// it touched to the log again). If `f` fails, the items of that transaction are rolled
-    /// back and the earlier transactions stay. Unflushed, like
+    /// back and the earlier transactions stay: their results come back with the error, for
+    /// the caller to account for what was done. Unflushed, like
     /// [`Metadata::write_unflushed`], so only for work whose loss is redone later.
-    pub async fn write_each_unflushed<I, R, E, F>(&self, items: Vec<I>, f: F) -> std::result::Result<Vec<R>, E>
+    pub async fn write_each_unflushed<I, R, E, F>(&self, items: Vec<I>, f: F) -> (Vec<R>, std::result::Result<(), E>)
     where
         I: Send + 'static,
         R: Send + 'static,
@@ -335,7 +336,7 @@ impl Metadata {
         let mut left = items.into_iter();
         while left.len() > 0 {
             let (waiting, f) = (self.inner.writer.waiting.clone(), f.clone());
-            let (results, rest) = self
+            let committed = self
                 .write_unflushed(move |tx| {
                     let mut results = Vec::new();
                     for item in left.by_ref() {
@@ -346,11 +347,16 @@ impl Metadata {
                     }
                     Ok::<_, E>((results, left))
                 })
-                .await?;
-            done.extend(results);
-            left = rest;
+                .await;
+            match committed {
+                Ok((results, rest)) => {
+                    done.extend(results);
+                    left = rest;
+                }
+                Err(e) => return (done, Err(e)),
+            }
         }
-        Ok(done)
+        (done, Ok(()))
     }
 
     /// Runs `f` inside a write transaction that is always rolled back: a dry run sees
@@ -712,7 +718,8 @@ mod tests {
     }
 
     /// A long run of small writes is one transaction while it is alone, and gives way to a
-    /// writer that queues during an item right after that item.
+    /// writer that queues during an item right after that item. A failure rolls back only
+    /// its own transaction, and the results of those committed before come back with it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_run_of_writes_is_one_transaction_until_a_writer_queues() {
         let dir = tempfile::tempdir().unwrap();
@@ -727,7 +734,7 @@ mod tests {
         };
 
         // Alone: a failure at the last item rolls every item back, so all were in one transaction.
-        let failed = meta
+        let (done, failed) = meta
             .write_each_unflushed((0..100).collect(), move |tx, &i| {
                 insert(tx, i)?;
                 if i == 99 {
@@ -737,9 +744,11 @@ mod tests {
             })
             .await;
         assert!(failed.is_err());
+        assert!(done.is_empty(), "no transaction committed");
         assert_eq!(rows().await.unwrap(), Vec::<i64>::new());
 
-        // A writer queues while item 10 runs: it commits right after item 10.
+        // A writer queues while item 10 runs: it commits right after item 10. Item 50 then
+        // fails: 11 to 49, in the transaction after the writer's, are rolled back.
         let (reached, at_ten) = std::sync::mpsc::channel();
         let waiting = meta.inner.writer.waiting.clone();
         let run = tokio::spawn({
@@ -755,6 +764,9 @@ mod tests {
                         }
                     }
                     insert(tx, i)?;
+                    if i == 50 {
+                        return Err(MetadataError::Task("item 50 fails".into()));
+                    }
                     Ok::<_, MetadataError>(i)
                 })
                 .await
@@ -762,8 +774,10 @@ mod tests {
         });
         tokio::task::spawn_blocking(move || at_ten.recv().unwrap()).await.unwrap();
         meta.write(move |tx| Ok::<_, MetadataError>(insert(tx, -1)?)).await.unwrap();
-        assert_eq!(run.await.unwrap().unwrap(), (0..100).collect::<Vec<i64>>());
-        let expected: Vec<i64> = (0..=10).chain([-1]).chain(11..100).collect();
+        let (done, ended) = run.await.unwrap();
+        assert!(ended.is_err());
+        assert_eq!(done, (0..=10).collect::<Vec<i64>>());
+        let expected: Vec<i64> = (0..=10).chain([-1]).collect();
         assert_eq!(rows().await.unwrap(), expected);
     }
 }
