@@ -525,7 +525,12 @@ impl Collector {
                 Ok::<_, MetadataError>(out.removed)
             })
             .await?;
-        removed.into_iter().for_each(|r| report.push(r));
+        // A real run leaves a session that a request is using (see `uploads`).
+        let sessions = self.registry.sessions();
+        let in_use = |r: &Removed| {
+            r.kind == "upload" && r.id.as_deref().and_then(|id| id.parse().ok()).is_some_and(|id| sessions.in_use(&id))
+        };
+        removed.into_iter().filter(|r| !in_use(r)).for_each(|r| report.push(r));
         Ok(())
     }
 

@@ -113,8 +113,9 @@ pub fn remove_manifest_if_garbage(
 #[derive(Debug, Clone)]
 pub struct LinkCandidate {
     pub repository_id: RepoId,
-    /// Read with the candidate: only collection removes repositories, after its passes, so
-    /// the id still names this repository when the link is removed.
+    /// Read with the candidate, for the report. Should the repository go meanwhile (a
+    /// blob DELETE of its last link) and a new one take its id and link the same digest,
+    /// that link is younger than the cutoff, so the removal's re-check leaves it.
     pub repository: String,
     pub digest: String,
     pub linked_at: i64,

@@ -50,6 +50,11 @@ impl Sessions {
         self.0.lock().expect("sessions poisoned").remove(id);
     }
 
+    /// Whether a request is using the session right now (a collection would leave it).
+    pub(crate) fn in_use(&self, id: &UploadId) -> bool {
+        self.0.lock().expect("sessions poisoned").get(id).is_some_and(|slot| slot.try_lock().is_err())
+    }
+
     /// The session's lock, unless a request holds it. Collection removes a session only
     /// while holding it, so a request that arrives meanwhile waits, then finds the session
     /// gone (404) instead of writing to a file being deleted.
