@@ -81,6 +81,13 @@ async fn chunked_upload_with_out_of_order_and_status() {
     assert_eq!(s.get(&format!("/v2/chunk/blobs/{digest}")).await.bytes().await.unwrap(), data);
     // The session is over.
     expect_error(s.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+
+    // A first chunk announcing 2^64 bytes is refused like any mismatch (no overflow).
+    let resp = s.http.post(s.url("/v2/chunk/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    let resp = s.http.patch(s.url(&location)).header("content-range", format!("0-{}", u64::MAX)).body("abc");
+    let msg = expect_error(resp.send().await.unwrap(), StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID").await;
+    assert!(msg.contains("18446744073709551616 bytes, the body had 3"), "{msg}");
 }
 
 #[tokio::test]
