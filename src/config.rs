@@ -101,7 +101,12 @@ impl Default for GcConfig {
     }
 }
 
-/// Parses `500ms`, `30s`, `10m`, `1h`, `7d` (or `0`).
+/// The longest duration accepted anywhere (100 years). Durations are compared with
+/// timestamps as signed milliseconds; a longer one could wrap negative there and turn
+/// "keep what was pushed within" or a grace period into "nothing is recent".
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses `500ms`, `30s`, `10m`, `1h`, `7d` (or `0`), up to [`MAX_DURATION`].
 pub fn parse_duration(raw: &str) -> anyhow::Result<Duration> {
     let raw = raw.trim();
     if raw == "0" {
@@ -110,14 +115,23 @@ pub fn parse_duration(raw: &str) -> anyhow::Result<Duration> {
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (number, unit) = raw.split_at(split);
     let n: u64 = number.parse().with_context(|| format!("duration {raw:?} does not start with a whole number"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
+    let (per, millis) = match unit {
+        "ms" => (1, true),
+        "s" => (1, false),
+        "m" => (60, false),
+        "h" => (3600, false),
+        "d" => (86_400, false),
         _ => bail!("duration {raw:?} needs a unit: ms, s, m, h or d"),
-    })
+    };
+    let duration = match n.checked_mul(per) {
+        Some(n) if millis => Duration::from_millis(n),
+        Some(secs) => Duration::from_secs(secs),
+        None => Duration::MAX,
+    };
+    if duration > MAX_DURATION {
+        bail!("duration {raw:?} is longer than 100 years");
+    }
+    Ok(duration)
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -279,6 +293,12 @@ mod tests {
         assert_eq!(config.gc.grace_period, Duration::ZERO);
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+        // Too long to compare with millisecond timestamps, or too long to compute at all.
+        for raw in ["36501d", "9223372036854776s", "213503982334602d", "18446744073709551615m"] {
+            let e = parse_duration(raw).unwrap_err().to_string();
+            assert!(e.contains("longer than 100 years"), "{raw}: {e}");
+        }
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("1w").is_err());
         std::fs::write(&path, "[gc]\ngrace_period = \"soon\"\n").unwrap();

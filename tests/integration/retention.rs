@@ -308,6 +308,15 @@ async fn policies_through_the_admin_api_and_explain() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let err: Value = resp.json().await.unwrap();
     assert!(err["error"].as_str().unwrap().contains("keep.any[1].matching_regex"), "{err}");
+    // A duration too long to compare with timestamps is refused, not wrapped around into
+    // "nothing was pushed within it".
+    let resp =
+        put("long", json!({"name": "long", "repositories": "**", "keep": {"pushed_within": "9223372036854776s"}}))
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let err: Value = resp.json().await.unwrap();
+    assert!(err["error"].as_str().unwrap().contains("longer than 100 years"), "{err}");
     let resp = put("all", json!({"name": "all", "repositories": "**", "keep": {"newest": 10}})).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let resp = put(
