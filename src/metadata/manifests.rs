@@ -76,6 +76,15 @@ pub fn by_tag(conn: &Connection, repo: RepoId, tag: &Tag) -> Result<Option<Manif
         .optional()?)
 }
 
+/// The id and byte length of a manifest of `repo`, if it exists: what an index listing it
+/// must agree with.
+pub fn id_and_size(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<(ManifestId, u64)>> {
+    Ok(conn
+        .prepare_cached("SELECT id, length(payload) FROM manifests WHERE repository_id = ?1 AND digest = ?2")?
+        .query_row(params![repo, digest.to_string()], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+        .optional()?)
+}
+
 /// The id of a manifest of `repo`, if it exists.
 pub fn id_of(conn: &Connection, repo: RepoId, digest: &Digest) -> Result<Option<ManifestId>> {
     Ok(conn

@@ -15,7 +15,6 @@ use super::media_type::*;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
-    #[serde(default)]
     pub media_type: String,
     pub digest: Digest,
     pub size: i64,
@@ -89,14 +88,15 @@ impl ParsedManifest {
         if matches!(content_type, Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)) {
             return Err(ManifestError::Schema1);
         }
+        check_shape(body)?;
         let raw: RawManifest = serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
         if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
             return Err(ManifestError::Schema1);
         }
-        if let Some(v) = raw.schema_version
-            && v != 2
-        {
-            return Err(ManifestError::Invalid(format!("schemaVersion {v} is not 2")));
+        match raw.schema_version {
+            Some(2) => {}
+            Some(v) => return Err(ManifestError::Invalid(format!("schemaVersion {v} is not 2"))),
+            None => return Err(ManifestError::Invalid("schemaVersion is missing (it must be 2)".into())),
         }
         if let (Some(ct), Some(body_type)) = (content_type, raw.media_type.as_deref())
             && ct != body_type
@@ -115,7 +115,8 @@ impl ParsedManifest {
             OCI_INDEX | DOCKER_MANIFEST_LIST => ManifestKind::Index,
             other => return Err(ManifestError::UnknownMediaType(other.to_owned())),
         };
-        for d in raw.config.iter().chain(raw.layers.iter().flatten()).chain(raw.manifests.iter().flatten()) {
+        let descriptors = raw.config.iter().chain(raw.layers.iter().flatten()).chain(raw.manifests.iter().flatten());
+        for d in descriptors.chain(raw.subject.iter()) {
             if d.size < 0 {
                 return Err(ManifestError::Invalid(format!("descriptor {} has a negative size", d.digest)));
             }
@@ -162,6 +163,33 @@ impl ParsedManifest {
         };
         Ok(parsed)
     }
+}
+
+/// Refuses a manifest, or a descriptor in it, that is not a JSON object. The typed parse
+/// alone would take an array for either (serde reads a struct's fields by position from
+/// one), and store as an image manifest something no client can read.
+fn check_shape(body: &[u8]) -> Result<(), ManifestError> {
+    use serde_json::Value;
+    let top: serde_json::Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+    let object = |key: &str, v: &Value| match v {
+        Value::Object(_) => Ok(()),
+        _ => Err(ManifestError::Invalid(format!("{key} must be a JSON object (a descriptor)"))),
+    };
+    for key in ["config", "subject"] {
+        match top.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) => object(key, v)?,
+        }
+    }
+    for key in ["layers", "manifests"] {
+        match top.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => items.iter().try_for_each(|v| object(&format!("each of {key}"), v))?,
+            Some(_) => return Err(ManifestError::Invalid(format!("{key} must be an array of descriptors"))),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -220,6 +248,31 @@ mod tests {
         ));
         let bad_digest = image("").replace(D2, "sha256:nothex");
         assert!(matches!(ParsedManifest::parse(bad_digest.as_bytes(), None), Err(ManifestError::Json(_))));
+    }
+
+    /// Shapes the image spec does not allow, which a lenient parse would store.
+    #[test]
+    fn malformed_shapes_are_refused() {
+        let config =
+            r#"{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"D1","size":2}"#.replace("D1", D1);
+        let cases = [
+            // The whole manifest as an array, fields by position.
+            format!(
+                r#"[2,"{OCI_MANIFEST}",null,["application/vnd.oci.image.config.v1+json","{D1}",2],[],null,null,null,null]"#
+            ),
+            // A descriptor as an array.
+            image("").replace(&config, &format!(r#"["application/vnd.oci.image.config.v1+json","{D1}",2]"#)),
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{config},"layers":{{}}}}"#),
+            // No schemaVersion.
+            image("").replace(r#""schemaVersion":2,"#, ""),
+            // A descriptor without its mediaType.
+            image("").replace(r#""mediaType":"application/vnd.oci.image.config.v1+json","#, ""),
+            // A subject of negative size.
+            image(&format!(r#","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":-5}}"#)),
+        ];
+        for body in cases {
+            assert!(ParsedManifest::parse(body.as_bytes(), None).is_err(), "accepted: {body}");
+        }
     }
 
     #[test]

@@ -132,8 +132,14 @@ impl Registry {
                 }
                 let mut children = Vec::with_capacity(parsed.children.len());
                 for child in &parsed.children {
-                    let id = manifests::id_of(c, repo, &child.digest)?
+                    let (id, size) = manifests::id_and_size(c, repo, &child.digest)?
                         .ok_or_else(|| Error::ManifestBlobUnknown(child.digest.clone()))?;
+                    if size != child.size as u64 {
+                        return Err(Error::ManifestInvalid(format!(
+                            "descriptor of {} says {} bytes, the manifest has {size}",
+                            child.digest, child.size
+                        )));
+                    }
                     children.push(id);
                 }
                 let id = manifests::insert(c, repo, &digest, &parsed, &children, &payload, now)?;

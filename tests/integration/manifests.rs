@@ -112,6 +112,20 @@ async fn validation_refuses_bad_manifests_and_stores_nothing() {
     .unwrap();
     let resp = s.put_manifest("val", "t", OCI_INDEX, &index).await;
     expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
+    // An index whose child is there, with a wrong size: pullers verify it.
+    let child = image(&config, 2);
+    let child_digest = sha256(&child);
+    assert_eq!(s.put_manifest("val", &child_digest, OCI_MANIFEST, &child).await.status(), StatusCode::CREATED);
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child_digest, "size": child.len() + 1}]}))
+    .unwrap();
+    let resp = s.put_manifest("val", "t", OCI_INDEX, &index).await;
+    let msg = expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    assert!(msg.contains(&format!("the manifest has {}", child.len())), "{msg}");
+    // The manifest as a JSON array, its fields by position: no client could read it back.
+    let array = format!(r#"[2,"{OCI_MANIFEST}",null,["{OCI_CONFIG}","{config}",2],[],null,null,null,null]"#);
+    let resp = s.put_manifest("val", "t", OCI_MANIFEST, array.as_bytes()).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
     // Schema 1, with a message that says what to do.
     let schema1 = br#"{"schemaVersion":1,"name":"val","tag":"t","fsLayers":[],"history":[]}"#;
     let resp = s.put_manifest("val", "t", "application/vnd.docker.distribution.manifest.v1+prettyjws", schema1).await;
