@@ -38,7 +38,9 @@ impl From<PathError> for ApiError {
 fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
     use Error::*;
     match e {
-        NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        // No endpoint at that path (or one that does not decode): the spec's codes are a
+        // closed list, and "nothing known by that name" is the nearest.
+        NotFound(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
         NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
         NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
         BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
@@ -46,14 +48,17 @@ fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         UploadInvalid(_) | BodyRead(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
         ChunkOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
         // The spec's codes are a closed list with none for a read range; the status, the
-        // message and `Content-Range: bytes */<size>` say what is wrong.
-        RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
+        // message and `Content-Range: bytes */<size>` say what is wrong. Not BLOB_UNKNOWN:
+        // the blob exists, and a client reading codes must not push it again.
+        RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "SIZE_INVALID"),
         DigestInvalid(_) | DigestMismatch { .. } => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
         SizeInvalid(_) => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
         ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
         ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
         ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
         ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+        // TAG_INVALID and PAGINATION_NUMBER_INVALID are not in the spec's list; they are the
+        // reference registry's (Distribution) codes for these cases, which clients know.
         TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
         DeleteDisabled => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
         // 405 (not 409): the OCI conformance suite and clients accept 405 for a refused

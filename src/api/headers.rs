@@ -16,9 +16,15 @@ pub fn value(s: impl Into<String>) -> HeaderValue {
     HeaderValue::from_str(&s.into()).expect("header text built from validated values")
 }
 
-/// A request header as text, if present and visible ASCII.
-pub fn get(request: &Parts, name: impl axum::http::header::AsHeaderName) -> Option<&str> {
-    request.headers.get(name).and_then(|v| v.to_str().ok())
+/// A request header as text, `None` if absent. A value that is not visible ASCII is an
+/// error naming the header: taking it for absent would, for `Content-Range`, append a
+/// chunk the client meant to place.
+pub fn get(request: &Parts, name: HeaderName) -> Result<Option<&str>, String> {
+    match request.headers.get(&name).map(HeaderValue::to_str) {
+        None => Ok(None),
+        Some(Ok(text)) => Ok(Some(text)),
+        Some(Err(_)) => Err(format!("the {name} header is not visible ASCII text")),
+    }
 }
 
 /// The decoded query parameters of a request.
@@ -60,18 +66,18 @@ pub fn resolve_range(raw: Option<&str>, size: u64) -> Result<Option<(u64, u64)>,
     let (start, end) = (start.trim(), end.trim());
     let range = if start.is_empty() {
         // Suffix range: the last `end` bytes.
-        let n: u64 = end.parse().map_err(|_| Error::RangeNotSatisfiable { size })?;
+        let n = decimal(end).ok_or(Error::RangeNotSatisfiable { size })?;
         if n == 0 || size == 0 {
             return Err(unsatisfiable);
         }
         let n = n.min(size);
         (size - n, n)
     } else {
-        let s: u64 = start.parse().map_err(|_| Error::RangeNotSatisfiable { size })?;
+        let s = decimal(start).ok_or(Error::RangeNotSatisfiable { size })?;
         let e: u64 = if end.is_empty() {
             size.saturating_sub(1)
         } else {
-            end.parse::<u64>().map_err(|_| Error::RangeNotSatisfiable { size })?.min(size.saturating_sub(1))
+            decimal(end).ok_or(Error::RangeNotSatisfiable { size })?.min(size.saturating_sub(1))
         };
         if s >= size || e < s {
             return Err(unsatisfiable);
@@ -79,6 +85,15 @@ pub fn resolve_range(raw: Option<&str>, size: u64) -> Result<Option<(u64, u64)>,
         (s, e - s + 1)
     };
     Ok(Some(range))
+}
+
+/// A non-negative decimal number; one too large for a `u64` is `u64::MAX` (a range end or
+/// a page size past any real one means "to the end", "as many as allowed").
+pub fn decimal(raw: &str) -> Option<u64> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(raw.parse().unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -93,8 +108,21 @@ mod tests {
         assert_eq!(resolve_range(Some("bytes=-3"), 10).unwrap(), Some((7, 3)));
         assert_eq!(resolve_range(Some("bytes=8-100"), 10).unwrap(), Some((8, 2)));
         assert_eq!(resolve_range(Some("bytes=0-1,3-4"), 10).unwrap(), None);
+        // Ends past any u64 are clamped like any end past the blob (RFC 9110, 14.1.2).
+        assert_eq!(resolve_range(Some("bytes=0-99999999999999999999999"), 10).unwrap(), Some((0, 10)));
+        assert_eq!(resolve_range(Some("bytes=-99999999999999999999999"), 10).unwrap(), Some((0, 10)));
+        assert!(resolve_range(Some("bytes=99999999999999999999999-"), 10).is_err());
         for bad in ["bytes=10-", "bytes=5-2", "bytes=x-", "bytes=-0", "bytes=-"] {
             assert!(resolve_range(Some(bad), 10).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn decimals_saturate() {
+        assert_eq!(decimal("42"), Some(42));
+        assert_eq!(decimal("99999999999999999999999"), Some(u64::MAX));
+        for bad in ["", "-1", "+1", "1.5", "abc", " 1"] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
         }
     }
 

@@ -28,6 +28,12 @@ async fn head_and_ranges() {
     let bad = s.http.get(s.url(&path)).header("range", "bytes=5000-").send().await.unwrap();
     assert_eq!(bad.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&bad, "content-range"), "bytes */4096");
+    // Not BLOB_UNKNOWN: the blob is there.
+    expect_error(bad, StatusCode::RANGE_NOT_SATISFIABLE, "SIZE_INVALID").await;
+    // An end past any u64 is clamped like any end past the blob.
+    let clamped = s.http.get(s.url(&path)).header("range", "bytes=4000-99999999999999999999999").send().await.unwrap();
+    assert_eq!(clamped.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(clamped.bytes().await.unwrap(), data[4000..]);
 }
 
 #[tokio::test]

@@ -36,8 +36,11 @@ async fn malformed_paths_and_references() {
         (Method::DELETE, format!("/v2/a/blobs/{d}"), StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
         (Method::POST, "/v2/a/tags/list".into(), StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
         (Method::PUT, format!("/v2/a/blobs/{d}"), StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
-        (Method::GET, "/v2/a/nothing".into(), StatusCode::NOT_FOUND, "NOT_FOUND"),
-        (Method::GET, "/v3/".into(), StatusCode::NOT_FOUND, "NOT_FOUND"),
+        (Method::GET, "/v2/a/nothing".into(), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        (Method::GET, "/v3/".into(), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        (Method::GET, "/v2/a/manifests/%zz".into(), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        // A page size past any real one is the largest page, not an error.
+        (Method::GET, "/v2/_catalog?n=99999999999999999999999".into(), StatusCode::OK, ""),
         (Method::POST, "/v2/a/blobs/uploads/?mount=notadigest".into(), StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
         (Method::GET, "/v2/_catalog?n=abc".into(), StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
     ];
@@ -45,6 +48,9 @@ async fn malformed_paths_and_references() {
         let resp = s.request(method.clone(), &path).await.send().await.unwrap();
         assert_eq!(resp.status(), status, "{method} {path}");
         let body: serde_json::Value = resp.json().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        if status.is_success() {
+            continue;
+        }
         assert_eq!(body["errors"][0]["code"], code, "{method} {path}: {body}");
         assert!(!body["errors"][0]["message"].as_str().unwrap().is_empty());
     }

@@ -122,6 +122,10 @@ async fn validation_refuses_bad_manifests_and_stores_nothing() {
     let resp = s.put_manifest("val", "t", OCI_INDEX, &index).await;
     let msg = expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
     assert!(msg.contains(&format!("the manifest has {}", child.len())), "{msg}");
+    // A Content-Type that is not text cannot be checked against the body.
+    let unreadable = reqwest::header::HeaderValue::from_bytes(b"application/\xff").unwrap();
+    let resp = s.http.put(s.url("/v2/val/manifests/t")).header("content-type", unreadable).body(image(&config, 2));
+    expect_error(resp.send().await.unwrap(), StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
     // The manifest as a JSON array, its fields by position: no client could read it back.
     let array = format!(r#"[2,"{OCI_MANIFEST}",null,["{OCI_CONFIG}","{config}",2],[],null,null,null,null]"#);
     let resp = s.put_manifest("val", "t", OCI_MANIFEST, array.as_bytes()).await;

@@ -64,6 +64,11 @@ async fn chunked_upload_with_out_of_order_and_status() {
     // A Content-Range that does not match the body is refused and rolled back.
     let resp = patch("10000-10009".into(), data[10_000..10_020].to_vec()).await.unwrap();
     expect_error(resp, StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID").await;
+    // So is one that is not text: taken for absent, the chunk would be appended.
+    let unreadable = reqwest::header::HeaderValue::from_bytes(b"0-2\xe9").unwrap();
+    let resp = s.http.patch(s.url(&location)).header("content-range", unreadable).body("abc").send().await.unwrap();
+    let msg = expect_error(resp, StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID").await;
+    assert!(msg.contains("content-range header is not visible ASCII"), "{msg}");
 
     let status = s.get(&location).await;
     assert_eq!(status.status(), StatusCode::NO_CONTENT);

@@ -22,7 +22,8 @@ pub async fn get(registry: &Registry, name: &RepoName, digest: &Digest, request:
         let size = registry.blob_size(name, digest).await?;
         return Ok(finish(common(StatusCode::OK).header(header::CONTENT_LENGTH, size), Body::empty()));
     }
-    let range = headers::get(request, header::RANGE).map(str::to_owned);
+    // An unreadable Range is ignored, which RFC 9110 allows for any Range: the whole blob.
+    let range = headers::get(request, header::RANGE).ok().flatten().map(str::to_owned);
     let mut partial = false;
     let read = registry
         .read_blob(name, digest, |size| {

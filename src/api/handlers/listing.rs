@@ -25,10 +25,9 @@ fn page(request: &Request) -> Result<(usize, Option<String>), Error> {
     let params = headers::query(request);
     let n = match headers::param(&params, "n") {
         None => MAX_PAGE,
-        Some(raw) => raw
-            .parse::<usize>()
-            .map_err(|_| Error::PaginationInvalid(format!("n={raw:?} is not a non-negative integer")))?
-            .min(MAX_PAGE),
+        Some(raw) => headers::decimal(raw)
+            .ok_or_else(|| Error::PaginationInvalid(format!("n={raw:?} is not a non-negative integer")))?
+            .min(MAX_PAGE as u64) as usize,
     };
     Ok((n, headers::param(&params, "last").map(str::to_owned)))
 }

@@ -58,13 +58,14 @@ pub async fn put(
     body: RequestBody,
 ) -> ApiResult {
     let limit = registry.options().max_manifest_bytes;
-    let declared = headers::get(request, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    // The HTTP layer has already refused a Content-Length that is not a number.
+    let declared = headers::get(request, header::CONTENT_LENGTH).ok().flatten().and_then(|v| v.parse::<u64>().ok());
     if let Some(size) = declared
         && size > limit
     {
         return Err(Error::ManifestTooLarge { size, limit }.into());
     }
-    let content_type = headers::get(request, header::CONTENT_TYPE).map(str::to_owned);
+    let content_type = headers::get(request, header::CONTENT_TYPE).map_err(Error::ManifestInvalid)?.map(str::to_owned);
     // Read at most one byte past the limit, so an oversized body without Content-Length
     // is refused without being buffered whole.
     let body = http_body_util::Limited::new(body, limit as usize + 1)
@@ -72,7 +73,7 @@ pub async fn put(
         .await
         .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
             Ok(_) => Error::ManifestTooLarge { size: limit + 1, limit },
-            Err(e) => Error::BodyRead(e.to_string()),
+            Err(e) => Error::ManifestInvalid(format!("the manifest could not be read whole: {e}")),
         })?
         .to_bytes();
     let pushed = registry.put_manifest(name, reference, content_type.as_deref(), body).await?;

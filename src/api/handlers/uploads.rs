@@ -46,6 +46,7 @@ fn parse_digest(raw: &str) -> Result<Digest, Error> {
 
 fn chunk_range(request: &Request) -> Result<Option<ChunkRange>, Error> {
     headers::get(request, header::CONTENT_RANGE)
+        .map_err(Error::UploadInvalid)?
         .map(|raw| headers::parse_content_range(raw).map(|(start, end)| ChunkRange { start, end }))
         .transpose()
 }
