@@ -24,6 +24,12 @@ pub struct TagDecision {
     pub digest: String,
     pub keep: bool,
     pub reason: String,
+    /// The facts the decision rested on, which apply checks again (a plan saved before
+    /// they were recorded reads 0 and so is refused as changed).
+    #[serde(default)]
+    pub pushed_at: i64,
+    #[serde(default)]
+    pub pulled_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +37,9 @@ pub struct UntaggedDecision {
     pub digest: String,
     pub keep: bool,
     pub reason: String,
+    /// When it was last pushed, probed or untagged, which apply checks again.
+    #[serde(default)]
+    pub touched_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,14 +107,26 @@ fn evaluate(
                 Some(rule) => (true, format!("{rule}")),
                 None => eval.keeps(&policy.keep, "keep", fact),
             };
-            TagDecision { tag: row.name.clone(), digest: row.digest.clone(), keep, reason }
+            TagDecision {
+                tag: row.name.clone(),
+                digest: row.digest.clone(),
+                keep,
+                reason,
+                pushed_at: row.pushed_at,
+                pulled_at: row.pulled_at,
+            }
         })
         .collect();
     let untagged = match policy.untagged {
         Untagged::Gc => Vec::new(),
         Untagged::Keep => q::untagged(c, repo, restore_since)?
             .into_iter()
-            .map(|(digest, _, _)| UntaggedDecision { digest, keep: true, reason: "untagged = \"keep\"".into() })
+            .map(|(digest, _, touched_at)| UntaggedDecision {
+                digest,
+                keep: true,
+                reason: "untagged = \"keep\"".into(),
+                touched_at,
+            })
             .collect(),
         Untagged::RemoveAfter(age) => q::untagged(c, repo, restore_since)?
             .into_iter()
@@ -116,7 +137,7 @@ fn evaluate(
                     super::rules::fmt_duration(age),
                     super::rules::fmt_duration(std::time::Duration::from_millis((now - touched_at).max(0) as u64))
                 );
-                UntaggedDecision { digest, keep: !old, reason }
+                UntaggedDecision { digest, keep: !old, reason, touched_at }
             })
             .collect(),
     };
@@ -124,9 +145,12 @@ fn evaluate(
 }
 
 /// Makes the deletions of `plan` on `c`: tags (recorded with the rule that decided, and
-/// restorable) and untagged manifests. First verifies that every tag still points where
-/// the plan saw it (and is not immutable now) and every manifest is still untagged; if
-/// not, deletes nothing and returns the differences.
+/// restorable) and untagged manifests. First verifies that nothing the decisions rested
+/// on has changed: every tag of the plan, kept or not, still exists and points where the
+/// plan saw it, pushed no later (a kept tag gone would leave fewer than "newest N"); a
+/// tag to delete has not been pulled since nor become immutable; a manifest to delete is
+/// still untagged and untouched. If anything changed, deletes nothing and returns the
+/// differences.
 fn delete_planned(
     c: &rusqlite::Connection,
     policies: &Policies,
@@ -144,23 +168,31 @@ fn delete_planned(
             }
             continue;
         };
-        for t in rp.tags.iter().filter(|t| !t.keep) {
-            match q::tag_target(c, repo, &t.tag)? {
-                Some((id, digest)) if digest == t.digest => {
+        let now_tags: HashMap<String, q::TagRow> = q::tags(c, repo)?.into_iter().map(|t| (t.name.clone(), t)).collect();
+        for t in &rp.tags {
+            let at = format!("{}:{}", rp.repository, t.tag);
+            match now_tags.get(&t.tag) {
+                None => changes.push(format!("{at} no longer exists")),
+                Some(row) if row.digest != t.digest => changes.push(format!("{at} now points at {}", row.digest)),
+                Some(row) if row.pushed_at != t.pushed_at => changes.push(format!("{at} was pushed again")),
+                Some(_) if t.keep => {}
+                Some(row) if row.pulled_at != t.pulled_at => changes.push(format!("{at} was pulled since")),
+                Some(row) => {
                     if let Some(rule) = policies.immutable_rule(&rp.repository, &t.tag) {
-                        changes.push(format!("{}:{} is now immutable ({rule})", rp.repository, t.tag));
+                        changes.push(format!("{at} is now immutable ({rule})"));
                     }
-                    work.push((repo, rp, Some(t), id, digest));
+                    work.push((repo, rp, Some(t), row.manifest_id, row.digest.clone()));
                 }
-                Some((_, digest)) => changes.push(format!("{}:{} now points at {digest}", rp.repository, t.tag)),
-                None => changes.push(format!("{}:{} no longer exists", rp.repository, t.tag)),
             }
         }
-        let untagged: HashMap<String, i64> =
-            q::untagged(c, repo, restore_since)?.into_iter().map(|(d, id, _)| (d, id)).collect();
+        let untagged: HashMap<String, (i64, i64)> =
+            q::untagged(c, repo, restore_since)?.into_iter().map(|(d, id, touched)| (d, (id, touched))).collect();
         for u in rp.untagged.iter().filter(|u| !u.keep) {
             match untagged.get(&u.digest) {
-                Some(&id) => work.push((repo, rp, None, id, u.digest.clone())),
+                Some(&(id, touched_at)) if touched_at == u.touched_at => {
+                    work.push((repo, rp, None, id, u.digest.clone()))
+                }
+                Some(_) => changes.push(format!("{}@{} was pushed or probed since", rp.repository, u.digest)),
                 None => changes.push(format!("{}@{} is gone or referenced again", rp.repository, u.digest)),
             }
         }

@@ -143,18 +143,37 @@ name = "two"
 repositories = "**"
 keep = { newest = 1 }
 "#;
-    let s = Server::start_with_config(config, ENV);
-    let (_, _) = s.push_image("stale", "old", &[b"old layer"]).await;
-    s.advance_clock(1000).await;
-    let (new_body, _) = s.push_image("stale", "new", &[b"new layer"]).await;
-    let (_, plan) = s.admin_post("/admin/retention/plan").await;
-    assert_eq!(plan["tags_deleted"], 1);
-    // "old" moves to another manifest after the plan was made.
-    s.put_manifest("stale", "old", OCI_MANIFEST, &new_body).await;
-    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("stale:old now points at"), "{answer}");
-    assert_eq!(tag_list(&s.get("/v2/stale/tags/list").await.json().await.unwrap()), ["new", "old"]);
+    // After the plan (delete "old", keep "new"), one change to what it rested on.
+    for change in ["old moves", "old is pushed again", "new is deleted"] {
+        let s = Server::start_with_config(config, ENV);
+        let (old_body, _) = s.push_image("stale", "old", &[b"old layer"]).await;
+        s.advance_clock(1000).await;
+        let (new_body, _) = s.push_image("stale", "new", &[b"new layer"]).await;
+        let (_, plan) = s.admin_post("/admin/retention/plan").await;
+        assert_eq!(plan["tags_deleted"], 1);
+        s.advance_clock(1000).await;
+        let expected = match change {
+            "old moves" => {
+                s.put_manifest("stale", "old", OCI_MANIFEST, &new_body).await;
+                "stale:old now points at"
+            }
+            // The same bytes again: "old" is now the newest push, which the plan did not see.
+            "old is pushed again" => {
+                s.put_manifest("stale", "old", OCI_MANIFEST, &old_body).await;
+                "stale:old was pushed again"
+            }
+            // Deleting "old" too would leave fewer than the newest one.
+            _ => {
+                s.delete("/v2/stale/manifests/new").await;
+                "stale:new no longer exists"
+            }
+        };
+        let before = tag_list(&s.get("/v2/stale/tags/list").await.json().await.unwrap());
+        let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{change}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(expected), "{change}: {answer}");
+        assert_eq!(tag_list(&s.get("/v2/stale/tags/list").await.json().await.unwrap()), before, "{change}");
+    }
 }
 
 #[tokio::test]
@@ -387,6 +406,29 @@ untagged = "2d"
     s.verify_image("age/a", &sha256(&sig)).await.unwrap();
     let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
     assert!(catalog["repositories"].as_array().unwrap().contains(&json!("keep/a")));
+}
+
+/// An untagged manifest a plan would delete, then probed by a client (which may be about to
+/// list it in an index): applying the plan deletes nothing.
+#[tokio::test]
+async fn a_plan_does_not_delete_an_untagged_manifest_probed_since() {
+    let config = r#"
+[[retention]]
+name = "age"
+repositories = "probe/**"
+keep = { always = true }
+untagged = "1d"
+"#;
+    let s = Server::start_with_config(config, ENV);
+    let (_, digest) = s.push_image("probe/a", "", &[b"untagged layer"]).await;
+    s.advance_clock(2 * DAY).await;
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(plan["manifests_deleted"], 1, "{plan:#}");
+    assert_eq!(s.head(&format!("/v2/probe/a/manifests/{digest}")).await.status(), StatusCode::OK);
+    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("was pushed or probed since"), "{answer}");
+    s.verify_image("probe/a", &digest).await.unwrap();
 }
 
 #[tokio::test]
