@@ -616,11 +616,14 @@ fn simulate_pass<C, K, R>(c: &rusqlite::Connection, ctx: &Ctx, pass: Pass<C, K, 
     }
 }
 
-/// Every blob a collection would free if it ran now with no grace period and no restore
-/// window, simulated on `c` (which the caller rolls back): what the retention plan reports
-/// as freed. (digest, size)
+/// Every blob a collection would free if it ran now with no grace period, no restore window
+/// and no waiting age for untagged manifests (where they are collected at all), simulated
+/// on `c` (which the caller rolls back): what the retention plan reports as freed, once
+/// the time it gives has passed. (digest, size)
 pub(crate) fn blobs_freed_eventually(c: &rusqlite::Connection, ctx: &Ctx) -> MetaResult<Vec<(String, u64)>> {
-    let ctx = Ctx { cutoff: i64::MAX, restore_since: i64::MAX, ..ctx.clone() };
+    let rule = ctx.untagged_cutoff.clone();
+    let untagged_cutoff: Arc<UntaggedCutoff> = Arc::new(move |repo, cutoff| rule(repo, cutoff).map(|_| cutoff));
+    let ctx = Ctx { cutoff: i64::MAX, restore_since: i64::MAX, untagged_cutoff, ..ctx.clone() };
     let mut freed = Vec::new();
     loop {
         let manifests = simulate_pass(c, &ctx, MANIFESTS)?.len();

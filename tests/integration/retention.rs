@@ -431,6 +431,28 @@ untagged = "1d"
     s.verify_image("probe/a", &digest).await.unwrap();
 }
 
+/// The bytes a plan reports as freed count what collections free once the policy's
+/// untagged age has passed for the manifests its deletions leave untagged.
+#[tokio::test]
+async fn a_plan_counts_what_goes_after_an_untagged_age() {
+    let config = r#"
+[[retention]]
+name = "one"
+repositories = "aged/**"
+keep = { newest = 1 }
+untagged = "7d"
+"#;
+    let s = Server::start_with_config(config, ENV);
+    let (old, _) = s.push_image("aged/a", "old", &[&random_bytes(980, 5000)]).await;
+    s.advance_clock(1000).await;
+    s.push_image("aged/a", "new", &[&random_bytes(981, 6000)]).await;
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(plan["tags_deleted"], 1, "{plan:#}");
+    let config_size = serde_json::from_slice::<Value>(&old).unwrap()["config"]["size"].as_u64().unwrap();
+    assert_eq!(plan["blobs_freed"], 2, "{plan:#}");
+    assert_eq!(plan["bytes_freed"], 5000 + config_size, "{plan:#}");
+}
+
 #[tokio::test]
 async fn storage_accounting() {
     let s = Server::start_with(ENV);
