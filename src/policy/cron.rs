@@ -14,8 +14,15 @@ pub enum Schedule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cron {
     fields: [Vec<bool>; 5],
+    /// Both day fields restricted (neither starts with `*`): a day matches if either does,
+    /// as in every common cron (`0 3 1 * 1` is the 1st of each month and every Monday).
+    either_day: bool,
     source: String,
 }
+
+/// How far ahead `next_after` looks: eight years and a day, the longest gap between two
+/// 29ths of February (2096 to 2104).
+const HORIZON_DAYS: i64 = 8 * 366 + 1;
 
 const RANGES: [(u32, u32); 5] = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
 const NAMES: [&str; 5] = ["minute", "hour", "day of month", "month", "day of week"];
@@ -81,25 +88,35 @@ impl Cron {
         if fields[4][7] {
             fields[4][0] = true;
         }
-        Ok(Cron { fields, source: raw.to_owned() })
+        let either_day = !parts[2].starts_with('*') && !parts[4].starts_with('*');
+        let cron = Cron { fields, either_day, source: raw.to_owned() };
+        // Some dates never come (the 30th of February): such a schedule would never run.
+        if cron.next_after(0).is_none() {
+            return Err(format!("cron expression {raw:?} matches no date"));
+        }
+        Ok(cron)
     }
 
-    fn matches_minute(&self, minute: i64) -> bool {
-        let days = minute.div_euclid(1440);
-        let in_day = minute.rem_euclid(1440);
+    /// Whether the day `days` after 1970-01-01 matches the day and month fields.
+    fn matches_day(&self, days: i64) -> bool {
         let (_, month, day) = civil(days);
         let weekday = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday.
-        self.fields[0][(in_day % 60) as usize]
-            && self.fields[1][(in_day / 60) as usize]
-            && self.fields[2][day as usize]
-            && self.fields[3][month as usize]
-            && self.fields[4][weekday]
+        let (by_date, by_weekday) = (self.fields[2][day as usize], self.fields[4][weekday]);
+        let day_matches = if self.either_day { by_date || by_weekday } else { by_date && by_weekday };
+        day_matches && self.fields[3][month as usize]
     }
 
-    /// The first matching minute strictly after `after_ms`, within a year and a day.
+    /// The first matching minute strictly after `after_ms`, if any within
+    /// [`HORIZON_DAYS`] (every date that exists at all comes within it).
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
         let start = after_ms.div_euclid(60_000) + 1;
-        (start..start + 366 * 1440 + 1440).find(|&m| self.matches_minute(m)).map(|m| m * 60_000)
+        let first_day = start.div_euclid(1440);
+        (first_day..first_day + HORIZON_DAYS).filter(|&day| self.matches_day(day)).find_map(|day| {
+            let from = if day == first_day { start.rem_euclid(1440) } else { 0 };
+            (from..1440)
+                .find(|m| self.fields[0][(m % 60) as usize] && self.fields[1][(m / 60) as usize])
+                .map(|m| (day * 1440 + m) * 60_000)
+        })
     }
 }
 
@@ -115,10 +132,17 @@ impl Schedule {
         Ok(Schedule::Every(d))
     }
 
-    /// Whether a run is due at `now_ms` when the last one was at `last_ms`.
+    /// Whether a run is due at `now_ms` when the last one (or the last check after the
+    /// process started) was at `last_ms`. An interval runs at its multiples since
+    /// 1970-01-01 UTC (`6h`: 00:00, 06:00, 12:00, 18:00), so, like a cron expression, it
+    /// keeps its times across restarts; counted from each start, a weekly policy on a
+    /// registry restarted more often than weekly would never run.
     pub fn due(&self, last_ms: i64, now_ms: i64) -> bool {
         match self {
-            Schedule::Every(d) => now_ms - last_ms >= d.as_millis() as i64,
+            Schedule::Every(d) => {
+                let d = d.as_millis() as i64;
+                now_ms.div_euclid(d) > last_ms.div_euclid(d)
+            }
             Schedule::Cron(c) => c.next_after(last_ms).is_some_and(|next| next <= now_ms),
         }
     }
@@ -162,5 +186,33 @@ mod tests {
         let every = Schedule::parse("1h").unwrap();
         assert!(every.due(0, 3_600_000));
         assert!(!every.due(0, 3_599_999));
+        // On the hour, however long the process has been up.
+        assert!(every.due(3_599_999, 3_600_000));
+        assert!(!every.due(3_600_000, 7_199_999));
+    }
+
+    #[test]
+    fn day_fields() {
+        let monday = 1_795_392_000_000; // 2026-11-23T00:00:00Z
+        let day = |ms: i64| civil(ms / 86_400_000);
+        // Both restricted: the 1st of a month or a Monday, whichever comes first.
+        let c = Cron::parse("0 3 1 * 1").unwrap();
+        assert_eq!(c.next_after(monday).map(day), Some((2026, 11, 23)));
+        assert_eq!(c.next_after(monday + 1440 * MIN).map(day), Some((2026, 11, 30)));
+        let c = Cron::parse("0 3 1 12 1").unwrap();
+        assert_eq!(c.next_after(monday + 8 * 1440 * MIN).map(day), Some((2026, 12, 1)));
+        // So "Friday the 13th" is any 13th and any Friday, as in Vixie cron.
+        let c = Cron::parse("0 0 13 * 5").unwrap();
+        assert_eq!(c.next_after(monday).map(day), Some((2026, 11, 27)));
+        // A field written from `*` leaves the other to decide alone: both must hold.
+        let c = Cron::parse("0 0 */10 * 5").unwrap();
+        assert_eq!(c.next_after(monday).map(day), Some((2026, 12, 11)));
+        // Leap days, found however far: from 2096 to 2104.
+        let c = Cron::parse("0 0 29 2 *").unwrap();
+        let after_2096 = 4_012_416_000_000; // 2097-02-23
+        assert_eq!(c.next_after(after_2096).map(day), Some((2104, 2, 29)));
+        for never in ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6,9,11 *"] {
+            assert!(Cron::parse(never).unwrap_err().contains("matches no date"), "{never}");
+        }
     }
 }
