@@ -47,7 +47,13 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     ));
     let collector = Arc::new(Collector::new(registry.clone(), config.gc_options()));
     let retention = Arc::new(Retention::new(collector.clone()));
-    let state = Arc::new(AppState { registry, collector, retention, config: config.clone() });
+    let state = Arc::new(AppState {
+        registry,
+        collector,
+        retention,
+        config: config.clone(),
+        policy_changes: tokio::sync::Mutex::default(),
+    });
     load_policies(&state).await?;
     Ok(Opened { state, _lock: lock })
 }

@@ -197,6 +197,7 @@ async fn set_api_policy(state: &AppState, name: &str, spec: Option<RetentionSpec
     if state.config.retention.iter().any(|p| p.name == name) {
         return Err((StatusCode::CONFLICT, format!("policy {name:?} is declared in the config file; change it there")));
     }
+    let _one_at_a_time = state.policy_changes.lock().await;
     let stored = state.registry.meta.read(|c| crate::metadata::retention::api_policies(c)).await.map_err(internal)?;
     // An unreadable stored policy is an error here as at start-up, never silently dropped.
     let stored: Vec<RetentionSpec> =

@@ -37,6 +37,10 @@ pub struct AppState {
     /// The configuration the server started with (its policies are reloaded with the
     /// admin API's).
     pub config: Config,
+    /// Held by a policy change through the admin API from reading the stored policies to
+    /// installing the new set: two changes at once would each validate without the other,
+    /// store a conflicting pair, and install a set missing one of them.
+    pub policy_changes: tokio::sync::Mutex<()>,
 }
 
 /// The application: every request goes through `dispatch`.

@@ -453,6 +453,38 @@ untagged = "7d"
     assert_eq!(plan["bytes_freed"], 5000 + config_size, "{plan:#}");
 }
 
+/// Policy changes through the admin API at the same moment: two policies for the same
+/// repositories cannot both be stored (the next start would refuse them), and what is
+/// stored is what is in force.
+#[tokio::test]
+async fn concurrent_policy_changes_never_store_a_conflicting_pair() {
+    let s = std::sync::Arc::new(Server::start_with(ENV));
+    let puts: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let name = format!("p{i}");
+                let body = json!({"name": name, "repositories": "same/**", "keep": {"newest": i + 1}});
+                let url = s.url(&format!("/admin/retention/policies/{name}"));
+                (name, s.http.put(url).json(&body).send().await.unwrap().status())
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for put in puts {
+        let (name, status) = put.await.unwrap();
+        if status == StatusCode::OK {
+            accepted.push(name);
+        }
+    }
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    let stored: Value = s.get("/admin/retention/policies").await.json().await.unwrap();
+    let names: Vec<&str> = stored.as_array().unwrap().iter().map(|p| p["policy"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [accepted[0].as_str()]);
+    let explain: Value = s.get("/admin/retention/explain?repository=same/x").await.json().await.unwrap();
+    assert_eq!(explain["governed_by"], accepted[0]);
+}
+
 #[tokio::test]
 async fn storage_accounting() {
     let s = Server::start_with(ENV);
