@@ -16,7 +16,7 @@ use super::{Policies, RetentionPolicy, Untagged};
 use crate::gc::{self, Collector};
 use crate::metadata::repositories::RepoId;
 use crate::metadata::{MetadataError, manifests, now_ms, retention as q, tags};
-use crate::oci::Tag;
+use crate::oci::{Digest, Tag};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TagDecision {
@@ -83,11 +83,27 @@ pub enum RetentionError {
 
 pub type Result<T> = std::result::Result<T, RetentionError>;
 
-fn tag_facts(rows: &[q::TagRow]) -> Vec<TagFacts> {
+fn tag_facts(rows: &[&q::TagRow]) -> Vec<TagFacts> {
     rows.iter().map(|t| TagFacts { name: t.name.clone(), pushed_at: t.pushed_at, pulled_at: t.pulled_at }).collect()
 }
 
+/// The manifest a tag is attached to, for the tags cosign and similar tools write next to
+/// an image (`sha256-<hex>.sig`, `.att`, `.sbom`): `sha256:<hex>`.
+fn attachment_target(tag: &str) -> Option<Digest> {
+    let (base, suffix) = tag.rsplit_once('.')?;
+    if !matches!(suffix, "sig" | "att" | "sbom") {
+        return None;
+    }
+    format!("sha256:{}", base.strip_prefix("sha256-")?).parse().ok()
+}
+
 /// Decides every tag and untagged manifest of one repository under `policy`.
+///
+/// A tag attached to a manifest (a signature, attestation or SBOM by tag, see
+/// [`attachment_target`]) goes with that manifest: kept while a kept tag points at it,
+/// deleted with its last tag, and kept if no tag points at it (an untagged image, whose own
+/// rules decide, or one not pushed yet). It takes no place among the tags the rules rank,
+/// so that signing an image does not push it out of "the newest N".
 fn evaluate(
     c: &rusqlite::Connection,
     policies: &Policies,
@@ -97,15 +113,29 @@ fn evaluate(
     restore_since: i64,
 ) -> std::result::Result<RepoPlan, MetadataError> {
     let rows = q::tags(c, repo)?;
-    let facts = tag_facts(&rows);
+    let targets: Vec<Option<String>> = rows.iter().map(|r| attachment_target(&r.name).map(|d| d.to_string())).collect();
+    let own: Vec<&q::TagRow> = rows.iter().zip(&targets).filter(|(_, t)| t.is_none()).map(|(r, _)| r).collect();
+    let facts = tag_facts(&own);
     let eval = Evaluation::new(&policy.keep, &facts, now);
+    let own_decisions: HashMap<&str, (bool, String)> =
+        own.iter().zip(&facts).map(|(row, fact)| (row.name.as_str(), eval.keeps(&policy.keep, "keep", fact))).collect();
+    let kept: HashSet<&str> =
+        own.iter().filter(|r| own_decisions[r.name.as_str()].0).map(|r| r.digest.as_str()).collect();
+    let tagged: HashSet<&str> = own.iter().map(|r| r.digest.as_str()).collect();
     let tags = rows
         .iter()
-        .zip(&facts)
-        .map(|(row, fact)| {
-            let (keep, reason) = match policies.immutable_rule(name, &row.name) {
-                Some(rule) => (true, format!("{rule}")),
-                None => eval.keeps(&policy.keep, "keep", fact),
+        .zip(&targets)
+        .map(|(row, target)| {
+            let (keep, reason) = match (policies.immutable_rule(name, &row.name), target) {
+                (Some(rule), _) => (true, format!("{rule}")),
+                (None, None) => own_decisions[row.name.as_str()].clone(),
+                (None, Some(t)) if kept.contains(t.as_str()) => {
+                    (true, format!("attached to {t}, which a kept tag points at"))
+                }
+                (None, Some(t)) if tagged.contains(t.as_str()) => {
+                    (false, format!("attached to {t}, whose every tag goes"))
+                }
+                (None, Some(t)) => (true, format!("attached to {t}, which no tag points at")),
             };
             TagDecision {
                 tag: row.name.clone(),

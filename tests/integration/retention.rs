@@ -485,6 +485,50 @@ async fn concurrent_policy_changes_never_store_a_conflicting_pair() {
     assert_eq!(explain["governed_by"], accepted[0]);
 }
 
+/// Signatures, attestations and SBOMs stored by tag (cosign's `sha256-<hex>.sig` scheme)
+/// go with the image they are attached to, and take no place among the newest N.
+#[tokio::test]
+async fn tags_attached_to_an_image_go_with_it() {
+    let config = r#"
+[[retention]]
+name = "newest"
+repositories = "signed/**"
+keep = { newest = 1 }
+"#;
+    let s = Server::start_with_config(config, ENV);
+    let attachment = |digest: &str, kind: &str| format!("{}.{kind}", digest.replace(':', "-"));
+    let (_, v1) = s.push_image("signed/a", "v1", &[b"v1 layer"]).await;
+    s.advance_clock(1000).await;
+    let (_, v2) = s.push_image("signed/a", "v2", &[b"v2 layer"]).await;
+    let (_, untagged) = s.push_image("signed/a", "", &[b"pushed by digest"]).await;
+    let absent = format!("sha256:{}", "0".repeat(64));
+    s.advance_clock(1000).await;
+    // Signed after the push, so newer than every image tag.
+    for (target, kind) in [(&v1, "sig"), (&v2, "sig"), (&v2, "att"), (&untagged, "sbom"), (&absent, "sig")] {
+        s.push_image("signed/a", &attachment(target, kind), &[format!("{kind} of {target}").as_bytes()]).await;
+    }
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    let decisions: Vec<(String, bool)> = plan["repositories"][0]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["tag"].as_str().unwrap().to_owned(), t["keep"].as_bool().unwrap()))
+        .collect();
+    let mut expected = vec![
+        ("v1".to_owned(), false),
+        ("v2".to_owned(), true),
+        (attachment(&v1, "sig"), false),
+        (attachment(&v2, "sig"), true),
+        (attachment(&v2, "att"), true),
+        (attachment(&untagged, "sbom"), true),
+        (attachment(&absent, "sig"), true),
+    ];
+    expected.sort();
+    let mut decisions = decisions;
+    decisions.sort();
+    assert_eq!(decisions, expected, "{plan:#}");
+}
+
 #[tokio::test]
 async fn storage_accounting() {
     let s = Server::start_with(ENV);
