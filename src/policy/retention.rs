@@ -100,10 +100,11 @@ fn attachment_target(tag: &str) -> Option<Digest> {
 /// Decides every tag and untagged manifest of one repository under `policy`.
 ///
 /// A tag attached to a manifest (a signature, attestation or SBOM by tag, see
-/// [`attachment_target`]) goes with that manifest: kept while a kept tag points at it,
-/// deleted with its last tag, and kept if no tag points at it (an untagged image, whose own
-/// rules decide, or one not pushed yet). It takes no place among the tags the rules rank,
-/// so that signing an image does not push it out of "the newest N".
+/// [`attachment_target`]) goes with that manifest: kept while a kept (or immutable) tag
+/// points at it, deleted with its last tag, kept while the manifest is there untagged
+/// (its own rules decide), and deleted once the manifest is gone (restorable, like every
+/// tag deletion, should the manifest arrive after all). It takes no place among the tags
+/// the rules rank, so that signing an image does not push it out of "the newest N".
 fn evaluate(
     c: &rusqlite::Connection,
     policies: &Policies,
@@ -113,12 +114,28 @@ fn evaluate(
     restore_since: i64,
 ) -> std::result::Result<RepoPlan, MetadataError> {
     let rows = q::tags(c, repo)?;
-    let targets: Vec<Option<String>> = rows.iter().map(|r| attachment_target(&r.name).map(|d| d.to_string())).collect();
+    // Each attachment's target, and whether the repository has that manifest.
+    let mut targets: Vec<Option<(String, bool)>> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        targets.push(match attachment_target(&row.name) {
+            Some(d) => Some((d.to_string(), manifests::id_of(c, repo, &d)?.is_some())),
+            None => None,
+        });
+    }
     let own: Vec<&q::TagRow> = rows.iter().zip(&targets).filter(|(_, t)| t.is_none()).map(|(r, _)| r).collect();
     let facts = tag_facts(&own);
     let eval = Evaluation::new(&policy.keep, &facts, now);
-    let own_decisions: HashMap<&str, (bool, String)> =
-        own.iter().zip(&facts).map(|(row, fact)| (row.name.as_str(), eval.keeps(&policy.keep, "keep", fact))).collect();
+    let own_decisions: HashMap<&str, (bool, String)> = own
+        .iter()
+        .zip(&facts)
+        .map(|(row, fact)| {
+            let decision = match policies.immutable_rule(name, &row.name) {
+                Some(rule) => (true, format!("{rule}")),
+                None => eval.keeps(&policy.keep, "keep", fact),
+            };
+            (row.name.as_str(), decision)
+        })
+        .collect();
     let kept: HashSet<&str> =
         own.iter().filter(|r| own_decisions[r.name.as_str()].0).map(|r| r.digest.as_str()).collect();
     let tagged: HashSet<&str> = own.iter().map(|r| r.digest.as_str()).collect();
@@ -127,15 +144,16 @@ fn evaluate(
         .zip(&targets)
         .map(|(row, target)| {
             let (keep, reason) = match (policies.immutable_rule(name, &row.name), target) {
-                (Some(rule), _) => (true, format!("{rule}")),
-                (None, None) => own_decisions[row.name.as_str()].clone(),
-                (None, Some(t)) if kept.contains(t.as_str()) => {
+                (_, None) => own_decisions[row.name.as_str()].clone(),
+                (Some(rule), Some(_)) => (true, format!("{rule}")),
+                (None, Some((t, _))) if kept.contains(t.as_str()) => {
                     (true, format!("attached to {t}, which a kept tag points at"))
                 }
-                (None, Some(t)) if tagged.contains(t.as_str()) => {
+                (None, Some((t, _))) if tagged.contains(t.as_str()) => {
                     (false, format!("attached to {t}, whose every tag goes"))
                 }
-                (None, Some(t)) => (true, format!("attached to {t}, which no tag points at")),
+                (None, Some((t, true))) => (true, format!("attached to {t}, which no tag points at")),
+                (None, Some((t, false))) => (false, format!("attached to {t}, which is not in the repository")),
             };
             TagDecision {
                 tag: row.name.clone(),

@@ -494,9 +494,15 @@ async fn tags_attached_to_an_image_go_with_it() {
 name = "newest"
 repositories = "signed/**"
 keep = { newest = 1 }
+
+[[immutable]]
+repositories = "signed/**"
+tags_regex = "[0-9]+\\.[0-9]+\\.[0-9]+"
 "#;
     let s = Server::start_with_config(config, ENV);
     let attachment = |digest: &str, kind: &str| format!("{}.{kind}", digest.replace(':', "-"));
+    // Kept by immutability, not by the rule (it is the oldest): its signature stays too.
+    let (_, release) = s.push_image("signed/a", "1.0.0", &[b"release layer"]).await;
     let (_, v1) = s.push_image("signed/a", "v1", &[b"v1 layer"]).await;
     s.advance_clock(1000).await;
     let (_, v2) = s.push_image("signed/a", "v2", &[b"v2 layer"]).await;
@@ -504,7 +510,9 @@ keep = { newest = 1 }
     let absent = format!("sha256:{}", "0".repeat(64));
     s.advance_clock(1000).await;
     // Signed after the push, so newer than every image tag.
-    for (target, kind) in [(&v1, "sig"), (&v2, "sig"), (&v2, "att"), (&untagged, "sbom"), (&absent, "sig")] {
+    for (target, kind) in
+        [(&v1, "sig"), (&v2, "sig"), (&v2, "att"), (&untagged, "sbom"), (&absent, "sig"), (&release, "sig")]
+    {
         s.push_image("signed/a", &attachment(target, kind), &[format!("{kind} of {target}").as_bytes()]).await;
     }
     let (_, plan) = s.admin_post("/admin/retention/plan").await;
@@ -517,11 +525,13 @@ keep = { newest = 1 }
     let mut expected = vec![
         ("v1".to_owned(), false),
         ("v2".to_owned(), true),
+        ("1.0.0".to_owned(), true),
         (attachment(&v1, "sig"), false),
         (attachment(&v2, "sig"), true),
         (attachment(&v2, "att"), true),
         (attachment(&untagged, "sbom"), true),
-        (attachment(&absent, "sig"), true),
+        (attachment(&absent, "sig"), false),
+        (attachment(&release, "sig"), true),
     ];
     expected.sort();
     let mut decisions = decisions;
