@@ -194,10 +194,10 @@ fn evaluate(
 
 /// Makes the deletions of `plan` on `c`: tags (recorded with the rule that decided, and
 /// restorable) and untagged manifests. First verifies that nothing the decisions rested
-/// on has changed: every tag of the plan, kept or not, still exists and points where the
-/// plan saw it, pushed no later (a kept tag gone would leave fewer than "newest N"); a
-/// tag to delete has not been pulled since nor become immutable; a manifest to delete is
-/// still untagged and untouched. If anything changed, deletes nothing and returns the
+/// on has changed: every tag of the plan, kept or not, still exists (a kept tag gone would
+/// leave fewer than "newest N"); a tag to delete still points where the plan saw it, was
+/// not pushed again or pulled since, and has not become immutable; a manifest to delete
+/// is still untagged and untouched. If anything changed, deletes nothing and returns the
 /// differences.
 fn delete_planned(
     c: &rusqlite::Connection,
@@ -221,9 +221,11 @@ fn delete_planned(
             let at = format!("{}:{}", rp.repository, t.tag);
             match now_tags.get(&t.tag) {
                 None => changes.push(format!("{at} no longer exists")),
+                // A kept tag that moved or was pushed again can only make the plan delete
+                // less than it would now; only its disappearance changes the counts.
+                Some(_) if t.keep => {}
                 Some(row) if row.digest != t.digest => changes.push(format!("{at} now points at {}", row.digest)),
                 Some(row) if row.pushed_at != t.pushed_at => changes.push(format!("{at} was pushed again")),
-                Some(_) if t.keep => {}
                 Some(row) if row.pulled_at != t.pulled_at => changes.push(format!("{at} was pulled since")),
                 Some(row) => {
                     if let Some(rule) = policies.immutable_rule(&rp.repository, &t.tag) {
@@ -349,6 +351,8 @@ impl Retention {
     /// would delete changed since.
     pub async fn apply(&self, id: i64) -> Result<Plan> {
         let registry = self.collector.registry();
+        // The pulls of the last seconds, so that "pulled since the plan" sees them.
+        registry.pulls.flush(&registry.meta).await?;
         let policies = registry.policies();
         let options = registry.options().clone();
         registry

@@ -143,8 +143,9 @@ name = "two"
 repositories = "**"
 keep = { newest = 1 }
 "#;
-    // After the plan (delete "old", keep "new"), one change to what it rested on.
-    for change in ["old moves", "old is pushed again", "new is deleted"] {
+    // After the plan (delete "old", keep "new"), one change to what it rested on; the
+    // last change leaves the plan valid (it can only delete less than a new one would).
+    for change in ["old moves", "old is pushed again", "old is pulled", "new is deleted", "new is pushed again"] {
         let s = Server::start_with_config(config, ENV);
         let (old_body, _) = s.push_image("stale", "old", &[b"old layer"]).await;
         s.advance_clock(1000).await;
@@ -162,10 +163,22 @@ keep = { newest = 1 }
                 s.put_manifest("stale", "old", OCI_MANIFEST, &old_body).await;
                 "stale:old was pushed again"
             }
+            // Pulled a moment ago: apply writes the pull times noted in memory first.
+            "old is pulled" => {
+                assert_eq!(s.get("/v2/stale/manifests/old").await.status(), StatusCode::OK);
+                "stale:old was pulled since"
+            }
             // Deleting "old" too would leave fewer than the newest one.
-            _ => {
+            "new is deleted" => {
                 s.delete("/v2/stale/manifests/new").await;
                 "stale:new no longer exists"
+            }
+            _ => {
+                s.put_manifest("stale", "new", OCI_MANIFEST, &new_body).await;
+                let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+                assert_eq!(status, StatusCode::OK, "{change}: {answer}");
+                assert_eq!(tag_list(&s.get("/v2/stale/tags/list").await.json().await.unwrap()), ["new"]);
+                continue;
             }
         };
         let before = tag_list(&s.get("/v2/stale/tags/list").await.json().await.unwrap());
