@@ -15,6 +15,9 @@ use super::media_type::*;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// Required by the image spec only since 2023 (it was optional before, and the
+    /// reference registry never checked it), so manifests written earlier may lack it.
+    #[serde(default)]
     pub media_type: String,
     pub digest: Digest,
     pub size: i64,
@@ -131,7 +134,8 @@ impl ParsedManifest {
                 if raw.manifests.is_some() {
                     return Err(ManifestError::Invalid("an image manifest cannot have manifests".into()));
                 }
-                let artifact_type = raw.artifact_type.clone().or_else(|| Some(config.media_type.clone()));
+                let config_type = Some(config.media_type.clone()).filter(|t| !t.is_empty());
+                let artifact_type = raw.artifact_type.clone().or(config_type);
                 let mut blobs = vec![config];
                 blobs.extend(layers.into_iter().filter(|l| !is_non_distributable(&l.media_type)));
                 ParsedManifest {
@@ -265,14 +269,15 @@ mod tests {
             format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{config},"layers":{{}}}}"#),
             // No schemaVersion.
             image("").replace(r#""schemaVersion":2,"#, ""),
-            // A descriptor without its mediaType.
-            image("").replace(r#""mediaType":"application/vnd.oci.image.config.v1+json","#, ""),
             // A subject of negative size.
             image(&format!(r#","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":-5}}"#)),
         ];
         for body in cases {
             assert!(ParsedManifest::parse(body.as_bytes(), None).is_err(), "accepted: {body}");
         }
+        // A descriptor without its mediaType is older than the rule that requires it.
+        let old = image("").replace(r#""mediaType":"application/vnd.oci.image.config.v1+json","#, "");
+        assert_eq!(ParsedManifest::parse(old.as_bytes(), None).unwrap().artifact_type, None);
     }
 
     #[test]
