@@ -129,7 +129,8 @@ impl Registry {
     {
         let slot = self.sessions.slot(id);
         let mut guard = slot.lock().await;
-        let state = self.append_locked(name, id, &guard, range, body).await?;
+        let appended = self.append_locked(name, id, &guard, range, body).await;
+        let state = self.forget_if_unknown(id, appended).await?;
         let (i, new_size) = (id.clone(), state.size);
         self.meta.write(move |c| uploads::set_size(c, &i, new_size, now_ms()).map_err(Error::from)).await?;
         *guard = Some(state);
@@ -218,7 +219,8 @@ impl Registry {
     {
         let slot = self.sessions.slot(id);
         let mut guard = slot.lock().await;
-        let state = self.append_locked(name, id, &guard, range, body).await?;
+        let appended = self.append_locked(name, id, &guard, range, body).await;
+        let state = self.forget_if_unknown(id, appended).await?;
         let actual = match digest.algorithm() {
             DigestAlgorithm::Sha256 => state.hasher.clone().finish(),
             other => self.rehash(id, state.size, other).await?.finish(),
@@ -277,9 +279,24 @@ impl Registry {
     pub async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<()> {
         let slot = self.sessions.slot(id);
         let mut guard = slot.lock().await;
-        self.session_size(name, id).await?;
+        let known = self.session_size(name, id).await;
+        self.forget_if_unknown(id, known).await?;
         *guard = None;
         self.cancel_locked(id).await
+    }
+
+    /// Passes `result` on; if it says the session is unknown and no session has that id at
+    /// all, drops the lock slot the request made for it. Any client can name any id, and
+    /// each would otherwise leave an entry behind. (A session of another repository keeps
+    /// its slot: a request of its own may hold that lock.)
+    async fn forget_if_unknown<T>(&self, id: &UploadId, result: Result<T>) -> Result<T> {
+        if matches!(result, Err(Error::UploadUnknown)) {
+            let i = id.clone();
+            if self.meta.read(move |c| uploads::get(c, &i)).await?.is_none() {
+                self.sessions.forget(id);
+            }
+        }
+        result
     }
 
     async fn cancel_locked(&self, id: &UploadId) -> Result<()> {
@@ -290,5 +307,40 @@ impl Registry {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::stream;
+
+    use super::*;
+
+    /// Requests naming upload ids that do not exist (any client can) leave no lock slots
+    /// behind, whichever step they try; a session of another repository keeps its slot.
+    #[tokio::test]
+    async fn unknown_sessions_leave_no_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config { data_dir: dir.path().to_owned(), ..Default::default() };
+        let opened = crate::server::open(&config).await.unwrap();
+        let registry = &opened.state.registry;
+        let (name, other): (RepoName, RepoName) = ("r".parse().unwrap(), "s".parse().unwrap());
+        let body = || stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"bytes"))]);
+        let digest = Digest::sha256_of(b"bytes");
+        for _ in 0..10 {
+            let id = UploadId::random();
+            assert!(matches!(registry.append_upload(&name, &id, None, body()).await, Err(Error::UploadUnknown)));
+            assert!(matches!(
+                registry.finish_upload(&name, &id, &digest, None, body()).await,
+                Err(Error::UploadUnknown)
+            ));
+            assert!(matches!(registry.cancel_upload(&name, &id).await, Err(Error::UploadUnknown)));
+        }
+        let slots = || registry.sessions().0.lock().unwrap().len();
+        assert_eq!(slots(), 0);
+        let session = registry.start_upload(&other).await.unwrap();
+        registry.append_upload(&other, &session.id, None, body()).await.unwrap();
+        assert!(matches!(registry.append_upload(&name, &session.id, None, body()).await, Err(Error::UploadUnknown)));
+        assert_eq!(slots(), 1, "the other repository's session keeps its slot");
     }
 }
