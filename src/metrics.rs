@@ -33,8 +33,9 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The counters of this process, and `gauges` read from metadata for this scrape.
-    pub fn render(&self, gauges: &Gauges) -> String {
+    /// The counters of this process, and `gauges` read from metadata for this scrape (left
+    /// out if that read failed: the counters are still worth a scrape).
+    pub fn render(&self, gauges: Option<&Gauges>) -> String {
         let mut out = String::new();
         counter(&mut out, "bosun_gc_runs_total", "Garbage collections that changed storage.", &self.gc_runs);
         counter(&mut out, "bosun_gc_dry_runs_total", "Garbage collection dry runs.", &self.gc_dry_runs);
@@ -87,6 +88,7 @@ impl Metrics {
             "# HELP bosun_reconcile_missing_blobs Blobs metadata knows but storage lacks (last reconcile).\n# TYPE bosun_reconcile_missing_blobs gauge\nbosun_reconcile_missing_blobs {}",
             self.reconcile_missing_blobs.load(Ordering::Relaxed)
         );
+        let Some(gauges) = gauges else { return out };
         // 0 when there was none yet, so that `time() - x > limit` alerts from the start.
         let _ = writeln!(
             out,

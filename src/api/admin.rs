@@ -82,13 +82,16 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
     let retention = &state.retention;
     let path = request.uri.path();
     match (&request.method, path) {
-        (&Method::GET, "/metrics") => match state.registry.meta.read(|c| crate::metadata::gc::gauges(c)).await {
-            Ok(gauges) => Response::builder()
+        (&Method::GET, "/metrics") => {
+            let gauges = state.registry.meta.read(|c| crate::metadata::gc::gauges(c)).await;
+            if let Err(e) = &gauges {
+                tracing::error!(error = %e, "reading the metrics gauges from metadata failed");
+            }
+            Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(Body::from(state.registry.metrics.render(&gauges)))
-                .expect("valid response"),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("metadata: {e}")),
-        },
+                .body(Body::from(state.registry.metrics.render(gauges.as_ref().ok())))
+                .expect("valid response")
+        }
         (&Method::POST, "/admin/gc") => ok_or_500(collector.collect("api", flag("dry_run")).await),
         (&Method::POST, "/admin/reconcile") => ok_or_500(collector.reconcile("api", flag("dry_run")).await),
         (&Method::GET, "/admin/gc/runs") => ok_or_500(collector.history(limit).await),

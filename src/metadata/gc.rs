@@ -315,8 +315,9 @@ pub fn record_run(conn: &Connection, r: &RunRecord) -> Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
-/// What `/metrics` reads from metadata at each scrape, in one snapshot; each part costs in
-/// proportion to what it counts (garbage), never to the size of the store.
+/// What `/metrics` reads from metadata at each scrape, in one snapshot. The unreferenced
+/// totals cost what the garbage costs; the last successes walk the run records back to the
+/// newest success of each kind (all of them, until there has been one).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gauges {
     /// When the last collection that changed storage ended without an error (ms).

@@ -178,6 +178,9 @@ fn upgrade(writer: &mut Connection, from: i64) -> Result<()> {
     // foreign keys off, and they cannot be switched inside a transaction. Every foreign
     // key is checked before the commit instead.
     writer.pragma_update(None, "foreign_keys", "OFF")?;
+    // Rebuilding a table sorts every row of its indexes: on disk, not in memory, as
+    // temporary files would be anywhere else (set back to memory below).
+    writer.pragma_update(None, "temp_store", "DEFAULT")?;
     // A step may rewrite a table and the check reads every reference: on a database of
     // millions of rows the server is minutes from listening, and the log says why.
     let started = std::time::Instant::now();
@@ -212,6 +215,7 @@ fn upgrade(writer: &mut Connection, from: i64) -> Result<()> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     writer.pragma_update(None, "foreign_keys", "ON")?;
+    writer.pragma_update(None, "temp_store", "MEMORY")?;
     tracing::info!(
         from,
         to = SCHEMA_VERSION,
