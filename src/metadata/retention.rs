@@ -190,10 +190,19 @@ pub fn delete_policy(conn: &Connection, name: &str) -> Result<bool> {
     Ok(conn.prepare_cached("DELETE FROM retention_policies WHERE name = ?1")?.execute([name])? > 0)
 }
 
+/// How long a saved plan is kept (ms): long enough to review and apply it, short enough
+/// that daily plans of a large registry (3 MB each for 10,000 tags) do not pile up in the
+/// database. What a plan deleted stays in the audit of tag deletions.
+pub const PLAN_KEPT_MS: i64 = 7 * 86_400_000;
+
+/// Saves a plan and forgets those older than [`PLAN_KEPT_MS`]; returns its id. (The newest
+/// plan is never the one forgotten, so ids are never reused.)
 pub fn save_plan(conn: &Connection, plan: &str, now: i64) -> Result<i64> {
     conn.prepare_cached("INSERT INTO retention_plans (created_at, plan) VALUES (?1, ?2)")?
         .execute(params![now, plan])?;
-    Ok(conn.last_insert_rowid())
+    let id = conn.last_insert_rowid();
+    conn.prepare_cached("DELETE FROM retention_plans WHERE created_at < ?1")?.execute([now - PLAN_KEPT_MS])?;
+    Ok(id)
 }
 
 /// A saved plan and whether it was applied already.

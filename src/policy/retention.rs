@@ -69,7 +69,7 @@ pub struct Plan {
 pub enum RetentionError {
     #[error(transparent)]
     Metadata(#[from] MetadataError),
-    #[error("no retention plan {0}")]
+    #[error("no retention plan {0} (plans are kept for {days} days)", days = q::PLAN_KEPT_MS / 86_400_000)]
     PlanUnknown(i64),
     #[error("retention plan {0} was applied already")]
     AlreadyApplied(i64),

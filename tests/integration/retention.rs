@@ -189,6 +189,29 @@ keep = { newest = 1 }
     }
 }
 
+/// Plans are kept for a week: a newer plan forgets older ones, and applying one of those
+/// says so.
+#[tokio::test]
+async fn plans_older_than_a_week_are_forgotten() {
+    let config = r#"
+[[retention]]
+name = "one"
+repositories = "**"
+keep = { newest = 1 }
+"#;
+    let s = Server::start_with_config(config, ENV);
+    s.push_image("weekly/a", "v1", &[b"v1"]).await;
+    let (_, old) = s.admin_post("/admin/retention/plan").await;
+    s.advance_clock(8 * DAY).await;
+    let (_, new) = s.admin_post("/admin/retention/plan").await;
+    assert!(new["id"].as_i64() > old["id"].as_i64());
+    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", old["id"])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("kept for 7 days"), "{answer}");
+    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", new["id"])).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
 #[tokio::test]
 async fn immutable_tags_refuse_push_delete_and_policy() {
     let config = r#"
