@@ -107,7 +107,7 @@ impl Cron {
     }
 
     /// The first matching minute strictly after `after_ms`, if any within
-    /// [`HORIZON_DAYS`] (every date that exists at all comes within it).
+    /// eight years and a day (every date that exists at all comes within it).
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
         let start = after_ms.div_euclid(60_000) + 1;
         let first_day = start.div_euclid(1440);
