@@ -34,10 +34,7 @@ pub(super) fn check(
         } else {
             &this
         };
-        let (used, linked) = metadata::blobs::group_usage(c, group, digest)?;
-        if linked {
-            continue;
-        }
+        let Some(used) = metadata::blobs::group_usage(c, group, digest)? else { continue };
         if used + size > q.spec.max_bytes {
             let scope = if q.spec.total {
                 format!("the repositories matching {} together", q.repositories)
