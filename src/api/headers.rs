@@ -9,6 +9,7 @@ pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-co
 pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 pub const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 pub const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+pub const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
 
 /// A header value from text this server produced (digests, paths of validated names,
 /// numbers), which is always visible ASCII.

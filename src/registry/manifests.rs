@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::{Error, Registry, Result};
 use crate::metadata::{blobs, manifests, now_ms, repositories, retention, tags};
-use crate::oci::{Digest, ManifestError, ParsedManifest, Reference, RepoName};
+use crate::oci::{Digest, ManifestError, ParsedManifest, Reference, RepoName, Tag};
 
 /// A manifest as served: its bytes exactly as pushed.
 #[derive(Debug, Clone)]
@@ -69,13 +69,16 @@ impl Registry {
         Ok(StoredManifest { digest, media_type: found.media_type, payload: Bytes::from(found.payload) })
     }
 
-    /// Stores a manifest under `reference` (a tag, or the digest it must have). Every blob
-    /// and child manifest it references must already be in the repository; its subject
-    /// need not be (the spec lets referrers arrive before their subject).
+    /// Stores a manifest under `reference` (a tag, or the digest it must have), and points
+    /// `also_tag` at it too (the `?tag=` parameters of a push by digest), all in one
+    /// transaction: an immutable tag among them refuses the whole push. Every blob and child
+    /// manifest it references must already be in the repository; its subject need not be
+    /// (the spec lets referrers arrive before their subject).
     pub async fn put_manifest(
         &self,
         name: &RepoName,
         reference: &Reference,
+        also_tag: &[Tag],
         content_type: Option<&str>,
         payload: Bytes,
     ) -> Result<PushedManifest> {
@@ -101,22 +104,29 @@ impl Registry {
         })?;
         let pushed =
             PushedManifest { digest: digest.clone(), subject: parsed.subject.as_ref().map(|s| s.digest.clone()) };
-        let (n, r) = (name.clone(), reference.clone());
-        let immutable = match reference {
-            Reference::Tag(t) => self.policies().immutable_rule(name.as_str(), t.as_str()).map(|r| r.to_string()),
-            Reference::Digest(_) => None,
-        };
+        let n = name.clone();
+        let policies = self.policies();
+        // Each tag to set, with the immutability rule that covers it, if any.
+        let tagged: Vec<(Tag, Option<String>)> = match reference {
+            Reference::Tag(t) => std::slice::from_ref(t),
+            Reference::Digest(_) => also_tag,
+        }
+        .iter()
+        .map(|t| (t.clone(), policies.immutable_rule(name.as_str(), t.as_str()).map(|r| r.to_string())))
+        .collect();
         self.meta
             .write(move |c| {
                 let now = now_ms();
                 let repo = repositories::ensure(c, &n, now)?;
-                if let (Some(rule), Reference::Tag(tag)) = (&immutable, &r)
-                    && let Some((_, current)) = retention::tag_target(c, repo, tag.as_str())?
-                    && current != digest.to_string()
-                {
-                    return Err(Error::Denied(format!(
-                        "tag {n}:{tag} is immutable ({rule}); it points at {current} and cannot be moved"
-                    )));
+                for (tag, rule) in &tagged {
+                    if let Some(rule) = rule
+                        && let Some((_, current)) = retention::tag_target(c, repo, tag.as_str())?
+                        && current != digest.to_string()
+                    {
+                        return Err(Error::Denied(format!(
+                            "tag {n}:{tag} is immutable ({rule}); it points at {current} and cannot be moved"
+                        )));
+                    }
                 }
                 for blob in &parsed.blobs {
                     match blobs::linked_size(c, repo, &blob.digest)? {
@@ -143,7 +153,7 @@ impl Registry {
                     children.push(id);
                 }
                 let id = manifests::insert(c, repo, &digest, &parsed, &children, &payload, now)?;
-                if let Reference::Tag(tag) = &r {
+                for (tag, _) in &tagged {
                     tags::set(c, repo, tag, id, now)?;
                 }
                 Ok(())

@@ -255,3 +255,50 @@ async fn a_child_of_an_index_cannot_be_deleted_before_the_index() {
     assert_eq!(s.delete(&format!("/v2/multi/manifests/{}", sha256(&index))).await.status(), StatusCode::ACCEPTED);
     assert_eq!(s.delete(&format!("/v2/multi/manifests/{child}")).await.status(), StatusCode::ACCEPTED);
 }
+
+/// A push by digest may name tags to point at the manifest too (`?tag=`, spec 1.2): each is
+/// listed back in `OCI-Tag`. The push and its tags are one: an invalid or immutable tag
+/// among them refuses it all.
+#[tokio::test]
+async fn a_push_by_digest_can_tag_it_too() {
+    let config = r#"
+[[immutable]]
+repositories = "tp/**"
+tags_regex = "v[0-9]+"
+"#;
+    let s = Server::start_with_config(config, &[]);
+    let blob = s.push_blob("tp/a", b"{}").await;
+    let image = |layer: &str| {
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": blob, "size": 2},
+            "layers": [], "annotations": {"layer": layer}}))
+        .unwrap()
+    };
+    let (first, second) = (image("first"), image("second"));
+    let put = |body: &[u8], query: &str| {
+        let url = s.url(&format!("/v2/tp/a/manifests/{}?{query}", sha256(body)));
+        s.http.put(url).header("content-type", OCI_MANIFEST).body(body.to_vec()).send()
+    };
+    let resp = put(&first, "tag=v1&tag=latest").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(header(&resp, "oci-tag"), "v1, latest");
+    for tag in ["v1", "latest"] {
+        assert_eq!(
+            header(&s.head(&format!("/v2/tp/a/manifests/{tag}")).await, "docker-content-digest"),
+            sha256(&first)
+        );
+    }
+    // An invalid tag, or an immutable one that would move: nothing is stored or moved.
+    let resp = put(&second, "tag=stable&tag=-bad").await.unwrap();
+    expect_error(resp, StatusCode::BAD_REQUEST, "TAG_INVALID").await;
+    let resp = put(&second, "tag=stable&tag=v1").await.unwrap();
+    expect_error(resp, StatusCode::FORBIDDEN, "DENIED").await;
+    let second_url = format!("/v2/tp/a/manifests/{}", sha256(&second));
+    assert_eq!(s.head(&second_url).await.status(), StatusCode::NOT_FOUND);
+    let tags: serde_json::Value = s.get("/v2/tp/a/tags/list").await.json().await.unwrap();
+    assert_eq!(tags["tags"], json!(["latest", "v1"]));
+    // Without parameters a push by digest tags nothing and says so by sending no OCI-Tag.
+    let resp = put(&second, "").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(resp.headers().get("oci-tag").is_none());
+}

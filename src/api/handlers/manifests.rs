@@ -8,9 +8,9 @@ use http_body_util::BodyExt;
 
 use super::{finish, respond};
 use crate::api::ApiResult;
-use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, OCI_SUBJECT};
+use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG};
 use crate::oci::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX};
-use crate::oci::{Reference, RepoName};
+use crate::oci::{Reference, RepoName, Tag};
 use crate::registry::{Error, Registry};
 
 /// Whether a client that sent `accept` can take a manifest of `media_type`. Only an index
@@ -76,10 +76,24 @@ pub async fn put(
             Err(e) => Error::ManifestInvalid(format!("the manifest could not be read whole: {e}")),
         })?
         .to_bytes();
-    let pushed = registry.put_manifest(name, reference, content_type.as_deref(), body).await?;
+    // A push by digest may name tags to point at it too (`?tag=`, spec 1.2); each accepted
+    // tag is listed back in `OCI-Tag`, which is how a client learns the registry took them.
+    let also_tag: Vec<Tag> = match reference {
+        Reference::Digest(_) => headers::query(request)
+            .into_iter()
+            .filter(|(k, _)| k == "tag")
+            .map(|(_, v)| v.parse::<Tag>().map_err(|e| Error::TagInvalid(format!("tag parameter {v:?}: {e}"))))
+            .collect::<Result<_, _>>()?,
+        Reference::Tag(_) => Vec::new(),
+    };
+    let pushed = registry.put_manifest(name, reference, &also_tag, content_type.as_deref(), body).await?;
     let mut builder = respond(StatusCode::CREATED)
         .header(header::LOCATION, format!("/v2/{name}/manifests/{}", pushed.digest))
         .header(DOCKER_CONTENT_DIGEST, pushed.digest.to_string());
+    if !also_tag.is_empty() {
+        let list: Vec<&str> = also_tag.iter().map(Tag::as_str).collect();
+        builder = builder.header(OCI_TAG, headers::value(list.join(", ")));
+    }
     if let Some(subject) = &pushed.subject {
         builder = builder.header(OCI_SUBJECT, subject.to_string());
     }
