@@ -38,6 +38,14 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         .with_context(|| format!("opening blob storage in {}", dir.display()))?;
     let meta =
         Metadata::open(&dir.join("metadata.sqlite"), config.sync_writes).context("opening the metadata database")?;
+    // The database and its log may have just been created (SQLite deletes the log on a
+    // clean shutdown): their names must be durable before any commit is acknowledged,
+    // which SQLite's own flushes of the log data do not make them.
+    if config.sync_writes {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("flushing data directory {}", dir.display()))?;
+    }
     let registry = Arc::new(Registry::new(
         meta,
         Arc::new(store),

@@ -59,9 +59,12 @@ impl Registry {
         let body = match self.store.read_blob(digest, offset, len).await {
             Ok(body) => body,
             Err(e) => {
-                // Collected between the metadata read and the open: a plain 404.
-                if e.kind() == std::io::ErrorKind::NotFound && self.blob_size(name, digest).await.is_err() {
-                    return Err(Error::BlobUnknown(digest.clone()));
+                // Collected between the metadata read and the open: a plain 404. (Only if
+                // metadata says so: any other failure of the second look is that failure.)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && let Err(second_look) = self.blob_size(name, digest).await
+                {
+                    return Err(second_look);
                 }
                 // The metadata says the blob exists: missing bytes are a fault to report
                 // loudly, not a 404 that would make a client think it may re-push.
