@@ -243,7 +243,14 @@ impl Registry {
             self.cancel_locked(id).await?;
             return Err(e);
         }
-        self.store.commit_upload(id, digest).await?;
+        if let Err(e) = self.store.commit_upload(id, digest).await {
+            // The staged file may be gone already (renamed before a later step failed): the
+            // session could never be finished, so it ends here, and bytes that reached the
+            // blob's place unrecorded are reconcile's.
+            *guard = None;
+            self.cancel_locked(id).await?;
+            return Err(e.into());
+        }
         let (n, i, d, policies) = (name.clone(), id.clone(), digest.clone(), self.policies());
         let linked = self
             .meta
@@ -261,13 +268,20 @@ impl Registry {
             // A collection may have just removed the blob's row without flushing: the
             // removal is made durable before the bytes go on the strength of it, or a power
             // loss could bring the row back without them.
-            self.meta.flush().await?;
-            let d = digest.clone();
-            if !self.meta.read(move |c| crate::metadata::gc::blob_known(c, &d.to_string())).await? {
-                self.store.delete_blob(digest).await?;
+            let cleaned = async {
+                self.meta.flush().await?;
+                let d = digest.clone();
+                if !self.meta.read(move |c| crate::metadata::gc::blob_known(c, &d.to_string())).await? {
+                    self.store.delete_blob(digest).await?;
+                }
+                Ok::<_, Error>(())
             }
+            .await;
+            // The staged file was renamed away: whatever the clean-up did, the session ends
+            // (a failed clean-up leaves bytes for reconcile, never a session nobody can use).
             *guard = None;
             self.cancel_locked(id).await?;
+            cleaned?;
             return Err(e);
         }
         *guard = None;
