@@ -143,26 +143,23 @@ fn evaluate(
         .iter()
         .zip(&targets)
         .map(|(row, target)| {
-            let (keep, reason) = match (policies.immutable_rule(name, &row.name), target) {
-                (_, None) => own_decisions[row.name.as_str()].clone(),
-                (Some(rule), Some(_)) => (true, format!("{rule}")),
-                (None, Some((t, _))) if kept.contains(t.as_str()) => {
-                    (true, format!("attached to {t}, which a kept tag points at"))
-                }
-                (None, Some((t, _))) if tagged.contains(t.as_str()) => {
-                    (false, format!("attached to {t}, whose every tag goes"))
-                }
-                (None, Some((t, true))) => (true, format!("attached to {t}, which no tag points at")),
-                (None, Some((t, false))) => (false, format!("attached to {t}, which is not in the repository")),
+            let Some((t, present)) = target else { return (row, own_decisions[row.name.as_str()].clone()) };
+            let decision = match policies.immutable_rule(name, &row.name) {
+                Some(rule) => (true, format!("{rule}")),
+                None if kept.contains(t.as_str()) => (true, format!("attached to {t}, which a kept tag points at")),
+                None if tagged.contains(t.as_str()) => (false, format!("attached to {t}, whose every tag goes")),
+                None if *present => (true, format!("attached to {t}, which no tag points at")),
+                None => (false, format!("attached to {t}, which is not in the repository")),
             };
-            TagDecision {
-                tag: row.name.clone(),
-                digest: row.digest.clone(),
-                keep,
-                reason,
-                pushed_at: row.pushed_at,
-                pulled_at: row.pulled_at,
-            }
+            (row, decision)
+        })
+        .map(|(row, (keep, reason))| TagDecision {
+            tag: row.name.clone(),
+            digest: row.digest.clone(),
+            keep,
+            reason,
+            pushed_at: row.pushed_at,
+            pulled_at: row.pulled_at,
         })
         .collect();
     let untagged = match policy.untagged {

@@ -34,15 +34,10 @@ impl Registry {
         if blob.used_at >= fresh_after && !self.options.grace_period.is_zero() {
             return Ok(blob.size);
         }
-        // By name again inside the write: the repository may have gone since the read, and
-        // its id passed to a new one.
-        let (n, d) = (name.clone(), digest.clone());
-        self.meta
-            .write(move |c| match repositories::find(c, &n)? {
-                Some(repo) => blobs::probe(c, repo, &d, now_ms()).map_err(Error::from),
-                None => Ok(None),
-            })
+        let d = digest.clone();
+        self.write_in_repository(name, move |c, repo| blobs::probe(c, repo, &d, now_ms()))
             .await?
+            .flatten()
             .ok_or_else(unknown)
     }
 

@@ -46,16 +46,10 @@ impl Registry {
         // At most one write per refresh interval, as for blobs.
         let fresh_after = now_ms() - self.options.probe_refresh_interval().as_millis() as i64;
         if found.collectable && (found.touched_at < fresh_after || self.options.grace_period.is_zero()) {
-            // By name again inside the write: the id read above may have been reused since.
-            let (n, d) = (name.clone(), digest.clone());
-            let present = self
-                .meta
-                .write(move |c| match repositories::find(c, &n)? {
-                    Some(repo) => manifests::probe(c, repo, &d, now_ms()),
-                    None => Ok(false),
-                })
-                .await?;
-            if !present {
+            let d = digest.clone();
+            let present =
+                self.write_in_repository(name, move |c, repo| manifests::probe(c, repo, &d, now_ms())).await?;
+            if present != Some(true) {
                 return Err(Error::ManifestUnknown(reference.to_string()));
             }
         }

@@ -35,7 +35,9 @@ pub(crate) use digest_locks::DigestLocks;
 
 use crate::failpoints::Failpoints;
 use crate::metadata::Metadata;
+use crate::metadata::repositories::{self, RepoId};
 use crate::metrics::Metrics;
+use crate::oci::RepoName;
 use crate::policy::Policies;
 use crate::storage::BlobStore;
 
@@ -122,5 +124,23 @@ impl Registry {
 
     fn check_delete_enabled(&self) -> Result<()> {
         if self.options.delete_enabled { Ok(()) } else { Err(Error::DeleteDisabled) }
+    }
+
+    /// Runs `f` in a write transaction on the repository called `name`, looked up inside
+    /// that transaction; `None` if there is none. For a write after a read: the id the read
+    /// saw may belong to another repository by now (ids of deleted rows are reused).
+    async fn write_in_repository<T, F>(&self, name: &RepoName, f: F) -> Result<Option<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection, RepoId) -> crate::metadata::Result<T> + Send + 'static,
+    {
+        let n = name.clone();
+        Ok(self
+            .meta
+            .write(move |c| match repositories::find(c, &n)? {
+                Some(repo) => f(c, repo).map(Some),
+                None => Ok(None),
+            })
+            .await?)
     }
 }

@@ -181,12 +181,13 @@ impl Registry {
                 let written = flushed?;
                 debug_assert_eq!(written, size);
                 // In u128: a range ending at u64::MAX announces 2^64 bytes.
-                let announced = range.map(|r| u128::from(r.end - r.start) + 1);
-                match (range, announced) {
-                    (Some(r), Some(n)) if n != u128::from(size - state.size) => Err(Error::UploadInvalid(format!(
-                        "Content-Range {}-{} announces {n} bytes, the body had {}",
+                let announced = |r: ChunkRange| u128::from(r.end - r.start) + 1;
+                match range {
+                    Some(r) if announced(r) != u128::from(size - state.size) => Err(Error::UploadInvalid(format!(
+                        "Content-Range {}-{} announces {} bytes, the body had {}",
                         r.start,
                         r.end,
+                        announced(r),
                         size - state.size
                     ))),
                     _ => Ok(()),
