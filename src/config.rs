@@ -38,6 +38,8 @@ pub struct Config {
     pub log: String,
     /// Garbage collection.
     pub gc: GcConfig,
+    /// Limits on clients that stop sending or reading.
+    pub http: HttpConfig,
     /// Enables the test-only pause points under `/admin/failpoints/` (never in
     /// production). Env: `BOSUN_TEST_FAILPOINTS`.
     pub test_failpoints: bool,
@@ -101,6 +103,29 @@ impl Default for GcConfig {
     }
 }
 
+/// The `[http]` section: how long a client may hold a connection without making progress
+/// (see `api/connections.rs`). Zero turns a limit off.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Time a client has to send a request's headers, counted from the connection's
+    /// opening or the end of the previous response: it also closes idle keep-alive
+    /// connections. Env: `BOSUN_HTTP_HEADER_TIMEOUT`.
+    #[serde(deserialize_with = "de_duration")]
+    pub header_timeout: Duration,
+    /// Longest a request body may pause, and a response wait for the client to read. An
+    /// upload chunk cut off by it is rolled back; the session stays, to be resumed. Env:
+    /// `BOSUN_HTTP_STALL_TIMEOUT`.
+    #[serde(deserialize_with = "de_duration")]
+    pub stall_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { header_timeout: Duration::from_secs(30), stall_timeout: Duration::from_secs(60) }
+    }
+}
+
 /// The longest duration anywhere (100 years); a longer one is read as this. Durations are
 /// compared with timestamps as signed milliseconds, where a longer one could wrap negative
 /// and turn "keep what was pushed within" or a grace period into "nothing is recent".
@@ -149,6 +174,7 @@ impl Default for Config {
             sync_writes: true,
             log: "info".to_owned(),
             gc: GcConfig::default(),
+            http: HttpConfig::default(),
             test_failpoints: false,
             restore_window: Duration::from_secs(24 * 60 * 60),
             retention: Vec::new(),
@@ -223,6 +249,12 @@ impl Config {
         }
         if let Some(v) = var("BOSUN_GC_RECONCILE_INTERVAL") {
             self.gc.reconcile_interval = duration("BOSUN_GC_RECONCILE_INTERVAL", v)?;
+        }
+        if let Some(v) = var("BOSUN_HTTP_HEADER_TIMEOUT") {
+            self.http.header_timeout = duration("BOSUN_HTTP_HEADER_TIMEOUT", v)?;
+        }
+        if let Some(v) = var("BOSUN_HTTP_STALL_TIMEOUT") {
+            self.http.stall_timeout = duration("BOSUN_HTTP_STALL_TIMEOUT", v)?;
         }
         if let Some(v) = var("BOSUN_RESTORE_WINDOW") {
             self.restore_window = duration("BOSUN_RESTORE_WINDOW", v)?;

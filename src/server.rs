@@ -117,15 +117,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         });
     }
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "bosun is serving");
-    // No Nagle delay: a streamed response is written in several pieces, and waiting for
-    // the client's (delayed) ACK between them costs 40 ms per small blob.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let app = crate::api::router(opened.state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving")
+    let router = crate::api::router(opened.state.clone());
+    crate::api::serve(listener, router, &config.http, shutdown_signal()).await.context("serving")
 }
 
 /// Runs `task` every `period` (first after one period); failures are logged by the task.

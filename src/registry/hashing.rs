@@ -5,9 +5,10 @@
 //! 1.6 GiB/s), and on the task that reads the socket it would add the reception's cost to
 //! it. A small body is hashed in place: a handoff would cost more than the hash.
 //!
-//! A runtime task, not a blocking-pool thread: an upload already holds a pool thread for
-//! its disk writes, and with a second one waiting to start, uploads could fill the pool
-//! with disk threads whose hashers never get a thread, and stall every request. A batch
+//! A runtime task, not a blocking-pool thread: a thread of that pool is held until its
+//! task ends, so a hasher there would hold one for as long as its client takes to send the
+//! upload, and a few hundred slow uploads would take every thread that file operations
+//! need (disk writes take a pool thread per chunk, and give it back in between). A batch
 //! keeps a worker busy for about half a millisecond, as hashing in place did per frame.
 
 use bytes::Bytes;

@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::sync::mpsc;
 
 use super::{BlobStore, ByteStream, StoredBlob, UploadWriter};
 use crate::oci::{Digest, UploadId};
@@ -21,8 +20,6 @@ const READ_CHUNK: usize = 1 << 20;
 /// core's cache until the network copies them out, large enough that a system call per
 /// chunk costs nothing next to the copy.
 const CACHED_CHUNK: usize = 256 << 10;
-/// Chunks read ahead of the network by a blob's disk thread.
-const PIPELINE_DEPTH: usize = 4;
 /// Threads that unlink a batch of blobs. Freeing a file's blocks can wait for the device:
 /// ext4 without a journal, mounted with `discard`, trims them inside `unlink(2)`, tens of
 /// microseconds each. Those waits overlap across threads (16 unlinked 1,000 small files in
@@ -31,9 +28,6 @@ const UNLINK_THREADS: usize = 16;
 /// Files a thread unlinks before another one is worth it: a few hundred microseconds of
 /// waits, against the cost of handing work to one more thread.
 const FILES_PER_UNLINK_THREAD: usize = 8;
-/// Chunks queued for an upload's disk thread: two keep it busy, since it writes faster
-/// than the bytes are hashed, and each one more is a megabyte per concurrent upload.
-const WRITES_IN_FLIGHT: usize = 2;
 
 pub struct FilesystemStore {
     root: PathBuf,
@@ -72,7 +66,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
 /// Streams `len` bytes of `file` from `offset`. What the page cache holds is read on the
 /// consumer's task (`RWF_NOWAIT`, which answers "not cached" instead of waiting for the
 /// data), in chunks that are still in the core's cache when the network copies them out;
-/// from the first chunk not in the cache on, a blocking thread reads ahead of the consumer.
+/// from the first chunk not in the cache on, blocking threads read one chunk ahead of the
+/// consumer.
 fn stream_file(file: File, offset: u64, len: u64) -> ByteStream {
     Box::pin(FileStream { file: Some(file), offset, left: len, from_disk: None })
 }
@@ -149,33 +144,38 @@ fn read_cached(_file: &File, _offset: u64, _len: usize) -> io::Result<Option<Byt
     Ok(None)
 }
 
-/// Streams `len` bytes of `file` from `offset`, read on a blocking thread a chunk ahead of
-/// the consumer.
+/// Streams `len` bytes of `file` from `offset`, each chunk read on a blocking thread while
+/// the consumer sends the one before. No thread waits on the consumer: a client that stops
+/// reading holds a file and two chunks, not one of the blocking pool's threads (a few
+/// hundred stalled downloads would otherwise take them all, and with them every file
+/// operation of every other client).
 fn read_ahead(mut file: File, offset: u64, len: u64) -> io::Result<ByteStream> {
     file.seek(SeekFrom::Start(offset))?;
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(PIPELINE_DEPTH);
+    let first = read_next_chunk(file, len);
+    Ok(Box::pin(futures_util::stream::unfold(Some(first), |reading| async move {
+        let (file, chunk, left) = match reading?.await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return Some((Err(e), None)),
+            Err(e) => return Some((Err(io::Error::other(e)), None)),
+        };
+        let next = (left > 0).then(|| read_next_chunk(file, left));
+        Some((Ok(chunk), next))
+    })))
+}
+
+/// Reads the next chunk of the `left` bytes still wanted from `file`'s position, on a
+/// blocking thread; hands back the file and how many bytes are then still wanted.
+fn read_next_chunk(mut file: File, left: u64) -> tokio::task::JoinHandle<io::Result<(File, Bytes, u64)>> {
     tokio::task::spawn_blocking(move || {
-        let mut left = len;
-        while left > 0 {
-            let want = left.min(READ_CHUNK as u64);
-            // `read_to_end` fills the spare capacity without zeroing it first: a memset of
-            // every chunk would cost a pass over the whole blob.
-            let mut buf = Vec::with_capacity(want as usize);
-            let result = match (&mut file).take(want).read_to_end(&mut buf) {
-                Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than expected")),
-                Ok(n) => {
-                    left -= n as u64;
-                    Ok(Bytes::from(buf))
-                }
-                Err(e) => Err(e),
-            };
-            let failed = result.is_err();
-            if tx.blocking_send(result).is_err() || failed {
-                return;
-            }
+        let want = left.min(READ_CHUNK as u64);
+        // `read_to_end` fills the spare capacity without zeroing it first: a memset of
+        // every chunk would cost a pass over the whole blob.
+        let mut buf = Vec::with_capacity(want as usize);
+        match (&mut file).take(want).read_to_end(&mut buf)? {
+            0 => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than expected")),
+            n => Ok((file, Bytes::from(buf), left - n as u64)),
         }
-    });
-    Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
+    })
 }
 
 /// Asks the kernel to start writing `len` bytes at `offset` to disk without waiting, so
@@ -232,7 +232,7 @@ const WRITE_CHUNK: usize = 1 << 20;
 const DIRECT_ALIGN: usize = 4096;
 
 /// A write buffer of up to [`WRITE_CHUNK`] bytes whose data starts on a [`DIRECT_ALIGN`]
-/// boundary, so that the disk thread can hand it to the device as it is.
+/// boundary, so that a write can hand it to the device as it is.
 struct ChunkBuf {
     /// Never grows past its first allocation: a reallocation would lose the alignment.
     raw: Vec<u8>,
@@ -371,25 +371,46 @@ impl DiskSink {
     }
 }
 
+/// Writes an upload's chunks on blocking threads, one chunk at a time while the caller
+/// receives and hashes the next. Between chunks no thread is held: a client that stops
+/// sending holds a file and a buffer, not one of the blocking pool's threads.
 struct FileUploadWriter {
-    tx: Option<mpsc::Sender<ChunkBuf>>,
-    /// Buffers the disk thread is done with, for reuse: a fresh megabyte per chunk would
-    /// cost a page fault per page.
-    spare: mpsc::UnboundedReceiver<ChunkBuf>,
+    /// The disk side, here between writes and out on a blocking thread during one; `None`
+    /// once a write failed.
+    sink: Option<DiskSink>,
+    /// The write in progress, which hands the sink and its emptied buffer back.
+    writing: Option<tokio::task::JoinHandle<(DiskSink, ChunkBuf, io::Result<()>)>>,
+    /// The buffer of the last write, for reuse: a fresh megabyte per chunk would cost a
+    /// page fault per page.
+    spare: Option<ChunkBuf>,
     pending: ChunkBuf,
-    done: tokio::task::JoinHandle<io::Result<u64>>,
 }
 
 impl FileUploadWriter {
+    /// Waits for the write in progress, if any, and takes its sink and buffer back.
+    async fn written(&mut self) -> io::Result<()> {
+        let Some(writing) = self.writing.take() else { return Ok(()) };
+        let (sink, mut chunk, result) = writing.await.map_err(io::Error::other)?;
+        chunk.clear();
+        self.spare = Some(chunk);
+        // After a failed write the file's end is unknown: nothing more goes to it.
+        self.sink = result.is_ok().then_some(sink);
+        result
+    }
+
+    fn take_sink(&mut self) -> io::Result<DiskSink> {
+        self.sink.take().ok_or_else(|| io::Error::other("an earlier write of this upload failed"))
+    }
+
     async fn send_pending(&mut self) -> io::Result<()> {
-        let next = self.spare.try_recv().unwrap_or_else(|_| ChunkBuf::new());
+        self.written().await?;
+        let mut sink = self.take_sink()?;
+        let next = self.spare.take().unwrap_or_else(ChunkBuf::new);
         let chunk = std::mem::replace(&mut self.pending, next);
-        let tx = self.tx.as_ref().expect("write after finish");
-        if tx.send(chunk).await.is_err() {
-            // The disk thread stopped on an error; finish() reports it.
-            self.tx = None;
-            return Err(io::Error::other("upload writer stopped"));
-        }
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            let result = sink.write(chunk.data());
+            (sink, chunk, result)
+        }));
         Ok(())
     }
 }
@@ -411,8 +432,9 @@ impl UploadWriter for FileUploadWriter {
         if !self.pending.data().is_empty() {
             self.send_pending().await?;
         }
-        self.tx = None;
-        (&mut self.done).await.map_err(io::Error::other)?
+        self.written().await?;
+        let sink = self.take_sink()?;
+        blocking(move || sink.finish()).await
     }
 }
 
@@ -447,21 +469,8 @@ impl BlobStore for FilesystemStore {
         // before the acknowledgement anyway. Without `sync` the cache is the faster place.
         let mode =
             if sync && offset.is_multiple_of(DIRECT_ALIGN as u64) { WriteMode::CacheFirst } else { WriteMode::Cache };
-        let mut sink = DiskSink { file, mode, sync, written: offset };
-        let (tx, mut rx) = mpsc::channel::<ChunkBuf>(WRITES_IN_FLIGHT);
-        let (spare_tx, spare) = mpsc::unbounded_channel();
-        // Writing on its own thread lets hashing (on the caller's side) and the disk copy
-        // overlap.
-        let done = tokio::task::spawn_blocking(move || {
-            while let Some(mut chunk) = rx.blocking_recv() {
-                sink.write(chunk.data())?;
-                chunk.clear();
-                // The writer may be gone already; then the buffer is simply freed.
-                let _ = spare_tx.send(chunk);
-            }
-            sink.finish()
-        });
-        Ok(Box::new(FileUploadWriter { tx: Some(tx), spare, pending: ChunkBuf::new(), done }))
+        let sink = DiskSink { file, mode, sync, written: offset };
+        Ok(Box::new(FileUploadWriter { sink: Some(sink), writing: None, spare: None, pending: ChunkBuf::new() }))
     }
 
     async fn read_upload(&self, id: &UploadId, len: u64) -> io::Result<ByteStream> {
@@ -655,6 +664,38 @@ mod tests {
         let digest = Digest::sha256_of(content);
         store.commit_upload(&id, &digest).await.unwrap();
         digest
+    }
+
+    /// A download or an upload whose client stops half-way holds no blocking thread: with a
+    /// pool of one thread, another download and upload still complete beside them.
+    #[test]
+    fn a_stalled_transfer_holds_no_blocking_thread() {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(1).build().unwrap();
+        runtime.block_on(async {
+            let (_dir, store) = open_store();
+            let content: Vec<u8> = (0..8 * READ_CHUNK).map(|i| (i % 251) as u8).collect();
+            let digest = store_blob(&store, &content).await;
+            let path = store.blob_path(&digest);
+            let len = content.len() as u64;
+            let mut stalled_read = read_ahead(File::open(&path).unwrap(), 0, len).unwrap();
+            stalled_read.next().await.unwrap().unwrap();
+            let others = async {
+                let id = UploadId::random();
+                store.create_upload(&id).await.unwrap();
+                let mut stalled_write = store.upload_writer(&id, 0).await.unwrap();
+                stalled_write.write(Bytes::from(vec![1u8; 2 * WRITE_CHUNK])).await.unwrap();
+                assert!(collect(read_ahead(File::open(&path).unwrap(), 0, len).unwrap()).await == content);
+                let other = UploadId::random();
+                store.create_upload(&other).await.unwrap();
+                assert_eq!(append(&store, &other, 0, b"still served", 4).await, 12);
+                stalled_write
+            };
+            let stalled_write = tokio::time::timeout(std::time::Duration::from_secs(20), others)
+                .await
+                .expect("a stalled transfer held the only blocking thread");
+            drop((stalled_read, stalled_write));
+        });
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ mod harness;
 
 mod blobs;
 mod cli;
+mod connections;
 mod errors;
 mod gc;
 mod gc_crash;

@@ -53,8 +53,8 @@ fn chunk_range(request: &Request) -> Result<Option<ChunkRange>, Error> {
 
 /// Runs a step that writes an upload's bytes on a task of its own, so that it ends (stored,
 /// or rolled back to where the session was) even when the client goes away and the request
-/// is dropped. Dropped half-way, a step would release the session while its disk thread
-/// still writes queued chunks, which could then land on the bytes of the client's retry.
+/// is dropped. Dropped half-way, a step would release the session while a blocking thread
+/// still writes its last chunk, which could then land on the bytes of the client's retry.
 async fn to_the_end<T: Send + 'static>(
     step: impl Future<Output = Result<T, Error>> + Send + 'static,
 ) -> Result<T, Error> {

@@ -1,0 +1,196 @@
+//! Accepting and serving HTTP/1 connections, and closing those whose client stops.
+//!
+//! A client that opens a connection and then sends or reads nothing must not hold the
+//! server's resources for ever: an open file, a buffer, a connection slot, a file
+//! descriptor. Three limits, each where the stall can be seen for what it is:
+//! - **headers**: hyper's header timeout, counted from the connection's opening or the end
+//!   of the previous response, so it also closes idle keep-alive connections;
+//! - **request bodies**: a body that yields nothing for the stall limit ends with an
+//!   error, which the handler treats as any broken body (an upload chunk is rolled back and
+//!   the session stays, so the client can resume);
+//! - **responses**: a write that waits the stall limit for the client to read fails the
+//!   connection.
+//!
+//! Not a read timeout on the socket: hyper reads it while a handler works, to notice a
+//! client that hangs up, so a long commit would look like a stalled client.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use crate::config::HttpConfig;
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and
+/// waits for the connections to finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &HttpConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(nonzero(limits.header_timeout));
+    let stall_limit = nonzero(limits.stall_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    pause_after_accept_error(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // No Nagle delay: a streamed response is written in several pieces, and waiting
+        // for the client's (delayed) ACK between them costs 40 ms per small blob.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let mut request = request.map(|body| axum::body::Body::new(StallLimited::new(body, stall_limit)));
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().call(request)
+        });
+        let connection = http.serve_connection(TokioIo::new(StallLimited::new(tcp, stall_limit)), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+fn nonzero(limit: Duration) -> Option<Duration> {
+    (!limit.is_zero()).then_some(limit)
+}
+
+/// Waits after a failed `accept`. Out of file descriptors (or memory), accepting again at
+/// once would fail again at once and spin a core; a connection that failed on its own
+/// (reset before it was accepted) is no reason to wait.
+async fn pause_after_accept_error(e: io::Error) {
+    use io::ErrorKind::*;
+    if matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; retrying in a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// A body or a connection whose waits for the client are limited: once one has lasted
+/// the limit, the next poll fails. Progress in between restarts the count.
+struct StallLimited<T> {
+    inner: T,
+    limit: Option<Duration>,
+    /// Armed while the inner side waits; kept between waits, so that a wait costs a timer
+    /// reset and not an allocation.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl<T> StallLimited<T> {
+    fn new(inner: T, limit: Option<Duration>) -> StallLimited<T> {
+        StallLimited { inner, limit, timer: None, armed: false }
+    }
+
+    /// Passes on what the inner side answered; a wait that has lasted the limit becomes an
+    /// error saying what the client did not do.
+    fn check<R>(&mut self, polled: Poll<R>, cx: &mut Context<'_>, what: &str) -> Poll<Result<R, io::Error>> {
+        let Some(limit) = self.limit else { return polled.map(Ok) };
+        if let Poll::Ready(r) = polled {
+            self.armed = false;
+            return Poll::Ready(Ok(r));
+        }
+        if !self.armed {
+            let deadline = Instant::now() + limit;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        ready!(self.timer.as_mut().expect("armed above").as_mut().poll(cx));
+        self.armed = false;
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client {what} nothing for {} s", limit.as_secs_f64()),
+        )))
+    }
+}
+
+impl Body for StallLimited<Incoming> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match ready!(self.check(polled, cx, "sent")) {
+            Ok(frame) => Poll::Ready(frame.map(|f| f.map_err(io::Error::other))),
+            Err(stalled) => Poll::Ready(Some(Err(stalled))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallLimited<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimited<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(polled, cx, "read").map(Result::flatten)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(polled, cx, "read").map(Result::flatten)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(polled, cx, "read").map(Result::flatten)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.check(polled, cx, "read").map(Result::flatten)
+    }
+}

@@ -1,0 +1,118 @@
+//! Clients that stop half-way: a connection that never finishes its headers, an idle
+//! keep-alive connection, an upload body that pauses, a download nobody reads. Each is
+//! closed after its limit, and what it was doing is left as it was.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+const LIMITS: &[(&str, &str)] = &[("BOSUN_HTTP_HEADER_TIMEOUT", "1s"), ("BOSUN_HTTP_STALL_TIMEOUT", "1s")];
+
+/// Reads until the server closes the connection (or resets it), for at most 20 s; returns
+/// what arrived and when the connection ended.
+async fn read_until_closed(tcp: &mut TcpStream) -> (Vec<u8>, Instant) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let read = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("the server never closed the connection");
+    (got, Instant::now())
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let s = Server::start_with(LIMITS);
+    let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
+    let opened = Instant::now();
+    tcp.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\n", s.addr).as_bytes()).await.unwrap();
+    let (got, closed) = read_until_closed(&mut tcp).await;
+    let waited = closed - opened;
+    assert!(waited >= Duration::from_millis(900), "closed after {waited:?}, before the limit");
+    // hyper answers 408 where it can; a bare close is as good.
+    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&got));
+    // Others are still served.
+    assert_eq!(s.get("/v2/").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_limit() {
+    let s = Server::start_with(LIMITS);
+    let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
+    tcp.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr).as_bytes()).await.unwrap();
+    let answered = Instant::now();
+    let (got, closed) = read_until_closed(&mut tcp).await;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    let idle = closed - answered;
+    assert!(idle >= Duration::from_millis(900), "closed after {idle:?} idle, before the limit");
+}
+
+/// The chunk cut off by the limit is rolled back, the session is released (a request
+/// waiting for it would otherwise wait for ever), and the client resumes where it was.
+#[tokio::test]
+async fn an_upload_body_that_stops_is_cut_off_and_the_session_resumes() {
+    let s = Server::start_with(LIMITS);
+    let resp = s.http.post(s.url("/v2/slow/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    let first = random_bytes(1, 1000);
+    assert_eq!(s.http.patch(s.url(&location)).body(first.clone()).send().await.unwrap().status(), StatusCode::ACCEPTED);
+
+    let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {}\r\nContent-Length: 100000\r\nContent-Range: 1000-100999\r\n\r\n",
+        s.addr
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&[7u8; 10_000]).await.unwrap();
+    let stalled = Instant::now();
+    // The client is still connected, and sends nothing more.
+    let (got, closed) = read_until_closed(&mut tcp).await;
+    let waited = closed - stalled;
+    assert!(waited >= Duration::from_millis(900), "cut off after {waited:?}, before the limit");
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("sent nothing"), "{answer}");
+
+    let status = s.get(&location).await;
+    assert_eq!(header(&status, "range"), "0-999", "the cut chunk was not rolled back");
+    let rest = random_bytes(2, 5000);
+    let digest = sha256(&[first.clone(), rest.clone()].concat());
+    let resp = s
+        .http
+        .put(s.url(&format!("{location}?digest={digest}")))
+        .header("content-range", "1000-5999")
+        .body(rest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(s.get(&format!("/v2/slow/blobs/{digest}")).await.bytes().await.unwrap(), [first, rest].concat());
+}
+
+/// A download larger than the sockets' buffers, read a little and then not at all: the
+/// server gives up on it, so the rest never comes even when the client reads again.
+#[tokio::test]
+async fn a_download_nobody_reads_is_given_up() {
+    let s = Server::start_with(LIMITS);
+    let data = random_bytes(3, 64 << 20);
+    let digest = s.push_blob("big", &data).await;
+    let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
+    tcp.write_all(format!("GET /v2/big/blobs/{digest} HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr).as_bytes()).await.unwrap();
+    let mut start = vec![0u8; 4096];
+    let n = tcp.read(&mut start).await.unwrap();
+    assert!(start[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&start[..n]));
+    // Longer than the limit, with the buffers on both sides full.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (rest, _) = read_until_closed(&mut tcp).await;
+    let received = n + rest.len();
+    assert!(received < data.len(), "all {received} bytes arrived: the stalled download was kept");
+    assert_eq!(s.get(&format!("/v2/big/blobs/{digest}")).await.bytes().await.unwrap(), data);
+}
