@@ -34,8 +34,12 @@ use group_commit::GroupCommit;
 /// The schema of a new database, at the newest version.
 const SCHEMA: &str = include_str!("schema.sql");
 /// Upgrades of older databases, in order: `MIGRATIONS[i]` takes version `i + 1` to `i + 2`.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/2.sql"), include_str!("migrations/3.sql"), include_str!("migrations/4.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/2.sql"),
+    include_str!("migrations/3.sql"),
+    include_str!("migrations/4.sql"),
+    include_str!("migrations/5.sql"),
+];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 /// Readers kept open for reuse; more are opened on demand under load.
 const IDLE_READERS: usize = 8;
@@ -472,6 +476,7 @@ mod tests {
         include_str!("migrations/released/1.sql"),
         include_str!("migrations/released/2.sql"),
         include_str!("migrations/released/3.sql"),
+        include_str!("migrations/released/4.sql"),
     ];
 
     /// What a schema is made of, as SQLite sees it: each table's columns, foreign keys and

@@ -85,10 +85,15 @@ pub struct TagDeletion<'a> {
     pub restorable: bool,
 }
 
+/// Records a tag deletion. Called while the tag still exists: its push and pull times are
+/// kept, for a restore to put back.
 pub fn record_deletion(conn: &Connection, d: &TagDeletion<'_>) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO tag_deletions (repository, tag, digest, manifest_id, deleted_at, actor, reason, restorable)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO tag_deletions (repository, tag, digest, manifest_id, deleted_at, actor, reason, restorable,
+                                    pushed_at, pulled_at)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, t.updated_at, t.pulled_at
+           FROM (SELECT 1) LEFT JOIN repositories r ON r.name = ?1
+                LEFT JOIN tags t ON t.repository_id = r.id AND t.name = ?2",
     )?
     .execute(params![d.repository, d.tag, d.digest, d.manifest_id, d.at, d.actor, d.reason, d.restorable])?;
     Ok(())
@@ -101,16 +106,36 @@ pub fn close_restores(conn: &Connection, manifest: ManifestId) -> Result<()> {
     Ok(())
 }
 
-/// The latest restorable deletion of `repo:tag` since `since`: (row id, manifest id, digest).
-pub fn restorable(conn: &Connection, repo: &str, tag: &str, since: i64) -> Result<Option<(i64, ManifestId, String)>> {
+/// A deletion that can still be undone.
+pub struct Restorable {
+    pub row: i64,
+    pub manifest: ManifestId,
+    pub digest: String,
+    /// The tag's push and pull times when it was deleted (unknown for deletions recorded
+    /// before schema version 5).
+    pub pushed_at: Option<i64>,
+    pub pulled_at: Option<i64>,
+}
+
+/// The latest restorable deletion of `repo:tag` since `since`.
+pub fn restorable(conn: &Connection, repo: &str, tag: &str, since: i64) -> Result<Option<Restorable>> {
     Ok(conn
         .prepare_cached(
-            "SELECT d.id, d.manifest_id, d.digest FROM tag_deletions d JOIN manifests m ON m.id = d.manifest_id
+            "SELECT d.id, d.manifest_id, d.digest, d.pushed_at, d.pulled_at
+               FROM tag_deletions d JOIN manifests m ON m.id = d.manifest_id
               WHERE d.repository = ?1 AND d.tag = ?2 AND d.restorable = 1 AND d.restored_at IS NULL
                 AND d.deleted_at > ?3 AND m.digest = d.digest
               ORDER BY d.deleted_at DESC LIMIT 1",
         )?
-        .query_row(params![repo, tag, since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row(params![repo, tag, since], |r| {
+            Ok(Restorable {
+                row: r.get(0)?,
+                manifest: r.get(1)?,
+                digest: r.get(2)?,
+                pushed_at: r.get(3)?,
+                pulled_at: r.get(4)?,
+            })
+        })
         .optional()?)
 }
 

@@ -1,4 +1,4 @@
--- Bosun metadata, schema version 4 (`migrations/` upgrades older databases). The single
+-- Bosun metadata, schema version 5 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.
 --
@@ -212,7 +212,11 @@ CREATE TABLE tag_deletions (
     actor         TEXT NOT NULL,      -- 'api', 'retention'
     reason        TEXT NOT NULL,      -- for a policy: the policy and the rule that decided
     restorable    INTEGER NOT NULL,   -- 0 when the manifest itself was deleted
-    restored_at   INTEGER
+    restored_at   INTEGER,
+    -- The tag's own push and pull times when it was deleted, which a restore puts back
+    -- (NULL in deletions recorded before schema version 5: a restore then uses its time).
+    pushed_at     INTEGER,
+    pulled_at     INTEGER
 );
 CREATE INDEX tag_deletions_manifest ON tag_deletions (manifest_id) WHERE restored_at IS NULL AND restorable = 1;
 CREATE INDEX tag_deletions_tag ON tag_deletions (repository, tag, deleted_at);

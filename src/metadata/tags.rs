@@ -20,6 +20,22 @@ pub fn set(conn: &Connection, repo: RepoId, tag: &Tag, manifest: ManifestId, now
     Ok(())
 }
 
+/// Puts a deleted tag back (it does not exist), with the push and pull times it had.
+pub fn restore(
+    conn: &Connection,
+    repo: RepoId,
+    tag: &Tag,
+    manifest: ManifestId,
+    pushed_at: i64,
+    pulled_at: Option<i64>,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO tags (repository_id, name, manifest_id, updated_at, pulled_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![repo, tag.as_str(), manifest, pushed_at, pulled_at])?;
+    Ok(())
+}
+
 fn touch_target(conn: &Connection, repo: RepoId, tag: &Tag, now: i64) -> Result<()> {
     conn.prepare_cached(
         "UPDATE manifests SET touched_at = MAX(touched_at, ?3)

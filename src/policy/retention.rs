@@ -251,7 +251,6 @@ fn delete_planned(
         match tag {
             Some(t) => {
                 let name: Tag = t.tag.parse().map_err(|e| MetadataError::Corrupt(format!("plan tag: {e}")))?;
-                tags::delete(c, repo, &name, now)?;
                 let reason = format!("retention policy {:?}: {}", rp.policy, t.reason);
                 q::record_deletion(
                     c,
@@ -266,6 +265,7 @@ fn delete_planned(
                         restorable: true,
                     },
                 )?;
+                tags::delete(c, repo, &name, now)?;
             }
             None => {
                 manifests::delete(c, id, Some(now))?;

@@ -178,8 +178,8 @@ impl Registry {
                         check_mutable(t.as_str())?;
                         let (id, digest) = retention::tag_target(c, repo, t.as_str())?
                             .ok_or_else(|| Error::ManifestUnknown(t.to_string()))?;
-                        tags::delete(c, repo, t, now)?;
                         retention::record_deletion(c, &api_deletion(n.as_str(), t.as_str(), &digest, id, now, true))?;
+                        tags::delete(c, repo, t, now)?;
                     }
                     Reference::Digest(d) => {
                         let id = manifests::id_of(c, repo, d)?.ok_or_else(|| Error::ManifestUnknown(d.to_string()))?;

@@ -15,7 +15,7 @@ impl Registry {
         self.meta
             .write(move |c| {
                 let now = now_ms();
-                let Some((row, manifest, digest)) = retention::restorable(c, n.as_str(), t.as_str(), since)? else {
+                let Some(deleted) = retention::restorable(c, n.as_str(), t.as_str(), since)? else {
                     return Err(Error::ManifestUnknown(format!(
                         "{n}:{t}: no deletion of this tag within the restore window, or its manifest is gone"
                     )));
@@ -26,10 +26,12 @@ impl Registry {
                         "{n}:{t} exists again (it points at {current}); not overwritten"
                     )));
                 }
-                tags::set(c, repo, &t, manifest, now)?;
-                manifests::touch(c, manifest, now)?;
-                retention::mark_restored(c, row, now)?;
-                Ok(digest)
+                // As old as it was: a tag restored as just pushed would rank as the newest
+                // under `newest = N`.
+                tags::restore(c, repo, &t, deleted.manifest, deleted.pushed_at.unwrap_or(now), deleted.pulled_at)?;
+                manifests::touch(c, deleted.manifest, now)?;
+                retention::mark_restored(c, deleted.row, now)?;
+                Ok(deleted.digest)
             })
             .await
     }

@@ -274,6 +274,41 @@ async fn restore_within_the_window_and_not_after() {
     assert!(audit[1]["restored_at"].is_number());
 }
 
+/// A restored tag is as old as it was, pulls included: `newest = 1` still keeps the tag
+/// pushed after it, and the audit keeps the times. (Restored as just pushed, the old tag
+/// ranked first and the plan deleted the newer one.)
+#[tokio::test]
+async fn a_restored_tag_keeps_its_push_and_pull_times() {
+    let config = r#"
+restore_window = "1d"
+
+[[retention]]
+name = "last"
+repositories = "keep/*"
+keep = { newest = 1 }
+"#;
+    let s = Server::start_with_config(config, ENV);
+    s.push_image("keep/a", "old", &[&random_bytes(960, 20_000)]).await;
+    assert_eq!(s.get("/v2/keep/a/manifests/old").await.status(), StatusCode::OK);
+    s.advance_clock(3_600_000).await;
+    s.push_image("keep/a", "new", &[&random_bytes(961, 20_000)]).await;
+    // The pull is recorded (pull times are written every few seconds) before the delete.
+    let (status, _) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.delete("/v2/keep/a/manifests/old").await.status(), StatusCode::ACCEPTED);
+    s.advance_clock(60_000).await;
+    let (status, restored) = s.admin_post("/admin/restore?repository=keep/a&tag=old").await;
+    assert_eq!(status, StatusCode::OK, "{restored}");
+
+    let (status, plan) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    let decisions = plan["repositories"][0]["tags"].as_array().unwrap();
+    let keep = |tag: &str| decisions.iter().find(|d| d["tag"] == tag).unwrap()["keep"].clone();
+    assert_eq!((keep("new"), keep("old")), (json!(true), json!(false)), "{plan:#}");
+    let old = decisions.iter().find(|d| d["tag"] == "old").unwrap();
+    assert!(old["pulled_at"].is_number(), "the pull was forgotten: {old}");
+}
+
 /// Pushes `bytes` to `repo` in one POST, expects a quota refusal that stored nothing, and
 /// returns its message.
 async fn refused_by_quota(s: &Server, repo: &str, bytes: &[u8]) -> String {
