@@ -538,7 +538,9 @@ mod tests {
                          (1, 'sha256:shared', 0), (2, 'sha256:shared', 0), (1, 'sha256:only-a', 0);
                      INSERT INTO manifests (id, repository_id, digest, media_type, payload, created_at, touched_at)
                          VALUES (1, 1, 'sha256:m', 'application/vnd.oci.image.manifest.v1+json', x'7b7d', 0, 0);
-                     INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES (1, 1, 'sha256:shared');",
+                     INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES (1, 1, 'sha256:shared');
+                     INSERT INTO tag_deletions (repository, tag, digest, manifest_id, deleted_at, actor, reason, restorable)
+                         VALUES ('a', 'v1', 'sha256:m', 1, 0, 'api', 'tag deleted through the API', 1);",
                 )
                 .unwrap();
                 if version == 1 {
@@ -559,6 +561,11 @@ mod tests {
                 .unwrap();
             let expected = [("sha256:only-a", 0, 1), ("sha256:shared", 1, 2), ("sha256:unlinked", 0, 0)];
             assert_eq!(blobs, expected.map(|(d, r, l)| (d.to_owned(), r, l)), "version {version} upgraded");
+            // A deletion recorded before version 5 does not know the tag's times.
+            let times: (Option<i64>, Option<i64>) = conn
+                .query_row("SELECT pushed_at, pulled_at FROM tag_deletions", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
+            assert_eq!(times, (None, None), "version {version} upgraded");
             assert_eq!(conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap(), "ok");
             assert_eq!(
                 conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get::<_, i64>(0)).unwrap(),

@@ -144,6 +144,13 @@ pub fn mark_restored(conn: &Connection, id: i64, at: i64) -> Result<()> {
     Ok(())
 }
 
+/// Whether `repo:tag` was restored at or after `since`.
+pub fn restored_since(conn: &Connection, repo: &str, tag: &str, since: i64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM tag_deletions WHERE repository = ?1 AND tag = ?2 AND restored_at >= ?3")?
+        .exists(params![repo, tag, since])?)
+}
+
 /// Whether a manifest is protected by a tag deletion still inside its restore window.
 pub fn in_restore_window(conn: &Connection, manifest: ManifestId, since: i64) -> Result<bool> {
     Ok(conn
@@ -158,7 +165,7 @@ pub fn in_restore_window(conn: &Connection, manifest: ManifestId, since: i64) ->
 /// Recent tag deletions, newest first (the audit).
 pub fn deletions(conn: &Connection, limit: usize) -> Result<Vec<serde_json::Value>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT repository, tag, digest, deleted_at, actor, reason, restorable, restored_at
+        "SELECT repository, tag, digest, deleted_at, actor, reason, restorable, restored_at, pushed_at, pulled_at
            FROM tag_deletions ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], |r| {
@@ -166,6 +173,7 @@ pub fn deletions(conn: &Connection, limit: usize) -> Result<Vec<serde_json::Valu
             "repository": r.get::<_, String>(0)?, "tag": r.get::<_, String>(1)?, "digest": r.get::<_, String>(2)?,
             "deleted_at": r.get::<_, i64>(3)?, "actor": r.get::<_, String>(4)?, "reason": r.get::<_, String>(5)?,
             "restorable": r.get::<_, bool>(6)?, "restored_at": r.get::<_, Option<i64>>(7)?,
+            "pushed_at": r.get::<_, Option<i64>>(8)?, "pulled_at": r.get::<_, Option<i64>>(9)?,
         }))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

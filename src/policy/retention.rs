@@ -224,6 +224,11 @@ fn delete_planned(
                 Some(row) if row.digest != t.digest => changes.push(format!("{at} now points at {}", row.digest)),
                 Some(row) if row.pushed_at != t.pushed_at => changes.push(format!("{at} was pushed again")),
                 Some(row) if row.pulled_at != t.pulled_at => changes.push(format!("{at} was pulled since")),
+                // A restore puts the tag back as it was; the operator's wish to keep it is
+                // the change.
+                Some(_) if q::restored_since(c, &rp.repository, &t.tag, plan.created_at)? => {
+                    changes.push(format!("{at} was restored since"))
+                }
                 Some(row) => {
                     if let Some(rule) = policies.immutable_rule(&rp.repository, &t.tag) {
                         changes.push(format!("{at} is now immutable ({rule})"));

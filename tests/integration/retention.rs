@@ -274,9 +274,10 @@ async fn restore_within_the_window_and_not_after() {
     assert!(audit[1]["restored_at"].is_number());
 }
 
-/// A restored tag is as old as it was, pulls included: `newest = 1` still keeps the tag
-/// pushed after it, and the audit keeps the times. (Restored as just pushed, the old tag
-/// ranked first and the plan deleted the newer one.)
+/// A restored tag is as old as it was: `newest = 1` still keeps the tag pushed after it,
+/// and the audit shows the times it was restored with. (Restored as just pushed, the old
+/// tag ranked first and the plan deleted the newer one.) A plan made before the restore
+/// does not delete it again.
 #[tokio::test]
 async fn a_restored_tag_keeps_its_push_and_pull_times() {
     let config = r#"
@@ -292,21 +293,34 @@ keep = { newest = 1 }
     assert_eq!(s.get("/v2/keep/a/manifests/old").await.status(), StatusCode::OK);
     s.advance_clock(3_600_000).await;
     s.push_image("keep/a", "new", &[&random_bytes(961, 20_000)]).await;
-    // The pull is recorded (pull times are written every few seconds) before the delete.
-    let (status, _) = s.admin_post("/admin/retention/plan").await;
-    assert_eq!(status, StatusCode::OK);
+    // Planning writes the pull times noted in memory first.
+    let (status, before) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(status, StatusCode::OK, "{before}");
     assert_eq!(s.delete("/v2/keep/a/manifests/old").await.status(), StatusCode::ACCEPTED);
     s.advance_clock(60_000).await;
     let (status, restored) = s.admin_post("/admin/restore?repository=keep/a&tag=old").await;
     assert_eq!(status, StatusCode::OK, "{restored}");
 
+    let decision = |plan: &Value, tag: &str| {
+        plan["repositories"][0]["tags"].as_array().unwrap().iter().find(|d| d["tag"] == tag).unwrap().clone()
+    };
+    let audit: Value = s.get("/admin/deletions").await.json().await.unwrap();
+    assert_eq!(audit[0]["pushed_at"], decision(&before, "old")["pushed_at"], "{audit}");
+    assert!(audit[0]["pulled_at"].is_number(), "{audit}");
+
+    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", before["id"])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("keep/a:old was restored since"), "{answer}");
+    assert_eq!(tag_list(&s.get("/v2/keep/a/tags/list").await.json().await.unwrap()), ["new", "old"]);
+
     let (status, plan) = s.admin_post("/admin/retention/plan").await;
     assert_eq!(status, StatusCode::OK, "{plan}");
-    let decisions = plan["repositories"][0]["tags"].as_array().unwrap();
-    let keep = |tag: &str| decisions.iter().find(|d| d["tag"] == tag).unwrap()["keep"].clone();
-    assert_eq!((keep("new"), keep("old")), (json!(true), json!(false)), "{plan:#}");
-    let old = decisions.iter().find(|d| d["tag"] == "old").unwrap();
-    assert!(old["pulled_at"].is_number(), "the pull was forgotten: {old}");
+    assert_eq!(
+        (decision(&plan, "new")["keep"].clone(), decision(&plan, "old")["keep"].clone()),
+        (json!(true), json!(false)),
+        "{plan:#}"
+    );
+    assert_eq!(decision(&plan, "old")["pushed_at"], decision(&before, "old")["pushed_at"]);
 }
 
 /// Pushes `bytes` to `repo` in one POST, expects a quota refusal that stored nothing, and
