@@ -110,10 +110,14 @@ impl Default for GcConfig {
 pub struct HttpConfig {
     /// Time a client has to send a request's headers, counted from the connection's
     /// opening or the end of the previous response: it also closes idle keep-alive
-    /// connections. Env: `BOSUN_HTTP_HEADER_TIMEOUT`.
+    /// connections. Longer than the 90 s Go clients (docker, containerd, skopeo) keep an
+    /// idle connection, so that the client closes it first: a server closing it just as
+    /// the client reuses it fails an upload chunk the client will not retry. Env:
+    /// `BOSUN_HTTP_HEADER_TIMEOUT`.
     #[serde(deserialize_with = "de_duration")]
     pub header_timeout: Duration,
-    /// Longest a request body may pause, and a response wait for the client to read. An
+    /// Longest a request body may pause, and a response wait for the client to read (each
+    /// pause, not the whole transfer: a slow client that keeps moving is served). An
     /// upload chunk cut off by it is rolled back; the session stays, to be resumed. Env:
     /// `BOSUN_HTTP_STALL_TIMEOUT`.
     #[serde(deserialize_with = "de_duration")]
@@ -122,7 +126,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { header_timeout: Duration::from_secs(30), stall_timeout: Duration::from_secs(60) }
+        HttpConfig { header_timeout: Duration::from_secs(120), stall_timeout: Duration::from_secs(60) }
     }
 }
 

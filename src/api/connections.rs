@@ -51,8 +51,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    pause_after_accept_error(e).await;
-                    continue;
+                    tokio::select! {
+                        () = pause_after_accept_error(e) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,
@@ -102,15 +104,17 @@ async fn pause_after_accept_error(e: io::Error) {
 struct StallLimited<T> {
     inner: T,
     limit: Option<Duration>,
-    /// Armed while the inner side waits; kept between waits, so that a wait costs a timer
-    /// reset and not an allocation.
+    /// When the current wait started; `None` while the inner side makes progress.
+    waiting_since: Option<Instant>,
+    /// Fires no later than the current wait's deadline. It is moved on only when it fires
+    /// early (a wait that started after it was set): a timer reset per wait meant a timer
+    /// wheel update per body frame, 4 % of a 1 GiB push.
     timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
 }
 
 impl<T> StallLimited<T> {
     fn new(inner: T, limit: Option<Duration>) -> StallLimited<T> {
-        StallLimited { inner, limit, timer: None, armed: false }
+        StallLimited { inner, limit, waiting_since: None, timer: None }
     }
 
     /// Passes on what the inner side answered; a wait that has lasted the limit becomes an
@@ -118,23 +122,23 @@ impl<T> StallLimited<T> {
     fn check<R>(&mut self, polled: Poll<R>, cx: &mut Context<'_>, what: &str) -> Poll<Result<R, io::Error>> {
         let Some(limit) = self.limit else { return polled.map(Ok) };
         if let Poll::Ready(r) = polled {
-            self.armed = false;
+            self.waiting_since = None;
             return Poll::Ready(Ok(r));
         }
-        if !self.armed {
-            let deadline = Instant::now() + limit;
-            match &mut self.timer {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        let deadline = *self.waiting_since.get_or_insert_with(Instant::now) + limit;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // A timer set for an earlier wait fires early: move it to this wait's deadline.
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                self.waiting_since = None;
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client {what} nothing for {} s", limit.as_secs_f64()),
+                )));
             }
-            self.armed = true;
+            timer.as_mut().reset(deadline);
         }
-        ready!(self.timer.as_mut().expect("armed above").as_mut().poll(cx));
-        self.armed = false;
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the client {what} nothing for {} s", limit.as_secs_f64()),
-        )))
+        Poll::Pending
     }
 }
 

@@ -8,8 +8,9 @@
 //! A runtime task, not a blocking-pool thread: a thread of that pool is held until its
 //! task ends, so a hasher there would hold one for as long as its client takes to send the
 //! upload, and a few hundred slow uploads would take every thread that file operations
-//! need (disk writes take a pool thread per chunk, and give it back in between). A batch
-//! keeps a worker busy for about half a millisecond, as hashing in place did per frame.
+//! need (an upload's disk writes hold a pool thread only while buffers wait to be
+//! written). A batch keeps a worker busy for about half a millisecond, as hashing in place
+//! did per frame.
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
