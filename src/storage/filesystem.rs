@@ -552,6 +552,7 @@ impl FileUploadWriter {
         let full = std::mem::replace(&mut self.pending, spare.unwrap_or_else(ChunkBuf::new));
         let start = {
             let mut queued = self.queue.lock();
+            queued.check()?;
             queued.full.push_back(full);
             if queued.writing {
                 None
@@ -585,6 +586,16 @@ impl FileUploadWriter {
             }
             progress.await;
         }
+    }
+}
+
+impl Drop for FileUploadWriter {
+    /// Dropped without `finish` (its step failed half-way): the buffers still queued are
+    /// never written, so that a retry's writer, which truncates the file first, does not
+    /// find them landing after its own bytes. (A buffer being written at the time still
+    /// lands; upload steps run to the end on a task of their own, so this takes a panic.)
+    fn drop(&mut self) {
+        self.queue.lock().full.clear();
     }
 }
 
@@ -848,30 +859,38 @@ mod tests {
     fn a_stalled_transfer_holds_no_blocking_thread() {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(1).build().unwrap();
-        runtime.block_on(async {
-            let (_dir, store) = open_store();
-            let content: Vec<u8> = (0..8 * READ_CHUNK).map(|i| (i % 251) as u8).collect();
-            let digest = store_blob(&store, &content).await;
-            let path = store.blob_path(&digest);
-            let len = content.len() as u64;
-            let mut stalled_read = read_ahead(File::open(&path).unwrap(), 0, len).unwrap();
-            stalled_read.next().await.unwrap().unwrap();
-            let others = async {
-                let id = UploadId::random();
-                store.create_upload(&id).await.unwrap();
-                let mut stalled_write = store.upload_writer(&id, 0).await.unwrap();
-                stalled_write.write(Bytes::from(vec![1u8; 2 * WRITE_CHUNK])).await.unwrap();
-                assert!(collect(read_ahead(File::open(&path).unwrap(), 0, len).unwrap()).await == content);
-                let other = UploadId::random();
-                store.create_upload(&other).await.unwrap();
-                assert_eq!(append(&store, &other, 0, b"still served", 4).await, 12);
-                stalled_write
-            };
-            let stalled_write = tokio::time::timeout(std::time::Duration::from_secs(20), others)
-                .await
-                .expect("a stalled transfer held the only blocking thread");
-            drop((stalled_read, stalled_write));
-        });
+        // Caught, so that a failure ends the test instead of waiting for ever for the
+        // blocking thread a stalled transfer holds.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(async {
+                let (_dir, store) = open_store();
+                let content: Vec<u8> = (0..8 * READ_CHUNK).map(|i| (i % 251) as u8).collect();
+                let digest = store_blob(&store, &content).await;
+                let path = store.blob_path(&digest);
+                let len = content.len() as u64;
+                let mut stalled_read = read_ahead(File::open(&path).unwrap(), 0, len).unwrap();
+                stalled_read.next().await.unwrap().unwrap();
+                let others = async {
+                    let id = UploadId::random();
+                    store.create_upload(&id).await.unwrap();
+                    let mut stalled_write = store.upload_writer(&id, 0).await.unwrap();
+                    stalled_write.write(Bytes::from(vec![1u8; 2 * WRITE_CHUNK])).await.unwrap();
+                    assert!(collect(read_ahead(File::open(&path).unwrap(), 0, len).unwrap()).await == content);
+                    let other = UploadId::random();
+                    store.create_upload(&other).await.unwrap();
+                    assert_eq!(append(&store, &other, 0, b"still served", 4).await, 12);
+                    stalled_write
+                };
+                let stalled_write = tokio::time::timeout(std::time::Duration::from_secs(20), others)
+                    .await
+                    .expect("a stalled transfer held the only blocking thread");
+                drop((stalled_read, stalled_write));
+            })
+        }));
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     #[tokio::test]
