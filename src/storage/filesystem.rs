@@ -147,6 +147,39 @@ fn read_cached(_file: &File, _offset: u64, _len: usize) -> io::Result<Option<Byt
     Ok(None)
 }
 
+/// State shared by an async side and a blocking thread that works for it while it has
+/// work, with a signal at each step the thread makes and when it ends.
+struct Handoff<S> {
+    state: std::sync::Mutex<S>,
+    progress: tokio::sync::Notify,
+}
+
+impl<S: Send + 'static> Handoff<S> {
+    fn new(state: S) -> Arc<Handoff<S>> {
+        Arc::new(Handoff { state: std::sync::Mutex::new(state), progress: tokio::sync::Notify::new() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `work` on a blocking thread. If it panics, `failed` sets the state right and
+    /// the waiters are told, instead of waiting for a signal that never comes.
+    fn spawn(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Self) + Send + 'static,
+        failed: impl FnOnce(&mut S) + Send + 'static,
+    ) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&this))).is_err() {
+                failed(&mut this.lock());
+                this.progress.notify_one();
+            }
+        });
+    }
+}
+
 /// Streams `len` bytes of `file` from `offset`, read ahead of the consumer by up to
 /// [`PIPELINE_DEPTH`] chunks. A blocking thread reads while there is room ahead and ends
 /// when there is none; taking a chunk starts another. No thread waits on the consumer: a
@@ -157,21 +190,12 @@ fn read_cached(_file: &File, _offset: u64, _len: usize) -> io::Result<Option<Byt
 /// offset, made first reads from the disk 13 % slower.
 fn read_ahead(file: File, offset: u64, len: u64) -> io::Result<ByteStream> {
     (&file).seek(SeekFrom::Start(offset))?;
-    let ahead = Arc::new(ReadAhead {
-        state: std::sync::Mutex::new(ReadState { chunks: VecDeque::new(), file: None, left: len, reading: true }),
-        progress: tokio::sync::Notify::new(),
-    });
+    let ahead = Handoff::new(ReadState { chunks: VecDeque::new(), file: None, left: len, reading: true });
     ahead.start(file);
     Ok(Box::pin(futures_util::stream::unfold(ahead, |ahead| async move {
         let chunk = ahead.next().await?;
         Some((chunk, ahead))
     })))
-}
-
-struct ReadAhead {
-    state: std::sync::Mutex<ReadState>,
-    /// Signalled when a chunk is read or the reading thread ends.
-    progress: tokio::sync::Notify,
 }
 
 struct ReadState {
@@ -183,22 +207,15 @@ struct ReadState {
     reading: bool,
 }
 
-impl ReadAhead {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ReadState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
+impl Handoff<ReadState> {
     fn start(self: &Arc<Self>, file: File) {
-        let ahead = self.clone();
-        tokio::task::spawn_blocking(move || {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ahead.fill(file))).is_err() {
-                let mut state = ahead.lock();
+        self.spawn(
+            |ahead| ahead.fill(file),
+            |state| {
                 state.chunks.push_back(Err(io::Error::other("a blob's reading thread panicked")));
                 (state.left, state.reading) = (0, false);
-                drop(state);
-                ahead.progress.notify_one();
-            }
-        });
+            },
+        );
     }
 
     /// Reads chunks in order while there is room ahead (on a blocking thread). The room is
@@ -467,14 +484,8 @@ impl DiskSink {
 /// when it stops sending. (A thread per buffer instead left the disk idle between one
 /// buffer and the next: pushes were about 10 % slower.)
 struct FileUploadWriter {
-    queue: Arc<WriteQueue>,
+    queue: Arc<Handoff<Queued>>,
     pending: ChunkBuf,
-}
-
-struct WriteQueue {
-    state: std::sync::Mutex<Queued>,
-    /// Signalled when a buffer is written or the writing thread ends.
-    progress: tokio::sync::Notify,
 }
 
 struct Queued {
@@ -491,6 +502,12 @@ struct Queued {
 }
 
 impl Queued {
+    fn stop(&mut self, e: io::Error) {
+        self.failed = Some((e.kind(), e.to_string()));
+        self.writing = false;
+        self.full.clear();
+    }
+
     fn check(&self) -> io::Result<()> {
         match &self.failed {
             Some((kind, message)) => Err(io::Error::new(*kind, message.clone())),
@@ -499,11 +516,7 @@ impl Queued {
     }
 }
 
-impl WriteQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
+impl Handoff<Queued> {
     /// Writes the queued buffers in order until none is left (on a blocking thread). The
     /// queue is found empty and the thread marked as ended under one lock, as a buffer is
     /// queued and the mark read under one: each buffer is either taken by this thread or
@@ -531,11 +544,7 @@ impl WriteQueue {
     }
 
     fn fail(&self, e: io::Error) {
-        let mut queued = self.lock();
-        queued.failed = Some((e.kind(), e.to_string()));
-        queued.writing = false;
-        queued.full.clear();
-        drop(queued);
+        self.lock().stop(e);
         self.progress.notify_one();
     }
 }
@@ -562,12 +571,10 @@ impl FileUploadWriter {
             }
         };
         if let Some(sink) = start {
-            let queue = self.queue.clone();
-            tokio::task::spawn_blocking(move || {
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| queue.drain(sink))).is_err() {
-                    queue.fail(io::Error::other("an upload's writing thread panicked"));
-                }
-            });
+            self.queue.spawn(
+                |queue| queue.drain(sink),
+                |queued| queued.stop(io::Error::other("an upload's writing thread panicked")),
+            );
         }
         self.wait_until(|q| q.full.len() <= WRITES_QUEUED).await
     }
@@ -656,8 +663,7 @@ impl BlobStore for FilesystemStore {
         let sink = DiskSink { file, mode, sync, written: offset };
         let queued =
             Queued { full: VecDeque::new(), spare: Vec::new(), sink: Some(sink), writing: false, failed: None };
-        let queue = Arc::new(WriteQueue { state: std::sync::Mutex::new(queued), progress: tokio::sync::Notify::new() });
-        Ok(Box::new(FileUploadWriter { queue, pending: ChunkBuf::new() }))
+        Ok(Box::new(FileUploadWriter { queue: Handoff::new(queued), pending: ChunkBuf::new() }))
     }
 
     async fn read_upload(&self, id: &UploadId, len: u64) -> io::Result<ByteStream> {
