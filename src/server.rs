@@ -118,7 +118,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "bosun is serving");
     let router = crate::api::router(opened.state.clone());
-    crate::api::serve(listener, router, &config.http, shutdown_signal()).await.context("serving")
+    crate::api::serve(listener, router, &config.http, shutdown_signal()).await;
+    Ok(())
 }
 
 /// Runs `task` every `period` (first after one period); failures are logged by the task.
