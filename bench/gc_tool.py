@@ -473,35 +473,52 @@ def cmd_percentiles(a):
 def cmd_unlink_floor(a):
     """The least time any collector can take to free the garbage on this filesystem:
     write --files files totalling --bytes (the garbage's count and size) into a sharded
-    tree like a blob store's, flush them, then time unlinking them and nothing else."""
+    tree like a blob store's, among --among other files (the store's kept blobs, so that
+    the directories are as large as the store's), flush them, then time unlinking the
+    garbage's files and nothing else."""
     import concurrent.futures
     rnd = random.Random(7)
     sizes = [rnd.randint(1, 2 * a.bytes // a.files) for _ in range(a.files)]
+    total = a.files + a.among
+    garbage = set(rnd.sample(range(total), a.files))
     paths = []
-    for i, size in enumerate(sizes):
+    # In one sequence with the kept files, as a store's blobs were written.
+    for i in range(total):
         d = os.path.join(a.dir, "%02x" % (i % 256))
         os.makedirs(d, exist_ok=True)
         path = os.path.join(d, "f%d" % i)
         with open(path, "wb") as f:
-            f.write(os.urandom(size))
-        paths.append(path)
+            f.write(os.urandom(sizes[len(paths)]) if i in garbage else b"kept")
+        if i in garbage:
+            paths.append(path)
     os.sync()
-    best = None
+
+    def write_garbage():
+        for path, size in zip(paths, sizes):
+            with open(path, "wb") as f:
+                f.write(os.urandom(size))
+        os.sync()
+    by_threads = {}
     # Unlinks can wait for the device (ext4 without a journal trims freed blocks inside
     # unlink(2) when mounted with `discard`), and those waits overlap across threads.
+    # Each thread runs a plain loop over its share: an executor's map hands out one path
+    # at a time (its chunksize is ignored for threads), and that hand-off alone cost more
+    # than the unlinks it timed.
+    def unlink_all(share):
+        for path in share:
+            os.unlink(path)
+
     counts = (1, 4, 16)
     for threads in counts:
+        shares = [paths[i::threads] for i in range(threads)]
         t = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(threads) as ex:
-            list(ex.map(os.unlink, paths, chunksize=max(1, len(paths) // threads)))
-        took = time.perf_counter() - t
-        best = took if best is None else min(best, took)
+            list(ex.map(unlink_all, shares))
+        by_threads[threads] = round(time.perf_counter() - t, 4)
         if threads != counts[-1]:  # write them again for the next timing
-            for path, size in zip(paths, sizes):
-                with open(path, "wb") as f:
-                    f.write(os.urandom(size))
-            os.sync()
-    print(json.dumps({"files": a.files, "bytes": sum(sizes), "seconds": round(best, 4)}))
+            write_garbage()
+    print(json.dumps({"files": a.files, "bytes": sum(sizes), "seconds": min(by_threads.values()),
+                      "by_threads": by_threads}))
 
 
 # ----------------------------------------------------------------- A/B of collections
@@ -632,6 +649,7 @@ def main():
     p = sub.add_parser("percentiles"); p.add_argument("files", nargs="+")
     p = sub.add_parser("unlink-floor"); p.add_argument("--dir", required=True)
     p.add_argument("--files", type=int, required=True); p.add_argument("--bytes", type=int, required=True)
+    p.add_argument("--among", type=int, default=0, help="other files in the tree (the store's kept blobs)")
     p = sub.add_parser("ab", help="time the collections of several Bosun binaries on copies of one store")
     p.add_argument("--store", required=True, help="a stopped Bosun data dir with this content (made if missing)")
     p.add_argument("--work", required=True, help="where each copy of the store is run")
