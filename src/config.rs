@@ -103,8 +103,9 @@ impl Default for GcConfig {
     }
 }
 
-/// The `[http]` section: how long a client may hold a connection without making progress
-/// (see `api/connections.rs`). Zero turns a limit off.
+/// The `[http]` section: how long a client may hold a connection without making progress,
+/// and how long a shutdown waits for requests in flight (see `api/connections.rs`). Zero
+/// turns a limit off.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -122,11 +123,23 @@ pub struct HttpConfig {
     /// `BOSUN_HTTP_STALL_TIMEOUT`.
     #[serde(deserialize_with = "de_duration")]
     pub stall_timeout: Duration,
+    /// On SIGTERM or SIGINT, how long the requests in flight get to finish once no new
+    /// connection is accepted; those still running then are cut off (an upload chunk cut
+    /// off is rolled back, and its session resumes after the restart). Shorter than the
+    /// supervisor's wait before SIGKILL (30 s in Kubernetes, 90 s in systemd) leaves time
+    /// to record the last pulls. `0s` waits for every request. Env:
+    /// `BOSUN_HTTP_DRAIN_TIMEOUT`.
+    #[serde(deserialize_with = "de_duration")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { header_timeout: Duration::from_secs(120), stall_timeout: Duration::from_secs(60) }
+        HttpConfig {
+            header_timeout: Duration::from_secs(120),
+            stall_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(25),
+        }
     }
 }
 
@@ -259,6 +272,9 @@ impl Config {
         }
         if let Some(v) = var("BOSUN_HTTP_STALL_TIMEOUT") {
             self.http.stall_timeout = duration("BOSUN_HTTP_STALL_TIMEOUT", v)?;
+        }
+        if let Some(v) = var("BOSUN_HTTP_DRAIN_TIMEOUT") {
+            self.http.drain_timeout = duration("BOSUN_HTTP_DRAIN_TIMEOUT", v)?;
         }
         if let Some(v) = var("BOSUN_RESTORE_WINDOW") {
             self.restore_window = duration("BOSUN_RESTORE_WINDOW", v)?;

@@ -79,8 +79,9 @@ async fn load_policies(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves the API until SIGINT or SIGTERM, then finishes the requests in flight. Garbage
-/// collection and reconcile run in the background on their intervals.
+/// Serves the API until SIGINT or SIGTERM, then finishes the requests in flight (for
+/// `http.drain_timeout` at most) and records the last pulls. Garbage collection and
+/// reconcile run in the background on their intervals.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let opened = open(&config).await?;
     let state = opened.state.clone();
@@ -119,6 +120,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "bosun is serving");
     let router = crate::api::router(opened.state.clone());
     crate::api::serve(listener, router, &config.http, shutdown_signal()).await;
+    // The pulls noted since the last periodic write: a restart should not lose them (a
+    // crash loses at most those seconds; see `registry/pulls.rs`).
+    let registry = &opened.state.registry;
+    if let Err(e) = registry.pulls.flush(&registry.meta).await {
+        tracing::error!(error = %e, "recording the last pull times failed");
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

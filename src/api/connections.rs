@@ -34,7 +34,8 @@ use tower_service::Service;
 use crate::config::HttpConfig;
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and
-/// waits for the connections to finish their requests.
+/// waits for the connections to finish their requests, for `limits.drain_timeout` at most.
+/// Returns with those still running left to the caller, whose exit cuts them off.
 pub async fn serve(listener: TcpListener, router: Router, limits: &HttpConfig, shutdown: impl Future<Output = ()>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(nonzero(limits.header_timeout));
@@ -74,7 +75,17 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &HttpConfig, s
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let in_flight = graceful.count();
+    tracing::info!(connections = in_flight, "no longer accepting connections; waiting for requests in flight");
+    let drained = graceful.shutdown();
+    match nonzero(limits.drain_timeout) {
+        Some(limit) => {
+            if tokio::time::timeout(limit, drained).await.is_err() {
+                tracing::warn!(after = ?limit, "requests still in flight at shutdown are cut off");
+            }
+        }
+        None => drained.await,
+    }
 }
 
 fn nonzero(limit: Duration) -> Option<Duration> {

@@ -1,7 +1,7 @@
 //! Pull times, tracked without a write per pull: pulls are noted in memory and written in
-//! one transaction every few seconds (and before retention reads them). A crash loses at
-//! most those seconds of pull times; retention then judges the images by the pulls
-//! recorded before, an imprecision of seconds on rules measured in days.
+//! one transaction every few seconds (and before retention reads them, and at shutdown).
+//! A crash loses at most those seconds of pull times; retention then judges the images by
+//! the pulls recorded before, an imprecision of seconds on rules measured in days.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -12,23 +12,6 @@ use crate::harness::*;
 
 const LIMITS: &[(&str, &str)] = &[("BOSUN_HTTP_HEADER_TIMEOUT", "1s"), ("BOSUN_HTTP_STALL_TIMEOUT", "1s")];
 
-/// Reads until the server closes the connection (or resets it), for at most 20 s; returns
-/// what arrived and when the connection ended.
-async fn read_until_closed(tcp: &mut TcpStream) -> (Vec<u8>, Instant) {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let read = async {
-        loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read).await.expect("the server never closed the connection");
-    (got, Instant::now())
-}
-
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let s = Server::start_with(LIMITS);

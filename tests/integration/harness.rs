@@ -5,11 +5,13 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
 use sha2::Digest as _;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -198,6 +200,23 @@ impl Drop for Server {
     }
 }
 
+/// Reads until the server closes the connection (or resets it), for at most 20 s; returns
+/// what arrived and when the connection ended.
+pub async fn read_until_closed(tcp: &mut TcpStream) -> (Vec<u8>, Instant) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let read = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("the server never closed the connection");
+    (got, Instant::now())
+}
+
 pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
@@ -381,6 +400,27 @@ impl Server {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM, as a supervisor stopping the server does.
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill(2) takes no pointers; the pid is our own child's, not yet reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM to {pid}");
+    }
+
+    /// Waits up to `limit` for the server to exit: its exit status, or None if it still runs.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for bosun") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -15,5 +15,6 @@ mod listing;
 mod manifests;
 mod oci_client;
 mod retention;
+mod shutdown;
 mod skopeo;
 mod uploads;

@@ -1,0 +1,130 @@
+//! Stopping the server with SIGTERM: a request in flight finishes before it exits, one that
+//! outlasts `http.drain_timeout` is cut off and left to be resumed, and the pulls noted in
+//! the last seconds are recorded.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+/// Sends a chunk's headers with `Expect: 100-continue` and waits for the `100 Continue`
+/// the server sends once the upload's handler reads the body: from then on the request
+/// is in flight, whatever the client sends next.
+async fn start_chunk(s: &Server, location: &str, range: (usize, usize)) -> TcpStream {
+    let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\nContent-Range: {}-{}\r\n\r\n",
+        s.addr,
+        range.1 - range.0 + 1,
+        range.0,
+        range.1
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "closed before 100 Continue");
+        got.push(byte[0]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 100"), "{}", String::from_utf8_lossy(&got));
+    tcp
+}
+
+/// Waits until the server refuses connections: it has taken the signal.
+async fn wait_refusing(addr: &str) {
+    for _ in 0..250 {
+        if TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{addr} still accepts connections 5 s after SIGTERM");
+}
+
+#[tokio::test]
+async fn a_request_in_flight_at_shutdown_finishes_before_the_server_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), &[]);
+    let location = header(&s.http.post(s.url("/v2/stop/blobs/uploads/")).send().await.unwrap(), "location");
+    let body = random_bytes(20, 200_000);
+    let mut tcp = start_chunk(&s, &location, (0, body.len() - 1)).await;
+    tcp.write_all(&body[..100_000]).await.unwrap();
+    s.terminate();
+    wait_refusing(&s.addr).await;
+    tcp.write_all(&body[100_000..]).await.unwrap();
+    let (got, _) = read_until_closed(&mut tcp).await;
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let status = s.exited_within(Duration::from_secs(10)).await.expect("still running after its last request");
+    assert!(status.success(), "{status}");
+
+    // The chunk is stored: the upload goes on from its end after a restart.
+    let s = Server::start_in(dir.path(), &[]);
+    assert_eq!(header(&s.get(&location).await, "range"), "0-199999");
+    let digest = sha256(&body);
+    let resp = s.http.put(s.url(&format!("{location}?digest={digest}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(s.get(&format!("/v2/stop/blobs/{digest}")).await.bytes().await.unwrap(), body);
+}
+
+#[tokio::test]
+async fn a_request_that_outlasts_the_drain_timeout_is_cut_off_and_its_upload_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    // The stall limit (60 s by default) is far off: only the drain limit can end the chunk.
+    let mut s = Server::start_in(dir.path(), &[("BOSUN_HTTP_DRAIN_TIMEOUT", "1s")]);
+    let location = header(&s.http.post(s.url("/v2/cut/blobs/uploads/")).send().await.unwrap(), "location");
+    let first = random_bytes(21, 1000);
+    assert_eq!(s.http.patch(s.url(&location)).body(first.clone()).send().await.unwrap().status(), StatusCode::ACCEPTED);
+    let mut tcp = start_chunk(&s, &location, (1000, 100_999)).await;
+    tcp.write_all(&[7u8; 10_000]).await.unwrap();
+    let stopping = Instant::now();
+    s.terminate();
+    let status = s.exited_within(Duration::from_secs(20)).await.expect("still running 20 s after SIGTERM");
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took >= Duration::from_millis(900), "exited after {took:?}, without waiting for the request");
+    assert!(took < Duration::from_secs(10), "exited after {took:?}: the drain limit did not cut the request off");
+    drop(tcp);
+
+    // Nothing of the cut chunk is kept; the upload resumes after the first one.
+    let s = Server::start_in(dir.path(), &[]);
+    assert_eq!(header(&s.get(&location).await, "range"), "0-999");
+    let rest = random_bytes(22, 5000);
+    let digest = sha256(&[first.clone(), rest.clone()].concat());
+    let resp = s
+        .http
+        .put(s.url(&format!("{location}?digest={digest}")))
+        .header("content-range", "1000-5999")
+        .body(rest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(s.get(&format!("/v2/cut/blobs/{digest}")).await.bytes().await.unwrap(), [first, rest].concat());
+}
+
+/// Pulls are written every 5 s; the ones since the last write are written at shutdown.
+#[tokio::test]
+async fn the_pulls_of_the_last_seconds_are_recorded_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), &[]);
+    s.push_image("pulled", "v1", &[&random_bytes(23, 1000)]).await;
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert_eq!(s.get("/v2/pulled/manifests/v1").await.status(), StatusCode::OK);
+    s.terminate();
+    let status = s.exited_within(Duration::from_secs(10)).await.expect("still running 10 s after SIGTERM");
+    assert!(status.success(), "{status}");
+    let db = rusqlite::Connection::open(dir.path().join("metadata.sqlite")).unwrap();
+    let (tag, manifest): (Option<i64>, Option<i64>) = db
+        .query_row(
+            "SELECT t.pulled_at, m.pulled_at FROM tags t JOIN manifests m ON m.id = t.manifest_id WHERE t.name = 'v1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(tag.is_some_and(|t| t >= before), "tag pulled_at {tag:?}, pulled at {before} or later");
+    assert!(manifest.is_some_and(|t| t >= before), "manifest pulled_at {manifest:?}, pulled at {before} or later");
+}
