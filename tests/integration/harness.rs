@@ -396,6 +396,26 @@ impl Server {
         out
     }
 
+    /// Checks that the upload at `location` holds exactly `first` (a chunk cut off after it
+    /// left nothing behind), then finishes it with `rest` and checks the blob reads back as
+    /// both.
+    pub async fn resume_upload(&self, repo: &str, location: &str, first: &[u8], rest: &[u8]) {
+        let status = self.get(location).await;
+        assert_eq!(header(&status, "range"), format!("0-{}", first.len() - 1), "the cut chunk was not rolled back");
+        let whole = [first, rest].concat();
+        let digest = sha256(&whole);
+        let resp = self
+            .http
+            .put(self.url(&format!("{location}?digest={digest}")))
+            .header("content-range", format!("{}-{}", first.len(), whole.len() - 1))
+            .body(rest.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(self.get(&format!("/v2/{repo}/blobs/{digest}")).await.bytes().await.unwrap(), whole);
+    }
+
     /// Stops the server with SIGKILL (no chance to clean up) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -91,19 +91,7 @@ async fn a_request_that_outlasts_the_drain_timeout_is_cut_off_and_its_upload_res
 
     // Nothing of the cut chunk is kept; the upload resumes after the first one.
     let s = Server::start_in(dir.path(), &[]);
-    assert_eq!(header(&s.get(&location).await, "range"), "0-999");
-    let rest = random_bytes(22, 5000);
-    let digest = sha256(&[first.clone(), rest.clone()].concat());
-    let resp = s
-        .http
-        .put(s.url(&format!("{location}?digest={digest}")))
-        .header("content-range", "1000-5999")
-        .body(rest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    assert_eq!(s.get(&format!("/v2/cut/blobs/{digest}")).await.bytes().await.unwrap(), [first, rest].concat());
+    s.resume_upload("cut", &location, &first, &random_bytes(22, 5000)).await;
 }
 
 /// Pulls are written every 5 s; the ones since the last write are written at shutdown.
