@@ -118,6 +118,50 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// A file for [`Metadata::simulate_on_copy`], beside the database, removed when dropped
+/// (with any file SQLite made beside it). One left by a crash is removed at the next start
+/// ([`remove_stale_copies`]).
+struct SimulationCopy {
+    path: std::path::PathBuf,
+}
+
+/// How the copies' file names start, after the database's own name.
+const COPY_SUFFIX: &str = ".simulation-";
+
+impl SimulationCopy {
+    fn new(database: &Path) -> SimulationCopy {
+        let mut name = database.file_name().expect("the database path names a file").to_owned();
+        name.push(format!("{COPY_SUFFIX}{}", uuid::Uuid::new_v4().simple()));
+        SimulationCopy { path: database.with_file_name(name) }
+    }
+}
+
+impl Drop for SimulationCopy {
+    fn drop(&mut self) {
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let mut path = self.path.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Removes the simulation copies a crashed process left beside the database.
+fn remove_stale_copies(database: &Path) -> std::io::Result<()> {
+    let (Some(dir), Some(name)) = (database.parent(), database.file_name()) else { return Ok(()) };
+    let mut prefix = name.to_owned();
+    prefix.push(COPY_SUFFIX);
+    let prefix = prefix.to_string_lossy().into_owned();
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// How a write transaction ends.
 #[derive(Clone, Copy, PartialEq)]
 enum Ending {
@@ -257,6 +301,7 @@ impl Metadata {
         if let Some(group) = &group {
             group.flush_blocking()?;
         }
+        remove_stale_copies(path)?;
         let writer = WriterLock::new(writer);
         Ok(Metadata {
             inner: Arc::new(Inner {
@@ -371,6 +416,48 @@ impl Metadata {
         (done, Ok(()))
     }
 
+    /// Runs `f` on a private copy of the database as it is now, in a transaction that is
+    /// rolled back: what [`Metadata::simulate`] does, but without holding the writer while
+    /// `f` runs. For simulations over the whole registry (a retention plan: seconds for
+    /// tens of thousands of tags), which would otherwise hold up every push. The copy is
+    /// taken in one step from one read snapshot (writers go on meanwhile), into a file
+    /// beside the database that is removed afterwards: it costs the database's size, read
+    /// and written once, and as much free space.
+    pub async fn simulate_on_copy<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<MetadataError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let copy = SimulationCopy::new(&this.inner.path);
+            let mut conn = Connection::open(&copy.path).map_err(MetadataError::from)?;
+            {
+                let source = this.reader()?;
+                // All pages at once: a copy in steps starts over whenever a writer commits.
+                rusqlite::backup::Backup::new(&source, &mut conn)
+                    .and_then(|b| b.step(-1))
+                    .map_err(MetadataError::from)?;
+                let mut idle = this.inner.readers.lock().expect("reader pool poisoned");
+                if idle.len() < IDLE_READERS {
+                    idle.push(source);
+                }
+            }
+            // Set up as the writer is (see `configure`), but never flushed: the file is
+            // thrown away.
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(MetadataError::from)?;
+            conn.pragma_update(None, "synchronous", "OFF").map_err(MetadataError::from)?;
+            conn.pragma_update(None, "temp_store", "MEMORY").map_err(MetadataError::from)?;
+            conn.pragma_update(None, "foreign_keys", "ON").map_err(MetadataError::from)?;
+            apply_read_tuning(&conn, WRITER_CACHE_KIB).map_err(MetadataError::from)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
+            f(&tx)
+        })
+        .await
+        .map_err(|e| E::from(MetadataError::Task(e.to_string())))?
+    }
+
     /// Runs `f` inside a write transaction that is always rolled back: a dry run sees
     /// exactly what a real run would do, cascades included, and changes nothing.
     pub async fn simulate<T, E, F>(&self, f: F) -> std::result::Result<T, E>
@@ -448,6 +535,61 @@ mod tests {
     use rusqlite::{OptionalExtension, StatementStatus, params};
 
     use super::*;
+
+    /// Names of the files beside the database.
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// A simulation on a copy lets writers commit while it runs, sees the database as it
+    /// was when it started, changes nothing, and leaves no file behind.
+    #[tokio::test]
+    async fn a_simulation_on_a_copy_holds_up_no_writer_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata::open(&dir.path().join("metadata.sqlite"), false).unwrap();
+        let count = "SELECT COUNT(*) FROM repositories";
+        meta.write(|c| repositories::ensure(c, &"before".parse().unwrap(), 0)).await.unwrap();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let (written, write_done) = std::sync::mpsc::channel::<()>();
+        let copying = meta.clone();
+        let simulation = tokio::spawn(async move {
+            copying
+                .simulate_on_copy(move |c| {
+                    c.execute("DELETE FROM repositories", [])?;
+                    started.send(()).unwrap();
+                    // The write below commits meanwhile; if the simulation held the writer,
+                    // it would wait for this one, which waits for it.
+                    write_done.recv_timeout(Duration::from_secs(10)).expect("the simulation held up the writer");
+                    Ok::<_, MetadataError>(c.query_row(count, [], |r| r.get::<_, i64>(0))?)
+                })
+                .await
+        });
+        running.await.unwrap();
+        meta.write(|c| repositories::ensure(c, &"during".parse().unwrap(), 0)).await.unwrap();
+        written.send(()).unwrap();
+        // The copy saw its own delete, and not the write made after it was taken.
+        assert_eq!(simulation.await.unwrap().unwrap(), 0);
+        assert_eq!(meta.read(move |c| Ok(c.query_row(count, [], |r| r.get::<_, i64>(0))?)).await.unwrap(), 2);
+        assert!(files_in(dir.path()).iter().all(|f| !f.contains(COPY_SUFFIX)), "{:?}", files_in(dir.path()));
+    }
+
+    /// A copy left by a crash is removed when the database is opened again.
+    #[test]
+    fn copies_left_by_a_crash_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.sqlite");
+        drop(Metadata::open(&path, false).unwrap());
+        let stale = SimulationCopy::new(&path);
+        std::fs::write(&stale.path, b"left by a crash").unwrap();
+        std::fs::write(dir.path().join("metadata.sqlite.other"), b"not a copy").unwrap();
+        drop(Metadata::open(&path, false).unwrap());
+        let files = files_in(dir.path());
+        assert!(files.iter().all(|f| !f.contains(COPY_SUFFIX)), "{files:?}");
+        assert!(files.contains(&"metadata.sqlite.other".to_owned()), "{files:?}");
+    }
 
     /// A cached statement run again with a repository id of 1 keeps its plan; re-preparing
     /// it on every run halved read throughput in the first repository.

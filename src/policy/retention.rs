@@ -3,8 +3,9 @@
 //! applying a plan deletes exactly what it showed, or nothing if anything changed since.
 //!
 //! "Bytes freed" counts only blobs that no surviving manifest in any repository uses: it is
-//! computed by simulating, on a rolled-back transaction, the deletions and then every
-//! collection they lead to, and subtracting what collection would free without them.
+//! computed by simulating, on a rolled-back transaction on a copy of the database (so that
+//! writers go on meanwhile), the deletions and then every collection they lead to, and
+//! subtracting what collection would free without them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -308,7 +309,7 @@ impl Retention {
         let restore_since = registry.options().restore_since(now);
         let mut plan = registry
             .meta
-            .simulate(move |c| {
+            .simulate_on_copy(move |c| {
                 let mut repositories = Vec::new();
                 for (id, name) in q::repositories(c)? {
                     if repository.as_ref().is_some_and(|r| *r != name) {
