@@ -73,6 +73,9 @@ struct Inner {
     group: Option<GroupCommit>,
     /// Folds the log back into the database beside the writers.
     checkpointer: Checkpointer,
+    /// Makes every copy for a simulation fail (tests of the fallback).
+    #[cfg(test)]
+    fail_copies: std::sync::atomic::AtomicBool,
 }
 
 /// The one writing connection, behind a first-come-first-served lock (a collection's next
@@ -118,25 +121,32 @@ impl Drop for Queued<'_> {
     }
 }
 
-/// A file for [`Metadata::simulate_on_copy`], beside the database, removed when dropped
-/// (with any file SQLite made beside it). One left by a crash is removed at the next start
-/// ([`remove_stale_copies`]).
+/// A connection to a copy of the database; the file goes once the connection is closed
+/// (fields drop in order).
 struct SimulationCopy {
+    conn: Connection,
+    _file: CopyFile,
+}
+
+/// The file of a [`SimulationCopy`], beside the database, removed when dropped (with any
+/// file SQLite made beside it). One left by a crash is removed at the next start
+/// ([`remove_stale_copies`]).
+struct CopyFile {
     path: std::path::PathBuf,
 }
 
 /// How the copies' file names start, after the database's own name.
 const COPY_SUFFIX: &str = ".simulation-";
 
-impl SimulationCopy {
-    fn new(database: &Path) -> SimulationCopy {
+impl CopyFile {
+    fn new(database: &Path) -> CopyFile {
         let mut name = database.file_name().expect("the database path names a file").to_owned();
         name.push(format!("{COPY_SUFFIX}{}", uuid::Uuid::new_v4().simple()));
-        SimulationCopy { path: database.with_file_name(name) }
+        CopyFile { path: database.with_file_name(name) }
     }
 }
 
-impl Drop for SimulationCopy {
+impl Drop for CopyFile {
     fn drop(&mut self) {
         for suffix in ["", "-journal", "-wal", "-shm"] {
             let mut path = self.path.clone().into_os_string();
@@ -310,6 +320,8 @@ impl Metadata {
                 writer,
                 readers: Mutex::new(Vec::new()),
                 group,
+                #[cfg(test)]
+                fail_copies: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -422,7 +434,9 @@ impl Metadata {
     /// tens of thousands of tags), which would otherwise hold up every push. The copy is
     /// taken in one step from one read snapshot (writers go on meanwhile), into a file
     /// beside the database that is removed afterwards: it costs the database's size, read
-    /// and written once, and as much free space.
+    /// and written once, and as much free space. Where the copy cannot be made (a full
+    /// disk, when a plan is most wanted), `f` runs on the database itself, as
+    /// [`Metadata::simulate`].
     pub async fn simulate_on_copy<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
         T: Send + 'static,
@@ -430,32 +444,49 @@ impl Metadata {
         F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let copy = SimulationCopy::new(&this.inner.path);
-            let mut conn = Connection::open(&copy.path).map_err(MetadataError::from)?;
-            {
-                let source = this.reader()?;
-                // All pages at once: a copy in steps starts over whenever a writer commits.
-                rusqlite::backup::Backup::new(&source, &mut conn)
-                    .and_then(|b| b.step(-1))
-                    .map_err(MetadataError::from)?;
-                let mut idle = this.inner.readers.lock().expect("reader pool poisoned");
-                if idle.len() < IDLE_READERS {
-                    idle.push(source);
-                }
+        let copied = tokio::task::spawn_blocking(move || this.copy())
+            .await
+            .map_err(|e| E::from(MetadataError::Task(e.to_string())))?;
+        let mut copy = match copied {
+            Ok(copy) => copy,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not copy the metadata database to simulate on; simulating on the database itself, which holds up writers meanwhile");
+                return self.simulate(f).await;
             }
-            // Set up as the writer is (see `configure`), but never flushed: the file is
-            // thrown away.
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(MetadataError::from)?;
-            conn.pragma_update(None, "synchronous", "OFF").map_err(MetadataError::from)?;
-            conn.pragma_update(None, "temp_store", "MEMORY").map_err(MetadataError::from)?;
-            conn.pragma_update(None, "foreign_keys", "ON").map_err(MetadataError::from)?;
-            apply_read_tuning(&conn, WRITER_CACHE_KIB).map_err(MetadataError::from)?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
+        };
+        tokio::task::spawn_blocking(move || {
+            let tx =
+                copy.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
             f(&tx)
         })
         .await
         .map_err(|e| E::from(MetadataError::Task(e.to_string())))?
+    }
+
+    /// A copy of the database from one read snapshot, for [`Metadata::simulate_on_copy`].
+    fn copy(&self) -> Result<SimulationCopy> {
+        #[cfg(test)]
+        if self.inner.fail_copies.load(Ordering::Relaxed) {
+            return Err(MetadataError::Task("copies fail in this test".into()));
+        }
+        let file = CopyFile::new(&self.inner.path);
+        let mut conn = Connection::open(&file.path)?;
+        let source = self.reader()?;
+        // All pages at once: a copy in steps starts over whenever a writer commits.
+        rusqlite::backup::Backup::new(&source, &mut conn).and_then(|b| b.step(-1))?;
+        let mut idle = self.inner.readers.lock().expect("reader pool poisoned");
+        if idle.len() < IDLE_READERS {
+            idle.push(source);
+        }
+        drop(idle);
+        // Set up as the writer is (see `configure`), but never flushed: the file is thrown
+        // away.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        apply_read_tuning(&conn, WRITER_CACHE_KIB)?;
+        Ok(SimulationCopy { conn, _file: file })
     }
 
     /// Runs `f` inside a write transaction that is always rolled back: a dry run sees
@@ -576,13 +607,33 @@ mod tests {
         assert!(files_in(dir.path()).iter().all(|f| !f.contains(COPY_SUFFIX)), "{:?}", files_in(dir.path()));
     }
 
+    /// Where no copy can be made, the simulation runs on the database itself, and still
+    /// changes nothing.
+    #[tokio::test]
+    async fn a_simulation_that_cannot_copy_runs_on_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata::open(&dir.path().join("metadata.sqlite"), false).unwrap();
+        meta.write(|c| repositories::ensure(c, &"kept".parse().unwrap(), 0)).await.unwrap();
+        meta.inner.fail_copies.store(true, Ordering::Relaxed);
+        let count = "SELECT COUNT(*) FROM repositories";
+        let seen = meta
+            .simulate_on_copy(move |c| {
+                c.execute("DELETE FROM repositories", [])?;
+                Ok::<_, MetadataError>(c.query_row(count, [], |r| r.get::<_, i64>(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, 0);
+        assert_eq!(meta.read(move |c| Ok(c.query_row(count, [], |r| r.get::<_, i64>(0))?)).await.unwrap(), 1);
+    }
+
     /// A copy left by a crash is removed when the database is opened again.
     #[test]
     fn copies_left_by_a_crash_are_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metadata.sqlite");
         drop(Metadata::open(&path, false).unwrap());
-        let stale = SimulationCopy::new(&path);
+        let stale = CopyFile::new(&path);
         std::fs::write(&stale.path, b"left by a crash").unwrap();
         std::fs::write(dir.path().join("metadata.sqlite.other"), b"not a copy").unwrap();
         drop(Metadata::open(&path, false).unwrap());
