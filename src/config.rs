@@ -124,11 +124,11 @@ pub struct HttpConfig {
     #[serde(deserialize_with = "de_duration")]
     pub stall_timeout: Duration,
     /// On SIGTERM or SIGINT, how long the requests in flight get to finish once no new
-    /// connection is accepted; those still running then are cut off (an upload chunk cut
-    /// off is rolled back, and its session resumes after the restart). Shorter than the
-    /// supervisor's wait before SIGKILL (30 s in Kubernetes, 90 s in systemd) leaves time
-    /// to record the last pulls. `0s` waits for every request. Env:
-    /// `BOSUN_HTTP_DRAIN_TIMEOUT`.
+    /// connection is accepted; those still running then are cut off as by a crash (an
+    /// upload's session resumes from its last finished chunk after the restart). Shorter
+    /// than the supervisor's wait before SIGKILL (10 s for `docker stop`, 30 s in
+    /// Kubernetes, 90 s in systemd) leaves time to record the last pulls (up to 5 s). `0s`
+    /// waits for every request. Env: `BOSUN_HTTP_DRAIN_TIMEOUT`.
     #[serde(deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
 }

@@ -142,7 +142,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.listen = l;
             }
             init_logging(&cfg)?;
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bosun::server::serve(cfg))
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let lock = runtime.block_on(bosun::server::serve(cfg))?;
+            // Whatever the runtime still runs ends (blocking work to its end, tasks at their
+            // next await) before the data directory is released.
+            drop(runtime);
+            drop(lock);
+            tracing::info!("stopped");
+            Ok(())
         }
         Command::Gc { config, dry_run, reconcile, history, url } => {
             let cfg = load(config)?;

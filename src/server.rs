@@ -20,7 +20,13 @@ use crate::storage::FilesystemStore;
 /// keeps a second process from writing to it at the same time.
 pub struct Opened {
     pub state: Arc<AppState>,
-    _lock: File,
+    lock: DataDirLock,
+}
+
+/// The data directory is this process's while this is held (an advisory lock on
+/// `bosun.lock`).
+pub struct DataDirLock {
+    _file: File,
 }
 
 /// Opens the data directory (blob store and metadata database) for exclusive use, with
@@ -63,7 +69,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         policy_changes: tokio::sync::Mutex::default(),
     });
     load_policies(&state).await?;
-    Ok(Opened { state, _lock: lock })
+    Ok(Opened { state, lock: DataDirLock { _file: lock } })
 }
 
 /// Loads the retention policies managed through the admin API and installs every policy;
@@ -80,12 +86,16 @@ async fn load_policies(state: &AppState) -> anyhow::Result<()> {
 }
 
 /// Serves the API until SIGINT or SIGTERM, then finishes the requests in flight (for
-/// `http.drain_timeout` at most) and records the last pulls. Garbage collection and
-/// reconcile run in the background on their intervals.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// `http.drain_timeout` at most) and records the last pulls. Garbage collection, reconcile
+/// and retention run in the background on their intervals, and start no new run once the
+/// signal has come. Returns the data directory's lock, for the caller to release only once
+/// the runtime has stopped: work the runtime still runs (a collection's unlinks, the last
+/// write of an upload cut off) must end before another process may take the directory.
+pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
     let opened = open(&config).await?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = opened.state.clone();
-    every(Duration::from_secs(5), move || {
+    every(Duration::from_secs(5), &stopping, move || {
         let s = state.clone();
         async move {
             if let Err(e) = s.registry.pulls.flush(&s.registry.meta).await {
@@ -94,7 +104,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     let (state, started) = (opened.state.clone(), crate::metadata::now_ms());
-    every(config.retention_check_interval, move || {
+    every(config.retention_check_interval, &stopping, move || {
         let s = state.clone();
         async move { s.retention.run_due(started).await }
     });
@@ -103,14 +113,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", config.listen))?;
     if config.gc.enabled {
         let collector = opened.state.collector.clone();
-        every(config.gc.interval, move || {
+        every(config.gc.interval, &stopping, move || {
             let c = collector.clone();
             async move {
                 let _ = c.collect("schedule", false).await;
             }
         });
         let collector = opened.state.collector.clone();
-        every(config.gc.reconcile_interval, move || {
+        every(config.gc.reconcile_interval, &stopping, move || {
             let c = collector.clone();
             async move {
                 let _ = c.reconcile("schedule", false).await;
@@ -119,28 +129,45 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "bosun is serving");
     let router = crate::api::router(opened.state.clone());
-    crate::api::serve(listener, router, &config.http, shutdown_signal()).await;
+    let signalled = async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    crate::api::serve(listener, router, &config.http, signalled).await;
     // The pulls noted since the last periodic write: a restart should not lose them (a
-    // crash loses at most those seconds; see `registry/pulls.rs`).
+    // crash loses at most those seconds; see `registry/pulls.rs`). Bounded, so that the
+    // exit comes soon after the drain even behind a long write.
     let registry = &opened.state.registry;
-    if let Err(e) = registry.pulls.flush(&registry.meta).await {
-        tracing::error!(error = %e, "recording the last pull times failed");
+    match tokio::time::timeout(LAST_PULLS_WAIT, registry.pulls.flush(&registry.meta)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "recording the last pull times failed"),
+        Err(_) => {
+            tracing::error!(after = ?LAST_PULLS_WAIT, "recording the last pull times took too long; they are lost")
+        }
     }
-    tracing::info!("stopped");
-    Ok(())
+    tracing::info!("stopped serving");
+    Ok(opened.lock)
 }
 
-/// Runs `task` every `period` (first after one period); failures are logged by the task.
-fn every<F, Fut>(period: Duration, task: F)
+/// How long the exit waits to record the last pulls.
+const LAST_PULLS_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs `task` every `period` (first after one period) until `stopping` turns true; a run
+/// in progress then goes on. Failures are logged by the task.
+fn every<F, Fut>(period: Duration, stopping: &tokio::sync::watch::Receiver<bool>, task: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    let mut stopping = stopping.clone();
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
             task().await;
         }
     });

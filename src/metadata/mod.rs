@@ -156,20 +156,67 @@ impl Drop for CopyFile {
     }
 }
 
-/// Removes the simulation copies a crashed process left beside the database.
-fn remove_stale_copies(database: &Path) -> std::io::Result<()> {
-    let (Some(dir), Some(name)) = (database.parent(), database.file_name()) else { return Ok(()) };
+/// The directory holding the database (`.` for a bare file name).
+fn database_dir(database: &Path) -> &Path {
+    match database.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Removes the simulation copies a crashed process left beside the database. One that
+/// cannot be removed is logged, not fatal: it only takes space.
+fn remove_stale_copies(database: &Path) {
+    let Some(name) = database.file_name() else { return };
     let mut prefix = name.to_owned();
     prefix.push(COPY_SUFFIX);
     let prefix = prefix.to_string_lossy().into_owned();
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            std::fs::remove_file(entry.path())?;
+    let entries = match std::fs::read_dir(database_dir(database)) {
+        Ok(entries) => entries,
+        Err(e) => return tracing::warn!(error = %e, "could not look for simulation copies left by a crash"),
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix)
+            && let Err(e) = std::fs::remove_file(entry.path())
+        {
+            tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a simulation copy left by a crash");
         }
     }
-    Ok(())
+}
+
+/// Free space a copy needs beside the database: the database and its log, once for the
+/// copy and once more for what the simulation changes in it (its own log), and room left
+/// for the registry's writes meanwhile.
+fn copy_space_needed(database: &Path) -> std::io::Result<u64> {
+    let size = |suffix: &str| {
+        let mut path = database.as_os_str().to_owned();
+        path.push(suffix);
+        std::fs::metadata(path).map(|m| m.len()).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(0),
+            _ => Err(e),
+        })
+    };
+    Ok(2 * (size("")? + size("-wal")?) + COPY_HEADROOM)
+}
+
+/// Free space a copy leaves for everything else, at least.
+const COPY_HEADROOM: u64 = 1 << 30;
+
+/// Bytes free to an unprivileged writer on the file system that holds the database.
+fn free_space(database: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(database_dir(database).as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `dir` is a NUL-terminated path; `stat` is read only after a successful call
+    // has filled it.
+    let stat = unsafe {
+        if libc::statvfs(dir.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stat.assume_init()
+    };
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// How a write transaction ends.
@@ -311,7 +358,7 @@ impl Metadata {
         if let Some(group) = &group {
             group.flush_blocking()?;
         }
-        remove_stale_copies(path)?;
+        remove_stale_copies(path);
         let writer = WriterLock::new(writer);
         Ok(Metadata {
             inner: Arc::new(Inner {
@@ -434,9 +481,9 @@ impl Metadata {
     /// tens of thousands of tags), which would otherwise hold up every push. The copy is
     /// taken in one step from one read snapshot (writers go on meanwhile), into a file
     /// beside the database that is removed afterwards: it costs the database's size, read
-    /// and written once, and as much free space. Where the copy cannot be made (a full
-    /// disk, when a plan is most wanted), `f` runs on the database itself, as
-    /// [`Metadata::simulate`].
+    /// and written once. It is made only where twice the database and its log, and 1 GiB
+    /// besides, are free; where it cannot be (a full disk, when a plan is most wanted), `f`
+    /// runs on the database itself, as [`Metadata::simulate`].
     pub async fn simulate_on_copy<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
         T: Send + 'static,
@@ -469,11 +516,24 @@ impl Metadata {
         if self.inner.fail_copies.load(Ordering::Relaxed) {
             return Err(MetadataError::Task("copies fail in this test".into()));
         }
+        let needed = copy_space_needed(&self.inner.path)?;
+        let free = free_space(&self.inner.path)?;
+        if free < needed {
+            return Err(MetadataError::Task(format!(
+                "{free} bytes free beside the database; a copy needs {needed} and leaves room for the registry"
+            )));
+        }
         let file = CopyFile::new(&self.inner.path);
         let mut conn = Connection::open(&file.path)?;
+        // The copy is thrown away: never flushed, not even the backup's own commit.
+        conn.pragma_update(None, "synchronous", "OFF")?;
         let source = self.reader()?;
-        // All pages at once: a copy in steps starts over whenever a writer commits.
-        rusqlite::backup::Backup::new(&source, &mut conn).and_then(|b| b.step(-1))?;
+        // All pages at once: a copy in steps starts over whenever a writer commits. A source
+        // that is busy or locked is no copy at all (SQLite reports that as a step result).
+        let step = rusqlite::backup::Backup::new(&source, &mut conn)?.step(-1)?;
+        if step != rusqlite::backup::StepResult::Done {
+            return Err(MetadataError::Task(format!("copying the database stopped: {step:?}")));
+        }
         let mut idle = self.inner.readers.lock().expect("reader pool poisoned");
         if idle.len() < IDLE_READERS {
             idle.push(source);
@@ -482,7 +542,6 @@ impl Metadata {
         // Set up as the writer is (see `configure`), but never flushed: the file is thrown
         // away.
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "OFF")?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         apply_read_tuning(&conn, WRITER_CACHE_KIB)?;
@@ -589,7 +648,7 @@ mod tests {
         let simulation = tokio::spawn(async move {
             copying
                 .simulate_on_copy(move |c| {
-                    c.execute("DELETE FROM repositories", [])?;
+                    c.execute("DELETE FROM repositories WHERE name = 'before'", [])?;
                     started.send(()).unwrap();
                     // The write below commits meanwhile; if the simulation held the writer,
                     // it would wait for this one, which waits for it.
@@ -601,7 +660,8 @@ mod tests {
         running.await.unwrap();
         meta.write(|c| repositories::ensure(c, &"during".parse().unwrap(), 0)).await.unwrap();
         written.send(()).unwrap();
-        // The copy saw its own delete, and not the write made after it was taken.
+        // The copy saw its own delete, and not the write made after it was taken (either
+        // would leave a repository).
         assert_eq!(simulation.await.unwrap().unwrap(), 0);
         assert_eq!(meta.read(move |c| Ok(c.query_row(count, [], |r| r.get::<_, i64>(0))?)).await.unwrap(), 2);
         assert!(files_in(dir.path()).iter().all(|f| !f.contains(COPY_SUFFIX)), "{:?}", files_in(dir.path()));

@@ -396,9 +396,9 @@ impl Server {
         out
     }
 
-    /// Checks that the upload at `location` holds exactly `first` (a chunk cut off after it
-    /// left nothing behind), then finishes it with `rest` and checks the blob reads back as
-    /// both.
+    /// Checks that the upload at `location` stands at the end of `first` (a chunk cut off
+    /// after it counted for nothing), then finishes it with `rest` and checks the blob reads
+    /// back as exactly both: bytes the cut chunk left in the staged file were not kept.
     pub async fn resume_upload(&self, repo: &str, location: &str, first: &[u8], rest: &[u8]) {
         let status = self.get(location).await;
         assert_eq!(header(&status, "range"), format!("0-{}", first.len() - 1), "the cut chunk was not rolled back");
