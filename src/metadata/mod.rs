@@ -50,6 +50,9 @@ pub enum MetadataError {
     Sqlite(#[from] rusqlite::Error),
     #[error("metadata database task failed: {0}")]
     Task(String),
+    /// A copy to simulate on could not be made ([`Metadata::simulate_on_copy`]).
+    #[error("no copy of the metadata database: {0}")]
+    NoCopy(String),
     #[error("metadata database files: {0}")]
     Io(#[from] std::io::Error),
     #[error("inconsistent data: {0}")]
@@ -514,13 +517,13 @@ impl Metadata {
     fn copy(&self) -> Result<SimulationCopy> {
         #[cfg(test)]
         if self.inner.fail_copies.load(Ordering::Relaxed) {
-            return Err(MetadataError::Task("copies fail in this test".into()));
+            return Err(MetadataError::NoCopy("copies fail in this test".into()));
         }
         let needed = copy_space_needed(&self.inner.path)?;
         let free = free_space(&self.inner.path)?;
         if free < needed {
-            return Err(MetadataError::Task(format!(
-                "{free} bytes free beside the database; a copy needs {needed} and leaves room for the registry"
+            return Err(MetadataError::NoCopy(format!(
+                "{free} bytes are free beside the database; a copy needs {needed} (twice the database, and 1 GiB left for the registry)"
             )));
         }
         let file = CopyFile::new(&self.inner.path);
@@ -532,7 +535,7 @@ impl Metadata {
         // that is busy or locked is no copy at all (SQLite reports that as a step result).
         let step = rusqlite::backup::Backup::new(&source, &mut conn)?.step(-1)?;
         if step != rusqlite::backup::StepResult::Done {
-            return Err(MetadataError::Task(format!("copying the database stopped: {step:?}")));
+            return Err(MetadataError::NoCopy(format!("the backup stopped: {step:?}")));
         }
         let mut idle = self.inner.readers.lock().expect("reader pool poisoned");
         if idle.len() < IDLE_READERS {
