@@ -142,7 +142,7 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "recording the last pull times failed"),
         Err(_) => {
-            tracing::error!(after = ?LAST_PULLS_WAIT, "recording the last pull times took too long; they are lost")
+            tracing::error!(after = ?LAST_PULLS_WAIT, "recording the last pull times took too long; they may be lost")
         }
     }
     tracing::info!("stopped serving");
