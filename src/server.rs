@@ -69,6 +69,17 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         policy_changes: tokio::sync::Mutex::default(),
     });
     load_policies(&state).await?;
+    // The quota groups this run's policies make, counted from the links once.
+    let policies = state.registry.policies();
+    state
+        .registry
+        .meta
+        .write(move |c| {
+            let groups = crate::registry::quota::groups(c, &policies)?;
+            crate::metadata::quota::rebuild(c, !policies.quotas.is_empty(), &groups)
+        })
+        .await
+        .context("counting the quota groups")?;
     Ok(Opened { state, lock: DataDirLock { _file: lock } })
 }
 

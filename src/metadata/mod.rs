@@ -15,6 +15,7 @@ mod checkpoint;
 pub mod gc;
 mod group_commit;
 pub mod manifests;
+pub mod quota;
 pub mod repositories;
 pub mod retention;
 pub mod tags;
@@ -39,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/3.sql"),
     include_str!("migrations/4.sql"),
     include_str!("migrations/5.sql"),
+    include_str!("migrations/6.sql"),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 /// Readers kept open for reuse; more are opened on demand under load.
@@ -733,6 +735,7 @@ mod tests {
         include_str!("migrations/released/2.sql"),
         include_str!("migrations/released/3.sql"),
         include_str!("migrations/released/4.sql"),
+        include_str!("migrations/released/5.sql"),
     ];
 
     /// What a schema is made of, as SQLite sees it: each table's columns, foreign keys and

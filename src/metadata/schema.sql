@@ -1,4 +1,4 @@
--- Bosun metadata, schema version 5 (`migrations/` upgrades older databases). The single
+-- Bosun metadata, schema version 6 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.
 --
@@ -236,3 +236,31 @@ CREATE TABLE retention_plans (
     plan       TEXT NOT NULL,         -- JSON
     applied_at INTEGER
 );
+
+-- Quota groups: the repositories a `total` quota counts together, or the one repository
+-- of a per-repository quota, kept by the server from its policies when it opens the
+-- database (`metadata/quota.rs`); the distinct blobs each group links, with how many of
+-- its repositories link each; and their bytes. Triggers count every link and unlink, so a
+-- quota check reads one row instead of summing the group; they exist only while a quota
+-- is configured (`metadata/quota.rs` creates and drops them when the database is opened),
+-- so that a registry without quotas pays nothing per link.
+CREATE TABLE quota_groups (
+    id    INTEGER PRIMARY KEY,
+    key   TEXT NOT NULL UNIQUE,
+    bytes INTEGER NOT NULL DEFAULT 0 CHECK (bytes >= 0)
+);
+CREATE TABLE quota_members (
+    repository_id INTEGER NOT NULL,
+    group_id      INTEGER NOT NULL REFERENCES quota_groups (id),
+    PRIMARY KEY (repository_id, group_id)
+) WITHOUT ROWID;
+CREATE TABLE quota_blobs (
+    group_id INTEGER NOT NULL REFERENCES quota_groups (id),
+    digest   TEXT NOT NULL,
+    links    INTEGER NOT NULL CHECK (links > 0),
+    PRIMARY KEY (group_id, digest)
+) WITHOUT ROWID;
+-- A repository goes only once it links nothing; its id may be given to a new one later.
+CREATE TRIGGER quota_repository_gone AFTER DELETE ON repositories BEGIN
+    DELETE FROM quota_members WHERE repository_id = OLD.id;
+END;

@@ -18,7 +18,7 @@ mod hashing;
 mod listing;
 mod manifests;
 pub(crate) mod pulls;
-mod quota;
+pub(crate) mod quota;
 mod restore;
 pub(crate) mod uploads;
 

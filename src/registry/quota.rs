@@ -1,14 +1,26 @@
 //! Quotas: the most blob bytes a repository (or a group of repositories matching a glob)
 //! may hold, each blob counted once however many manifests or repositories use it.
 //! Checked when a blob is linked into a repository (upload or mount), inside the linking
-//! transaction, so a push that would exceed stores nothing.
+//! transaction, so a push that would exceed stores nothing. The bytes are counted per
+//! group by the database (`metadata::quota`): a check costs a few row reads, whatever the
+//! group's size.
+
+use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
 use super::Error;
+use crate::metadata::repositories::RepoId;
 use crate::metadata::{self, retention};
 use crate::oci::{Digest, RepoName};
-use crate::policy::Policies;
+use crate::policy::{Policies, Quota};
+
+/// The group a quota counts `repo` in: every repository it matches together (`total`), or
+/// the repository alone. `None` for a repository-wide quota on a repository not created
+/// yet, which holds nothing.
+fn group_key(q: &Quota, repo: Option<RepoId>) -> Option<String> {
+    if q.spec.total { Some(format!("total {}", q.repositories)) } else { repo.map(|r| format!("repository {r}")) }
+}
 
 /// Refuses linking `digest` (`size` bytes) into `name` if a quota would be exceeded.
 pub(super) fn check(
@@ -22,19 +34,13 @@ pub(super) fn check(
     if quotas.is_empty() {
         return Ok(());
     }
-    // Every repository is listed only when a group quota needs it; a per-repository
-    // quota looks up just this one (upload path).
-    let all = if quotas.iter().any(|q| q.spec.total) { retention::repositories(c)? } else { Vec::new() };
-    let this: Vec<i64> = metadata::repositories::find(c, name)?.into_iter().collect();
+    let repo = metadata::repositories::find(c, name)?;
     for q in quotas {
-        let matching: Vec<i64>;
-        let group: &[i64] = if q.spec.total {
-            matching = all.iter().filter(|(_, n)| q.repositories.matches(n)).map(|(id, _)| *id).collect();
-            &matching
-        } else {
-            &this
+        let used = match group_key(q, repo) {
+            Some(key) => metadata::quota::usage(c, &key, repo, digest)?,
+            None => Some(0),
         };
-        let Some(used) = metadata::blobs::group_usage(c, group, digest)? else { continue };
+        let Some(used) = used else { continue };
         if used + size > q.spec.max_bytes {
             let scope = if q.spec.total {
                 format!("the repositories matching {} together", q.repositories)
@@ -50,4 +56,30 @@ pub(super) fn check(
         }
     }
     Ok(())
+}
+
+/// Puts `repo` in the groups of the quotas that govern it, so that the link about to be made
+/// is counted: a repository created since the database was opened is in none yet.
+pub(super) fn join(c: &Connection, policies: &Policies, name: &RepoName, repo: RepoId) -> metadata::Result<()> {
+    for q in policies.quotas_for(name.as_str()) {
+        if let Some(key) = group_key(q, Some(repo)) {
+            metadata::quota::join(c, &key, repo)?;
+        }
+    }
+    Ok(())
+}
+
+/// The quota groups `policies` make of the repositories there are: what
+/// [`metadata::quota::rebuild`] counts when the database is opened.
+pub(crate) fn groups(c: &Connection, policies: &Policies) -> metadata::Result<Vec<(String, Vec<RepoId>)>> {
+    let mut groups: BTreeMap<String, Vec<RepoId>> = BTreeMap::new();
+    if policies.quotas.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (id, name) in retention::repositories(c)? {
+        for q in policies.quotas_for(&name) {
+            groups.entry(group_key(q, Some(id)).expect("an existing repository has a group")).or_default().push(id);
+        }
+    }
+    Ok(groups.into_iter().collect())
 }

@@ -60,6 +60,14 @@ impl Server {
         server
     }
 
+    /// Starts a server on an existing data directory with a TOML configuration file (written
+    /// beside it), to test restarts under policies.
+    pub fn start_in_with_config(data_dir: &Path, toml: &str, env: &[(&str, &str)]) -> Server {
+        let config = data_dir.with_extension("toml");
+        std::fs::write(&config, toml).unwrap();
+        Server::spawn(data_dir, Some(&config), env)
+    }
+
     /// Starts a server on an existing data directory (to test restarts).
     pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         Server::spawn(data_dir, None, env)

@@ -2,6 +2,7 @@
 //! through the admin API and skopeo, with the server's clock moved ahead by the tests.
 
 use std::path::Path;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -370,6 +371,44 @@ total = true
     assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
     // Outside the group, no quota.
     s.push_blob("other", &random_bytes(963, 20_000)).await;
+}
+
+/// What a group quota counts follows every link and unlink at once, and is the same after
+/// a restart, which counts it again from the links; a repository created after the start
+/// joins the group.
+#[tokio::test]
+async fn a_group_quota_follows_unlinks_and_counts_the_same_after_a_restart() {
+    let config = r#"
+[[quota]]
+repositories = "team/*"
+max_bytes = 10000
+total = true
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start_in_with_config(&data, config, ENV);
+    let (a, b, c) = (random_bytes(980, 6000), random_bytes(981, 4000), random_bytes(982, 3999));
+    s.push_blob("team/one", &a).await;
+    s.push_blob("team/two", &b).await;
+    refused_by_quota(&s, "team/one", &random_bytes(983, 1)).await;
+    // Unlinking frees its bytes for the quota at once.
+    let resp = s.delete(&format!("/v2/team/two/blobs/{}", sha256(&b))).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    s.push_blob("team/two", &c).await;
+    s.push_blob("team/two", &random_bytes(984, 1)).await;
+    let msg = refused_by_quota(&s, "team/one", &random_bytes(985, 1)).await;
+    assert!(msg.contains("hold 10000 bytes"), "{msg}");
+    s.terminate();
+    assert!(s.exited_within(Duration::from_secs(10)).await.expect("still running after SIGTERM").success());
+
+    let s = Server::start_in_with_config(&data, config, ENV);
+    let msg = refused_by_quota(&s, "team/one", &random_bytes(985, 1)).await;
+    assert!(msg.contains("hold 10000 bytes"), "after the restart: {msg}");
+    // A repository created now is in the group: a blob the group holds adds nothing, a
+    // new one is refused.
+    s.push_blob("team/three", &a).await;
+    let msg = refused_by_quota(&s, "team/three", &random_bytes(986, 1)).await;
+    assert!(msg.contains("hold 10000 bytes"), "new repository: {msg}");
 }
 
 #[tokio::test]
