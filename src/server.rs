@@ -76,7 +76,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         .meta
         .write(move |c| {
             let groups = crate::registry::quota::groups(c, &policies)?;
-            crate::metadata::quota::rebuild(c, !policies.quotas.is_empty(), &groups)
+            crate::metadata::quota::rebuild(c, !policies.quotas.is_empty(), &groups).map(|_| ())
         })
         .await
         .context("counting the quota groups")?;

@@ -98,33 +98,3 @@ pub fn referencing_manifest(conn: &Connection, repo: RepoId, digest: &Digest) ->
         .query_row(params![repo, digest.to_string()], |r| r.get(0))
         .optional()?)
 }
-
-/// The bytes of distinct live blobs linked into any of `repos`, or `None` if `digest` is
-/// already among them (it then adds nothing, and the sum over the group is not computed).
-pub fn group_usage(conn: &Connection, repos: &[RepoId], digest: &Digest) -> Result<Option<u64>> {
-    if repos.is_empty() {
-        return Ok(Some(0));
-    }
-    let ids = repos.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",");
-    // The ids are integers from the database, so building the list is safe.
-    let linked = conn
-        .query_row(
-            &format!("SELECT 1 FROM repository_blobs WHERE digest = ?1 AND repository_id IN ({ids}) LIMIT 1"),
-            [digest.to_string()],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    if linked {
-        return Ok(None);
-    }
-    let used: i64 = conn.query_row(
-        &format!(
-            "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE digest IN
-               (SELECT DISTINCT digest FROM repository_blobs WHERE repository_id IN ({ids}))"
-        ),
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(Some(used as u64))
-}

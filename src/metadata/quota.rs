@@ -1,7 +1,7 @@
 //! Quota groups: which repositories each quota counts, and the bytes of the distinct blobs
 //! they link (tables in `schema.sql`). Triggers, created here while a quota exists, keep
-//! the counts through every link and unlink, so a check reads one row; this module fills
-//! the groups and answers the checks.
+//! the counts through every link and unlink, so a check reads a few rows; this module
+//! fills the groups and answers the checks.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -34,46 +34,67 @@ END;";
 /// Without a quota, nothing is counted and links pay nothing.
 const NOT_COUNTING: &str = "DROP TRIGGER IF EXISTS quota_link; DROP TRIGGER IF EXISTS quota_unlink;";
 
-/// Replaces every group with `groups` (key, member repositories), each counted from the
-/// links as they are, and counts links from now on if `counting` (a quota is configured,
-/// whether or not it matches a repository yet): done when the database is opened, with
-/// the policies of that run. It costs the groups' links once, and repairs counts that
-/// anything might have left wrong.
-pub fn rebuild(conn: &Connection, counting: bool, groups: &[(String, Vec<RepoId>)]) -> Result<()> {
-    conn.execute_batch(NOT_COUNTING)?;
+/// Makes the groups `groups` (key, member repositories), each counted from the links as
+/// they are, and counts links from now on if `counting` (a quota is configured, whether or
+/// not it matches a repository yet): done when the server opens the data directory, with
+/// the policies of that run. When the groups and the triggers are already so (a restart
+/// with the same policies), it writes nothing: a full disk does not stop a start. Returns
+/// whether it rebuilt.
+pub fn rebuild(conn: &Connection, counting: bool, groups: &[(String, Vec<RepoId>)]) -> Result<bool> {
+    let mut wanted: Vec<(String, RepoId)> =
+        groups.iter().flat_map(|(key, members)| members.iter().map(move |m| (key.clone(), *m))).collect();
+    wanted.sort();
+    wanted.dedup();
+    let kept: Vec<(String, RepoId)> = conn
+        .prepare(
+            "SELECT g.key, m.repository_id FROM quota_members m JOIN quota_groups g ON g.id = m.group_id ORDER BY 1, 2",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let triggers: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'trigger' AND name IN ('quota_link', 'quota_unlink')",
+        [],
+        |r| r.get(0),
+    )?;
+    if kept == wanted && triggers == if counting { 2 } else { 0 } {
+        return Ok(false);
+    }
+    stop_counting(conn)?;
     conn.execute_batch("DELETE FROM quota_blobs; DELETE FROM quota_members; DELETE FROM quota_groups;")?;
-    if counting {
-        conn.execute_batch(COUNTING)?;
+    if !counting {
+        return Ok(true);
     }
-    for (key, members) in groups {
-        let id: i64 = conn.query_row("INSERT INTO quota_groups (key) VALUES (?1) RETURNING id", [key], |r| r.get(0))?;
-        for repo in members {
-            conn.execute(
-                "INSERT INTO quota_members (repository_id, group_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![repo, id],
-            )?;
-        }
-        conn.execute(
-            "INSERT INTO quota_blobs (group_id, digest, links)
-             SELECT ?1, l.digest, COUNT(*) FROM repository_blobs l
-               JOIN quota_members m ON m.repository_id = l.repository_id AND m.group_id = ?1
-              GROUP BY l.digest",
-            [id],
-        )?;
-        conn.execute(
-            "UPDATE quota_groups SET bytes =
-               (SELECT COALESCE(SUM(b.size), 0) FROM quota_blobs q JOIN blobs b ON b.digest = q.digest
-                 WHERE q.group_id = ?1)
-              WHERE id = ?1",
-            [id],
-        )?;
+    conn.execute_batch(COUNTING)?;
+    let mut group = conn.prepare("INSERT INTO quota_groups (key) VALUES (?1) ON CONFLICT (key) DO NOTHING")?;
+    let mut member = conn.prepare(
+        "INSERT INTO quota_members (repository_id, group_id) SELECT ?2, id FROM quota_groups WHERE key = ?1",
+    )?;
+    for (key, repo) in &wanted {
+        group.execute([key])?;
+        member.execute(params![key, repo])?;
     }
-    Ok(())
+    // Every group at once, from each member's links (read in key order).
+    conn.execute_batch(
+        "INSERT INTO quota_blobs (group_id, digest, links)
+         SELECT m.group_id, l.digest, COUNT(*) FROM quota_members m
+           JOIN repository_blobs l ON l.repository_id = m.repository_id
+          GROUP BY m.group_id, l.digest;
+         UPDATE quota_groups SET bytes =
+           (SELECT COALESCE(SUM(b.size), 0) FROM quota_blobs q JOIN blobs b ON b.digest = q.digest
+             WHERE q.group_id = quota_groups.id);",
+    )?;
+    Ok(true)
+}
+
+/// Stops counting links (drops the triggers): before a schema upgrade, whose steps must not
+/// count with groups that the next start rebuilds anyway.
+pub fn stop_counting(conn: &Connection) -> Result<()> {
+    Ok(conn.execute_batch(NOT_COUNTING)?)
 }
 
 /// Makes `repo` a member of the group `key` (made if missing), its links counted in: before
 /// a link into a repository that a quota governs, which a repository created since the
-/// database was opened is not yet a member of.
+/// server opened the data directory is not yet a member of.
 pub fn join(conn: &Connection, key: &str, repo: RepoId) -> Result<()> {
     conn.execute("INSERT INTO quota_groups (key) VALUES (?1) ON CONFLICT (key) DO NOTHING", [key])?;
     let id: i64 = conn.query_row("SELECT id FROM quota_groups WHERE key = ?1", [key], |r| r.get(0))?;
@@ -121,7 +142,7 @@ pub fn usage(conn: &Connection, key: &str, repo: Option<RepoId>, digest: &Digest
     if member {
         return Ok((!counted).then_some(bytes as u64));
     }
-    // Not a member yet (created since the database was opened): its own links count too.
+    // Not a member yet (created since the server started): its own links count too.
     let linked: bool = conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2)")?
         .query_row(params![repo, digest], |r| r.get(0))?;
@@ -178,7 +199,12 @@ mod tests {
         // `late` links before it is in any group; it joins the shared group later.
         blobs::link(&c, late, &digests[0], 0).unwrap();
         blobs::link(&c, late, &digests[11], 0).unwrap();
-        rebuild(&c, true, &[("shared".into(), vec![a, b]), ("alone".into(), vec![solo])]).unwrap();
+        rebuild(
+            &c,
+            true,
+            &[("shared".into(), vec![a, b]), ("alone".into(), vec![solo]), ("overlap".into(), vec![a, solo])],
+        )
+        .unwrap();
         let mut state = 42u64;
         let mut next = |n: u64| {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
@@ -207,7 +233,7 @@ mod tests {
                 // Linking again (a mount or a push of a blob the repository has) counts nothing.
                 blobs::link(&c, r, d, 0).unwrap();
             }
-            for key in ["shared", "alone"] {
+            for key in ["shared", "alone", "overlap"] {
                 assert_eq!(counted(&c, key), recount(&c, key), "group {key} after step {step}");
             }
         }
@@ -218,10 +244,22 @@ mod tests {
             c.query_row("SELECT COUNT(*) FROM quota_members WHERE repository_id = ?1", [b], |r| r.get(0)).unwrap();
         assert_eq!(members, 0);
         assert_eq!(counted(&c, "shared"), recount(&c, "shared"));
-        // Rebuilding from the links gives the counts kept all along.
-        let kept = (counted(&c, "shared"), counted(&c, "alone"));
-        rebuild(&c, true, &[("shared".into(), vec![a, late]), ("alone".into(), vec![solo])]).unwrap();
-        assert_eq!((counted(&c, "shared"), counted(&c, "alone")), kept);
+        // Rebuilding from the links gives the counts kept all along; the same groups again
+        // are left as they are.
+        let kept = (counted(&c, "shared"), counted(&c, "alone"), counted(&c, "overlap"));
+        let groups =
+            [("shared".into(), vec![a, late]), ("alone".into(), vec![solo]), ("overlap".into(), vec![a, solo])];
+        assert!(!rebuild(&c, true, &groups).unwrap(), "nothing changed, nothing is written");
+        // Without its triggers (as an upgrade leaves it), it counts again from the links.
+        c.execute("UPDATE quota_groups SET bytes = -1 WHERE key = 'shared'", []).unwrap();
+        stop_counting(&c).unwrap();
+        assert!(rebuild(&c, true, &groups).unwrap());
+        assert_eq!((counted(&c, "shared"), counted(&c, "alone"), counted(&c, "overlap")), kept);
+        // Without quotas, nothing is kept and nothing counts.
+        assert!(rebuild(&c, false, &[]).unwrap());
+        blobs::link(&c, solo, &digests[5], 0).ok();
+        let rows: i64 = c.query_row("SELECT COUNT(*) FROM quota_groups", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0);
     }
 
     /// What a check sees: the group's bytes, nothing for a blob already counted, and a

@@ -238,16 +238,16 @@ CREATE TABLE retention_plans (
 );
 
 -- Quota groups: the repositories a `total` quota counts together, or the one repository
--- of a per-repository quota, kept by the server from its policies when it opens the
--- database (`metadata/quota.rs`); the distinct blobs each group links, with how many of
+-- of a per-repository quota, kept by the server from its policies when it opens the data
+-- directory (`metadata/quota.rs`); the distinct blobs each group links, with how many of
 -- its repositories link each; and their bytes. Triggers count every link and unlink, so a
--- quota check reads one row instead of summing the group; they exist only while a quota
--- is configured (`metadata/quota.rs` creates and drops them when the database is opened),
--- so that a registry without quotas pays nothing per link.
+-- quota check reads a few rows instead of summing the group. They exist only while a
+-- quota is configured (`metadata/quota.rs` creates and drops them), so that a registry
+-- without quotas pays nothing per link.
 CREATE TABLE quota_groups (
     id    INTEGER PRIMARY KEY,
     key   TEXT NOT NULL UNIQUE,
-    bytes INTEGER NOT NULL DEFAULT 0 CHECK (bytes >= 0)
+    bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE quota_members (
     repository_id INTEGER NOT NULL,

@@ -59,7 +59,7 @@ pub(super) fn check(
 }
 
 /// Puts `repo` in the groups of the quotas that govern it, so that the link about to be made
-/// is counted: a repository created since the database was opened is in none yet.
+/// is counted: a repository created since the server started is in none yet.
 pub(super) fn join(c: &Connection, policies: &Policies, name: &RepoName, repo: RepoId) -> metadata::Result<()> {
     for q in policies.quotas_for(name.as_str()) {
         if let Some(key) = group_key(q, Some(repo)) {
@@ -70,7 +70,7 @@ pub(super) fn join(c: &Connection, policies: &Policies, name: &RepoName, repo: R
 }
 
 /// The quota groups `policies` make of the repositories there are: what
-/// [`metadata::quota::rebuild`] counts when the database is opened.
+/// [`metadata::quota::rebuild`] counts when the server opens the data directory.
 pub(crate) fn groups(c: &Connection, policies: &Policies) -> metadata::Result<Vec<(String, Vec<RepoId>)>> {
     let mut groups: BTreeMap<String, Vec<RepoId>> = BTreeMap::new();
     if policies.quotas.is_empty() {

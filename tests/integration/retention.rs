@@ -404,11 +404,19 @@ total = true
     let s = Server::start_in_with_config(&data, config, ENV);
     let msg = refused_by_quota(&s, "team/one", &random_bytes(985, 1)).await;
     assert!(msg.contains("hold 10000 bytes"), "after the restart: {msg}");
-    // A repository created now is in the group: a blob the group holds adds nothing, a
-    // new one is refused.
+    // Still counting after the restart: an unlink frees its bytes at once.
+    let resp = s.delete(&format!("/v2/team/two/blobs/{}", sha256(&c))).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    // A repository created now joins the group, also when all it does is mount a blob from
+    // outside the group: the 3,000 bytes count, so the group is full after 999 more.
+    let outside = random_bytes(987, 3000);
+    s.push_blob("other", &outside).await;
+    let mount = format!("/v2/team/five/blobs/uploads/?mount={}&from=other", sha256(&outside));
+    assert_eq!(s.http.post(s.url(&mount)).send().await.unwrap().status(), StatusCode::CREATED);
     s.push_blob("team/three", &a).await;
-    let msg = refused_by_quota(&s, "team/three", &random_bytes(986, 1)).await;
-    assert!(msg.contains("hold 10000 bytes"), "new repository: {msg}");
+    s.push_blob("team/three", &random_bytes(988, 999)).await;
+    let msg = refused_by_quota(&s, "team/one", &random_bytes(986, 1)).await;
+    assert!(msg.contains("hold 10000 bytes"), "after the new repositories: {msg}");
 }
 
 #[tokio::test]

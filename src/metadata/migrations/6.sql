@@ -1,12 +1,12 @@
--- Schema version 5 -> 6: quota groups, counted by triggers, so that a quota check reads one
--- row instead of summing every blob its repositories link (0.5 s a push over 100,000
--- blobs, half of it holding the writer). The server fills them from its policies when it
--- opens the database, and creates the triggers that count links only when a quota exists
--- (`metadata/quota.rs`), so that a registry without quotas pays nothing per link.
+-- Schema version 5 -> 6: quota groups, counted by triggers, so that a quota check reads a
+-- few rows instead of summing every blob its repositories link (0.5 s a push over 100,000
+-- blobs, one of its two sums holding the writer). The server fills them from its policies
+-- when it opens the data directory, and creates the counting triggers only while a quota
+-- exists (`metadata/quota.rs`), so that a registry without quotas pays nothing per link.
 CREATE TABLE quota_groups (
     id    INTEGER PRIMARY KEY,
     key   TEXT NOT NULL UNIQUE,
-    bytes INTEGER NOT NULL DEFAULT 0 CHECK (bytes >= 0)
+    bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE quota_members (
     repository_id INTEGER NOT NULL,
