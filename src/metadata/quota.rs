@@ -164,6 +164,15 @@ mod tests {
     use super::*;
     use crate::metadata::{Metadata, blobs, repositories};
 
+    /// A connection to a new database with the current schema (the directory holds it).
+    fn fresh_database() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.sqlite");
+        drop(Metadata::open(&path, false).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        (dir, conn)
+    }
+
     /// The bytes of the distinct blobs the group's repositories link, summed from scratch.
     fn recount(c: &Connection, key: &str) -> i64 {
         c.query_row(
@@ -185,10 +194,7 @@ mod tests {
     /// are what summing its repositories' distinct blobs gives.
     #[test]
     fn group_counts_follow_every_link_and_unlink() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.sqlite");
-        drop(Metadata::open(&path, false).unwrap());
-        let mut conn = Connection::open(&path).unwrap();
+        let (_dir, mut conn) = fresh_database();
         let c = conn.transaction().unwrap();
         let repo = |name: &str| repositories::ensure(&c, &name.parse().unwrap(), 0).unwrap();
         let (a, b, solo, late) = (repo("a"), repo("b"), repo("solo"), repo("late"));
@@ -266,10 +272,7 @@ mod tests {
     /// repository that is no member yet counted in with its own links.
     #[test]
     fn usage_counts_a_blob_once_and_a_new_repository_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.sqlite");
-        drop(Metadata::open(&path, false).unwrap());
-        let mut conn = Connection::open(&path).unwrap();
+        let (_dir, mut conn) = fresh_database();
         let c = conn.transaction().unwrap();
         let (a, fresh) = (
             repositories::ensure(&c, &"a".parse().unwrap(), 0).unwrap(),

@@ -95,8 +95,7 @@ impl Registry {
                     quota::check(c, &policies, &n, &d, size)?;
                     let now = now_ms();
                     let repo = repositories::ensure(c, &n, now)?;
-                    quota::join(c, &policies, &n, repo)?;
-                    blobs::link(c, repo, &d, now)?;
+                    quota::link(c, &policies, &n, repo, &d, now)?;
                     blobs::touch(c, &d, now)?;
                 }
                 Ok::<_, Error>(size)

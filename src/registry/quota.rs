@@ -58,24 +58,33 @@ pub(super) fn check(
     Ok(())
 }
 
-/// Puts `repo` in the groups of the quotas that govern it, so that the link about to be made
-/// is counted: a repository created since the server started is in none yet.
-pub(super) fn join(c: &Connection, policies: &Policies, name: &RepoName, repo: RepoId) -> metadata::Result<()> {
+/// Links `digest` into `repo` (`name`), the repository first put in the groups of the
+/// quotas that govern it: a repository created since the server started is in none yet,
+/// and a link its groups did not count would go unseen by every later check. Every link a
+/// client makes goes through here.
+pub(super) fn link(
+    c: &Connection,
+    policies: &Policies,
+    name: &RepoName,
+    repo: RepoId,
+    digest: &Digest,
+    now: i64,
+) -> metadata::Result<()> {
     for q in policies.quotas_for(name.as_str()) {
         if let Some(key) = group_key(q, Some(repo)) {
             metadata::quota::join(c, &key, repo)?;
         }
     }
-    Ok(())
+    metadata::blobs::link(c, repo, digest, now)
 }
 
 /// The quota groups `policies` make of the repositories there are: what
 /// [`metadata::quota::rebuild`] counts when the server opens the data directory.
 pub(crate) fn groups(c: &Connection, policies: &Policies) -> metadata::Result<Vec<(String, Vec<RepoId>)>> {
-    let mut groups: BTreeMap<String, Vec<RepoId>> = BTreeMap::new();
     if policies.quotas.is_empty() {
         return Ok(Vec::new());
     }
+    let mut groups: BTreeMap<String, Vec<RepoId>> = BTreeMap::new();
     for (id, name) in retention::repositories(c)? {
         for q in policies.quotas_for(&name) {
             groups.entry(group_key(q, Some(id)).expect("an existing repository has a group")).or_default().push(id);

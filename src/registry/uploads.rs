@@ -259,9 +259,8 @@ impl Registry {
                 let now = now_ms();
                 let repo = repositories::ensure(c, &n, now)?;
                 quota::check(c, &policies, &n, &d, size)?;
-                quota::join(c, &policies, &n, repo)?;
                 blobs::insert_or_touch(c, &d, size, now)?;
-                blobs::link(c, repo, &d, now)?;
+                quota::link(c, &policies, &n, repo, &d, now)?;
                 uploads::delete(c, &i)?;
                 Ok::<_, Error>(())
             })
