@@ -104,8 +104,8 @@ impl Default for GcConfig {
 }
 
 /// The `[http]` section: how long a client may hold a connection without making progress,
-/// and how long a shutdown waits for requests in flight (see `api/connections.rs`). Zero
-/// turns a limit off.
+/// how long a shutdown waits for requests in flight, and how many connections are served
+/// at once (see `api/connections.rs`). A zero duration turns its limit off.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -131,6 +131,13 @@ pub struct HttpConfig {
     /// waits for every request. Env: `BOSUN_HTTP_DRAIN_TIMEOUT`.
     #[serde(deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's listen queue until one
+    /// closes, instead of being accepted and then failing for want of a file descriptor
+    /// half-way through an upload. `0` (the default) derives it from the open-file limit
+    /// (raised to its hard maximum at start): two descriptors per connection (its socket
+    /// and a blob or upload file), with a reserve for the database and background work.
+    /// Env: `BOSUN_HTTP_MAX_CONNECTIONS`.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -139,6 +146,7 @@ impl Default for HttpConfig {
             header_timeout: Duration::from_secs(120),
             stall_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(25),
+            max_connections: 0,
         }
     }
 }
@@ -275,6 +283,9 @@ impl Config {
         }
         if let Some(v) = var("BOSUN_HTTP_DRAIN_TIMEOUT") {
             self.http.drain_timeout = duration("BOSUN_HTTP_DRAIN_TIMEOUT", v)?;
+        }
+        if let Some(v) = var("BOSUN_HTTP_MAX_CONNECTIONS") {
+            self.http.max_connections = v.parse().with_context(|| format!("BOSUN_HTTP_MAX_CONNECTIONS={v:?}"))?;
         }
         if let Some(v) = var("BOSUN_RESTORE_WINDOW") {
             self.restore_window = duration("BOSUN_RESTORE_WINDOW", v)?;

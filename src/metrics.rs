@@ -22,6 +22,16 @@ pub struct Metrics {
     pub reconcile_orphan_bytes_removed: AtomicU64,
     /// Blobs metadata knows whose bytes storage lacks, as of the last reconcile.
     pub reconcile_missing_blobs: AtomicU64,
+    /// Connections open now (a gauge).
+    pub http_connections: AtomicU64,
+    /// The cap on them (`http.max_connections`, or derived from the open-file limit).
+    pub http_connection_limit: AtomicU64,
+    /// Times a new connection had to wait for a slot under the cap.
+    pub http_connection_waits: AtomicU64,
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Ordering::Relaxed));
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
@@ -83,10 +93,24 @@ impl Metrics {
             "Bytes of those orphan blobs.",
             &self.reconcile_orphan_bytes_removed,
         );
-        let _ = writeln!(
-            out,
-            "# HELP bosun_reconcile_missing_blobs Blobs metadata knows but storage lacks (last reconcile).\n# TYPE bosun_reconcile_missing_blobs gauge\nbosun_reconcile_missing_blobs {}",
-            self.reconcile_missing_blobs.load(Ordering::Relaxed)
+        gauge(
+            &mut out,
+            "bosun_reconcile_missing_blobs",
+            "Blobs metadata knows but storage lacks (last reconcile).",
+            &self.reconcile_missing_blobs,
+        );
+        gauge(&mut out, "bosun_http_connections", "HTTP connections open.", &self.http_connections);
+        gauge(
+            &mut out,
+            "bosun_http_connection_limit",
+            "HTTP connections served at once; more wait to be accepted.",
+            &self.http_connection_limit,
+        );
+        counter(
+            &mut out,
+            "bosun_http_connection_waits_total",
+            "Times a new connection waited to be accepted because every slot was in use.",
+            &self.http_connection_waits,
         );
         let Some(gauges) = gauges else { return out };
         // 0 when there was none yet, so that `time() - x > limit` alerts from the start.

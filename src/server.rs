@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::api::AppState;
+use crate::api::{AppState, connections};
 use crate::config::Config;
 use crate::failpoints::Failpoints;
 use crate::gc::Collector;
@@ -138,13 +138,21 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
             }
         });
     }
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "bosun is serving");
+    let max_connections =
+        connections::connection_cap(config.http.max_connections, connections::raise_open_files_limit());
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        max_connections,
+        "bosun is serving"
+    );
     let router = crate::api::router(opened.state.clone());
     let signalled = async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    crate::api::serve(listener, router, &config.http, signalled).await;
+    let metrics = opened.state.registry.metrics.clone();
+    connections::serve(listener, router, &config.http, max_connections, metrics, signalled).await;
     // The pulls noted since the last periodic write: a restart should not lose them (a
     // crash loses at most those seconds; see `registry/pulls.rs`). Bounded, so that the
     // exit comes soon after the drain even behind a long write.

@@ -13,10 +13,18 @@
 //!
 //! Not a read timeout on the socket: hyper reads it while a handler works, to notice a
 //! client that hangs up, so a long commit would look like a stalled client.
+//!
+//! And a cap on connections served at once (`http.max_connections`). Past it the server
+//! stops accepting, so new clients wait in the kernel's listen queue until a connection
+//! closes: a flood of connections then delays clients, where accepting them all would run
+//! the process out of file descriptors, and fail the uploads and database reads already
+//! under way.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -28,21 +36,54 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::config::HttpConfig;
+use crate::metrics::Metrics;
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and
-/// waits for the connections to finish their requests, for `limits.drain_timeout` at most.
-/// Returns with those still running left to the caller, whose exit cuts them off.
-pub async fn serve(listener: TcpListener, router: Router, limits: &HttpConfig, shutdown: impl Future<Output = ()>) {
+/// Serves `router` on `listener`, at most `max_connections` connections at once, until
+/// `shutdown` completes, then stops accepting and waits for the connections to finish
+/// their requests, for `limits.drain_timeout` at most. Returns with those still running
+/// left to the caller, whose exit cuts them off.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &HttpConfig,
+    max_connections: usize,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(nonzero(limits.header_timeout));
     let stall_limit = nonzero(limits.stall_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
+    metrics.http_connection_limit.store(max_connections as u64, Ordering::Relaxed);
+    let mut last_warned: Option<Instant> = None;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                Metrics::add(&metrics.http_connection_waits, 1);
+                if last_warned.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                    last_warned = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections,
+                        "every connection slot is in use; new connections wait in the listen queue until one closes (http.max_connections)"
+                    );
+                }
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break, // never closed
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -68,7 +109,9 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &HttpConfig, s
         });
         let connection = http.serve_connection(TokioIo::new(StallLimited::new(tcp, stall_limit)), service);
         let connection = graceful.watch(connection);
+        let slot = Slot::taken(permit, metrics.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -90,6 +133,90 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &HttpConfig, s
 
 fn nonzero(limit: Duration) -> Option<Duration> {
     (!limit.is_zero()).then_some(limit)
+}
+
+/// How often, at most, the log says that every connection slot is taken.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// File descriptors a connection can hold: its socket, and the blob or upload file its
+/// request reads or writes.
+const FILES_PER_CONNECTION: u64 = 2;
+
+/// File descriptors kept for everything but connections: the database's connections
+/// (three files each), the listener, the log, reconcile's directory walk, a retention
+/// plan's database copy.
+const RESERVED_FILES: u64 = 256;
+
+/// The connection cap: `configured` if set, else what the open-file limit allows (at least
+/// 16, so that a tiny limit still serves). A configured cap above that is kept, with a
+/// warning: overcommitting is the operator's call.
+pub fn connection_cap(configured: usize, open_files: Option<u64>) -> usize {
+    let allowed = open_files.map(|n| (n.saturating_sub(RESERVED_FILES) / FILES_PER_CONNECTION).max(16));
+    match (configured, allowed) {
+        (0, Some(allowed)) => usize::try_from(allowed).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
+        (0, None) => DEFAULT_WITHOUT_LIMIT,
+        (configured, allowed) => {
+            if let Some(allowed) = allowed.filter(|&a| configured as u64 > a) {
+                tracing::warn!(
+                    configured,
+                    allowed,
+                    "http.max_connections is more than the open-file limit allows; connections past it may fail uploads and reads under way"
+                );
+            }
+            configured.min(Semaphore::MAX_PERMITS)
+        }
+    }
+}
+
+/// The cap when the open-file limit cannot be read (or is unlimited).
+const DEFAULT_WITHOUT_LIMIT: usize = 65_536;
+
+/// Raises this process's open-file limit to its hard maximum, as Go's runtime does for the
+/// reference registry: the default soft limit (1,024 on most systems) is far below what a
+/// registry serving many clients needs, and the hard limit is what the operator allowed.
+/// Returns the soft limit now in effect, `None` if it cannot be read or is unlimited.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            } else {
+                tracing::warn!(
+                    soft = limit.rlim_cur,
+                    hard = limit.rlim_max,
+                    error = %io::Error::last_os_error(),
+                    "could not raise the open-file limit"
+                );
+            }
+        }
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// A connection's place under the cap, and its count in the open-connections gauge, both
+/// given back when the connection's task ends however it ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Slot {
+    fn taken(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Slot {
+        metrics.http_connections.fetch_add(1, Ordering::Relaxed);
+        Slot { _permit: permit, metrics }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.http_connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Waits after a failed `accept`. Out of file descriptors (or memory), accepting again at
@@ -201,5 +328,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimited<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.check(polled, cx, "read").map(Result::flatten)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_leaves_two_files_per_connection_after_the_reserve() {
+        assert_eq!(connection_cap(0, Some(1024)), 384);
+        assert_eq!(connection_cap(0, Some(1_048_576)), 524_160);
+        // A tiny limit still serves a few; an unreadable or unlimited one gets a default.
+        assert_eq!(connection_cap(0, Some(100)), 16);
+        assert_eq!(connection_cap(0, None), DEFAULT_WITHOUT_LIMIT);
+        // A configured cap is kept, above the limit too.
+        assert_eq!(connection_cap(10, Some(1024)), 10);
+        assert_eq!(connection_cap(5000, Some(1024)), 5000);
+        assert_eq!(connection_cap(usize::MAX, None), Semaphore::MAX_PERMITS);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_its_maximum() {
+        let soft = raise_open_files_limit();
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: as in raise_open_files_limit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        assert_eq!(soft, (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur));
     }
 }

@@ -5,7 +5,7 @@
 //! errors become OCI responses in `error` only.
 
 mod admin;
-mod connections;
+pub mod connections;
 mod endpoint;
 mod error;
 mod handlers;
@@ -20,7 +20,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 
-pub use connections::serve;
 pub use endpoint::{Endpoint, PathError};
 use error::ApiError;
 

@@ -1,6 +1,7 @@
 //! Clients that stop half-way: a connection that never finishes its headers, an idle
 //! keep-alive connection, an upload body that pauses, a download nobody reads. Each is
-//! closed after its limit, and what it was doing is left as it was.
+//! closed after its limit, and what it was doing is left as it was. And more clients than
+//! the connection cap: the extra ones wait to be accepted.
 
 use std::time::{Duration, Instant};
 
@@ -85,4 +86,44 @@ async fn a_download_nobody_reads_is_given_up() {
     let received = n + rest.len();
     assert!(received < data.len(), "all {received} bytes arrived: the stalled download was kept");
     assert_eq!(s.get(&format!("/v2/big/blobs/{digest}")).await.bytes().await.unwrap(), data);
+}
+
+/// Sends `GET /v2/` on a connection kept alive and reads the answer's first bytes, waiting
+/// at most `within`; `None` if nothing came by then.
+async fn ping(tcp: &mut TcpStream, addr: &str, within: Duration) -> Option<String> {
+    tcp.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(within, tcp.read(&mut buf)).await.ok()?.unwrap();
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// At the cap the server stops accepting: a third client's request waits, unanswered but
+/// not refused, until one of the two connections served closes; then it is answered.
+#[tokio::test]
+async fn a_connection_past_the_cap_waits_until_one_closes() {
+    let s = Server::start_with(&[("BOSUN_HTTP_MAX_CONNECTIONS", "2")]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
+        let answer = ping(&mut tcp, &s.addr, Duration::from_secs(10)).await.expect("served under the cap");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(tcp);
+    }
+    // The kernel completes the handshake; the server does not take the connection.
+    let mut third = TcpStream::connect(&s.addr).await.unwrap();
+    assert_eq!(ping(&mut third, &s.addr, Duration::from_millis(1500)).await, None, "served past the cap");
+
+    drop(held.pop());
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("still waiting after a slot was freed")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+
+    drop((held, third));
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("\nbosun_http_connection_limit 2\n"), "{metrics}");
+    let waits = metrics.lines().find_map(|l| l.strip_prefix("bosun_http_connection_waits_total ")).unwrap();
+    assert!(waits.parse::<u64>().unwrap() >= 1, "{metrics}");
 }
