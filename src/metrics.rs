@@ -22,6 +22,8 @@ pub struct Metrics {
     pub reconcile_orphan_bytes_removed: AtomicU64,
     /// Blobs metadata knows whose bytes storage lacks, as of the last reconcile.
     pub reconcile_missing_blobs: AtomicU64,
+    /// Reference counts that disagreed with a recount, as of the last reconcile.
+    pub reconcile_count_drift: AtomicU64,
     /// Connections open now (a gauge).
     pub http_connections: AtomicU64,
     /// The cap on them (`http.max_connections`, or derived from the open-file limit).
@@ -98,6 +100,12 @@ impl Metrics {
             "bosun_reconcile_missing_blobs",
             "Blobs metadata knows but storage lacks (last reconcile).",
             &self.reconcile_missing_blobs,
+        );
+        gauge(
+            &mut out,
+            "bosun_reconcile_count_drift",
+            "Reference counts that disagreed with a recount of their references (last reconcile; each set right).",
+            &self.reconcile_count_drift,
         );
         gauge(&mut out, "bosun_http_connections", "HTTP connections open.", &self.http_connections);
         gauge(

@@ -10,6 +10,9 @@
 //! - Repositories with nothing in them are removed. Collections remove those their own
 //!   removals emptied, and a blob delete the one it empties; this sweep, the only one over
 //!   every repository, catches what neither saw.
+//! - Reference counts (and quota counts) that disagree with a recount of the references
+//!   are reported loudly and set to the recount (`metadata/counts.rs`): collection trusts
+//!   them, and a count too low would let it remove what a manifest references.
 //! - Any listing error stops the reconcile before it removes anything, so a partial
 //!   listing can never make live data look orphaned.
 //!
@@ -18,13 +21,18 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::{BATCH, Collector, MetaResult, Report, Result, remove_repository_if_empty};
+use crate::metadata::counts;
 use crate::metadata::gc as q;
 use crate::metadata::repositories;
 use crate::metrics::Metrics;
 use crate::oci::UploadId;
+
+/// Disagreeing counts logged one by one; past this, only how many more.
+const LOGGED_DRIFTS: usize = 100;
 
 impl Collector {
     /// Runs one reconcile, to its end even if the caller stops waiting.
@@ -38,6 +46,7 @@ impl Collector {
 
     async fn reconcile_locked(&self, report: &mut Report) -> Result<()> {
         let reg = &self.registry;
+        self.check_counts(report).await?;
         let old_enough = SystemTime::now() - self.options.grace_period;
         // Metadata first, then storage: every blob recorded before this snapshot had its
         // bytes committed before it was recorded, so it is in the listing unless missing.
@@ -51,7 +60,7 @@ impl Collector {
             tracing::error!(%digest, size, "metadata knows this blob but storage has no bytes for it");
         }
         report.run.missing_blobs = missing.len() as u64;
-        reg.metrics.reconcile_missing_blobs.store(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        reg.metrics.reconcile_missing_blobs.store(missing.len() as u64, Ordering::Relaxed);
 
         let known_set: HashSet<&str> = known.iter().map(|(d, _)| d.as_str()).collect();
         // Bytes go here because metadata has no row for them: that absence is made durable
@@ -103,6 +112,35 @@ impl Collector {
         if !report.run.dry_run {
             Metrics::add(&reg.metrics.reconcile_runs, 1);
         }
+        Ok(())
+    }
+
+    /// Recounts every reference count from a read snapshot, without holding up writers;
+    /// if any disagrees, logs each and (not in a dry run) sets them right under the writer,
+    /// where they are recounted again.
+    async fn check_counts(&self, report: &mut Report) -> Result<()> {
+        let reg = &self.registry;
+        let drift = reg.meta.read(|c| counts::drift(c)).await?;
+        reg.metrics.reconcile_count_drift.store(drift.len() as u64, Ordering::Relaxed);
+        if drift.is_empty() {
+            return Ok(());
+        }
+        for d in drift.iter().take(LOGGED_DRIFTS) {
+            tracing::error!(count = d.count, row = %d.row, stored = d.stored, recounted = d.actual, "a reference count disagreed with its references");
+        }
+        if drift.len() > LOGGED_DRIFTS {
+            tracing::error!(
+                more = drift.len() - LOGGED_DRIFTS,
+                "more reference counts disagreed with their references"
+            );
+        }
+        report.run.counts_repaired = if report.run.dry_run {
+            drift.len() as u64
+        } else {
+            let repaired = reg.meta.write(|c| counts::repair(c)).await?;
+            tracing::warn!(repaired, "reference counts set to the recount of their references");
+            repaired as u64
+        };
         Ok(())
     }
 

@@ -285,6 +285,9 @@ pub struct RunRecord {
     pub repositories_removed: u64,
     pub bytes_removed: u64,
     pub missing_blobs: u64,
+    /// Reconcile: reference counts that disagreed with a recount (`metadata/counts.rs`),
+    /// set right (a dry run: found).
+    pub counts_repaired: u64,
     pub error: Option<String>,
 }
 
@@ -293,8 +296,8 @@ pub fn record_run(conn: &Connection, r: &RunRecord) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO gc_runs (kind, trigger, dry_run, started_at, finished_at, manifests_removed, tags_removed,
                               links_removed, blobs_removed, uploads_removed, repositories_removed, bytes_removed,
-                              missing_blobs, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                              missing_blobs, error, counts_repaired)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         r.kind,
@@ -311,6 +314,7 @@ pub fn record_run(conn: &Connection, r: &RunRecord) -> Result<i64> {
         r.bytes_removed as i64,
         r.missing_blobs as i64,
         r.error,
+        r.counts_repaired as i64,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -348,7 +352,8 @@ pub fn gauges(conn: &Connection) -> Result<Gauges> {
 pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, kind, trigger, dry_run, started_at, finished_at, manifests_removed, tags_removed, links_removed,
-                blobs_removed, uploads_removed, repositories_removed, bytes_removed, missing_blobs, error
+                blobs_removed, uploads_removed, repositories_removed, bytes_removed, missing_blobs, error,
+                counts_repaired
            FROM gc_runs ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], |r| {
@@ -368,6 +373,7 @@ pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
             bytes_removed: r.get::<_, i64>(12)? as u64,
             missing_blobs: r.get::<_, i64>(13)? as u64,
             error: r.get(14)?,
+            counts_repaired: r.get::<_, i64>(15)? as u64,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -12,6 +12,7 @@
 pub mod accounting;
 pub mod blobs;
 mod checkpoint;
+pub mod counts;
 pub mod gc;
 mod group_commit;
 pub mod manifests;
@@ -41,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/4.sql"),
     include_str!("migrations/5.sql"),
     include_str!("migrations/6.sql"),
+    include_str!("migrations/7.sql"),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 /// Readers kept open for reuse; more are opened on demand under load.
@@ -738,6 +740,7 @@ mod tests {
         include_str!("migrations/released/3.sql"),
         include_str!("migrations/released/4.sql"),
         include_str!("migrations/released/5.sql"),
+        include_str!("migrations/released/6.sql"),
     ];
 
     /// What a schema is made of, as SQLite sees it: each table's columns, foreign keys and

@@ -73,17 +73,30 @@ pub fn rebuild(conn: &Connection, counting: bool, groups: &[(String, Vec<RepoId>
         group.execute([key])?;
         member.execute(params![key, repo])?;
     }
-    // Every group at once, from each member's links (read in key order).
-    conn.execute_batch(
-        "INSERT INTO quota_blobs (group_id, digest, links)
-         SELECT m.group_id, l.digest, COUNT(*) FROM quota_members m
-           JOIN repository_blobs l ON l.repository_id = m.repository_id
-          GROUP BY m.group_id, l.digest;
-         UPDATE quota_groups SET bytes =
-           (SELECT COALESCE(SUM(b.size), 0) FROM quota_blobs q JOIN blobs b ON b.digest = q.digest
-             WHERE q.group_id = quota_groups.id);",
-    )?;
+    recount(conn)?;
     Ok(true)
+}
+
+/// For each group and blob its members link: how many of them link it (`group_id`,
+/// `digest`, `links`), counted from the links themselves.
+pub const RECOUNT_LINKS: &str = "SELECT m.group_id, l.digest, COUNT(*) AS links FROM quota_members m
+    JOIN repository_blobs l ON l.repository_id = m.repository_id
+   GROUP BY m.group_id, l.digest";
+
+/// The bytes of the distinct blobs that the members of group `g` link, counted from the
+/// links themselves.
+pub const RECOUNT_BYTES: &str = "SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN
+    (SELECT l.digest FROM quota_members m JOIN repository_blobs l ON l.repository_id = m.repository_id
+      WHERE m.group_id = g.id)";
+
+/// Counts every group again from its members' links, as the triggers would have.
+pub fn recount(conn: &Connection) -> Result<()> {
+    conn.execute_batch(&format!(
+        "DELETE FROM quota_blobs;
+         INSERT INTO quota_blobs (group_id, digest, links) {RECOUNT_LINKS};
+         UPDATE quota_groups AS g SET bytes = ({RECOUNT_BYTES});"
+    ))?;
+    Ok(())
 }
 
 /// Stops counting links (drops the triggers): before a schema upgrade, whose steps must not

@@ -1,4 +1,4 @@
--- Bosun metadata, schema version 6 (`migrations/` upgrades older databases). The single
+-- Bosun metadata, schema version 7 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.
 --
@@ -196,7 +196,9 @@ CREATE TABLE gc_runs (
     repositories_removed INTEGER NOT NULL,
     bytes_removed     INTEGER NOT NULL,
     missing_blobs     INTEGER NOT NULL,   -- reconcile: known to metadata, absent from storage
-    error             TEXT
+    error             TEXT,
+    -- reconcile: reference counts that disagreed with a recount, set right (`counts.rs`)
+    counts_repaired   INTEGER NOT NULL DEFAULT 0
 );
 
 -- Every tag deletion, by hand or by a policy: the audit of who deleted what and why, and

@@ -1,5 +1,7 @@
 //! Garbage collection, observed from outside: what goes, what stays, what the disk says.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -302,6 +304,40 @@ async fn reconcile_removes_unknown_bytes_and_reports_missing_ones() {
     assert!(metrics.contains("bosun_reconcile_missing_blobs 1"), "{metrics}");
     assert!(metrics.contains("bosun_reconcile_orphans_removed_total 1"), "{metrics}");
     s.verify_image("rec", "v1").await.unwrap();
+}
+
+/// A reference count made too low behind the server's back (as a bug or a hand edit
+/// could): reconcile reports it and sets it right, so the next collection keeps the layer
+/// it would otherwise have removed from under a tagged image.
+#[tokio::test]
+async fn reconcile_sets_right_a_reference_count_that_went_wrong() {
+    let s = Server::start_with(GC_NOW);
+    let layer = b"layer whose count goes wrong";
+    s.push_image("counts", "v1", &[layer]).await;
+    let digest = sha256(layer);
+    let db = rusqlite::Connection::open(s.data_dir.join("metadata.sqlite")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute_batch(&format!(
+        "UPDATE blobs SET ref_count = 0 WHERE digest = '{digest}';
+         UPDATE repository_blobs SET ref_count = 0 WHERE digest = '{digest}';"
+    ))
+    .unwrap();
+
+    let dry: Value = s.reconcile(true).await.json().await.unwrap();
+    assert_eq!(dry["counts_repaired"], 2, "{dry}");
+    let report: Value = s.reconcile(false).await.json().await.unwrap();
+    assert_eq!(report["counts_repaired"], 2, "{report}");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("\nbosun_reconcile_count_drift 2\n"), "{metrics}");
+    let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
+    assert_eq!(runs[0]["counts_repaired"], 2, "{runs}");
+
+    let collected = s.gc(false).await;
+    assert_eq!(count(&collected, "blob"), 0, "{collected}");
+    s.verify_image("counts", "v1").await.unwrap();
+    // Nothing is left to set right.
+    let again: Value = s.reconcile(false).await.json().await.unwrap();
+    assert_eq!(again["counts_repaired"], 0, "{again}");
 }
 
 #[tokio::test]

@@ -1,0 +1,271 @@
+//! Checking the reference counts that the triggers of `schema.sql` keep, and the quota
+//! groups' counts, against a recount from the references themselves; and repairing them.
+//!
+//! Collection trusts those counts: a blob whose `ref_count` says 0 is garbage, and the
+//! triggers that refuse to delete a referenced row read the same count. They are kept in
+//! the same transaction as every write, so they can only go wrong through a bug or a hand
+//! edit of the database; but if one did, a count too low would let a collection remove
+//! what a manifest references, and one too high would keep garbage for ever. Reconcile
+//! therefore recounts them all (a walk of every reference, as reconcile's walk of storage
+//! is), reports each disagreement loudly, and sets the count to the recount.
+
+use rusqlite::Connection;
+
+use super::Result;
+
+/// One count that disagreed with its recount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// Which count, `table.column`.
+    pub count: &'static str,
+    /// Which row, for the log: a digest, `repository digest` or `repository@digest`.
+    pub row: String,
+    pub stored: i64,
+    pub actual: i64,
+}
+
+/// A count kept by triggers: `name` (`table.column`), for the rows keyed by `key`, is the
+/// `n` that `recount` gives for the same key (0 where it gives no row).
+struct Count {
+    name: &'static str,
+    key: &'static [&'static str],
+    recount: &'static str,
+    /// The row, as the log shows it (`t` is the counted table).
+    label: &'static str,
+}
+
+const COUNTS: &[Count] = &[
+    Count {
+        name: "blobs.ref_count",
+        key: &["digest"],
+        recount: "SELECT digest, COUNT(*) AS n FROM manifest_blobs GROUP BY digest",
+        label: "t.digest",
+    },
+    Count {
+        name: "blobs.link_count",
+        key: &["digest"],
+        recount: "SELECT digest, COUNT(*) AS n FROM repository_blobs GROUP BY digest",
+        label: "t.digest",
+    },
+    Count {
+        name: "repository_blobs.ref_count",
+        key: &["repository_id", "digest"],
+        recount: "SELECT repository_id, digest, COUNT(*) AS n FROM manifest_blobs GROUP BY repository_id, digest",
+        label: "(SELECT name FROM repositories WHERE id = t.repository_id) || ' ' || t.digest",
+    },
+    Count {
+        name: "manifests.tag_count",
+        key: &["id"],
+        recount: "SELECT manifest_id AS id, COUNT(*) AS n FROM tags GROUP BY manifest_id",
+        label: "(SELECT name FROM repositories WHERE id = t.repository_id) || '@' || t.digest",
+    },
+    Count {
+        name: "manifests.parent_count",
+        key: &["id"],
+        recount: "SELECT child_id AS id, COUNT(*) AS n FROM manifest_children GROUP BY child_id",
+        label: "(SELECT name FROM repositories WHERE id = t.repository_id) || '@' || t.digest",
+    },
+];
+
+impl Count {
+    fn table_and_column(&self) -> (&'static str, &'static str) {
+        self.name.split_once('.').expect("a count is named table.column")
+    }
+
+    /// The rows whose count disagrees: their key columns (as `k0`, `k1`), label, count and
+    /// recount.
+    fn disagreeing(&self) -> String {
+        let (table, column) = self.table_and_column();
+        let keys: Vec<String> = self.key.iter().enumerate().map(|(i, k)| format!("t.{k} AS k{i}")).collect();
+        let join: Vec<String> = self.key.iter().map(|k| format!("x.{k} = t.{k}")).collect();
+        format!(
+            "SELECT {keys}, {label} AS label, t.{column} AS stored, COALESCE(x.n, 0) AS actual
+               FROM {table} t LEFT JOIN ({recount}) x ON {join}
+              WHERE t.{column} <> COALESCE(x.n, 0)",
+            keys = keys.join(", "),
+            label = self.label,
+            recount = self.recount,
+            join = join.join(" AND "),
+        )
+    }
+}
+
+/// Every count that disagrees with its recount, the quota groups' included.
+pub fn drift(conn: &Connection) -> Result<Vec<Drift>> {
+    let mut found = Vec::new();
+    for count in COUNTS {
+        let name = count.name;
+        let sql = format!("SELECT label, stored, actual FROM ({})", count.disagreeing());
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Drift {
+                count: name,
+                row: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                stored: r.get(1)?,
+                actual: r.get(2)?,
+            })
+        })?;
+        found.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+    }
+    found.extend(quota_drift(conn)?);
+    Ok(found)
+}
+
+/// Sets every count that disagrees to its recount, in the caller's transaction; returns
+/// how many it set. Recounted here, under the writer, not taken from an earlier
+/// [`drift`]: a write committed in between has changed both.
+pub fn repair(conn: &Connection) -> Result<usize> {
+    let mut repaired = 0;
+    for count in COUNTS {
+        let (table, column) = count.table_and_column();
+        let matches: Vec<String> = count.key.iter().enumerate().map(|(i, k)| format!("{table}.{k} = d.k{i}")).collect();
+        repaired += conn.execute(
+            &format!(
+                "UPDATE {table} SET {column} = d.actual FROM ({disagreeing}) d WHERE {matches}",
+                disagreeing = count.disagreeing(),
+                matches = matches.join(" AND "),
+            ),
+            [],
+        )?;
+    }
+    let quota = quota_drift(conn)?.len();
+    if quota > 0 {
+        super::quota::recount(conn)?;
+        repaired += quota;
+    }
+    Ok(repaired)
+}
+
+/// The quota groups whose bytes, and the (group, blob) link counts that, disagree with a
+/// recount from the member repositories' links.
+fn quota_drift(conn: &Connection) -> Result<Vec<Drift>> {
+    let mut found = Vec::new();
+    let mut blobs = conn.prepare(&format!(
+        "WITH actual AS ({recount}),
+              stored AS (SELECT group_id, digest, links FROM quota_blobs)
+         SELECT g.key || ' ' || s.digest, s.links, COALESCE(a.links, 0) FROM stored s
+           JOIN quota_groups g ON g.id = s.group_id
+           LEFT JOIN actual a ON a.group_id = s.group_id AND a.digest = s.digest
+          WHERE a.links IS NOT s.links
+         UNION ALL
+         SELECT g.key || ' ' || a.digest, 0, a.links FROM actual a
+           JOIN quota_groups g ON g.id = a.group_id
+          WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.group_id = a.group_id AND s.digest = a.digest)",
+        recount = super::quota::RECOUNT_LINKS,
+    ))?;
+    let rows = blobs.query_map([], |r| {
+        Ok(Drift { count: "quota_blobs.links", row: r.get(0)?, stored: r.get(1)?, actual: r.get(2)? })
+    })?;
+    found.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+    let mut groups = conn.prepare(&format!(
+        "SELECT key, bytes, actual FROM (SELECT g.key, g.bytes, ({recount}) AS actual FROM quota_groups g)
+          WHERE bytes <> actual",
+        recount = super::quota::RECOUNT_BYTES,
+    ))?;
+    let rows = groups.query_map([], |r| {
+        Ok(Drift { count: "quota_groups.bytes", row: r.get(0)?, stored: r.get(1)?, actual: r.get(2)? })
+    })?;
+    found.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::Metadata;
+
+    /// A database with two repositories, an index and its child, tags and links; its counts
+    /// as the triggers keep them.
+    fn populated() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.sqlite");
+        drop(Metadata::open(&path, false).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO repositories (id, name, created_at) VALUES (1, 'a', 0), (2, 'b', 0);
+             INSERT INTO blobs (digest, size, created_at, touched_at) VALUES
+                 ('sha256:shared', 10, 0, 0), ('sha256:only-a', 20, 0, 0), ('sha256:unlinked', 30, 0, 0);
+             INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES
+                 (1, 'sha256:shared', 0), (2, 'sha256:shared', 0), (1, 'sha256:only-a', 0);
+             INSERT INTO manifests (id, repository_id, digest, media_type, payload, created_at, touched_at) VALUES
+                 (1, 1, 'sha256:child', 'application/vnd.oci.image.manifest.v1+json', x'7b7d', 0, 0),
+                 (2, 1, 'sha256:index', 'application/vnd.oci.image.index.v1+json', x'7b7d', 0, 0);
+             INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES
+                 (1, 1, 'sha256:shared'), (1, 1, 'sha256:only-a');
+             INSERT INTO manifest_children (parent_id, child_id) VALUES (2, 1);
+             INSERT INTO tags (repository_id, name, manifest_id, updated_at) VALUES (1, 'v1', 2, 0), (1, 'v2', 2, 0);",
+        )
+        .unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn counts_kept_by_the_triggers_agree_with_the_recount() {
+        let (_dir, conn) = populated();
+        assert_eq!(drift(&conn).unwrap(), Vec::new());
+        assert_eq!(repair(&conn).unwrap(), 0);
+    }
+
+    /// Every count, made wrong by hand in both directions, is found with the row it is on,
+    /// and set back; the rows that were right are left alone.
+    #[test]
+    fn a_wrong_count_is_found_and_set_to_the_recount() {
+        let (_dir, conn) = populated();
+        conn.execute_batch(
+            "UPDATE blobs SET ref_count = 0 WHERE digest = 'sha256:shared';
+             UPDATE blobs SET link_count = 5 WHERE digest = 'sha256:unlinked';
+             UPDATE repository_blobs SET ref_count = 3 WHERE repository_id = 2;
+             UPDATE manifests SET tag_count = 1 WHERE id = 2;
+             UPDATE manifests SET parent_count = 0 WHERE id = 1;",
+        )
+        .unwrap();
+        let found = drift(&conn).unwrap();
+        let want = [
+            ("blobs.ref_count", "sha256:shared", 0, 1),
+            ("blobs.link_count", "sha256:unlinked", 5, 0),
+            ("repository_blobs.ref_count", "b sha256:shared", 3, 0),
+            ("manifests.tag_count", "a@sha256:index", 1, 2),
+            ("manifests.parent_count", "a@sha256:child", 0, 1),
+        ]
+        .map(|(count, row, stored, actual)| Drift { count, row: row.into(), stored, actual });
+        assert_eq!(found, want);
+        assert_eq!(repair(&conn).unwrap(), 5);
+        assert_eq!(drift(&conn).unwrap(), Vec::new());
+        let counts: (i64, i64, i64) = conn
+            .query_row("SELECT ref_count, link_count, (SELECT tag_count FROM manifests WHERE id = 2) FROM blobs WHERE digest = 'sha256:shared'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(counts, (1, 2, 2));
+    }
+
+    /// A quota group's bytes and its per-blob link counts, wrong, missing or extra, are
+    /// found and recounted.
+    #[test]
+    fn wrong_quota_counts_are_found_and_recounted() {
+        let (_dir, conn) = populated();
+        super::super::quota::rebuild(&conn, true, &[("total".into(), vec![1, 2])]).unwrap();
+        assert_eq!(drift(&conn).unwrap(), Vec::new());
+        conn.execute_batch(
+            "UPDATE quota_groups SET bytes = 5;
+             UPDATE quota_blobs SET links = 7 WHERE digest = 'sha256:shared';
+             DELETE FROM quota_blobs WHERE digest = 'sha256:only-a';
+             INSERT INTO quota_blobs (group_id, digest, links) SELECT id, 'sha256:unlinked', 1 FROM quota_groups;",
+        )
+        .unwrap();
+        let mut found: Vec<(&str, String, i64, i64)> =
+            drift(&conn).unwrap().into_iter().map(|d| (d.count, d.row, d.stored, d.actual)).collect();
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                ("quota_blobs.links", "total sha256:only-a".into(), 0, 1),
+                ("quota_blobs.links", "total sha256:shared".into(), 7, 2),
+                ("quota_blobs.links", "total sha256:unlinked".into(), 1, 0),
+                ("quota_groups.bytes", "total".into(), 5, 30),
+            ]
+        );
+        assert_eq!(repair(&conn).unwrap(), 4);
+        assert_eq!(drift(&conn).unwrap(), Vec::new());
+    }
+}

@@ -1,0 +1,3 @@
+-- Schema version 6 -> 7: each run records how many reference counts reconcile found
+-- disagreeing with a recount of their references, and set right (`metadata/counts.rs`).
+ALTER TABLE gc_runs ADD COLUMN counts_repaired INTEGER NOT NULL DEFAULT 0;
