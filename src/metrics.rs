@@ -32,8 +32,8 @@ pub struct Metrics {
     pub http_connection_waits: AtomicU64,
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Ordering::Relaxed));
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
@@ -99,20 +99,25 @@ impl Metrics {
             &mut out,
             "bosun_reconcile_missing_blobs",
             "Blobs metadata knows but storage lacks (last reconcile).",
-            &self.reconcile_missing_blobs,
+            self.reconcile_missing_blobs.load(Ordering::Relaxed),
         );
         gauge(
             &mut out,
             "bosun_reconcile_count_drift",
             "Reference counts that disagreed with a recount of their references (last reconcile; each set right).",
-            &self.reconcile_count_drift,
+            self.reconcile_count_drift.load(Ordering::Relaxed),
         );
-        gauge(&mut out, "bosun_http_connections", "HTTP connections open.", &self.http_connections);
+        gauge(
+            &mut out,
+            "bosun_http_connections",
+            "HTTP connections open.",
+            self.http_connections.load(Ordering::Relaxed),
+        );
         gauge(
             &mut out,
             "bosun_http_connection_limit",
             "HTTP connections served at once; more wait to be accepted.",
-            &self.http_connection_limit,
+            self.http_connection_limit.load(Ordering::Relaxed),
         );
         counter(
             &mut out,
@@ -130,16 +135,26 @@ impl Metrics {
             let secs = at.unwrap_or(0) as f64 / 1000.0;
             let _ = writeln!(out, "bosun_gc_last_success_timestamp_seconds{{kind=\"{kind}\"}} {secs}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP bosun_blobs_unreferenced Blobs no manifest references: in their grace period or awaiting collection.\n# TYPE bosun_blobs_unreferenced gauge\nbosun_blobs_unreferenced {}",
-            gauges.unreferenced_blobs
-        );
-        let _ = writeln!(
-            out,
-            "# HELP bosun_blobs_unreferenced_bytes Bytes of those blobs: what collections will free once their grace ends.\n# TYPE bosun_blobs_unreferenced_bytes gauge\nbosun_blobs_unreferenced_bytes {}",
-            gauges.unreferenced_bytes
-        );
+        for (name, help, value) in [
+            (
+                "bosun_blobs_unreferenced",
+                "Blobs no manifest references: in their grace period or awaiting collection.",
+                gauges.unreferenced_blobs,
+            ),
+            (
+                "bosun_blobs_unreferenced_bytes",
+                "Bytes of those blobs: what collections will free once their grace ends.",
+                gauges.unreferenced_bytes,
+            ),
+            (
+                "bosun_blobs_overdue",
+                "Unreferenced blobs past their grace period: collectable, not yet collected.",
+                gauges.overdue_blobs,
+            ),
+            ("bosun_blobs_overdue_bytes", "Bytes of those blobs.", gauges.overdue_bytes),
+        ] {
+            gauge(&mut out, name, help, value);
+        }
         out
     }
 }

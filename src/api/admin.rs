@@ -83,7 +83,8 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
     let path = request.uri.path();
     match (&request.method, path) {
         (&Method::GET, "/metrics") => {
-            let gauges = state.registry.meta.read(|c| crate::metadata::gc::gauges(c)).await;
+            let cutoff = collector.cutoff();
+            let gauges = state.registry.meta.read(move |c| crate::metadata::gc::gauges(c, cutoff)).await;
             if let Err(e) = &gauges {
                 tracing::error!(error = %e, "reading the metrics gauges from metadata failed");
             }

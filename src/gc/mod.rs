@@ -203,6 +203,11 @@ impl Collector {
         &self.registry
     }
 
+    /// The grace period's cutoff now (ms): what was touched since is in its grace.
+    pub fn cutoff(&self) -> i64 {
+        now_ms() - self.options.grace_period.as_millis() as i64
+    }
+
     /// The rules of a run starting now.
     pub(crate) fn ctx(&self) -> Ctx {
         let now = now_ms();

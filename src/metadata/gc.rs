@@ -331,21 +331,40 @@ pub struct Gauges {
     /// Blobs no manifest references: in their grace period, or awaiting collection.
     pub unreferenced_blobs: u64,
     pub unreferenced_bytes: u64,
+    /// Those untouched since the grace period's cutoff: what collections have not freed
+    /// although they may. Above zero for longer than a few collection intervals, collection
+    /// is off, failing or not keeping up. (A blob whose link a client renewed within the
+    /// grace period is counted here and still kept.)
+    pub overdue_blobs: u64,
+    pub overdue_bytes: u64,
 }
 
-/// Read from `blobs_unreferenced`, the partial index collections find candidates with.
-pub const UNREFERENCED_TOTALS: &str = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE ref_count = 0";
+/// Read from `blobs_unreferenced`, the partial index collections find candidates with, in
+/// one walk; `?1` is the grace period's cutoff.
+pub const UNREFERENCED_TOTALS: &str = "SELECT COUNT(*), COALESCE(SUM(size), 0),
+        COUNT(*) FILTER (WHERE touched_at <= ?1), COALESCE(SUM(size) FILTER (WHERE touched_at <= ?1), 0)
+   FROM blobs WHERE ref_count = 0";
 
-pub fn gauges(conn: &Connection) -> Result<Gauges> {
+/// The gauges, with `cutoff` the grace period's (ms: anything touched since is in it).
+pub fn gauges(conn: &Connection, cutoff: i64) -> Result<Gauges> {
     // Newest first: the walk stops at the first success, normally the last run.
     let mut last = conn.prepare_cached(
         "SELECT finished_at FROM gc_runs WHERE kind = ?1 AND dry_run = 0 AND error IS NULL ORDER BY id DESC LIMIT 1",
     )?;
     let last_collect = last.query_row(["collect"], |r| r.get(0)).optional()?;
     let last_reconcile = last.query_row(["reconcile"], |r| r.get(0)).optional()?;
-    let (blobs, bytes): (i64, i64) =
-        conn.prepare_cached(UNREFERENCED_TOTALS)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(Gauges { last_collect, last_reconcile, unreferenced_blobs: blobs as u64, unreferenced_bytes: bytes as u64 })
+    let totals: [i64; 4] = conn
+        .prepare_cached(UNREFERENCED_TOTALS)?
+        .query_row([cutoff], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))?;
+    let [blobs, bytes, overdue_blobs, overdue_bytes] = totals.map(|n| n as u64);
+    Ok(Gauges {
+        last_collect,
+        last_reconcile,
+        unreferenced_blobs: blobs,
+        unreferenced_bytes: bytes,
+        overdue_blobs,
+        overdue_bytes,
+    })
 }
 
 /// The most recent runs, newest first.
@@ -437,7 +456,7 @@ mod tests {
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {UNREFERENCED_TOTALS}"))
             .unwrap()
-            .query_map([], |r| r.get(3))
+            .query_map([0], |r| r.get(3))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();

@@ -223,12 +223,6 @@ async fn runs_are_recorded_and_counted() {
     let s = Server::start_with(GC_NOW);
     let (_, d) = s.push_image("hist", "v1", &[b"layer"]).await;
     s.delete(&format!("/v2/hist/manifests/{d}")).await;
-    // A sample's value, by its name with labels.
-    let sample = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-    };
     let waiting = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(sample(&waiting, "bosun_blobs_unreferenced"), 2.0, "the config and the layer");
     assert_eq!(sample(&waiting, "bosun_gc_last_success_timestamp_seconds{kind=\"collect\"}"), 0.0);
@@ -252,9 +246,40 @@ async fn runs_are_recorded_and_counted() {
     assert!(metrics.contains("bosun_gc_bytes_removed_total"));
     assert_eq!(sample(&metrics, "bosun_blobs_unreferenced"), 0.0);
     assert_eq!(sample(&metrics, "bosun_blobs_unreferenced_bytes"), 0.0);
+    assert_eq!(sample(&metrics, "bosun_blobs_overdue"), 0.0);
     let finished = runs[0]["finished_at"].as_f64().unwrap() / 1000.0;
     assert_eq!(sample(&metrics, "bosun_gc_last_success_timestamp_seconds{kind=\"collect\"}"), finished);
     assert_eq!(sample(&metrics, "bosun_gc_last_success_timestamp_seconds{kind=\"reconcile\"}"), 0.0);
+}
+
+/// Unreferenced blobs count as overdue only once their grace period is over, and stop
+/// counting once collected: the gauge to alert on when collection is off or falls behind.
+#[tokio::test]
+async fn unreferenced_blobs_past_their_grace_are_reported_overdue_until_collected() {
+    let s = Server::start_with(&[
+        ("BOSUN_GC_ENABLED", "false"),
+        ("BOSUN_GC_GRACE_PERIOD", "1h"),
+        ("BOSUN_RESTORE_WINDOW", "0"),
+        ("BOSUN_TEST_FAILPOINTS", "true"),
+    ]);
+    let (_, d) = s.push_image("late", "v1", &[b"layer of the deleted image"]).await;
+    s.push_image("late", "v2", &[b"layer of the kept image"]).await;
+    s.delete(&format!("/v2/late/manifests/{d}")).await;
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_blobs_unreferenced"), 2.0, "the config and the layer");
+    assert_eq!(sample(&metrics, "bosun_blobs_overdue"), 0.0, "still in their grace");
+
+    s.advance_clock(2 * 3600 * 1000).await;
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_blobs_overdue"), 2.0);
+    let overdue_bytes = sample(&metrics, "bosun_blobs_overdue_bytes");
+    assert_eq!(overdue_bytes, sample(&metrics, "bosun_blobs_unreferenced_bytes"));
+
+    let report = s.gc(false).await;
+    assert_eq!(report["bytes_removed"].as_f64().unwrap(), overdue_bytes, "{report}");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_blobs_overdue"), 0.0);
+    s.verify_image("late", "v2").await.unwrap();
 }
 
 #[tokio::test]

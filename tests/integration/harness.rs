@@ -225,6 +225,13 @@ pub async fn read_until_closed(tcp: &mut TcpStream) -> (Vec<u8>, Instant) {
     (got, Instant::now())
 }
 
+/// A sample's value in a `/metrics` text, by its name with labels.
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
 pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
