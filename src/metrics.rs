@@ -45,10 +45,17 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The counters of this process, and `gauges` read from metadata for this scrape (left
-    /// out if that read failed: the counters are still worth a scrape).
-    pub fn render(&self, gauges: Option<&Gauges>) -> String {
+    /// The counters of this process, whether the metadata log has failed (see `/healthz`),
+    /// and `gauges` read from metadata for this scrape (left out if that read failed: the
+    /// counters are still worth a scrape).
+    pub fn render(&self, log_failed: bool, gauges: Option<&Gauges>) -> String {
         let mut out = String::new();
+        gauge(
+            &mut out,
+            "bosun_metadata_log_failed",
+            "1 once a flush of the metadata log failed: no write is acknowledged until a restart.",
+            u64::from(log_failed),
+        );
         counter(&mut out, "bosun_gc_runs_total", "Garbage collections that changed storage.", &self.gc_runs);
         counter(&mut out, "bosun_gc_dry_runs_total", "Garbage collection dry runs.", &self.gc_dry_runs);
         counter(

@@ -1,5 +1,9 @@
-//! The admin API (`/admin/...`) and Prometheus metrics (`/metrics`). JSON in and out.
+//! The admin API (`/admin/...`), Prometheus metrics (`/metrics`) and the health check
+//! (`/healthz`). JSON in and out.
 //!
+//! - `GET /healthz`: 200 while the server can serve, 503 with the reason once it cannot
+//!   until a restart (a failed flush of the metadata log) or its database does not answer:
+//!   for a supervisor's liveness probe, open to every client like `/metrics`.
 //! - `POST /admin/gc[?dry_run=true]`, `POST /admin/reconcile[?dry_run=true]`,
 //!   `GET /admin/gc/runs[?limit=N]`: garbage collection.
 //! - `GET /admin/retention/policies`, `PUT|DELETE /admin/retention/policies/<name>`:
@@ -90,9 +94,16 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
             }
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(Body::from(state.registry.metrics.render(gauges.as_ref().ok())))
+                .body(Body::from(state.registry.metrics.render(state.registry.meta.log_failed(), gauges.as_ref().ok())))
                 .expect("valid response")
         }
+        (&Method::GET, "/healthz") => match state.registry.meta.health().await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+            Err(reason) => {
+                tracing::error!(%reason, "health check failed");
+                json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "status": "failing", "reason": reason }))
+            }
+        },
         (&Method::POST, "/admin/gc") => ok_or_500(collector.collect("api", flag("dry_run")).await),
         (&Method::POST, "/admin/reconcile") => ok_or_500(collector.reconcile("api", flag("dry_run")).await),
         (&Method::GET, "/admin/gc/runs") => ok_or_500(collector.history(limit).await),

@@ -54,9 +54,9 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
-    if path.starts_with("/admin/") || path == "/metrics" {
+    if path.starts_with("/admin/") || path == "/metrics" || path == "/healthz" {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        if path != "/metrics" && !admin::allowed(peer, state.config.admin_remote) {
+        if path.starts_with("/admin/") && !admin::allowed(peer, state.config.admin_remote) {
             return admin::refuse_remote();
         }
         return admin::route(&state, &parts, body).await;

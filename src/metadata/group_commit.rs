@@ -100,6 +100,11 @@ impl GroupCommit {
         Ok(())
     }
 
+    /// Whether a flush of the log has failed (nothing is acknowledged any more).
+    pub(super) fn has_failed(&self) -> bool {
+        self.failed.get()
+    }
+
     /// The failure flag, for the checkpointer to set when its own flush of the log fails.
     pub(super) fn failure(&self) -> LogFailure {
         self.failed.clone()

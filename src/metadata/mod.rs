@@ -442,6 +442,22 @@ impl Metadata {
         self.write_tx(f, Ending::CommitUnflushed).await
     }
 
+    /// Whether a flush of the log has failed: from then on no write is acknowledged, and
+    /// only a restart (after checking the disk) recovers (`group_commit.rs`).
+    pub fn log_failed(&self) -> bool {
+        self.inner.group.as_ref().is_some_and(GroupCommit::has_failed)
+    }
+
+    /// Whether the store can serve: its log flushes, and a read answers. The reason if not.
+    pub async fn health(&self) -> std::result::Result<(), String> {
+        if self.log_failed() {
+            return Err("a flush of the metadata log failed; no write is acknowledged until Bosun restarts (check the disk first)".into());
+        }
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+            .map_err(|e: MetadataError| format!("the metadata database does not answer: {e}"))
+    }
+
     /// Runs `f` on each item and returns the results in order, in as few write transactions
     /// as the other writers allow: a transaction ends after the item during which another
     /// writer queued, so that writer waits for one item and the commit of those before it,

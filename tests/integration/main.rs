@@ -11,6 +11,7 @@ mod gc;
 mod gc_crash;
 mod gc_races;
 mod gc_stress;
+mod health;
 mod listing;
 mod manifests;
 mod oci_client;
