@@ -68,6 +68,9 @@ fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         PaginationInvalid(_) => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
         MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
         Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+        // 507 (a 5xx: clients retry later) with a message that says what happened, instead
+        // of a bare 500; the code list has nothing nearer than the reference's UNKNOWN.
+        StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN"),
         Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
     }
 }
@@ -79,6 +82,10 @@ impl IntoResponse for ApiError {
             Error::Internal(cause) => {
                 tracing::error!(%cause, "request failed");
                 "internal error; the registry's log has the cause".to_owned()
+            }
+            Error::StorageFull(cause) => {
+                tracing::error!(%cause, "request failed: storage is full");
+                self.0.to_string()
             }
             other => other.to_string(),
         };

@@ -57,6 +57,9 @@ pub enum Error {
     NotFound(String),
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
+    /// The disk (or the database) is full: not the client's mistake, and not a bug either.
+    #[error("the registry's storage is full; retry once its operator has freed space (an upload can be resumed)")]
+    StorageFull(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -65,12 +68,40 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl From<MetadataError> for Error {
     fn from(e: MetadataError) -> Self {
-        Error::Internal(e.to_string())
+        match &e {
+            MetadataError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull => {
+                Error::StorageFull(e.to_string())
+            }
+            MetadataError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => Error::StorageFull(e.to_string()),
+            _ => Error::Internal(e.to_string()),
+        }
     }
 }
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::Internal(format!("storage: {e}"))
+        match e.kind() {
+            std::io::ErrorKind::StorageFull => Error::StorageFull(format!("storage: {e}")),
+            _ => Error::Internal(format!("storage: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk, seen by the storage or by the database, is "storage full", not an
+    /// internal error; other failures stay internal.
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_failures() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(matches!(Error::from(full), Error::StorageFull(_)));
+        let sqlite_full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+        assert!(matches!(Error::from(MetadataError::Sqlite(sqlite_full)), Error::StorageFull(_)));
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(matches!(Error::from(denied), Error::Internal(_)));
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
+        assert!(matches!(Error::from(MetadataError::Sqlite(busy)), Error::Internal(_)));
     }
 }

@@ -6,6 +6,7 @@ mod harness;
 mod blobs;
 mod cli;
 mod connections;
+mod disk_full;
 mod errors;
 mod gc;
 mod gc_crash;
