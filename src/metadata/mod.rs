@@ -18,6 +18,7 @@ mod group_commit;
 pub mod manifests;
 pub mod quota;
 pub mod repositories;
+mod reserve;
 pub mod retention;
 pub mod tags;
 pub mod uploads;
@@ -255,7 +256,8 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 
 /// The size the log file keeps when it starts over (`checkpoint.rs`): writes overwrite it
 /// instead of growing it, which on ext4 lets a flush skip the file system's journal. A
-/// collection of 1,000 blobs writes about 7 MiB of log.
+/// collection of 1,000 blobs writes about 7 MiB of log. Its blocks are allocated when the
+/// database opens (`reserve.rs`), so that deleting works on a full disk.
 const LOG_KEPT_BYTES: i64 = 64 << 20;
 
 /// Page cache per connection, KiB: the writer walks indexes of the whole registry during
@@ -346,7 +348,8 @@ impl Metadata {
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
         // The log is named after the database's real path (SQLite resolves links).
-        let group = if sync { Some(GroupCommit::new(&std::fs::canonicalize(path)?)) } else { None };
+        let real_path = std::fs::canonicalize(path)?;
+        let group = if sync { Some(GroupCommit::new(&real_path)) } else { None };
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
             0 => {
@@ -368,6 +371,7 @@ impl Metadata {
             group.flush_blocking()?;
         }
         remove_stale_copies(path);
+        reserve::reserve_log_room(&real_path, LOG_KEPT_BYTES);
         let writer = WriterLock::new(writer);
         Ok(Metadata {
             inner: Arc::new(Inner {

@@ -1,6 +1,8 @@
 //! A full disk: an upload that does not fit is answered 507 with a message that says so
-//! (not a bare 500), nothing half-stored stays, reads go on, and deleting an image and
-//! collecting frees the space at once, without a restart, so the same push then succeeds.
+//! (not a bare 500), nothing half-stored stays, reads go on, and, with the disk then
+//! filled to the last block, deleting an image and collecting it still work (the metadata
+//! log's room is reserved) and free the space at once, without a restart, so the same
+//! push then succeeds.
 //!
 //! The data directory is a small tmpfs mounted for the test, which needs the right to
 //! mount (CI runs as root); without it the test says so and does nothing.
@@ -47,20 +49,54 @@ impl Drop for Tmpfs {
 #[tokio::test]
 async fn a_full_disk_is_answered_507_and_a_collection_makes_room_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(_tmpfs) = Tmpfs::mount(&dir.path().join("small"), "8m") else { return };
+    // 64 MiB of it go to the metadata log's reserve.
+    let Some(_tmpfs) = Tmpfs::mount(&dir.path().join("small"), "80m") else { return };
     let s = Server::start_in(&dir.path().join("small").join("data"), GC_NOW);
-    let (_, first) = s.push_image("full", "first", &[&random_bytes(1, 4 << 20)]).await;
+    // A long read (a listing, a retention plan's copy) keeps the log from starting over,
+    // so every write below appends to it: the delete must find room to grow the log into.
+    let reader = rusqlite::Connection::open(s.data_dir.join("metadata.sqlite")).unwrap();
+    reader.execute_batch("BEGIN; SELECT COUNT(*) FROM blobs;").unwrap();
+    let free = free_bytes(&s.data_dir);
+    let (_, first) = s.push_image("full", "first", &[&random_bytes(1, free / 2)]).await;
 
-    let big = random_bytes(2, 5 << 20);
+    let big = random_bytes(2, free * 6 / 10);
     let resp = s.http.post(s.url(&format!("/v2/full/blobs/uploads/?digest={}", sha256(&big)))).body(big.clone());
     let message = expect_error(resp.send().await.unwrap(), StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN").await;
     assert!(message.contains("storage is full"), "{message}");
     assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0, "staged bytes left behind");
     s.verify_image("full", "first").await.unwrap();
+    // Full to the last byte (another writer, or the registry's own last upload).
+    fill(&dir.path().join("small").join("filler"));
 
     assert_eq!(s.delete(&format!("/v2/full/manifests/{first}")).await.status(), StatusCode::ACCEPTED);
     let report = s.gc(false).await;
-    assert!(report["bytes_removed"].as_u64().unwrap() > 4 << 20, "{report}");
-    s.push_image("full", "second", &[&big]).await;
+    assert!(report["bytes_removed"].as_u64().unwrap() as usize > free / 2, "{report}");
+    drop(reader);
+    // The room the collection made, taken by a push without a restart.
+    s.push_image("full", "second", &[&random_bytes(3, free * 4 / 10)]).await;
     s.verify_image("full", "second").await.unwrap();
+}
+
+/// Writes a file until the disk is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![7u8; 4096];
+    loop {
+        match f.write(&block) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Bytes free on the file system holding `path`.
+fn free_bytes(path: &Path) -> usize {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs writes only into the struct passed; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(p.as_ptr(), &mut st) }, 0);
+    (st.f_bavail * st.f_frsize) as usize
 }

@@ -1,0 +1,72 @@
+//! Disk space held for the metadata log, so that deleting still works on a full disk.
+//!
+//! Every metadata write, a DELETE and a collection's removals included, first appends to
+//! the write-ahead log. On a disk that pushes have filled to the last block, a log that
+//! must grow for that append fails with `SQLITE_FULL`: the very requests that would free
+//! space (deleting an image, then collecting it) were refused, and only removing files by
+//! hand got the registry going again. So when the database opens, the blocks of the log
+//! (up to the size it is kept at anyway, `LOG_KEPT_BYTES`) and of its index file are
+//! allocated ahead, without changing the files' sizes (`FALLOC_FL_KEEP_SIZE`): SQLite
+//! sees nothing different, and its appends land in blocks that are already the log's.
+//! The log starts over in place after each checkpoint (`checkpoint.rs`), so the same
+//! blocks serve again. A disk already full when Bosun starts gets no reserve; that is
+//! logged.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// The shared-memory index SQLite keeps beside the log: 32 KiB per 4,096 log pages, so
+/// a log of `LOG_KEPT_BYTES` (16,384 pages of 4 KiB) needs 128 KiB; twice that.
+const INDEX_RESERVE_BYTES: i64 = 256 << 10;
+
+/// Allocates `log_bytes` of the log's blocks, and room for its index, beside the database
+/// at `database` (the files SQLite made when it opened it).
+pub(super) fn reserve_log_room(database: &Path, log_bytes: i64) {
+    for (suffix, bytes) in [("-wal", log_bytes), ("-shm", INDEX_RESERVE_BYTES)] {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        if let Err(e) = allocate(Path::new(&name), bytes) {
+            tracing::warn!(
+                file = %Path::new(&name).display(),
+                bytes,
+                error = %e,
+                "could not reserve disk space for the metadata log; on a full disk, deletions may then fail until space is freed by other means"
+            );
+        }
+    }
+}
+
+/// Allocates the first `bytes` of the file's blocks, keeping its size. A missing file is
+/// no error (SQLite makes the index only when it needs it).
+fn allocate(path: &Path, bytes: i64) -> std::io::Result<()> {
+    let file = match OpenOptions::new().write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: fallocate(2) on a descriptor this function owns; no pointers.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, bytes) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// The blocks are allocated, the size (what SQLite reads) is not changed.
+    #[test]
+    fn the_log_gets_its_blocks_and_keeps_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("metadata.sqlite");
+        std::fs::write(dir.path().join("metadata.sqlite-wal"), b"frames").unwrap();
+        reserve_log_room(&db, 4 << 20);
+        let log = std::fs::metadata(dir.path().join("metadata.sqlite-wal")).unwrap();
+        assert_eq!(log.len(), 6);
+        assert!(log.blocks() * 512 >= 4 << 20, "{} blocks of 512 bytes", log.blocks());
+        // No index file yet: nothing to do, and nothing made.
+        assert!(!dir.path().join("metadata.sqlite-shm").exists());
+    }
+}
