@@ -24,12 +24,14 @@ pub struct Metrics {
     pub reconcile_missing_blobs: AtomicU64,
     /// Reference counts that disagreed with a recount, as of the last reconcile.
     pub reconcile_count_drift: AtomicU64,
+    /// References to rows that are gone, as of the last reconcile.
+    pub reconcile_dangling_references: AtomicU64,
     /// Connections open now (a gauge).
     pub http_connections: AtomicU64,
     /// The cap on them (`http.max_connections`, or derived from the open-file limit).
     pub http_connection_limit: AtomicU64,
-    /// Times a new connection had to wait for a slot under the cap.
-    pub http_connection_waits: AtomicU64,
+    /// Times every slot under the cap was taken, so the server stopped accepting.
+    pub http_connection_cap_reached: AtomicU64,
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
@@ -111,8 +113,14 @@ impl Metrics {
         gauge(
             &mut out,
             "bosun_reconcile_count_drift",
-            "Reference counts that disagreed with a recount of their references (last reconcile; each set right).",
+            "Reference counts that disagreed with a recount of their references (last reconcile; set right unless a dry run).",
             self.reconcile_count_drift.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "bosun_reconcile_dangling_references",
+            "References from a manifest or a repository to a blob or link that is gone (last reconcile).",
+            self.reconcile_dangling_references.load(Ordering::Relaxed),
         );
         gauge(
             &mut out,
@@ -128,9 +136,9 @@ impl Metrics {
         );
         counter(
             &mut out,
-            "bosun_http_connection_waits_total",
-            "Times a new connection waited to be accepted because every slot was in use.",
-            &self.http_connection_waits,
+            "bosun_http_connection_cap_reached_total",
+            "Times every connection slot was taken, so that no connection was accepted until one closed.",
+            &self.http_connection_cap_reached,
         );
         let Some(gauges) = gauges else { return out };
         // 0 when there was none yet, so that `time() - x > limit` alerts from the start.

@@ -18,7 +18,9 @@
 //! stops accepting, so new clients wait in the kernel's listen queue until a connection
 //! closes: a flood of connections then delays clients, where accepting them all would run
 //! the process out of file descriptors, and fail the uploads and database reads already
-//! under way.
+//! under way. An idle keep-alive connection holds its slot until the header limit closes
+//! it, and the listen queue is bounded (past it the kernel drops connection attempts,
+//! which clients retry); `/healthz` and `/metrics` queue like any request.
 
 use std::future::Future;
 use std::io;
@@ -67,12 +69,12 @@ pub async fn serve(
         let permit = match slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                Metrics::add(&metrics.http_connection_waits, 1);
+                Metrics::add(&metrics.http_connection_cap_reached, 1);
                 if last_warned.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
                     last_warned = Some(Instant::now());
                     tracing::warn!(
                         max_connections,
-                        "every connection slot is in use; new connections wait in the listen queue until one closes (http.max_connections)"
+                        "every connection slot is in use; no connection is accepted until one closes (http.max_connections)"
                     );
                 }
                 tokio::select! {
@@ -138,13 +140,14 @@ fn nonzero(limit: Duration) -> Option<Duration> {
 /// How often, at most, the log says that every connection slot is taken.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
-/// File descriptors a connection can hold: its socket, and the blob or upload file its
-/// request reads or writes.
-const FILES_PER_CONNECTION: u64 = 2;
+/// File descriptors a connection can hold: its socket, the blob or upload file its request
+/// reads or writes, and, when every idle database reader is taken, a reader of its own
+/// (the database, its log and its index).
+const FILES_PER_CONNECTION: u64 = 5;
 
-/// File descriptors kept for everything but connections: the database's connections
-/// (three files each), the listener, the log, reconcile's directory walk, a retention
-/// plan's database copy.
+/// File descriptors kept for everything but connections: the writer's and the idle
+/// readers' database connections (three files each), the listener, the log, reconcile's
+/// directory walk, a retention plan's database copy.
 const RESERVED_FILES: u64 = 256;
 
 /// The connection cap: `configured` if set, else what the open-file limit allows (at least
@@ -336,9 +339,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cap_leaves_two_files_per_connection_after_the_reserve() {
-        assert_eq!(connection_cap(0, Some(1024)), 384);
-        assert_eq!(connection_cap(0, Some(1_048_576)), 524_160);
+    fn the_cap_leaves_five_files_per_connection_after_the_reserve() {
+        assert_eq!(connection_cap(0, Some(1024)), 153);
+        assert_eq!(connection_cap(0, Some(1_048_576)), 209_664);
         // A tiny limit still serves a few; an unreadable or unlimited one gets a default.
         assert_eq!(connection_cap(0, Some(100)), 16);
         assert_eq!(connection_cap(0, None), DEFAULT_WITHOUT_LIMIT);

@@ -12,7 +12,8 @@
 //!   every repository, catches what neither saw.
 //! - Reference counts (and quota counts) that disagree with a recount of the references
 //!   are reported loudly and set to the recount (`metadata/counts.rs`): collection trusts
-//!   them, and a count too low would let it remove what a manifest references.
+//!   them, and a count too low would let it remove what a manifest references. References
+//!   to rows that are gone (what such a removal leaves) are reported loudly too.
 //! - Any listing error stops the reconcile before it removes anything, so a partial
 //!   listing can never make live data look orphaned.
 //!
@@ -25,14 +26,20 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::{BATCH, Collector, MetaResult, Report, Result, remove_repository_if_empty};
-use crate::metadata::counts;
 use crate::metadata::gc as q;
 use crate::metadata::repositories;
+use crate::metadata::{counts, now_ms};
 use crate::metrics::Metrics;
 use crate::oci::UploadId;
 
-/// Disagreeing counts logged one by one; past this, only how many more.
-const LOGGED_DRIFTS: usize = 100;
+/// Findings of one kind logged one by one; past this, only how many more.
+const LOGGED: usize = 100;
+
+fn log_more(found: usize, what: &str) {
+    if found > LOGGED {
+        tracing::error!(more = found - LOGGED, "{what}");
+    }
+}
 
 impl Collector {
     /// Runs one reconcile, to its end even if the caller stops waiting.
@@ -46,7 +53,6 @@ impl Collector {
 
     async fn reconcile_locked(&self, report: &mut Report) -> Result<()> {
         let reg = &self.registry;
-        self.check_counts(report).await?;
         let old_enough = SystemTime::now() - self.options.grace_period;
         // Metadata first, then storage: every blob recorded before this snapshot had its
         // bytes committed before it was recorded, so it is in the listing unless missing.
@@ -109,35 +115,39 @@ impl Collector {
             report.upload(id);
         }
         self.sweep_repositories(report).await?;
+        // Last: a repair that fails (a full disk) then leaves the removals above done.
+        self.check_counts(report).await?;
         if !report.run.dry_run {
             Metrics::add(&reg.metrics.reconcile_runs, 1);
         }
         Ok(())
     }
 
-    /// Recounts every reference count from a read snapshot, without holding up writers;
-    /// if any disagrees, logs each and (not in a dry run) sets them right under the writer,
-    /// where they are recounted again.
+    /// Recounts every reference count from a read snapshot, without holding up writers,
+    /// and looks for references to rows that are gone; logs each finding as an error (the
+    /// first [`LOGGED`] of each kind, then how many more). Counts that disagree are then
+    /// (not in a dry run) set right under the writer, where they are recounted again.
     async fn check_counts(&self, report: &mut Report) -> Result<()> {
         let reg = &self.registry;
-        let drift = reg.meta.read(|c| counts::drift(c)).await?;
+        let (drift, dangling) = reg.meta.read(|c| Ok((counts::drift(c)?, counts::dangling(c)?))).await?;
         reg.metrics.reconcile_count_drift.store(drift.len() as u64, Ordering::Relaxed);
+        reg.metrics.reconcile_dangling_references.store(dangling.len() as u64, Ordering::Relaxed);
+        report.run.dangling_references = dangling.len() as u64;
+        for d in dangling.iter().take(LOGGED) {
+            tracing::error!(reference = d.reference, from = %d.from, to = %d.to, "a reference points at a row that is gone: push the image again");
+        }
+        log_more(dangling.len(), "more references point at rows that are gone");
         if drift.is_empty() {
             return Ok(());
         }
-        for d in drift.iter().take(LOGGED_DRIFTS) {
+        for d in drift.iter().take(LOGGED) {
             tracing::error!(count = d.count, row = %d.row, stored = d.stored, recounted = d.actual, "a reference count disagreed with its references");
         }
-        if drift.len() > LOGGED_DRIFTS {
-            tracing::error!(
-                more = drift.len() - LOGGED_DRIFTS,
-                "more reference counts disagreed with their references"
-            );
-        }
+        log_more(drift.len(), "more reference counts disagreed with their references");
         report.run.counts_repaired = if report.run.dry_run {
             drift.len() as u64
         } else {
-            let repaired = reg.meta.write(|c| counts::repair(c)).await?;
+            let repaired = reg.meta.write(|c| counts::repair(c, now_ms())).await?;
             tracing::warn!(repaired, "reference counts set to the recount of their references");
             repaired as u64
         };

@@ -7,7 +7,13 @@
 //! edit of the database; but if one did, a count too low would let a collection remove
 //! what a manifest references, and one too high would keep garbage for ever. Reconcile
 //! therefore recounts them all (a walk of every reference, as reconcile's walk of storage
-//! is), reports each disagreement loudly, and sets the count to the recount.
+//! is), reports each disagreement loudly, and sets the count to the recount. A count set
+//! to zero so starts its grace period then, as any count that drops to zero does: what it
+//! made collectable stays a grace period, for the operator to read the log first.
+//!
+//! A count that was too low may already have let a collection remove a referenced row:
+//! references left pointing at nothing ([`dangling`]) are reported too. No count can set
+//! those right; the image they belong to needs pushing again.
 
 use rusqlite::Connection;
 
@@ -32,6 +38,8 @@ struct Count {
     recount: &'static str,
     /// The row, as the log shows it (`t` is the counted table).
     label: &'static str,
+    /// The row's timestamp that starts its grace period when a count drops to zero.
+    grace: &'static str,
 }
 
 const COUNTS: &[Count] = &[
@@ -40,30 +48,35 @@ const COUNTS: &[Count] = &[
         key: &["digest"],
         recount: "SELECT digest, COUNT(*) AS n FROM manifest_blobs GROUP BY digest",
         label: "t.digest",
+        grace: "touched_at",
     },
     Count {
         name: "blobs.link_count",
         key: &["digest"],
         recount: "SELECT digest, COUNT(*) AS n FROM repository_blobs GROUP BY digest",
         label: "t.digest",
+        grace: "touched_at",
     },
     Count {
         name: "repository_blobs.ref_count",
         key: &["repository_id", "digest"],
         recount: "SELECT repository_id, digest, COUNT(*) AS n FROM manifest_blobs GROUP BY repository_id, digest",
         label: "(SELECT name FROM repositories WHERE id = t.repository_id) || ' ' || t.digest",
+        grace: "linked_at",
     },
     Count {
         name: "manifests.tag_count",
         key: &["id"],
         recount: "SELECT manifest_id AS id, COUNT(*) AS n FROM tags GROUP BY manifest_id",
         label: "(SELECT name FROM repositories WHERE id = t.repository_id) || '@' || t.digest",
+        grace: "touched_at",
     },
     Count {
         name: "manifests.parent_count",
         key: &["id"],
         recount: "SELECT child_id AS id, COUNT(*) AS n FROM manifest_children GROUP BY child_id",
         label: "(SELECT name FROM repositories WHERE id = t.repository_id) || '@' || t.digest",
+        grace: "touched_at",
     },
 ];
 
@@ -113,19 +126,23 @@ pub fn drift(conn: &Connection) -> Result<Vec<Drift>> {
 
 /// Sets every count that disagrees to its recount, in the caller's transaction; returns
 /// how many it set. Recounted here, under the writer, not taken from an earlier
-/// [`drift`]: a write committed in between has changed both.
-pub fn repair(conn: &Connection) -> Result<usize> {
+/// [`drift`]: a write committed in between has changed both. A count set to zero starts
+/// its row's grace period at `now`.
+pub fn repair(conn: &Connection, now: i64) -> Result<usize> {
     let mut repaired = 0;
     for count in COUNTS {
         let (table, column) = count.table_and_column();
         let matches: Vec<String> = count.key.iter().enumerate().map(|(i, k)| format!("{table}.{k} = d.k{i}")).collect();
         repaired += conn.execute(
             &format!(
-                "UPDATE {table} SET {column} = d.actual FROM ({disagreeing}) d WHERE {matches}",
+                "UPDATE {table} SET {column} = d.actual,
+                        {grace} = CASE WHEN d.actual = 0 THEN MAX({grace}, ?1) ELSE {grace} END
+                   FROM ({disagreeing}) d WHERE {matches}",
+                grace = count.grace,
                 disagreeing = count.disagreeing(),
                 matches = matches.join(" AND "),
             ),
-            [],
+            [now],
         )?;
     }
     let quota = quota_drift(conn)?.len();
@@ -134,6 +151,49 @@ pub fn repair(conn: &Connection) -> Result<usize> {
         repaired += quota;
     }
     Ok(repaired)
+}
+
+/// A reference to a row that is gone: damage that no count can set right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dangling {
+    /// What points at what.
+    pub reference: &'static str,
+    /// Who points (a manifest `repository@digest`, or a repository), and at what.
+    pub from: String,
+    pub to: String,
+}
+
+/// Each kind of reference whose target can go missing, as `SELECT from, to`. Tags and index
+/// children are held by foreign keys; these three are held by the counts alone.
+const DANGLING: &[(&str, &str)] = &[
+    (
+        "manifest -> blob",
+        "SELECT r.name || '@' || m.digest, mb.digest FROM manifest_blobs mb
+           JOIN manifests m ON m.id = mb.manifest_id JOIN repositories r ON r.id = m.repository_id
+          WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = mb.digest)",
+    ),
+    (
+        "manifest -> repository link",
+        "SELECT r.name || '@' || m.digest, mb.digest FROM manifest_blobs mb
+           JOIN manifests m ON m.id = mb.manifest_id JOIN repositories r ON r.id = m.repository_id
+          WHERE NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.repository_id = mb.repository_id AND l.digest = mb.digest)",
+    ),
+    (
+        "repository link -> blob",
+        "SELECT r.name, l.digest FROM repository_blobs l JOIN repositories r ON r.id = l.repository_id
+          WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = l.digest)",
+    ),
+];
+
+/// Every reference whose target row is gone.
+pub fn dangling(conn: &Connection) -> Result<Vec<Dangling>> {
+    let mut found = Vec::new();
+    for (reference, sql) in DANGLING {
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| Ok(Dangling { reference, from: r.get(0)?, to: r.get(1)? }))?;
+        found.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+    }
+    Ok(found)
 }
 
 /// The quota groups whose bytes, and the (group, blob) link counts that, disagree with a
@@ -203,7 +263,7 @@ mod tests {
     fn counts_kept_by_the_triggers_agree_with_the_recount() {
         let (_dir, conn) = populated();
         assert_eq!(drift(&conn).unwrap(), Vec::new());
-        assert_eq!(repair(&conn).unwrap(), 0);
+        assert_eq!(repair(&conn, 1000).unwrap(), 0);
     }
 
     /// Every count, made wrong by hand in both directions, is found with the row it is on,
@@ -229,14 +289,49 @@ mod tests {
         ]
         .map(|(count, row, stored, actual)| Drift { count, row: row.into(), stored, actual });
         assert_eq!(found, want);
-        assert_eq!(repair(&conn).unwrap(), 5);
+        assert_eq!(repair(&conn, 1000).unwrap(), 5);
         assert_eq!(drift(&conn).unwrap(), Vec::new());
+        // A count set to zero starts its grace period at the repair; others keep theirs.
+        let grace = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(grace("SELECT touched_at FROM blobs WHERE digest = 'sha256:unlinked'"), 1000);
+        assert_eq!(grace("SELECT linked_at FROM repository_blobs WHERE repository_id = 2"), 1000);
+        assert_eq!(grace("SELECT touched_at FROM blobs WHERE digest = 'sha256:shared'"), 0);
+        assert_eq!(grace("SELECT touched_at FROM manifests WHERE id = 2"), 0);
         let counts: (i64, i64, i64) = conn
             .query_row("SELECT ref_count, link_count, (SELECT tag_count FROM manifests WHERE id = 2) FROM blobs WHERE digest = 'sha256:shared'", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .unwrap();
         assert_eq!(counts, (1, 2, 2));
+    }
+
+    /// A blob and its link removed behind the counts (as a collection trusting a count too
+    /// low would have): the manifest's references to both are reported.
+    #[test]
+    fn references_to_rows_that_are_gone_are_reported() {
+        let (_dir, conn) = populated();
+        assert_eq!(dangling(&conn).unwrap(), Vec::new());
+        conn.execute_batch(
+            "UPDATE repository_blobs SET ref_count = 0 WHERE digest = 'sha256:only-a';
+             DELETE FROM repository_blobs WHERE digest = 'sha256:only-a';
+             UPDATE blobs SET ref_count = 0 WHERE digest = 'sha256:only-a';
+             DELETE FROM blobs WHERE digest = 'sha256:only-a';",
+        )
+        .unwrap();
+        let found = dangling(&conn).unwrap();
+        let want = [("manifest -> blob", "a@sha256:child"), ("manifest -> repository link", "a@sha256:child")]
+            .map(|(reference, from)| Dangling { reference, from: from.into(), to: "sha256:only-a".into() });
+        assert_eq!(found, want);
+        // A link left without its blob is the third kind.
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             UPDATE blobs SET link_count = 0, ref_count = 0 WHERE digest = 'sha256:shared';
+             DELETE FROM blobs WHERE digest = 'sha256:shared';",
+        )
+        .unwrap();
+        let links: Vec<_> =
+            dangling(&conn).unwrap().into_iter().filter(|d| d.reference == "repository link -> blob").collect();
+        assert_eq!(links.len(), 2, "{links:?}");
     }
 
     /// A quota group's bytes and its per-blob link counts, wrong, missing or extra, are
@@ -265,7 +360,7 @@ mod tests {
                 ("quota_groups.bytes", "total".into(), 5, 30),
             ]
         );
-        assert_eq!(repair(&conn).unwrap(), 4);
+        assert_eq!(repair(&conn, 1000).unwrap(), 4);
         assert_eq!(drift(&conn).unwrap(), Vec::new());
     }
 }

@@ -288,6 +288,8 @@ pub struct RunRecord {
     /// Reconcile: reference counts that disagreed with a recount (`metadata/counts.rs`),
     /// set right (a dry run: found).
     pub counts_repaired: u64,
+    /// Reconcile: references to a blob or link that is gone.
+    pub dangling_references: u64,
     pub error: Option<String>,
 }
 
@@ -296,8 +298,8 @@ pub fn record_run(conn: &Connection, r: &RunRecord) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO gc_runs (kind, trigger, dry_run, started_at, finished_at, manifests_removed, tags_removed,
                               links_removed, blobs_removed, uploads_removed, repositories_removed, bytes_removed,
-                              missing_blobs, error, counts_repaired)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                              missing_blobs, error, counts_repaired, dangling_references)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?
     .execute(params![
         r.kind,
@@ -315,6 +317,7 @@ pub fn record_run(conn: &Connection, r: &RunRecord) -> Result<i64> {
         r.missing_blobs as i64,
         r.error,
         r.counts_repaired as i64,
+        r.dangling_references as i64,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -372,7 +375,7 @@ pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, kind, trigger, dry_run, started_at, finished_at, manifests_removed, tags_removed, links_removed,
                 blobs_removed, uploads_removed, repositories_removed, bytes_removed, missing_blobs, error,
-                counts_repaired
+                counts_repaired, dangling_references
            FROM gc_runs ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], |r| {
@@ -393,6 +396,7 @@ pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
             missing_blobs: r.get::<_, i64>(13)? as u64,
             error: r.get(14)?,
             counts_repaired: r.get::<_, i64>(15)? as u64,
+            dangling_references: r.get::<_, i64>(16)? as u64,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -198,7 +198,9 @@ CREATE TABLE gc_runs (
     missing_blobs     INTEGER NOT NULL,   -- reconcile: known to metadata, absent from storage
     error             TEXT,
     -- reconcile: reference counts that disagreed with a recount, set right (`counts.rs`)
-    counts_repaired   INTEGER NOT NULL DEFAULT 0
+    counts_repaired   INTEGER NOT NULL DEFAULT 0,
+    -- reconcile: references to a blob or link that is gone (`counts.rs`)
+    dangling_references INTEGER NOT NULL DEFAULT 0
 );
 
 -- Every tag deletion, by hand or by a policy: the audit of who deleted what and why, and

@@ -124,5 +124,15 @@ async fn a_connection_past_the_cap_waits_until_one_closes() {
     drop((held, third));
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(sample(&metrics, "bosun_http_connection_limit"), 2.0);
-    assert!(sample(&metrics, "bosun_http_connection_waits_total") >= 1.0, "{metrics}");
+    assert!(sample(&metrics, "bosun_http_connection_cap_reached_total") >= 1.0, "{metrics}");
+    // The slots of the closed connections come back: only the one asking stays open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = s.get("/metrics").await.text().await.unwrap();
+        if sample(&metrics, "bosun_http_connections") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections still counted open:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -365,6 +365,33 @@ async fn reconcile_sets_right_a_reference_count_that_went_wrong() {
     assert_eq!(again["counts_repaired"], 0, "{again}");
 }
 
+/// The damage a count too low lets a collection do, a layer's link and row removed while
+/// a tagged manifest references them, is reported by reconcile: error log, gauge, run
+/// record. (No count can set it right; the image needs pushing again.)
+#[tokio::test]
+async fn reconcile_reports_references_left_pointing_at_nothing() {
+    let s = Server::start_with(GC_NOW);
+    let layer = b"layer removed behind the counts";
+    s.push_image("dangling", "v1", &[layer]).await;
+    let digest = sha256(layer);
+    let db = rusqlite::Connection::open(s.data_dir.join("metadata.sqlite")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute_batch(&format!(
+        "UPDATE repository_blobs SET ref_count = 0 WHERE digest = '{digest}';
+         DELETE FROM repository_blobs WHERE digest = '{digest}';
+         UPDATE blobs SET ref_count = 0 WHERE digest = '{digest}';
+         DELETE FROM blobs WHERE digest = '{digest}';"
+    ))
+    .unwrap();
+
+    let report: Value = s.reconcile(false).await.json().await.unwrap();
+    assert_eq!(report["dangling_references"], 2, "a manifest's reference to the blob and to its link: {report}");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_reconcile_dangling_references"), 2.0);
+    let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
+    assert_eq!(runs[0]["dangling_references"], 2, "{runs}");
+}
+
 #[tokio::test]
 async fn a_listing_error_stops_the_reconcile_before_it_removes_anything() {
     let s = Server::start_with(GC_NOW);

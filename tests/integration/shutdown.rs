@@ -70,6 +70,22 @@ async fn a_request_in_flight_at_shutdown_finishes_before_the_server_exits() {
     assert_eq!(s.get(&format!("/v2/stop/blobs/{digest}")).await.bytes().await.unwrap(), body);
 }
 
+/// At the connection cap the accept loop waits for a slot; a signal must end that wait
+/// too, not only a wait for a connection. The one connection held is idle between
+/// requests, which the drain closes at once.
+#[tokio::test]
+async fn a_server_at_its_connection_cap_stops_at_once() {
+    let mut s = Server::start_with(&[("BOSUN_HTTP_MAX_CONNECTIONS", "1")]);
+    let mut held = TcpStream::connect(&s.addr).await.unwrap();
+    held.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr).as_bytes()).await.unwrap();
+    let mut answer = [0u8; 12];
+    held.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    s.terminate();
+    let status = s.exited_within(Duration::from_secs(5)).await.expect("still running 5 s after SIGTERM, at the cap");
+    assert!(status.success(), "{status}");
+}
+
 #[tokio::test]
 async fn a_request_that_outlasts_the_drain_timeout_is_cut_off_and_its_upload_resumes() {
     let dir = tempfile::tempdir().unwrap();
