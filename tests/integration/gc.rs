@@ -1,7 +1,5 @@
 //! Garbage collection, observed from outside: what goes, what stays, what the disk says.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -340,13 +338,10 @@ async fn reconcile_sets_right_a_reference_count_that_went_wrong() {
     let layer = b"layer whose count goes wrong";
     s.push_image("counts", "v1", &[layer]).await;
     let digest = sha256(layer);
-    let db = rusqlite::Connection::open(s.data_dir.join("metadata.sqlite")).unwrap();
-    db.busy_timeout(Duration::from_secs(10)).unwrap();
-    db.execute_batch(&format!(
+    s.tamper(&format!(
         "UPDATE blobs SET ref_count = 0 WHERE digest = '{digest}';
          UPDATE repository_blobs SET ref_count = 0 WHERE digest = '{digest}';"
-    ))
-    .unwrap();
+    ));
 
     let dry: Value = s.reconcile(true).await.json().await.unwrap();
     assert_eq!(dry["counts_repaired"], 2, "{dry}");
@@ -374,15 +369,12 @@ async fn reconcile_reports_references_left_pointing_at_nothing() {
     let layer = b"layer removed behind the counts";
     s.push_image("dangling", "v1", &[layer]).await;
     let digest = sha256(layer);
-    let db = rusqlite::Connection::open(s.data_dir.join("metadata.sqlite")).unwrap();
-    db.busy_timeout(Duration::from_secs(10)).unwrap();
-    db.execute_batch(&format!(
+    s.tamper(&format!(
         "UPDATE repository_blobs SET ref_count = 0 WHERE digest = '{digest}';
          DELETE FROM repository_blobs WHERE digest = '{digest}';
          UPDATE blobs SET ref_count = 0 WHERE digest = '{digest}';
          DELETE FROM blobs WHERE digest = '{digest}';"
-    ))
-    .unwrap();
+    ));
 
     let report: Value = s.reconcile(false).await.json().await.unwrap();
     assert_eq!(report["dangling_references"], 2, "a manifest's reference to the blob and to its link: {report}");

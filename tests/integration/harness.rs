@@ -431,6 +431,13 @@ impl Server {
         assert_eq!(self.get(&format!("/v2/{repo}/blobs/{digest}")).await.bytes().await.unwrap(), whole);
     }
 
+    /// Changes the server's database behind its back, as a bug or a hand edit could.
+    pub fn tamper(&self, sql: &str) {
+        let db = rusqlite::Connection::open(self.data_dir.join("metadata.sqlite")).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        db.execute_batch(sql).unwrap();
+    }
+
     /// Stops the server with SIGKILL (no chance to clean up) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
