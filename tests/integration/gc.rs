@@ -1,5 +1,4 @@
 //! Garbage collection, observed from outside: what goes, what stays, what the disk says.
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
