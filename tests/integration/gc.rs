@@ -1,4 +1,5 @@
 //! Garbage collection, observed from outside: what goes, what stays, what the disk says.
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
