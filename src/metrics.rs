@@ -48,10 +48,20 @@ impl Metrics {
     }
 
     /// The counters of this process, whether the metadata log has failed (see `/healthz`),
-    /// and `gauges` read from metadata for this scrape (left out if that read failed: the
+    /// the data directory's disk space (free, size; left out if it could not be read), and
+    /// `gauges` read from metadata for this scrape (left out if that read failed: the
     /// counters are still worth a scrape).
-    pub fn render(&self, log_failed: bool, gauges: Option<&Gauges>) -> String {
+    pub fn render(&self, log_failed: bool, disk: Option<(u64, u64)>, gauges: Option<&Gauges>) -> String {
         let mut out = String::new();
+        if let Some((free, size)) = disk {
+            gauge(
+                &mut out,
+                "bosun_data_dir_available_bytes",
+                "Bytes free on the file system of the data directory (the database; the blobs on filesystem storage).",
+                free,
+            );
+            gauge(&mut out, "bosun_data_dir_size_bytes", "Size of that file system.", size);
+        }
         gauge(
             &mut out,
             "bosun_metadata_log_failed",

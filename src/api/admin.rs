@@ -87,14 +87,22 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
     let path = request.uri.path();
     match (&request.method, path) {
         (&Method::GET, "/metrics") => {
-            let cutoff = collector.cutoff();
-            let gauges = state.registry.meta.read(move |c| crate::metadata::gc::gauges(c, cutoff)).await;
+            let (meta, cutoff) = (&state.registry.meta, collector.cutoff());
+            let gauges = meta.read(move |c| crate::metadata::gc::gauges(c, cutoff)).await;
+            // statvfs can wait on a network file system: not on a runtime thread.
+            let m = meta.clone();
+            let disk = tokio::task::spawn_blocking(move || m.disk_space())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            if let Err(e) = &disk {
+                tracing::warn!(error = %e, "reading the data directory's free space failed");
+            }
             if let Err(e) = &gauges {
                 tracing::error!(error = %e, "reading the metrics gauges from metadata failed");
             }
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(Body::from(state.registry.metrics.render(state.registry.meta.log_failed(), gauges.as_ref().ok())))
+                .body(Body::from(state.registry.metrics.render(meta.log_failed(), disk.ok(), gauges.as_ref().ok())))
                 .expect("valid response")
         }
         (&Method::GET, "/healthz") => match state.registry.meta.health().await {

@@ -212,6 +212,12 @@ const COPY_HEADROOM: u64 = 1 << 30;
 
 /// Bytes free to an unprivileged writer on the file system that holds the database.
 fn free_space(database: &Path) -> std::io::Result<u64> {
+    disk_space(database).map(|(free, _)| free)
+}
+
+/// Bytes free to an unprivileged writer, and the size, of the file system that holds the
+/// database.
+fn disk_space(database: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let dir = std::ffi::CString::new(database_dir(database).as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -224,7 +230,7 @@ fn free_space(database: &Path) -> std::io::Result<u64> {
         }
         stat.assume_init()
     };
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    Ok((stat.f_bavail.saturating_mul(stat.f_frsize), stat.f_blocks.saturating_mul(stat.f_frsize)))
 }
 
 /// How a write transaction ends.
@@ -444,6 +450,12 @@ impl Metadata {
         F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
         self.write_tx(f, Ending::CommitUnflushed).await
+    }
+
+    /// Bytes free, and the size, of the file system that holds the database (and, on
+    /// filesystem storage, the blobs): for `/metrics`.
+    pub fn disk_space(&self) -> std::io::Result<(u64, u64)> {
+        disk_space(&self.inner.path)
     }
 
     /// Whether a flush of the log has failed: from then on no write is acknowledged, and

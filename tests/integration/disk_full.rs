@@ -67,11 +67,17 @@ async fn a_full_disk_is_answered_507_and_a_collection_makes_room_without_a_resta
     s.verify_image("full", "first").await.unwrap();
     // Full to the last byte (another writer, or the registry's own last upload).
     fill(&dir.path().join("small").join("filler"));
+    let available = |metrics: &str| sample(metrics, "bosun_data_dir_available_bytes");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(available(&metrics) < 64.0 * 1024.0, "{metrics}");
+    assert_eq!(sample(&metrics, "bosun_data_dir_size_bytes"), (80 << 20) as f64);
 
     assert_eq!(s.delete(&format!("/v2/full/manifests/{first}")).await.status(), StatusCode::ACCEPTED);
     let report = s.gc(false).await;
     assert!(report["bytes_removed"].as_u64().unwrap() as usize > free / 2, "{report}");
     drop(reader);
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(available(&metrics) > (free / 2) as f64, "{metrics}");
     // The room the collection made, taken by a push without a restart.
     s.push_image("full", "second", &[&random_bytes(3, free * 4 / 10)]).await;
     s.verify_image("full", "second").await.unwrap();
