@@ -76,7 +76,7 @@ pub fn refuse_remote() -> AdminResponse {
     )
 }
 
-/// Handles `/admin/...` and `/metrics`.
+/// Handles `/admin/...`, `/metrics` and `/healthz`.
 pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminResponse {
     let params = headers::query(request);
     let param = |key: &str| headers::param(&params, key).map(str::to_owned);

@@ -53,6 +53,7 @@ impl Collector {
 
     async fn reconcile_locked(&self, report: &mut Report) -> Result<()> {
         let reg = &self.registry;
+        let drifted = self.check_counts(report).await?;
         let old_enough = SystemTime::now() - self.options.grace_period;
         // Metadata first, then storage: every blob recorded before this snapshot had its
         // bytes committed before it was recorded, so it is in the listing unless missing.
@@ -116,7 +117,9 @@ impl Collector {
         }
         self.sweep_repositories(report).await?;
         // Last: a repair that fails (a full disk) then leaves the removals above done.
-        self.check_counts(report).await?;
+        if drifted > 0 && !report.run.dry_run {
+            self.repair_counts(report).await?;
+        }
         if !report.run.dry_run {
             Metrics::add(&reg.metrics.reconcile_runs, 1);
         }
@@ -125,9 +128,9 @@ impl Collector {
 
     /// Recounts every reference count from a read snapshot, without holding up writers,
     /// and looks for references to rows that are gone; logs each finding as an error (the
-    /// first [`LOGGED`] of each kind, then how many more). Counts that disagree are then
-    /// (not in a dry run) set right under the writer, where they are recounted again.
-    async fn check_counts(&self, report: &mut Report) -> Result<()> {
+    /// first [`LOGGED`] of each kind, then how many more), and returns how many counts
+    /// disagree.
+    async fn check_counts(&self, report: &mut Report) -> Result<usize> {
         let reg = &self.registry;
         let (drift, dangling) = reg.meta.read(|c| Ok((counts::drift(c)?, counts::dangling(c)?))).await?;
         reg.metrics.reconcile_count_drift.store(drift.len() as u64, Ordering::Relaxed);
@@ -137,20 +140,20 @@ impl Collector {
             tracing::error!(reference = d.reference, from = %d.from, to = %d.to, "a reference points at a row that is gone: push the image again");
         }
         log_more(dangling.len(), "more references point at rows that are gone");
-        if drift.is_empty() {
-            return Ok(());
-        }
         for d in drift.iter().take(LOGGED) {
             tracing::error!(count = d.count, row = %d.row, stored = d.stored, recounted = d.actual, "a reference count disagreed with its references");
         }
         log_more(drift.len(), "more reference counts disagreed with their references");
-        report.run.counts_repaired = if report.run.dry_run {
-            drift.len() as u64
-        } else {
-            let repaired = reg.meta.write(|c| counts::repair(c, now_ms())).await?;
-            tracing::warn!(repaired, "reference counts set to the recount of their references");
-            repaired as u64
-        };
+        // A dry run reports what a repair would set right.
+        report.run.counts_repaired = drift.len() as u64;
+        Ok(drift.len())
+    }
+
+    /// Sets the counts that disagree right, under the writer, where they are recounted.
+    async fn repair_counts(&self, report: &mut Report) -> Result<()> {
+        let repaired = self.registry.meta.write(|c| counts::repair(c, now_ms())).await?;
+        tracing::warn!(repaired, "reference counts set to the recount of their references");
+        report.run.counts_repaired = repaired as u64;
         Ok(())
     }
 

@@ -46,6 +46,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/7.sql"),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
+/// How long a health check waits for a read before it calls the database unhealthy.
+const HEALTH_READ_LIMIT: Duration = Duration::from_secs(3);
 /// Readers kept open for reuse; more are opened on demand under load.
 const IDLE_READERS: usize = 8;
 
@@ -60,6 +62,10 @@ pub enum MetadataError {
     NoCopy(String),
     #[error("metadata database files: {0}")]
     Io(#[from] std::io::Error),
+    /// Flushing the log failed: nothing is acknowledged until a restart, whatever the
+    /// cause (a full disk included: freeing space does not bring back a lost write-back).
+    #[error("flushing the metadata log failed: {0}")]
+    LogFlush(std::io::Error),
     #[error("inconsistent data: {0}")]
     Corrupt(String),
     #[error("metadata database has schema version {found}, this Bosun knows {expected}")]
@@ -469,9 +475,13 @@ impl Metadata {
         if self.log_failed() {
             return Err("a flush of the metadata log failed; no write is acknowledged until Bosun restarts (check the disk first)".into());
         }
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
-            .map_err(|e: MetadataError| format!("the metadata database does not answer: {e}"))
+        // A read of the schema's page: `SELECT 1` alone reads nothing from the file.
+        let read = self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(()))?));
+        match tokio::time::timeout(HEALTH_READ_LIMIT, read).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("the metadata database does not answer: {e}")),
+            Err(_) => Err(format!("the metadata database did not answer within {HEALTH_READ_LIMIT:?}")),
+        }
     }
 
     /// Runs `f` on each item and returns the results in order, in as few write transactions
@@ -631,7 +641,7 @@ impl Metadata {
         // The writer is free again: the flush, shared with whoever committed meanwhile,
         // happens outside it.
         if let (Ending::Commit, Some(seq), Some(group)) = (ending, seq, &self.inner.group) {
-            group.flush_through(seq).await.map_err(|e| E::from(MetadataError::from(e)))?;
+            group.flush_through(seq).await.map_err(|e| E::from(MetadataError::LogFlush(e)))?;
         }
         Ok(value)
     }
@@ -640,7 +650,7 @@ impl Metadata {
     /// no-op), without holding up writers.
     pub async fn flush(&self) -> Result<()> {
         match &self.inner.group {
-            Some(group) => Ok(group.flush_through(group.last()).await?),
+            Some(group) => group.flush_through(group.last()).await.map_err(MetadataError::LogFlush),
             None => Ok(()),
         }
     }

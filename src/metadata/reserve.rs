@@ -9,15 +9,22 @@
 //! allocated ahead, without changing the files' sizes (`FALLOC_FL_KEEP_SIZE`): SQLite
 //! sees nothing different, and its appends land in blocks that are already the log's.
 //! The log starts over in place after each checkpoint (`checkpoint.rs`), so the same
-//! blocks serve again. A disk already full when Bosun starts gets no reserve; that is
-//! logged.
+//! blocks serve again.
+//!
+//! Its limits: a clean stop gives the room back (SQLite removes the log when its last
+//! connection closes), and the next start takes it again only if it is still free (if
+//! not, that is logged); on copy-on-write file systems (btrfs, ZFS) allocated blocks do
+//! not guarantee that a write finds room; and every metadata write uses the room, so a
+//! disk that stays full while clients keep opening upload sessions, and the database
+//! file cannot grow to take in the log, can use it up.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 /// The shared-memory index SQLite keeps beside the log: 32 KiB per 4,096 log pages, so
-/// a log of `LOG_KEPT_BYTES` (16,384 pages of 4 KiB) needs 128 KiB; twice that.
+/// a log of `LOG_KEPT_BYTES` (16,384 pages of 4 KiB) needs 128 KiB; twice that, because
+/// the log outgrows that size while a long read keeps it from starting over.
 const INDEX_RESERVE_BYTES: i64 = 256 << 10;
 
 /// Allocates `log_bytes` of the log's blocks, and room for its index, beside the database

@@ -58,7 +58,7 @@ pub enum Error {
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
     /// The disk (or the database) is full: not the client's mistake, and not a bug either.
-    #[error("the registry's storage is full; retry once its operator has freed space (an upload can be resumed)")]
+    #[error("the registry's storage is full; retry once its operator has freed space")]
     StorageFull(String),
     #[error("internal error: {0}")]
     Internal(String),
@@ -72,7 +72,7 @@ impl From<MetadataError> for Error {
             MetadataError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull => {
                 Error::StorageFull(e.to_string())
             }
-            MetadataError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => Error::StorageFull(e.to_string()),
+            MetadataError::Io(io) if full(io) => Error::StorageFull(e.to_string()),
             _ => Error::Internal(e.to_string()),
         }
     }
@@ -80,11 +80,13 @@ impl From<MetadataError> for Error {
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        match e.kind() {
-            std::io::ErrorKind::StorageFull => Error::StorageFull(format!("storage: {e}")),
-            _ => Error::Internal(format!("storage: {e}")),
-        }
+        if full(&e) { Error::StorageFull(format!("storage: {e}")) } else { Error::Internal(format!("storage: {e}")) }
     }
+}
+
+/// No space left: the disk is full, or the user's quota on it is used up.
+fn full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 #[cfg(test)]
@@ -99,6 +101,10 @@ mod tests {
         assert!(matches!(Error::from(full), Error::StorageFull(_)));
         let sqlite_full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
         assert!(matches!(Error::from(MetadataError::Sqlite(sqlite_full)), Error::StorageFull(_)));
+        assert!(matches!(Error::from(std::io::Error::from_raw_os_error(libc::EDQUOT)), Error::StorageFull(_)));
+        // A failed flush of the log is no "storage full": only a restart helps then.
+        let flush = MetadataError::LogFlush(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(matches!(Error::from(flush), Error::Internal(_)));
         let denied = std::io::Error::from_raw_os_error(libc::EACCES);
         assert!(matches!(Error::from(denied), Error::Internal(_)));
         let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
