@@ -232,15 +232,12 @@ fn quota_drift(conn: &Connection) -> Result<Vec<Drift>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::Metadata;
+    use crate::metadata::fresh_database;
 
     /// A database with two repositories, an index and its child, tags and links; its counts
     /// as the triggers keep them.
     fn populated() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.sqlite");
-        drop(Metadata::open(&path, false).unwrap());
-        let conn = Connection::open(&path).unwrap();
+        let (dir, conn) = fresh_database();
         conn.execute_batch(
             "INSERT INTO repositories (id, name, created_at) VALUES (1, 'a', 0), (2, 'b', 0);
              INSERT INTO blobs (digest, size, created_at, touched_at) VALUES

@@ -453,10 +453,7 @@ mod tests {
     /// that it costs what the garbage costs, not a walk of every blob.
     #[test]
     fn unreferenced_totals_read_the_partial_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.sqlite");
-        drop(Metadata::open(&path, false).unwrap());
-        let conn = Connection::open(&path).unwrap();
+        let (_dir, conn) = crate::metadata::fresh_database();
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {UNREFERENCED_TOTALS}"))
             .unwrap()

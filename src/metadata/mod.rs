@@ -46,6 +46,16 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/7.sql"),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
+/// A connection to a new database with the current schema (the directory holds it), for
+/// the query modules' tests.
+#[cfg(test)]
+pub(crate) fn fresh_database() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metadata.sqlite");
+    drop(Metadata::open(&path, false).unwrap());
+    (dir, Connection::open(&path).unwrap())
+}
+
 /// How long a health check waits for a read before it calls the database unhealthy.
 const HEALTH_READ_LIMIT: Duration = Duration::from_secs(3);
 /// Readers kept open for reuse; more are opened on demand under load.

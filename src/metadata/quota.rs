@@ -175,16 +175,7 @@ pub fn usage(conn: &Connection, key: &str, repo: Option<RepoId>, digest: &Digest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{Metadata, blobs, repositories};
-
-    /// A connection to a new database with the current schema (the directory holds it).
-    fn fresh_database() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.sqlite");
-        drop(Metadata::open(&path, false).unwrap());
-        let conn = Connection::open(&path).unwrap();
-        (dir, conn)
-    }
+    use crate::metadata::{blobs, fresh_database, repositories};
 
     /// The bytes of the distinct blobs the group's repositories link, summed from scratch.
     fn recount(c: &Connection, key: &str) -> i64 {
