@@ -205,13 +205,17 @@ impl Collector {
 
     /// The grace period's cutoff now (ms): what was touched since is in its grace.
     pub fn cutoff(&self) -> i64 {
-        now_ms() - self.options.grace_period.as_millis() as i64
+        self.cutoff_at(now_ms())
+    }
+
+    fn cutoff_at(&self, now: i64) -> i64 {
+        now - self.options.grace_period.as_millis() as i64
     }
 
     /// The rules of a run starting now.
     pub(crate) fn ctx(&self) -> Ctx {
         let now = now_ms();
-        let cutoff = now - self.options.grace_period.as_millis() as i64;
+        let cutoff = self.cutoff_at(now);
         let policies = self.registry.policies();
         let gc_untagged = self.options.rules.untagged;
         let untagged_cutoff = move |repo: &str, cutoff: i64| match policies.retention_for(repo).map(|p| p.untagged) {

@@ -107,21 +107,28 @@ impl Count {
 pub fn drift(conn: &Connection) -> Result<Vec<Drift>> {
     let mut found = Vec::new();
     for count in COUNTS {
-        let name = count.name;
-        let sql = format!("SELECT label, stored, actual FROM ({})", count.disagreeing());
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Drift {
-                count: name,
-                row: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                stored: r.get(1)?,
-                actual: r.get(2)?,
-            })
-        })?;
-        found.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+        found.extend(disagreeing(
+            conn,
+            count.name,
+            &format!("SELECT label, stored, actual FROM ({})", count.disagreeing()),
+        )?);
     }
     found.extend(quota_drift(conn)?);
     Ok(found)
+}
+
+/// The rows `sql` gives as (row label, stored count, recount), as drifts of `count`.
+fn disagreeing(conn: &Connection, count: &'static str, sql: &str) -> Result<Vec<Drift>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Drift {
+            count,
+            row: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+            stored: r.get(1)?,
+            actual: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Sets every count that disagrees to its recount, in the caller's transaction; returns
@@ -199,33 +206,32 @@ pub fn dangling(conn: &Connection) -> Result<Vec<Dangling>> {
 /// The quota groups whose bytes, and the (group, blob) link counts that, disagree with a
 /// recount from the member repositories' links.
 fn quota_drift(conn: &Connection) -> Result<Vec<Drift>> {
-    let mut found = Vec::new();
-    let mut blobs = conn.prepare(&format!(
-        "WITH actual AS ({recount}),
-              stored AS (SELECT group_id, digest, links FROM quota_blobs)
-         SELECT g.key || ' ' || s.digest, s.links, COALESCE(a.links, 0) FROM stored s
-           JOIN quota_groups g ON g.id = s.group_id
-           LEFT JOIN actual a ON a.group_id = s.group_id AND a.digest = s.digest
-          WHERE a.links IS NOT s.links
-         UNION ALL
-         SELECT g.key || ' ' || a.digest, 0, a.links FROM actual a
-           JOIN quota_groups g ON g.id = a.group_id
-          WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.group_id = a.group_id AND s.digest = a.digest)",
-        recount = super::quota::RECOUNT_LINKS,
-    ))?;
-    let rows = blobs.query_map([], |r| {
-        Ok(Drift { count: "quota_blobs.links", row: r.get(0)?, stored: r.get(1)?, actual: r.get(2)? })
-    })?;
-    found.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
-    let mut groups = conn.prepare(&format!(
-        "SELECT key, bytes, actual FROM (SELECT g.key, g.bytes, ({recount}) AS actual FROM quota_groups g)
-          WHERE bytes <> actual",
-        recount = super::quota::RECOUNT_BYTES,
-    ))?;
-    let rows = groups.query_map([], |r| {
-        Ok(Drift { count: "quota_groups.bytes", row: r.get(0)?, stored: r.get(1)?, actual: r.get(2)? })
-    })?;
-    found.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+    let mut found = disagreeing(
+        conn,
+        "quota_blobs.links",
+        &format!(
+            "WITH actual AS ({recount}),
+                  stored AS (SELECT group_id, digest, links FROM quota_blobs)
+             SELECT g.key || ' ' || s.digest, s.links, COALESCE(a.links, 0) FROM stored s
+               JOIN quota_groups g ON g.id = s.group_id
+               LEFT JOIN actual a ON a.group_id = s.group_id AND a.digest = s.digest
+              WHERE a.links IS NOT s.links
+             UNION ALL
+             SELECT g.key || ' ' || a.digest, 0, a.links FROM actual a
+               JOIN quota_groups g ON g.id = a.group_id
+              WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.group_id = a.group_id AND s.digest = a.digest)",
+            recount = super::quota::RECOUNT_LINKS,
+        ),
+    )?;
+    found.extend(disagreeing(
+        conn,
+        "quota_groups.bytes",
+        &format!(
+            "SELECT key, bytes, actual FROM (SELECT g.key, g.bytes, ({recount}) AS actual FROM quota_groups g)
+              WHERE bytes <> actual",
+            recount = super::quota::RECOUNT_BYTES,
+        ),
+    )?);
     Ok(found)
 }
 

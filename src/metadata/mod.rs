@@ -226,11 +226,6 @@ fn copy_space_needed(database: &Path) -> std::io::Result<u64> {
 /// Free space a copy leaves for everything else, at least.
 const COPY_HEADROOM: u64 = 1 << 30;
 
-/// Bytes free to an unprivileged writer on the file system that holds the database.
-fn free_space(database: &Path) -> std::io::Result<u64> {
-    disk_space(database).map(|(free, _)| free)
-}
-
 /// Bytes free to an unprivileged writer, and the size, of the file system that holds the
 /// database.
 fn disk_space(database: &Path) -> std::io::Result<(u64, u64)> {
@@ -578,7 +573,7 @@ impl Metadata {
             return Err(MetadataError::NoCopy("copies fail in this test".into()));
         }
         let needed = copy_space_needed(&self.inner.path)?;
-        let free = free_space(&self.inner.path)?;
+        let (free, _) = disk_space(&self.inner.path)?;
         if free < needed {
             return Err(MetadataError::NoCopy(format!(
                 "{free} bytes are free beside the database; a copy needs {needed} (twice the database, and 1 GiB left for the registry)"
