@@ -13,6 +13,7 @@ use crate::gc::GcOptions;
 use crate::metadata::gc::ManifestRules;
 use crate::policy::{ImmutableSpec, Policies, QuotaSpec, RetentionSpec};
 use crate::registry::RegistryOptions;
+use crate::storage::space::MinFreeSpace;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -59,6 +60,10 @@ pub struct Config {
     /// Let non-loopback clients use `/admin/...` (there is no authentication yet).
     /// Env: `BOSUN_ADMIN_REMOTE`.
     pub admin_remote: bool,
+    /// Free space under which no new upload session is opened (507): a share of the data
+    /// directory's disk (`"2%"`) or a size (`"10GiB"`, or bytes); `0` turns it off. Env:
+    /// `BOSUN_MIN_FREE_SPACE`.
+    pub min_free_space: MinFreeSpace,
 }
 
 /// The `[gc]` section. Durations are written `500ms`, `30s`, `10m`, `1h`, `7d`.
@@ -207,6 +212,7 @@ impl Default for Config {
             immutable: Vec::new(),
             quota: Vec::new(),
             admin_remote: false,
+            min_free_space: MinFreeSpace::default(),
         }
     }
 }
@@ -290,6 +296,10 @@ impl Config {
         if let Some(v) = var("BOSUN_RESTORE_WINDOW") {
             self.restore_window = duration("BOSUN_RESTORE_WINDOW", v)?;
         }
+        if let Some(v) = var("BOSUN_MIN_FREE_SPACE") {
+            self.min_free_space =
+                v.parse().map_err(anyhow::Error::msg).with_context(|| format!("BOSUN_MIN_FREE_SPACE={v:?}"))?;
+        }
         if let Some(v) = var("BOSUN_ADMIN_REMOTE") {
             self.admin_remote = parse_bool("BOSUN_ADMIN_REMOTE", &v)?;
         }
@@ -322,6 +332,7 @@ impl Config {
             max_manifest_bytes: self.max_manifest_bytes,
             grace_period: self.gc.grace_period,
             restore_window: self.restore_window,
+            min_free_space: self.min_free_space,
         }
     }
 }
@@ -341,6 +352,22 @@ mod tests {
         config.apply_env(|k| (k == "BOSUN_DELETE_ENABLED").then(|| "true".to_owned())).unwrap();
         assert!(config.delete_enabled);
         assert_eq!(config.max_manifest_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.min_free_space, MinFreeSpace::Share(200));
+    }
+
+    #[test]
+    fn min_free_space_as_a_share_a_size_or_bytes() {
+        let parse = |toml: &str| toml::from_str::<Config>(toml).map(|c| c.min_free_space);
+        assert_eq!(parse("min_free_space = \"5%\"").unwrap(), MinFreeSpace::Share(500));
+        assert_eq!(parse("min_free_space = \"20GiB\"").unwrap(), MinFreeSpace::Bytes(20 << 30));
+        assert_eq!(parse("min_free_space = 4096").unwrap(), MinFreeSpace::Bytes(4096));
+        let err = parse("min_free_space = \"lots\"").unwrap_err().to_string();
+        assert!(err.contains("lots"), "{err}");
+        let mut config = Config::default();
+        config.apply_env(|k| (k == "BOSUN_MIN_FREE_SPACE").then(|| "0".to_owned())).unwrap();
+        assert!(config.min_free_space.is_off());
+        let err = Config::default().apply_env(|k| (k == "BOSUN_MIN_FREE_SPACE").then(|| "9x".to_owned())).unwrap_err();
+        assert!(err.to_string().contains("BOSUN_MIN_FREE_SPACE"), "{err}");
     }
 
     #[test]

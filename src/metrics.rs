@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::metadata::gc::Gauges;
+use crate::storage::space::{DiskSpace, MinFreeSpace};
 
 #[derive(Default)]
 pub struct Metrics {
@@ -32,6 +33,8 @@ pub struct Metrics {
     pub http_connection_limit: AtomicU64,
     /// Times every slot under the cap was taken, so the server stopped accepting.
     pub http_connection_cap_reached: AtomicU64,
+    /// Upload sessions refused because free space was under `min_free_space`.
+    pub uploads_refused_low_space: AtomicU64,
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
@@ -48,20 +51,38 @@ impl Metrics {
     }
 
     /// The counters of this process, whether the metadata log has failed (see `/healthz`),
-    /// the data directory's disk space (free, size; left out if it could not be read), and
-    /// `gauges` read from metadata for this scrape (left out if that read failed: the
-    /// counters are still worth a scrape).
-    pub fn render(&self, log_failed: bool, disk: Option<(u64, u64)>, gauges: Option<&Gauges>) -> String {
+    /// the data directory's disk space (left out if it could not be read) with the floor
+    /// under which new uploads are refused, and `gauges` read from metadata for this scrape
+    /// (left out if that read failed: the counters are still worth a scrape).
+    pub fn render(
+        &self,
+        log_failed: bool,
+        disk: Option<DiskSpace>,
+        min_free_space: MinFreeSpace,
+        gauges: Option<&Gauges>,
+    ) -> String {
         let mut out = String::new();
-        if let Some((free, size)) = disk {
+        if let Some(disk) = disk {
             gauge(
                 &mut out,
                 "bosun_data_dir_available_bytes",
                 "Bytes free on the file system of the data directory (the database; the blobs on filesystem storage).",
-                free,
+                disk.available,
             );
-            gauge(&mut out, "bosun_data_dir_size_bytes", "Size of that file system.", size);
+            gauge(&mut out, "bosun_data_dir_size_bytes", "Size of that file system.", disk.size);
+            gauge(
+                &mut out,
+                "bosun_data_dir_min_free_bytes",
+                "Below this many free bytes no new upload session is opened (min_free_space; 0 when off).",
+                min_free_space.bytes(disk.size),
+            );
         }
+        counter(
+            &mut out,
+            "bosun_uploads_refused_low_space_total",
+            "Upload sessions refused (507) because free space was under min_free_space.",
+            &self.uploads_refused_low_space,
+        );
         gauge(
             &mut out,
             "bosun_metadata_log_failed",

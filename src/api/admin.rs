@@ -102,7 +102,12 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
             }
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(Body::from(state.registry.metrics.render(meta.log_failed(), disk.ok(), gauges.as_ref().ok())))
+                .body(Body::from(state.registry.metrics.render(
+                    meta.log_failed(),
+                    disk.ok(),
+                    state.registry.options().min_free_space,
+                    gauges.as_ref().ok(),
+                )))
                 .expect("valid response")
         }
         (&Method::GET, "/healthz") => match state.registry.meta.health().await {

@@ -31,6 +31,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use crate::storage::space::{DiskSpace, disk_space};
 use checkpoint::Checkpointer;
 use group_commit::GroupCommit;
 
@@ -225,24 +226,6 @@ fn copy_space_needed(database: &Path) -> std::io::Result<u64> {
 
 /// Free space a copy leaves for everything else, at least.
 const COPY_HEADROOM: u64 = 1 << 30;
-
-/// Bytes free to an unprivileged writer, and the size, of the file system that holds the
-/// database.
-fn disk_space(database: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = std::ffi::CString::new(database_dir(database).as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `dir` is a NUL-terminated path; `stat` is read only after a successful call
-    // has filled it.
-    let stat = unsafe {
-        if libc::statvfs(dir.as_ptr(), stat.as_mut_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        stat.assume_init()
-    };
-    Ok((stat.f_bavail.saturating_mul(stat.f_frsize), stat.f_blocks.saturating_mul(stat.f_frsize)))
-}
 
 /// How a write transaction ends.
 #[derive(Clone, Copy, PartialEq)]
@@ -465,8 +448,8 @@ impl Metadata {
 
     /// Bytes free, and the size, of the file system that holds the database (and, on
     /// filesystem storage, the blobs): for `/metrics`.
-    pub fn disk_space(&self) -> std::io::Result<(u64, u64)> {
-        disk_space(&self.inner.path)
+    pub fn disk_space(&self) -> std::io::Result<DiskSpace> {
+        disk_space(database_dir(&self.inner.path))
     }
 
     /// Whether a flush of the log has failed: from then on no write is acknowledged, and
@@ -573,7 +556,7 @@ impl Metadata {
             return Err(MetadataError::NoCopy("copies fail in this test".into()));
         }
         let needed = copy_space_needed(&self.inner.path)?;
-        let (free, _) = disk_space(&self.inner.path)?;
+        let free = disk_space(database_dir(&self.inner.path))?.available;
         if free < needed {
             return Err(MetadataError::NoCopy(format!(
                 "{free} bytes are free beside the database; a copy needs {needed} (twice the database, and 1 GiB left for the registry)"

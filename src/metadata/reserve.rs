@@ -15,8 +15,9 @@
 //! connection closes), and the next start takes it again only if it is still free (if
 //! not, that is logged); on copy-on-write file systems (btrfs, ZFS) allocated blocks do
 //! not guarantee that a write finds room; and every metadata write uses the room, so a
-//! disk that stays full while clients keep opening upload sessions, and the database
-//! file cannot grow to take in the log, can use it up.
+//! disk that stays full while the database file cannot grow to take in the log can use
+//! it up. New upload sessions, the writes clients repeat most on a full disk, stop
+//! earlier, under `min_free_space` (`storage/space.rs`).
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;

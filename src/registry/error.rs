@@ -60,6 +60,12 @@ pub enum Error {
     /// The disk (or the database) is full: not the client's mistake, and not a bug either.
     #[error("the registry's storage is full; retry once its operator has freed space")]
     StorageFull(String),
+    /// Free space is under `min_free_space`: no new upload session is opened.
+    #[error(
+        "the registry's storage is nearly full ({available} bytes free, under the {floor} bytes its min_free_space keeps): \
+         no new upload is taken until space is freed; uploads already started, pulls and deletes go on"
+    )]
+    LowSpace { available: u64, floor: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -40,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::oci::RepoName;
 use crate::policy::Policies;
 use crate::storage::BlobStore;
+use crate::storage::space::MinFreeSpace;
 
 /// Behaviour an operator can change.
 #[derive(Debug, Clone)]
@@ -54,6 +55,8 @@ pub struct RegistryOptions {
     pub grace_period: Duration,
     /// How long a deleted tag can be restored (its manifest is kept that long).
     pub restore_window: Duration,
+    /// Below this much free space no new upload session is opened (`storage/space.rs`).
+    pub min_free_space: MinFreeSpace,
 }
 
 impl RegistryOptions {

@@ -15,6 +15,7 @@ use super::hashing::PipelinedHasher;
 use super::{Error, Registry, Result, quota};
 use crate::failpoints::UPLOAD_BEFORE_FLUSH;
 use crate::metadata::{blobs, now_ms, repositories, uploads};
+use crate::metrics::Metrics;
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName, UploadId};
 
 #[derive(Debug, Clone)]
@@ -72,11 +73,36 @@ pub struct ChunkRange {
 
 impl Registry {
     pub async fn start_upload(&self, name: &RepoName) -> Result<UploadStatus> {
+        self.check_room_for_uploads().await?;
         let id = UploadId::random();
         self.store.create_upload(&id).await?;
         let (i, n) = (id.clone(), name.clone());
         self.meta.write(move |c| uploads::create(c, &i, &n, now_ms()).map_err(Error::from)).await?;
         Ok(UploadStatus { id, size: 0 })
+    }
+
+    /// Refuses a new session while the store's free space is under `min_free_space`
+    /// (`storage/space.rs` says why). A store that cannot tell its free space is not held
+    /// up by that: the disk's own "full" still answers 507.
+    async fn check_room_for_uploads(&self) -> Result<()> {
+        let floor = self.options.min_free_space;
+        if floor.is_off() {
+            return Ok(());
+        }
+        let space = match self.store.free_space().await {
+            Ok(Some(space)) => space,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the storage's free space failed; the upload is let through");
+                return Ok(());
+            }
+        };
+        let floor = floor.bytes(space.size);
+        if space.available < floor {
+            Metrics::add(&self.metrics.uploads_refused_low_space, 1);
+            return Err(Error::LowSpace { available: space.available, floor });
+        }
+        Ok(())
     }
 
     async fn session_size(&self, name: &RepoName, id: &UploadId) -> Result<u64> {

@@ -806,6 +806,12 @@ impl BlobStore for FilesystemStore {
         })
         .await
     }
+
+    async fn free_space(&self) -> io::Result<Option<super::space::DiskSpace>> {
+        // statvfs can wait on a network file system: not on a runtime thread.
+        let uploads = self.root.join("uploads");
+        blocking(move || super::space::disk_space(&uploads).map(Some)).await
+    }
 }
 
 /// `None` for an entry that went between the directory read and this call: a collection

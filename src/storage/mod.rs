@@ -19,6 +19,7 @@
 //!   it created.
 
 mod filesystem;
+pub mod space;
 
 use std::io;
 use std::pin::Pin;
@@ -85,4 +86,7 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn list_blobs(&self) -> io::Result<Vec<StoredBlob>>;
     /// Every staged upload, with when it was last written. Fails as a whole on any error.
     async fn list_uploads(&self) -> io::Result<Vec<(String, SystemTime)>>;
+    /// The room left where new bytes go, if the store has such a limit (a local disk does;
+    /// an object store does not, and answers `None`).
+    async fn free_space(&self) -> io::Result<Option<space::DiskSpace>>;
 }

@@ -6,12 +6,16 @@
 //!
 //! The data directory is a small tmpfs mounted for the test, which needs the right to
 //! mount (CI runs as root); without it the test says so and does nothing.
+//!
+//! Before the disk is full, under `min_free_space`, new uploads are refused with a 507
+//! that says why, while everything else goes on.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use reqwest::StatusCode;
+use serde_json::json;
 
 use crate::harness::*;
 
@@ -81,6 +85,68 @@ async fn a_full_disk_is_answered_507_and_a_collection_makes_room_without_a_resta
     // The room the collection made, taken by a push without a restart.
     s.push_image("full", "second", &[&random_bytes(3, free * 4 / 10)]).await;
     s.verify_image("full", "second").await.unwrap();
+}
+
+/// Under `min_free_space` no new upload session is opened: the client is told why (507)
+/// and nothing is staged, a mount that finds no blob falls back to nothing; everything
+/// else goes on: a session opened before resumes and finishes, blobs the registry holds
+/// are mounted, a manifest is pushed, images are pulled and deleted. A floor of 100% is
+/// never met by a disk that holds anything, so no mount is needed.
+#[tokio::test]
+async fn under_min_free_space_new_uploads_are_refused_and_everything_else_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (first, rest) = (random_bytes(12, 3000), random_bytes(13, 2000));
+    let (base, location) = {
+        let s = Server::start_in(&data, &[("BOSUN_MIN_FREE_SPACE", "0")]);
+        let (base, _) = s.push_image("base", "v1", &[&random_bytes(11, 4096)]).await;
+        let resp = s.http.post(s.url("/v2/app/blobs/uploads/")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let resp = s
+            .http
+            .patch(s.url(&header(&resp, "location")))
+            .header("content-range", format!("0-{}", first.len() - 1))
+            .body(first.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        (serde_json::from_slice::<serde_json::Value>(&base).unwrap(), header(&resp, "location"))
+    };
+    let s = Server::start_in(&data, &[("BOSUN_MIN_FREE_SPACE", "100%")]);
+
+    let refused = |resp: reqwest::Response| async move {
+        let message = expect_error(resp, StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN").await;
+        assert!(message.contains("nearly full") && message.contains("min_free_space"), "{message}");
+    };
+    refused(s.http.post(s.url("/v2/app/blobs/uploads/")).send().await.unwrap()).await;
+    let blob = random_bytes(14, 100);
+    let post = s.http.post(s.url(&format!("/v2/app/blobs/uploads/?digest={}", sha256(&blob))));
+    refused(post.body(blob.clone()).send().await.unwrap()).await;
+    let mount = format!("/v2/app/blobs/uploads/?mount={}&from=base", sha256(&blob));
+    refused(s.http.post(s.url(&mount)).send().await.unwrap()).await;
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 1, "only the session opened before");
+
+    s.resume_upload("app", &location, &first, &rest).await;
+    let config = base["config"].clone();
+    let base_layer = base["layers"][0].clone();
+    for digest in [&config["digest"], &base_layer["digest"]] {
+        let mount = format!("/v2/app/blobs/uploads/?mount={}&from=base", digest.as_str().unwrap());
+        assert_eq!(s.http.post(s.url(&mount)).send().await.unwrap().status(), StatusCode::CREATED);
+    }
+    let whole = [first, rest].concat();
+    let layer = json!({"mediaType": OCI_LAYER, "digest": sha256(&whole), "size": whole.len()});
+    let manifest =
+        json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [base_layer, layer]});
+    let resp = s.put_manifest("app", "v1", OCI_MANIFEST, &serde_json::to_vec(&manifest).unwrap()).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    s.verify_image("app", "v1").await.unwrap();
+    assert_eq!(s.delete("/v2/base/manifests/v1").await.status(), StatusCode::ACCEPTED);
+    s.verify_image("app", "v1").await.unwrap();
+
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_uploads_refused_low_space_total"), 3.0, "{metrics}");
+    assert_eq!(sample(&metrics, "bosun_data_dir_min_free_bytes"), sample(&metrics, "bosun_data_dir_size_bytes"));
 }
 
 /// Writes a file until the disk is full.
