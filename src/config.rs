@@ -60,6 +60,11 @@ pub struct Config {
     /// Let non-loopback clients use `/admin/...` (there is no authentication yet).
     /// Env: `BOSUN_ADMIN_REMOTE`.
     pub admin_remote: bool,
+    /// The audit of tag deletions (`GET /admin/deletions`) keeps each one this long (at least
+    /// the restore window); older ones are pruned by reconcile. `0` keeps them all. Env:
+    /// `BOSUN_AUDIT_RETENTION`.
+    #[serde(deserialize_with = "de_duration")]
+    pub audit_retention: Duration,
     /// Free space under which no new upload session is opened (507): a share of the data
     /// directory's disk (`"2%"`) or a size (`"10GiB"`, or bytes); `0` turns it off. Env:
     /// `BOSUN_MIN_FREE_SPACE`.
@@ -92,6 +97,11 @@ pub struct GcConfig {
     /// How often storage is compared with metadata. Env: `BOSUN_GC_RECONCILE_INTERVAL`.
     #[serde(deserialize_with = "de_duration")]
     pub reconcile_interval: Duration,
+    /// Records of collection and reconcile runs older than this are pruned (by reconcile;
+    /// the last successful run of each kind stays); `0` keeps them all. Env:
+    /// `BOSUN_GC_HISTORY_RETENTION`.
+    #[serde(deserialize_with = "de_duration")]
+    pub history_retention: Duration,
 }
 
 impl Default for GcConfig {
@@ -104,6 +114,7 @@ impl Default for GcConfig {
             orphan_referrers: true,
             upload_max_age: Duration::from_secs(24 * 60 * 60),
             reconcile_interval: Duration::from_secs(24 * 60 * 60),
+            history_retention: Duration::from_secs(90 * 24 * 60 * 60),
         }
     }
 }
@@ -213,6 +224,7 @@ impl Default for Config {
             quota: Vec::new(),
             admin_remote: false,
             min_free_space: MinFreeSpace::default(),
+            audit_retention: Duration::from_secs(365 * 24 * 60 * 60),
         }
     }
 }
@@ -281,6 +293,12 @@ impl Config {
         if let Some(v) = var("BOSUN_GC_RECONCILE_INTERVAL") {
             self.gc.reconcile_interval = duration("BOSUN_GC_RECONCILE_INTERVAL", v)?;
         }
+        if let Some(v) = var("BOSUN_GC_HISTORY_RETENTION") {
+            self.gc.history_retention = duration("BOSUN_GC_HISTORY_RETENTION", v)?;
+        }
+        if let Some(v) = var("BOSUN_AUDIT_RETENTION") {
+            self.audit_retention = duration("BOSUN_AUDIT_RETENTION", v)?;
+        }
         if let Some(v) = var("BOSUN_HTTP_HEADER_TIMEOUT") {
             self.http.header_timeout = duration("BOSUN_HTTP_HEADER_TIMEOUT", v)?;
         }
@@ -322,6 +340,8 @@ impl Config {
             grace_period: self.gc.grace_period,
             rules: ManifestRules { untagged: self.gc.untagged, orphan_referrers: self.gc.orphan_referrers },
             upload_max_age: self.gc.upload_max_age,
+            history_retention: (!self.gc.history_retention.is_zero()).then_some(self.gc.history_retention),
+            audit_retention: (!self.audit_retention.is_zero()).then(|| self.audit_retention.max(self.restore_window)),
         }
     }
 

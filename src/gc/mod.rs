@@ -75,6 +75,11 @@ pub struct GcOptions {
     pub grace_period: Duration,
     pub rules: ManifestRules,
     pub upload_max_age: Duration,
+    /// Run records older than this are pruned by reconcile; `None` keeps them all.
+    pub history_retention: Option<Duration>,
+    /// Tag deletions (the audit) older than this are pruned by reconcile; `None` keeps
+    /// them all. Never shorter than the restore window, which reads them.
+    pub audit_retention: Option<Duration>,
 }
 
 /// One removed object.

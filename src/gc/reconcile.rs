@@ -23,12 +23,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{BATCH, Collector, MetaResult, Report, Result, remove_repository_if_empty};
 use crate::metadata::gc as q;
 use crate::metadata::repositories;
-use crate::metadata::{counts, now_ms};
+use crate::metadata::{counts, history, now_ms};
 use crate::metrics::Metrics;
 use crate::oci::UploadId;
 
@@ -116,6 +116,9 @@ impl Collector {
             report.upload(id);
         }
         self.sweep_repositories(report).await?;
+        if !report.run.dry_run {
+            self.prune_history().await?;
+        }
         // Last: a repair that fails (a full disk) then leaves the removals above done.
         if drifted > 0 && !report.run.dry_run {
             self.repair_counts(report).await?;
@@ -155,6 +158,33 @@ impl Collector {
         tracing::warn!(repaired, "reference counts set to the recount of their references");
         report.run.counts_repaired = repaired as u64;
         Ok(())
+    }
+
+    /// Prunes run records and tag deletions past their retention (`metadata/history.rs`).
+    async fn prune_history(&self) -> Result<()> {
+        let runs = self.prune(self.options.history_retention, history::prune_runs).await?;
+        let tag_deletions = self.prune(self.options.audit_retention, history::prune_deletions).await?;
+        if runs + tag_deletions > 0 {
+            tracing::info!(runs, tag_deletions, "pruned records past their retention");
+        }
+        Ok(())
+    }
+
+    /// Runs `prune` for rows older than `keep`, a page per transaction (so that writers
+    /// wait for one page at most), until a page has nothing to prune; returns how many went.
+    async fn prune(
+        &self,
+        keep: Option<Duration>,
+        prune: fn(&rusqlite::Connection, i64, usize) -> MetaResult<usize>,
+    ) -> Result<usize> {
+        let Some(keep) = keep else { return Ok(0) };
+        let before = now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+        let mut pruned = 0;
+        // Unflushed: a pruning that a power loss undoes is done again by the next reconcile.
+        while let n @ 1.. = self.registry.meta.write_unflushed(move |c| prune(c, before, BATCH)).await? {
+            pruned += n;
+        }
+        Ok(pruned)
     }
 
     /// Removes every repository with nothing in it, a page at a time, each re-checked in

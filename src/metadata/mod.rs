@@ -15,6 +15,7 @@ mod checkpoint;
 pub mod counts;
 pub mod gc;
 mod group_commit;
+pub mod history;
 pub mod manifests;
 pub mod quota;
 pub mod repositories;

@@ -384,6 +384,52 @@ async fn reconcile_reports_references_left_pointing_at_nothing() {
     assert_eq!(runs[0]["dangling_references"], 2, "{runs}");
 }
 
+/// Run records and the audit of tag deletions do not grow forever: reconcile prunes those
+/// past `gc.history_retention` and `audit_retention`, keeping the last successful run of
+/// each kind (the "last success" metrics read it) and anything younger.
+#[tokio::test]
+async fn reconcile_prunes_run_records_and_tag_deletions_past_their_retention() {
+    const DAY: i64 = 86_400_000;
+    let retention = [("BOSUN_GC_HISTORY_RETENTION", "30d"), ("BOSUN_AUDIT_RETENTION", "60d")];
+    let s = Server::start_with(&[GC_NOW, &retention].concat());
+    let runs = || async {
+        let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
+        runs.as_array().unwrap().iter().rev().map(|r| format!("{} {}", r["kind"], r["dry_run"])).collect::<Vec<_>>()
+    };
+    let audit = || async {
+        let audit: Value = s.get("/admin/deletions").await.json().await.unwrap();
+        audit.as_array().unwrap().iter().rev().map(|d| d["tag"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    s.push_image("hist", "a", &[b"layer a"]).await;
+    s.push_image("hist", "b", &[b"layer b"]).await;
+    assert_eq!(s.delete("/v2/hist/manifests/a").await.status(), StatusCode::ACCEPTED);
+    s.gc(true).await;
+    s.gc(false).await;
+    s.gc(false).await;
+    assert_eq!(s.reconcile(false).await.status(), StatusCode::OK);
+
+    s.advance_clock(40 * DAY).await;
+    assert_eq!(s.delete("/v2/hist/manifests/b").await.status(), StatusCode::ACCEPTED);
+    s.gc(false).await;
+    assert_eq!(s.reconcile(false).await.status(), StatusCode::OK);
+    // The old collections went; the old reconcile stays while it is the last success.
+    assert_eq!(runs().await, ["\"reconcile\" false", "\"collect\" false", "\"reconcile\" false"]);
+    assert_eq!(audit().await, ["a", "b"], "40 days is inside the audit's 60");
+    // A dry run prunes nothing.
+    s.advance_clock(31 * DAY).await;
+    s.reconcile(true).await;
+    assert_eq!(runs().await.len(), 4);
+    assert_eq!(audit().await.len(), 2);
+
+    assert_eq!(s.reconcile(false).await.status(), StatusCode::OK);
+    assert_eq!(
+        runs().await,
+        ["\"collect\" false", "\"reconcile\" false", "\"reconcile\" true", "\"reconcile\" false"],
+        "the last successful collection and reconcile, 31 days old, the dry run and this reconcile"
+    );
+    assert_eq!(audit().await, ["b"], "71 days is past the audit's 60");
+}
+
 #[tokio::test]
 async fn a_listing_error_stops_the_reconcile_before_it_removes_anything() {
     let s = Server::start_with(GC_NOW);
