@@ -87,6 +87,9 @@ impl Checkpointer {
     pub(super) fn start(path: &Path, writer: WriterLock, failure: Option<LogFailure>) -> super::Result<Checkpointer> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::ZERO)?;
+        // If it closes last, it leaves the log's blocks for the next start (`reserve.rs`).
+        super::reserve::keep_log_on_close(&conn)?;
+        conn.pragma_update(None, "journal_size_limit", -1)?;
         // Checkpoints flush in NORMAL mode (never in OFF): see the module's header.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let shared = Arc::new(Shared::default());
@@ -107,13 +110,20 @@ impl Checkpointer {
     }
 }
 
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
+impl Checkpointer {
+    /// Stops the thread and closes its connection (again: nothing).
+    pub(super) fn stop(&mut self) {
         self.shared.state.lock().expect("checkpoint state poisoned").stop = true;
         self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

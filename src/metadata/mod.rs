@@ -104,6 +104,25 @@ struct Inner {
     fail_copies: std::sync::atomic::AtomicBool,
 }
 
+impl Drop for Inner {
+    /// Closing: the log keeps its blocks for the next start (`reserve.rs`). The checkpoint
+    /// thread stops first, so that nothing holds the writer, whose size limit on the log
+    /// would otherwise have SQLite cut the log to nothing when it closes.
+    fn drop(&mut self) {
+        self.checkpointer.stop();
+        match self.writer.conn.try_lock() {
+            Ok(writer) => {
+                if let Err(e) = writer.pragma_update(None, "journal_size_limit", -1) {
+                    tracing::warn!(error = %e, "the metadata log's room may not outlast this stop");
+                }
+            }
+            Err(_) => {
+                tracing::warn!("a write still runs at shutdown; the metadata log's room may not outlast this stop")
+            }
+        }
+    }
+}
+
 /// The one writing connection, behind a first-come-first-served lock (a collection's next
 /// transaction queues behind the pushes that arrived while its last one ran), with a count
 /// of who is queued for it right now: a long run of small writes ends its transaction as
@@ -348,6 +367,7 @@ impl Metadata {
     pub fn open(path: &Path, sync: bool) -> Result<Metadata> {
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
+        reserve::keep_log_on_close(&writer)?;
         // The log is named after the database's real path (SQLite resolves links).
         let real_path = std::fs::canonicalize(path)?;
         let group = if sync { Some(GroupCommit::new(&real_path)) } else { None };

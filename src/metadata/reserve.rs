@@ -11,10 +11,19 @@
 //! The log starts over in place after each checkpoint (`checkpoint.rs`), so the same
 //! blocks serve again.
 //!
-//! Its limits: a clean stop gives the room back (SQLite removes the log when its last
-//! connection closes), and the next start takes it again only if it is still free (if
-//! not, that is logged); on copy-on-write file systems (btrfs, ZFS) allocated blocks do
-//! not guarantee that a write finds room; and every metadata write uses the room, so a
+//! A clean stop keeps the room: SQLite removes the log and its index when the last
+//! connection closes, or cuts the log to nothing when it is told to keep it, and a
+//! registry stopped, its disk then filled by something else, could not even open its
+//! database again (the index needs blocks at once). So the read-write connections keep
+//! the log (`SQLITE_FCNTL_PERSIST_WAL`, [`keep_log_on_close`]) with no size limit when
+//! they close (the writer's limit is lifted at shutdown, `Inner`'s drop): the next start
+//! finds the files with their blocks. It costs the start nothing measurable: the index is
+//! kept too, so the log is not scanned again (a start beside a 33 MiB log, with the page
+//! cache dropped, was serving after 25 ms).
+//!
+//! Its limits: on copy-on-write file systems (btrfs, ZFS) allocated blocks do not
+//! guarantee that a write finds room; a log removed by hand, or by a crash's recovery
+//! elsewhere, is allocated again only if the room is still free (if not, that is logged); and every metadata write uses the room, so a
 //! disk that stays full while the database file cannot grow to take in the log can use
 //! it up. New upload sessions, the writes clients repeat most on a full disk, stop
 //! earlier, under `min_free_space` (`storage/space.rs`).
@@ -42,6 +51,28 @@ pub(super) fn reserve_log_room(database: &Path, log_bytes: i64) {
                 "could not reserve disk space for the metadata log; on a full disk, deletions may then fail until space is freed by other means"
             );
         }
+    }
+}
+
+/// Makes `conn` leave the log and its index in place, with their blocks, when it closes.
+/// The connection must also have no `journal_size_limit` by then, or SQLite empties the
+/// log instead of removing it.
+pub(super) fn keep_log_on_close(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let mut keep: std::ffi::c_int = 1;
+    // SAFETY: the handle is this open connection's; SQLITE_FCNTL_PERSIST_WAL reads and
+    // writes one int through the pointer, which outlives the call.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut keep).cast(),
+        )
+    };
+    if rc == rusqlite::ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), Some("keeping the log on close".into())))
     }
 }
 
@@ -76,5 +107,29 @@ mod tests {
         assert!(log.blocks() * 512 >= 4 << 20, "{} blocks of 512 bytes", log.blocks());
         // No index file yet: nothing to do, and nothing made.
         assert!(!dir.path().join("metadata.sqlite-shm").exists());
+    }
+
+    /// Closing the database leaves the log and its index with their blocks, whichever
+    /// connection closes last: here the writer alone (no read was made, so no reader is
+    /// open), which SQLite would otherwise let remove the log or cut it to nothing.
+    #[tokio::test]
+    async fn a_closed_database_keeps_its_log_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("metadata.sqlite");
+        let meta = crate::metadata::Metadata::open(&db, false).unwrap();
+        meta.write(|c| {
+            Ok::<_, crate::metadata::MetadataError>(c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")?)
+        })
+        .await
+        .unwrap();
+        drop(meta);
+        for (suffix, room) in [("-wal", super::super::LOG_KEPT_BYTES as u64), ("-shm", 32 << 10)] {
+            let file = std::fs::metadata(dir.path().join(format!("metadata.sqlite{suffix}"))).unwrap();
+            assert!(file.blocks() * 512 >= room, "{suffix}: {} blocks of 512 bytes", file.blocks());
+        }
+        // And the next start reads it back whole.
+        let meta = crate::metadata::Metadata::open(&db, false).unwrap();
+        let x: i64 = meta.read(|c| Ok(c.query_row("SELECT x FROM t", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(x, 1);
     }
 }

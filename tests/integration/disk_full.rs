@@ -2,7 +2,8 @@
 //! (not a bare 500), nothing half-stored stays, reads go on, and, with the disk then
 //! filled to the last block, deleting an image and collecting it still work (the metadata
 //! log's room is reserved) and free the space at once, without a restart, so the same
-//! push then succeeds.
+//! push then succeeds. The room outlasts a clean stop: a registry started again on a disk
+//! filled while it was stopped opens its database, deletes and collects.
 //!
 //! The data directory is a small tmpfs mounted for the test, which needs the right to
 //! mount (CI runs as root); without it the test says so and does nothing.
@@ -13,6 +14,7 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -84,6 +86,29 @@ async fn a_full_disk_is_answered_507_and_a_collection_makes_room_without_a_resta
     assert!(available(&metrics) > (free / 2) as f64, "{metrics}");
     // The room the collection made, taken by a push without a restart.
     s.push_image("full", "second", &[&random_bytes(3, free * 4 / 10)]).await;
+    s.verify_image("full", "second").await.unwrap();
+}
+
+/// A clean stop keeps the metadata log's room: a registry stopped, its disk then filled
+/// to the last block by something else, and started again, still deletes and collects.
+#[tokio::test]
+async fn after_a_clean_restart_on_a_full_disk_deleting_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(&dir.path().join("small"), "80m") else { return };
+    let data = dir.path().join("small").join("data");
+    let mut s = Server::start_in(&data, GC_NOW);
+    let free = free_bytes(&data);
+    let (_, first) = s.push_image("full", "first", &[&random_bytes(4, free / 2)]).await;
+    s.terminate();
+    let stopped = s.exited_within(Duration::from_secs(30)).await;
+    assert!(stopped.is_some_and(|status| status.success()), "{stopped:?}");
+    fill(&dir.path().join("small").join("filler"));
+
+    let s = Server::start_in(&data, GC_NOW);
+    assert_eq!(s.delete(&format!("/v2/full/manifests/{first}")).await.status(), StatusCode::ACCEPTED);
+    let report = s.gc(false).await;
+    assert!(report["bytes_removed"].as_u64().unwrap() as usize > free / 2, "{report}");
+    s.push_image("full", "second", &[&random_bytes(5, free * 4 / 10)]).await;
     s.verify_image("full", "second").await.unwrap();
 }
 
