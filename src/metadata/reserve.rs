@@ -109,20 +109,25 @@ mod tests {
         assert!(!dir.path().join("metadata.sqlite-shm").exists());
     }
 
-    /// Closing the database leaves the log and its index with their blocks, whichever
-    /// connection closes last: here the writer alone (no read was made, so no reader is
-    /// open), which SQLite would otherwise let remove the log or cut it to nothing.
+    /// Closing the database leaves the log and its index with their blocks: the writer
+    /// closes last, which SQLite would otherwise let remove the log or cut it to nothing.
+    /// And the database file alone holds everything, as an operator's copy of it needs.
     #[tokio::test]
-    async fn a_closed_database_keeps_its_log_room() {
+    async fn a_closed_database_keeps_its_log_room_and_is_whole_without_it() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("metadata.sqlite");
         let meta = crate::metadata::Metadata::open(&db, false).unwrap();
-        meta.write(|c| {
-            Ok::<_, crate::metadata::MetadataError>(c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")?)
-        })
-        .await
-        .unwrap();
+        let write =
+            |sql: &'static str| meta.write(move |c| Ok::<_, crate::metadata::MetadataError>(c.execute_batch(sql)?));
+        write("CREATE TABLE t (x)").await.unwrap();
+        // A read leaves an idle reader open.
+        meta.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))?)).await.unwrap();
+        write("INSERT INTO t VALUES (1)").await.unwrap();
         drop(meta);
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(&db, copy.path().join("alone.sqlite")).unwrap();
+        let alone = rusqlite::Connection::open(copy.path().join("alone.sqlite")).unwrap();
+        assert_eq!(alone.query_row("SELECT x FROM t", [], |r| r.get::<_, i64>(0)).unwrap(), 1);
         for (suffix, room) in [("-wal", super::super::LOG_KEPT_BYTES as u64), ("-shm", 32 << 10)] {
             let file = std::fs::metadata(dir.path().join(format!("metadata.sqlite{suffix}"))).unwrap();
             assert!(file.blocks() * 512 >= room, "{suffix}: {} blocks of 512 bytes", file.blocks());
