@@ -154,6 +154,12 @@ pub struct HttpConfig {
     /// and a blob or upload file), with a reserve for the database and background work.
     /// Env: `BOSUN_HTTP_MAX_CONNECTIONS`.
     pub max_connections: usize,
+    /// A second address that serves only `/healthz` and `/metrics`, on connections of its
+    /// own (a few, not counted against `max_connections`): a supervisor's probe and a
+    /// scrape are then answered while clients hold every connection of the API, where on
+    /// the API's address they wait in the listen queue like any client. Keep it private.
+    /// Env: `BOSUN_HTTP_MONITOR_LISTEN`.
+    pub monitor_listen: Option<SocketAddr>,
 }
 
 impl Default for HttpConfig {
@@ -163,6 +169,7 @@ impl Default for HttpConfig {
             stall_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(25),
             max_connections: 0,
+            monitor_listen: None,
         }
     }
 }
@@ -310,6 +317,9 @@ impl Config {
         }
         if let Some(v) = var("BOSUN_HTTP_MAX_CONNECTIONS") {
             self.http.max_connections = v.parse().with_context(|| format!("BOSUN_HTTP_MAX_CONNECTIONS={v:?}"))?;
+        }
+        if let Some(v) = var("BOSUN_HTTP_MONITOR_LISTEN") {
+            self.http.monitor_listen = Some(v.parse().with_context(|| format!("BOSUN_HTTP_MONITOR_LISTEN={v:?}"))?);
         }
         if let Some(v) = var("BOSUN_RESTORE_WINDOW") {
             self.restore_window = duration("BOSUN_RESTORE_WINDOW", v)?;

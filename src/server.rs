@@ -44,9 +44,9 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         .with_context(|| format!("opening blob storage in {}", dir.display()))?;
     let meta =
         Metadata::open(&dir.join("metadata.sqlite"), config.sync_writes).context("opening the metadata database")?;
-    // The database and its log may have just been created (SQLite deletes the log on a
-    // clean shutdown): their names must be durable before any commit is acknowledged,
-    // which SQLite's own flushes of the log data do not make them.
+    // The database and its log may have just been created (a first start, or a log removed
+    // by hand): their names must be durable before any commit is acknowledged, which
+    // SQLite's own flushes of the log data do not make them.
     if config.sync_writes {
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -151,8 +151,15 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
+    let monitoring = match config.http.monitor_listen {
+        Some(addr) => Some(serve_monitoring(addr, &opened.state, &config, &stopping).await?),
+        None => None,
+    };
     let metrics = opened.state.registry.metrics.clone();
     connections::serve(listener, router, &config.http, max_connections, metrics, signalled).await;
+    if let Some(monitoring) = monitoring {
+        let _ = monitoring.await;
+    }
     // The pulls noted since the last periodic write: a restart should not lose them (a
     // crash loses at most those seconds; see `registry/pulls.rs`). Bounded, so that the
     // exit comes soon after the drain even behind a long write.
@@ -166,6 +173,30 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
     }
     tracing::info!("stopped serving");
     Ok(opened.lock)
+}
+
+/// Connections the monitoring address serves at once: probes and scrapes, a few at a time.
+const MONITOR_CONNECTIONS: usize = 16;
+
+/// Serves `/healthz` and `/metrics` on `addr` (`http.monitor_listen`) until `stopping`.
+async fn serve_monitoring(
+    addr: std::net::SocketAddr,
+    state: &Arc<crate::api::AppState>,
+    config: &Config,
+    stopping: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /healthz and /metrics");
+    let (router, limits, mut stopping) =
+        (crate::api::monitor_router(state.clone()), config.http.clone(), stopping.clone());
+    // Metrics of its own: the connection gauges describe the API's address, not this one.
+    let gauges = Arc::new(Metrics::default());
+    Ok(tokio::spawn(async move {
+        let stop = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        connections::serve(listener, router, &limits, MONITOR_CONNECTIONS, gauges, stop).await;
+    }))
 }
 
 /// How long the exit waits to record the last pulls.

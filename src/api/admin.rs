@@ -43,6 +43,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> AdminResponse {
     json(status, &serde_json::json!({ "error": message.into() }))
 }
 
+/// The monitoring address serves nothing but `/healthz` and `/metrics`.
+pub fn not_found(path: &str) -> AdminResponse {
+    error(StatusCode::NOT_FOUND, format!("{path} is not served here: this address serves /healthz and /metrics only"))
+}
+
 fn ok_or_500<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> AdminResponse {
     match r {
         Ok(v) => json(StatusCode::OK, &v),

@@ -49,6 +49,20 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
 
+/// The monitoring address's application (`http.monitor_listen`): `/healthz` and
+/// `/metrics`, nothing else.
+pub fn monitor_router(state: Arc<AppState>) -> Router {
+    Router::new().fallback(monitor_dispatch).with_state(state)
+}
+
+async fn monitor_dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    match parts.uri.path() {
+        "/healthz" | "/metrics" => admin::route(&state, &parts, body).await,
+        other => admin::not_found(other),
+    }
+}
+
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {

@@ -136,3 +136,34 @@ async fn a_connection_past_the_cap_waits_until_one_closes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// With every connection of the API taken, a probe on the API's address waits like any
+/// client; on the monitoring address (`http.monitor_listen`) `/healthz` and `/metrics` are
+/// answered, and nothing else is served there.
+#[tokio::test]
+async fn the_monitoring_address_answers_while_the_api_is_at_its_cap() {
+    let monitor = {
+        // A free port, as the kernel hands it out; it stays free for the server to take.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let s = Server::start_with(&[("BOSUN_HTTP_MAX_CONNECTIONS", "2"), ("BOSUN_HTTP_MONITOR_LISTEN", &monitor)]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
+        assert!(ping(&mut tcp, &s.addr, Duration::from_secs(10)).await.is_some_and(|a| a.starts_with("HTTP/1.1 200")));
+        held.push(tcp);
+    }
+    let probe = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().unwrap();
+    assert!(probe.get(s.url("/healthz")).send().await.is_err(), "answered on the API's address past its cap");
+
+    let monitored = |path: &str| probe.get(format!("http://{monitor}{path}")).send();
+    let health = monitored("/healthz").await.expect("the monitoring address is held up by the API's cap");
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = monitored("/metrics").await.unwrap().text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_http_connections"), 2.0, "the API's connections, not these");
+    assert_eq!(sample(&metrics, "bosun_http_connection_limit"), 2.0);
+    for path in ["/v2/", "/admin/gc/runs"] {
+        assert_eq!(monitored(path).await.unwrap().status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}
