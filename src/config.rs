@@ -61,8 +61,8 @@ pub struct Config {
     /// Env: `BOSUN_ADMIN_REMOTE`.
     pub admin_remote: bool,
     /// The audit of tag deletions (`GET /admin/deletions`) keeps each one this long (at least
-    /// the restore window); older ones are pruned by reconcile. `0` keeps them all. Env:
-    /// `BOSUN_AUDIT_RETENTION`.
+    /// the restore window and a week, for which the registry reads it); older ones are
+    /// pruned by reconcile. `0` keeps them all. Env: `BOSUN_AUDIT_RETENTION`.
     #[serde(deserialize_with = "de_duration")]
     pub audit_retention: Duration,
     /// Free space under which no new upload session is opened (507): a share of the data
@@ -351,8 +351,16 @@ impl Config {
             rules: ManifestRules { untagged: self.gc.untagged, orphan_referrers: self.gc.orphan_referrers },
             upload_max_age: self.gc.upload_max_age,
             history_retention: (!self.gc.history_retention.is_zero()).then_some(self.gc.history_retention),
-            audit_retention: (!self.audit_retention.is_zero()).then(|| self.audit_retention.max(self.restore_window)),
+            audit_retention: (!self.audit_retention.is_zero()).then(|| self.audit_retention.max(self.audit_read_for())),
         }
+    }
+
+    /// How long the audit of a tag deletion is read by the registry itself: a restore
+    /// reads it for the restore window, and applying a retention plan (kept a week) asks
+    /// whether a tag was restored since the plan, up to a restore window after its
+    /// deletion.
+    fn audit_read_for(&self) -> Duration {
+        self.restore_window.saturating_add(Duration::from_millis(crate::metadata::retention::PLAN_KEPT_MS as u64))
     }
 
     pub fn registry_options(&self) -> RegistryOptions {
@@ -383,6 +391,19 @@ mod tests {
         assert!(config.delete_enabled);
         assert_eq!(config.max_manifest_bytes, 4 * 1024 * 1024);
         assert_eq!(config.min_free_space, MinFreeSpace::Share(200));
+    }
+
+    #[test]
+    fn the_audit_is_kept_while_the_registry_reads_it_and_zero_keeps_it_all() {
+        let day = Duration::from_secs(86_400);
+        let mut config = Config { audit_retention: day, restore_window: 2 * day, ..Config::default() };
+        assert_eq!(config.gc_options().audit_retention, Some(9 * day), "a restore window and a plan's week");
+        config.audit_retention = 30 * day;
+        assert_eq!(config.gc_options().audit_retention, Some(30 * day));
+        config.audit_retention = Duration::ZERO;
+        assert_eq!(config.gc_options().audit_retention, None);
+        config.gc.history_retention = Duration::ZERO;
+        assert_eq!(config.gc_options().history_retention, None);
     }
 
     #[test]

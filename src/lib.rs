@@ -22,3 +22,4 @@ pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod storage;
+pub mod throttle;

@@ -3,11 +3,8 @@
 //! `{"errors":[{"code","message","detail"}]}`.
 //!
 //! Internal failures are logged here, once, with their cause, and answered with a generic
-//! 500; a client's mistake is never a 500. A full disk is logged at most once a minute:
-//! it fails every write until someone frees space, and a line per request would bury the
-//! log (and fill the disk the log is on).
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! 500; a client's mistake is never a 500. A full disk fails every write until someone
+//! frees space: it is logged at most once a minute (`throttle.rs`).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +12,7 @@ use serde_json::json;
 
 use super::endpoint::PathError;
 use crate::registry::Error;
+use crate::throttle::Throttle;
 
 /// An error on its way to the client.
 #[derive(Debug)]
@@ -38,40 +36,8 @@ impl From<PathError> for ApiError {
     }
 }
 
-/// Lets a log line through at most once per minute; `skipped` counts those held back.
-struct Throttle {
-    next_ms: AtomicU64,
-    skipped: AtomicU64,
-}
-
 static STORAGE_FULL: Throttle = Throttle::new();
 static LOW_SPACE: Throttle = Throttle::new();
-
-impl Throttle {
-    const INTERVAL_MS: u64 = 60_000;
-
-    const fn new() -> Throttle {
-        Throttle { next_ms: AtomicU64::new(0), skipped: AtomicU64::new(0) }
-    }
-
-    /// At `now_ms`: the number of lines held back since the last one if a line is due, or
-    /// None (and one more held back).
-    fn due(&self, now_ms: i64) -> Option<u64> {
-        let now = now_ms.max(0) as u64;
-        let next = self.next_ms.load(Ordering::Relaxed);
-        // Of several requests at the same moment, the one whose exchange wins logs.
-        if now < next
-            || self
-                .next_ms
-                .compare_exchange(next, now + Self::INTERVAL_MS, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(self.skipped.swap(0, Ordering::Relaxed))
-    }
-}
 
 /// The status and OCI error code of each error.
 fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
@@ -123,13 +89,13 @@ impl IntoResponse for ApiError {
                 "internal error; the registry's log has the cause".to_owned()
             }
             Error::StorageFull(cause) => {
-                if let Some(skipped) = STORAGE_FULL.due(crate::metadata::now_ms()) {
+                if let Some(skipped) = STORAGE_FULL.due() {
                     tracing::error!(%cause, skipped, "request failed: storage is full");
                 }
                 self.0.to_string()
             }
             Error::LowSpace { available, floor } => {
-                if let Some(skipped) = LOW_SPACE.due(crate::metadata::now_ms()) {
+                if let Some(skipped) = LOW_SPACE.due() {
                     tracing::warn!(available, floor, skipped, "upload refused: free space is under min_free_space");
                 }
                 self.0.to_string()
@@ -156,21 +122,5 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_throttled_line_goes_out_once_a_minute_with_the_count_held_back() {
-        let t = Throttle::new();
-        assert_eq!(t.due(1_000), Some(0));
-        assert_eq!(t.due(1_001), None);
-        assert_eq!(t.due(60_999), None);
-        assert_eq!(t.due(61_000), Some(2));
-        assert_eq!(t.due(61_000), None);
-        assert_eq!(t.due(200_000), Some(1));
     }
 }

@@ -78,7 +78,7 @@ pub struct GcOptions {
     /// Run records older than this are pruned by reconcile; `None` keeps them all.
     pub history_retention: Option<Duration>,
     /// Tag deletions (the audit) older than this are pruned by reconcile; `None` keeps
-    /// them all. Never shorter than the restore window, which reads them.
+    /// them all. Never shorter than the registry reads them (`Config::audit_read_for`).
     pub audit_retention: Option<Duration>,
 }
 

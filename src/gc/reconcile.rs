@@ -16,6 +16,8 @@
 //!   to rows that are gone (what such a removal leaves) are reported loudly too.
 //! - Any listing error stops the reconcile before it removes anything, so a partial
 //!   listing can never make live data look orphaned.
+//! - Last, records past their retention are pruned (`metadata/history.rs`): run records
+//!   and the audit of tag deletions.
 //!
 //! It reads all of storage, so it runs rarely (`gc.reconcile_interval`), unlike
 //! collection, which only visits garbage.
@@ -116,12 +118,13 @@ impl Collector {
             report.upload(id);
         }
         self.sweep_repositories(report).await?;
-        if !report.run.dry_run {
-            self.prune_history().await?;
-        }
-        // Last: a repair that fails (a full disk) then leaves the removals above done.
+        // Late: a repair that fails (a full disk) then leaves the removals above done.
         if drifted > 0 && !report.run.dry_run {
             self.repair_counts(report).await?;
+        }
+        // Last: housekeeping, which must not keep the repair from running.
+        if !report.run.dry_run {
+            self.prune_history().await?;
         }
         if !report.run.dry_run {
             Metrics::add(&reg.metrics.reconcile_runs, 1);

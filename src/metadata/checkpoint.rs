@@ -108,9 +108,7 @@ impl Checkpointer {
             self.shared.wake.notify_one();
         }
     }
-}
 
-impl Checkpointer {
     /// Stops the thread and closes its connection (again: nothing).
     pub(super) fn stop(&mut self) {
         self.shared.state.lock().expect("checkpoint state poisoned").stop = true;

@@ -1,6 +1,6 @@
 //! Pruning of the records that would otherwise grow forever: the record of every
 //! collection and reconcile run (`gc.history_retention`), and the audit of tag deletions
-//! (`audit_retention`, never shorter than the restore window, which reads it).
+//! (`audit_retention`, never shorter than restores and retention plans read it).
 //!
 //! Rows are looked at oldest first by id, a page at a time, and those among each page older
 //! than the cutoff go: ids follow insertion, so old rows are a prefix, and a page with
@@ -15,7 +15,9 @@ use super::Result;
 
 /// Removes run records finished before `before` among the `page` oldest, keeping the last
 /// successful run of each kind whatever its age (`bosun_gc_last_success_timestamp_seconds`
-/// reads it). Returns how many went.
+/// reads it), and the newest row (ids are not AUTOINCREMENT: without it, the next run
+/// would be given the id of a pruned one, which `/admin/gc/runs` has shown). Returns how
+/// many went.
 pub fn prune_runs(conn: &Connection, before: i64, page: usize) -> Result<usize> {
     let last_success = |kind: &str| {
         format!(
@@ -25,20 +27,20 @@ pub fn prune_runs(conn: &Connection, before: i64, page: usize) -> Result<usize> 
     };
     let sql = format!(
         "DELETE FROM gc_runs WHERE id IN (SELECT id FROM gc_runs ORDER BY id LIMIT ?2) AND finished_at < ?1
-            AND id NOT IN ({}, {})",
+            AND id NOT IN ({}, {}) AND id < (SELECT MAX(id) FROM gc_runs)",
         last_success("collect"),
         last_success("reconcile")
     );
     Ok(conn.prepare_cached(&sql)?.execute(params![before, page as i64])?)
 }
 
-/// Removes tag deletions made before `before` among the `page` oldest. Returns how many
-/// went.
+/// Removes tag deletions made before `before` among the `page` oldest, but never the
+/// newest (so no id is given out twice). Returns how many went.
 pub fn prune_deletions(conn: &Connection, before: i64, page: usize) -> Result<usize> {
     Ok(conn
         .prepare_cached(
             "DELETE FROM tag_deletions WHERE id IN (SELECT id FROM tag_deletions ORDER BY id LIMIT ?2)
-                AND deleted_at < ?1",
+                AND deleted_at < ?1 AND id < (SELECT MAX(id) FROM tag_deletions)",
         )?
         .execute(params![before, page as i64])?)
 }
@@ -90,15 +92,15 @@ mod tests {
         assert_eq!(ids(&conn, "gc_runs"), [3, 4, 5, 6, 7]);
         assert_eq!(prune_runs(&conn, 100, 2).unwrap(), 2);
         assert_eq!(prune_runs(&conn, 100, 2).unwrap(), 1);
-        // The page is [6, 7]: the recent row stays, the old one after it goes.
-        assert_eq!(prune_runs(&conn, 100, 2).unwrap(), 1);
+        // [6, 7]: 6 is recent, and 7, though old, is the newest row, whose id would be
+        // given to the next run if it went.
         assert_eq!(prune_runs(&conn, 100, 2).unwrap(), 0);
-        assert_eq!(ids(&conn, "gc_runs"), [6]);
-        // A page of recent rows stops the pruning; what is behind it waits.
         run(&conn, "collect", 2_000, true, None);
-        run(&conn, "collect", 7, true, None);
+        run(&conn, "collect", 8, true, None);
+        assert_eq!(prune_runs(&conn, 100, 2).unwrap(), 1);
+        // [6, 8]: a page of recent rows ends the pruning; the old row behind it waits.
         assert_eq!(prune_runs(&conn, 100, 2).unwrap(), 0);
-        assert_eq!(ids(&conn, "gc_runs"), [6, 7, 8]);
+        assert_eq!(ids(&conn, "gc_runs"), [6, 8, 9]);
     }
 
     #[test]
@@ -112,7 +114,8 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(prune_deletions(&conn, 100, 1000).unwrap(), 3);
-        assert_eq!(ids(&conn, "tag_deletions"), [3]);
+        // The last one is old too, but the newest row stays.
+        assert_eq!(prune_deletions(&conn, 100, 1000).unwrap(), 2);
+        assert_eq!(ids(&conn, "tag_deletions"), [3, 4]);
     }
 }

@@ -105,31 +105,21 @@ struct Inner {
 }
 
 impl Drop for Inner {
-    /// Closing: everything in the log is copied into the database, so that the database
-    /// file alone is whole once the server has stopped (an operator's copy of it, before
-    /// an upgrade), and the log keeps its blocks for the next start (`reserve.rs`). The
-    /// checkpoint thread stops first, so that nothing holds the writer; the idle readers
-    /// close, so that the writer closes last; its size limit on the log goes, or SQLite
-    /// would cut the log to nothing then.
+    /// Closing: the log is copied into the database and left with its blocks for the next
+    /// start (`reserve::settle_log`). The checkpoint thread stops first, so that nothing
+    /// holds the writer, and the idle readers close, so that the writer closes last.
     fn drop(&mut self) {
         self.checkpointer.stop();
         self.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         let Ok(writer) = self.writer.conn.try_lock() else {
-            tracing::warn!("a write still runs at shutdown; the metadata log is left to the next start");
+            tracing::warn!("a write still runs at shutdown; the metadata log's room may not outlast this stop");
             return;
         };
-        let copied = writer.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        });
-        match copied {
-            Ok((0, log, done)) if log == done => {}
-            other => tracing::warn!(
-                result = ?other,
-                "the metadata log was not all copied into the database at shutdown; the next start reads it"
-            ),
-        }
-        if let Err(e) = writer.pragma_update(None, "journal_size_limit", -1) {
-            tracing::warn!(error = %e, "the metadata log's room may not outlast this stop");
+        if let Err(e) = reserve::settle_log(&writer) {
+            tracing::warn!(
+                error = %e,
+                "settling the metadata log at shutdown failed: the database file alone may lack the last commits (the log has them), and the log's room may not outlast this stop"
+            );
         }
     }
 }

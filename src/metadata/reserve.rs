@@ -11,22 +11,28 @@
 //! The log starts over in place after each checkpoint (`checkpoint.rs`), so the same
 //! blocks serve again.
 //!
-//! A clean stop keeps the room: SQLite removes the log and its index when the last
-//! connection closes, or cuts the log to nothing when it is told to keep it, and a
-//! registry stopped, its disk then filled by something else, could not even open its
-//! database again (the index needs blocks at once). So the read-write connections keep
-//! the log (`SQLITE_FCNTL_PERSIST_WAL`, [`keep_log_on_close`]) with no size limit when
-//! they close (the writer's limit is lifted at shutdown, `Inner`'s drop): the next start
-//! finds the files with their blocks. It costs the start nothing measurable: the index is
-//! kept too, so the log is not scanned again (a start beside a 33 MiB log, with the page
-//! cache dropped, was serving after 25 ms).
+//! A clean stop keeps the room. SQLite removes the log and its index when the last
+//! connection closes (or, told to keep the log, cuts it to nothing while it has a size
+//! limit), and a registry stopped, its disk then filled by something else, could not even
+//! open its database again. So the read-write connections keep the log
+//! (`SQLITE_FCNTL_PERSIST_WAL`, [`keep_log_on_close`]), and at shutdown the writer settles
+//! it ([`settle_log`]): everything in it is copied into the database, so that the
+//! database file alone is whole (an operator's copy before an upgrade); the log starts
+//! over with one frame, so that the next start, which rebuilds the index from the log,
+//! reads one frame instead of up to 64 MiB, and a log that grew past its kept size is cut
+//! back to it; then the writer's size limit goes, so that closing leaves the log as it
+//! is. The index file is cut to a few bytes by the next start and grows again at once
+//! (32 KiB per 4,096 frames), into the blocks it just gave back.
 //!
 //! Its limits: on copy-on-write file systems (btrfs, ZFS) allocated blocks do not
-//! guarantee that a write finds room; a log removed by hand, or by a crash's recovery
-//! elsewhere, is allocated again only if the room is still free (if not, that is logged); and every metadata write uses the room, so a
-//! disk that stays full while the database file cannot grow to take in the log can use
-//! it up. New upload sessions, the writes clients repeat most on a full disk, stop
-//! earlier, under `min_free_space` (`storage/space.rs`).
+//! guarantee that a write finds room; a log removed by hand, or by another SQLite client
+//! (one without `PERSIST_WAL`, such as the `sqlite3` shell) closing the database last,
+//! is allocated again only if the room is still free (if not, that is logged); a stop
+//! that is not clean (SIGKILL, a crash) leaves the log as it was, to be read whole at the
+//! next start; and every metadata write uses the room, so a disk that stays full while
+//! the database file cannot grow to take in the log can use it up. New upload sessions,
+//! the writes clients repeat most on a full disk, stop earlier, under `min_free_space`
+//! (`storage/space.rs`).
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -76,6 +82,36 @@ pub(super) fn keep_log_on_close(conn: &rusqlite::Connection) -> rusqlite::Result
     }
 }
 
+/// At shutdown, with the writer (nothing else may write): copies the log into the
+/// database, lets it start over with one frame (cut to the writer's size limit if it grew
+/// past it), copies that frame too, then lifts the size limit so that closing keeps the
+/// log. Fails if a reader outside this process keeps the copy from finishing.
+pub(super) fn settle_log(writer: &rusqlite::Connection) -> rusqlite::Result<()> {
+    // Shutdown must not wait long: the supervisor's SIGKILL follows.
+    writer.busy_timeout(std::time::Duration::from_secs(1))?;
+    // RESTART: everything copied and no reader left on the log, so the next commit starts
+    // it over from its beginning.
+    checkpoint(writer, "RESTART")?;
+    let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    writer.pragma_update(None, "user_version", version)?;
+    checkpoint(writer, "FULL")?;
+    writer.pragma_update(None, "journal_size_limit", -1)
+}
+
+/// Runs a checkpoint of `mode`; an error unless it copied every frame of the log.
+fn checkpoint(conn: &rusqlite::Connection, mode: &str) -> rusqlite::Result<()> {
+    let (busy, log, copied): (i64, i64, i64) =
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    if busy == 0 && log == copied {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some(format!("a {mode} checkpoint copied {copied} of {log} frames")),
+        ))
+    }
+}
+
 /// Allocates the first `bytes` of the file's blocks, keeping its size. A missing file is
 /// no error (SQLite makes the index only when it needs it).
 fn allocate(path: &Path, bytes: i64) -> std::io::Result<()> {
@@ -109,32 +145,50 @@ mod tests {
         assert!(!dir.path().join("metadata.sqlite-shm").exists());
     }
 
-    /// Closing the database leaves the log and its index with their blocks: the writer
-    /// closes last, which SQLite would otherwise let remove the log or cut it to nothing.
-    /// And the database file alone holds everything, as an operator's copy of it needs.
+    async fn write(meta: &crate::metadata::Metadata, sql: &'static str) {
+        meta.write(move |c| Ok::<_, crate::metadata::MetadataError>(c.execute_batch(sql)?)).await.unwrap();
+    }
+
+    /// Closing the database leaves the log and its index with their blocks, and a log
+    /// that starts over: the next start rebuilds its index from one frame, not from the
+    /// megabytes written before the stop.
     #[tokio::test]
-    async fn a_closed_database_keeps_its_log_room_and_is_whole_without_it() {
+    async fn a_closed_database_keeps_its_log_room_and_one_frame() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("metadata.sqlite");
         let meta = crate::metadata::Metadata::open(&db, false).unwrap();
-        let write =
-            |sql: &'static str| meta.write(move |c| Ok::<_, crate::metadata::MetadataError>(c.execute_batch(sql)?));
-        write("CREATE TABLE t (x)").await.unwrap();
+        write(&meta, "CREATE TABLE t (x); INSERT INTO t VALUES (randomblob(4000000));").await;
         // A read leaves an idle reader open.
         meta.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))?)).await.unwrap();
-        write("INSERT INTO t VALUES (1)").await.unwrap();
+        drop(meta);
+        for (suffix, room) in [("-wal", super::super::LOG_KEPT_BYTES), ("-shm", INDEX_RESERVE_BYTES)] {
+            let file = std::fs::metadata(dir.path().join(format!("metadata.sqlite{suffix}"))).unwrap();
+            assert!(file.blocks() * 512 >= room as u64, "{suffix}: {} blocks of 512 bytes", file.blocks());
+        }
+        let next = rusqlite::Connection::open(&db).unwrap();
+        let frames: i64 = next.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1)).unwrap();
+        assert!(frames <= 1, "the next start read {frames} frames of the log");
+        assert_eq!(next.query_row("SELECT length(x) FROM t", [], |r| r.get::<_, i64>(0)).unwrap(), 4_000_000);
+    }
+
+    /// With another process's connection open, the writer does not close last, and SQLite
+    /// would copy nothing at its close: the database file alone is whole all the same, as
+    /// an operator's copy of it made with the server stopped needs.
+    #[tokio::test]
+    async fn the_database_file_alone_is_whole_after_a_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("metadata.sqlite");
+        let meta = crate::metadata::Metadata::open(&db, false).unwrap();
+        // Open, and having read (a connection takes its lock on the database at its first
+        // read).
+        let other = rusqlite::Connection::open(&db).unwrap();
+        other.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0)).unwrap();
+        write(&meta, "CREATE TABLE t (x); INSERT INTO t VALUES (1);").await;
         drop(meta);
         let copy = tempfile::tempdir().unwrap();
         std::fs::copy(&db, copy.path().join("alone.sqlite")).unwrap();
         let alone = rusqlite::Connection::open(copy.path().join("alone.sqlite")).unwrap();
         assert_eq!(alone.query_row("SELECT x FROM t", [], |r| r.get::<_, i64>(0)).unwrap(), 1);
-        for (suffix, room) in [("-wal", super::super::LOG_KEPT_BYTES as u64), ("-shm", 32 << 10)] {
-            let file = std::fs::metadata(dir.path().join(format!("metadata.sqlite{suffix}"))).unwrap();
-            assert!(file.blocks() * 512 >= room, "{suffix}: {} blocks of 512 bytes", file.blocks());
-        }
-        // And the next start reads it back whole.
-        let meta = crate::metadata::Metadata::open(&db, false).unwrap();
-        let x: i64 = meta.read(|c| Ok(c.query_row("SELECT x FROM t", [], |r| r.get(0))?)).await.unwrap();
-        assert_eq!(x, 1);
+        drop(other);
     }
 }

@@ -17,6 +17,7 @@ use crate::failpoints::UPLOAD_BEFORE_FLUSH;
 use crate::metadata::{blobs, now_ms, repositories, uploads};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName, UploadId};
+use crate::throttle::Throttle;
 
 #[derive(Debug, Clone)]
 pub struct UploadStatus {
@@ -93,7 +94,10 @@ impl Registry {
             Ok(Some(space)) => space,
             Ok(None) => return Ok(()),
             Err(e) => {
-                tracing::warn!(error = %e, "reading the storage's free space failed; the upload is let through");
+                static FAILED: Throttle = Throttle::new();
+                if let Some(skipped) = FAILED.due() {
+                    tracing::warn!(error = %e, skipped, "reading the storage's free space failed; uploads are let through");
+                }
                 return Ok(());
             }
         };
