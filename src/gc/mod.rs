@@ -93,6 +93,9 @@ pub struct Removed {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub bytes: u64,
+    /// Why a manifest was garbage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 /// What a run removed (or, for a dry run, would remove).
@@ -153,23 +156,38 @@ impl Report {
             digest: Some(m.digest),
             id: None,
             bytes: m.bytes,
+            reason: Some(m.reason),
         });
     }
 
     fn link(&mut self, repository: String, digest: String) {
-        self.push(Removed { kind: "link", repository: Some(repository), digest: Some(digest), id: None, bytes: 0 });
+        self.push(Removed {
+            kind: "link",
+            repository: Some(repository),
+            digest: Some(digest),
+            id: None,
+            bytes: 0,
+            reason: None,
+        });
     }
 
     fn blob(&mut self, digest: String, bytes: u64) {
-        self.push(Removed { kind: "blob", repository: None, digest: Some(digest), id: None, bytes });
+        self.push(Removed { kind: "blob", repository: None, digest: Some(digest), id: None, bytes, reason: None });
     }
 
     fn repository(&mut self, name: String) {
-        self.push(Removed { kind: "repository", repository: Some(name), digest: None, id: None, bytes: 0 });
+        self.push(Removed {
+            kind: "repository",
+            repository: Some(name),
+            digest: None,
+            id: None,
+            bytes: 0,
+            reason: None,
+        });
     }
 
     fn upload(&mut self, id: String) {
-        self.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0 });
+        self.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0, reason: None });
     }
 }
 
@@ -374,7 +392,12 @@ impl Collector {
     /// from metadata still go (rather than waiting for reconcile).
     async fn round(&self, ctx: &Ctx, report: &mut Report) -> Result<()> {
         let (manifests, ended) = self.pass(ctx, MANIFESTS).await;
-        manifests.into_iter().for_each(|m| report.manifest(m));
+        for m in manifests {
+            // One line per manifest, the answer to "where did my image go?" (blobs and
+            // links follow from manifests, and are counted, not listed).
+            tracing::info!(repository = %m.repository, digest = %m.digest, reason = m.reason, "garbage collection removed a manifest");
+            report.manifest(m);
+        }
         ended?;
         let mut blobs = Vec::new();
         let (links, mut ended) = self.pass(ctx, LINKS).await;

@@ -53,7 +53,13 @@ pub struct RemovedManifest {
     pub digest: String,
     pub bytes: u64,
     pub tags: u64,
+    /// Why it was garbage, for the report and the log.
+    pub reason: &'static str,
 }
+
+/// The reasons a manifest is garbage.
+pub const UNTAGGED: &str = "untagged, and no index of its repository lists it";
+pub const ORPHAN_REFERRER: &str = "a referrer whose subject is not in its repository";
 
 /// How one collection decides about manifests.
 pub struct ManifestJudge<'a> {
@@ -92,21 +98,19 @@ pub fn remove_manifest_if_garbage(
     }
     let rules = judge.rules;
     let garbage = match subject {
-        None => (judge.untagged_cutoff)(&repository, judge.cutoff).is_some_and(|c| touched_at <= c),
+        None => (judge.untagged_cutoff)(&repository, judge.cutoff).is_some_and(|c| touched_at <= c).then_some(UNTAGGED),
         Some(subject) => {
             let subject_present = conn
                 .prepare_cached("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")?
                 .query_row(params![repo, subject], |_| Ok(()))
                 .optional()?
                 .is_some();
-            !subject_present && rules.orphan_referrers
+            (!subject_present && rules.orphan_referrers).then_some(ORPHAN_REFERRER)
         }
     };
-    if !garbage {
-        return Ok(None);
-    }
+    let Some(reason) = garbage else { return Ok(None) };
     let deleted = super::manifests::delete(conn, id, None)?;
-    Ok(Some(RemovedManifest { repository, digest, bytes: deleted.bytes, tags: deleted.tags }))
+    Ok(Some(RemovedManifest { repository, digest, bytes: deleted.bytes, tags: deleted.tags, reason }))
 }
 
 /// A repository's link to a blob that none of its manifests references.

@@ -157,10 +157,20 @@ async fn a_referrer_does_not_keep_an_untagged_subject_alive() {
     .unwrap();
     s.put_manifest("rule", &sha256(&sbom), OCI_MANIFEST, &sbom).await;
     // Untag the subject: untagged, it is garbage; its referrer goes after it, in the same
-    // collection (once the subject is gone, the referrer is an orphan).
+    // collection (once the subject is gone, the referrer is an orphan). The report says
+    // why each went.
     s.delete("/v2/rule/manifests/v1").await;
     let report = s.gc(false).await;
-    assert_eq!(count(&report, "manifest"), 2, "{report}");
+    let reasons: Vec<(String, String)> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "manifest")
+        .map(|r| (r["digest"].as_str().unwrap().to_owned(), r["reason"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{report}");
+    assert!(reasons[0].0 == subject && reasons[0].1.starts_with("untagged"), "{reasons:?}");
+    assert!(reasons[1].0 == sha256(&sbom) && reasons[1].1.contains("subject is not in its repository"), "{reasons:?}");
 }
 
 #[tokio::test]
