@@ -4,6 +4,7 @@
 //! (endpoint, method) to a handler. Handlers translate between HTTP and the registry core;
 //! errors become OCI responses in `error` only.
 
+mod access_log;
 mod admin;
 pub mod connections;
 mod endpoint;
@@ -68,18 +69,23 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
-    if path.starts_with("/admin/") || path == "/metrics" || path == "/healthz" {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let entry = access_log::Entry::start(&parts.method, path, peer);
+    let response = if path.starts_with("/admin/") || path == "/metrics" || path == "/healthz" {
         if path.starts_with("/admin/") && !admin::allowed(peer, state.config.admin_remote) {
-            return admin::refuse_remote();
+            admin::refuse_remote()
+        } else {
+            admin::route(&state, &parts, body).await
         }
-        return admin::route(&state, &parts, body).await;
-    }
-    let mut response = match route(&state.registry, Request::from_parts(parts, body)).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    } else {
+        let mut response = match route(&state.registry, Request::from_parts(parts, body)).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        response.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        response
     };
-    response.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    entry.finish(response.status());
     response
 }
 

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, Method, Response, StatusCode};
@@ -25,6 +25,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
     pub http: Client,
+    /// The server's log lines so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 fn install_tls_provider() {
@@ -98,13 +100,20 @@ impl Server {
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
         Server {
             child,
             addr,
             data_dir: data_dir.to_owned(),
             _dir: None,
             http: Client::builder().timeout(Duration::from_secs(120)).build().expect("http client"),
+            log,
         }
     }
 
@@ -432,6 +441,24 @@ impl Server {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
         assert_eq!(self.get(&format!("/v2/{repo}/blobs/{digest}")).await.bytes().await.unwrap(), whole);
+    }
+
+    /// The server's log lines that contain every one of `words`, waiting up to 5 s for the
+    /// first (a line is written after the answer that it logs).
+    pub async fn logged(&self, words: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.logged_now(words);
+            if !found.is_empty() || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The server's log lines so far that contain every one of `words`.
+    pub fn logged_now(&self, words: &[&str]) -> Vec<String> {
+        self.log.lock().unwrap().iter().filter(|l| words.iter().all(|w| l.contains(w))).cloned().collect()
     }
 
     /// Changes the server's database behind its back, as a bug or a hand edit could.

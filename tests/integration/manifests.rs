@@ -302,3 +302,23 @@ tags_regex = "v[0-9]+"
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert!(resp.headers().get("oci-tag").is_none());
 }
+
+/// Who changed what: a manifest pushed and a manifest deleted are logged with the client's
+/// address and the answer; a read is not (at the default level).
+#[tokio::test]
+async fn changes_are_in_the_access_log_with_the_clients_address() {
+    let s = Server::start();
+    let (_, digest) = s.push_image("logged", "v1", &[b"layer"]).await;
+    assert_eq!(s.get("/v2/logged/manifests/v1").await.status(), StatusCode::OK);
+    assert_eq!(s.delete(&format!("/v2/logged/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+    let deleted = format!("path=\"/v2/logged/manifests/{digest}\"");
+    for words in [
+        &["method=\"PUT\"", "path=\"/v2/logged/manifests/v1\"", "status=201"][..],
+        &["method=\"DELETE\"", &deleted, "status=202"],
+    ] {
+        let lines = s.logged(&[&[" INFO ", "request", "peer=\"127.0.0.1:"], words].concat()).await;
+        assert_eq!(lines.len(), 1, "{words:?}: {lines:?}");
+    }
+    // The read came before the delete, whose line is there.
+    assert!(s.logged_now(&["method=\"GET\""]).is_empty(), "a read logged at info");
+}
