@@ -57,6 +57,19 @@ impl Sessions {
         self.0.lock().expect("sessions poisoned").get(id).is_some_and(|slot| slot.try_lock().is_err())
     }
 
+    /// The session's lock, for one request. One that must wait says so (at debug): a
+    /// client's second request on the same session, or a collection removing it, holds it.
+    async fn lock(&self, id: &UploadId) -> tokio::sync::OwnedMutexGuard<Option<HashState>> {
+        let slot = self.slot(id);
+        match slot.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                tracing::debug!(upload = %id, "waiting for the upload session, which another request or a collection holds");
+                slot.lock_owned().await
+            }
+        }
+    }
+
     /// The session's lock, unless a request holds it. Collection removes a session only
     /// while holding it, so a request that arrives meanwhile waits, then finds the session
     /// gone (404) instead of writing to a file being deleted.
@@ -157,8 +170,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let slot = self.sessions.slot(id);
-        let mut guard = slot.lock().await;
+        let mut guard = self.sessions.lock(id).await;
         let appended = self.append_locked(name, id, &guard, range, body).await;
         let state = self.forget_if_unknown(id, appended).await?;
         let (i, new_size) = (id.clone(), state.size);
@@ -248,8 +260,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let slot = self.sessions.slot(id);
-        let mut guard = slot.lock().await;
+        let mut guard = self.sessions.lock(id).await;
         let appended = self.append_locked(name, id, &guard, range, body).await;
         let state = self.forget_if_unknown(id, appended).await?;
         let actual = match digest.algorithm() {
@@ -322,8 +333,7 @@ impl Registry {
 
     /// Cancels an upload session and removes its staged bytes.
     pub async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<()> {
-        let slot = self.sessions.slot(id);
-        let mut guard = slot.lock().await;
+        let mut guard = self.sessions.lock(id).await;
         let known = self.session_size(name, id).await;
         self.forget_if_unknown(id, known).await?;
         *guard = None;

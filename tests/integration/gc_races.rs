@@ -238,7 +238,8 @@ async fn a_stale_upload_session_in_use_is_left_to_its_request() {
 /// the session gone (404), instead of writing into a file being deleted.
 #[tokio::test]
 async fn a_request_for_a_stale_upload_session_being_removed_finds_it_gone() {
-    let s = Arc::new(Server::start_with(&[GC_NOW, STALE_UPLOADS].concat()));
+    let waits = [("BOSUN_LOG", "info,bosun::registry::uploads=debug")];
+    let s = Arc::new(Server::start_with(&[GC_NOW, STALE_UPLOADS, &waits].concat()));
     let location = stale_session(&s).await;
     s.arm(UPLOADS_CLAIMED).await;
     let gc = {
@@ -250,8 +251,9 @@ async fn a_request_for_a_stale_upload_session_being_removed_finds_it_gone() {
         let (s, location) = (s.clone(), location.clone());
         tokio::spawn(async move { s.http.patch(s.url(&location)).body("late bytes").send().await.unwrap() })
     };
-    // Time for the request to reach the session's lock.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The request waits for the session's lock, which the collection holds.
+    let id = location.rsplit('/').next().unwrap();
+    assert_eq!(s.logged(&["waiting for the upload session", id]).await.len(), 1, "the request never waited");
     s.release(UPLOADS_CLAIMED).await;
     let report = gc.await.unwrap();
     assert_eq!(report["uploads_removed"], 1, "{report}");
