@@ -337,6 +337,20 @@ impl Config {
         if self.gc.enabled && self.gc.interval.is_zero() {
             bail!("gc.interval must be more than zero while gc.enabled is true");
         }
+
+        Ok(())
+    }
+
+    /// Refuses a monitoring address that is the API's own (checked once the command line's
+    /// `--listen` is applied): the second bind would fail with a less helpful message.
+    pub fn check_addresses(&self) -> anyhow::Result<()> {
+        if let Some(monitor) = self.http.monitor_listen
+            && monitor.port() != 0
+            && monitor.port() == self.listen.port()
+            && (monitor.ip() == self.listen.ip() || monitor.ip().is_unspecified() || self.listen.ip().is_unspecified())
+        {
+            bail!("http.monitor_listen ({monitor}) must be another address than listen ({})", self.listen);
+        }
         Ok(())
     }
 
@@ -404,6 +418,22 @@ mod tests {
         assert_eq!(config.gc_options().audit_retention, None);
         config.gc.history_retention = Duration::ZERO;
         assert_eq!(config.gc_options().history_retention, None);
+    }
+
+    #[test]
+    fn the_monitoring_address_is_not_the_apis() {
+        let with = |listen: &str, monitor: &str| {
+            let mut config = Config { listen: listen.parse().unwrap(), ..Config::default() };
+            config.http.monitor_listen = Some(monitor.parse().unwrap());
+            config.check_addresses()
+        };
+        assert!(with("0.0.0.0:5000", "127.0.0.1:5000").is_err());
+        assert!(with("127.0.0.1:5000", "0.0.0.0:5000").is_err());
+        assert!(with("127.0.0.1:5000", "127.0.0.1:5000").unwrap_err().to_string().contains("http.monitor_listen"));
+        assert!(with("127.0.0.1:5000", "127.0.0.1:5001").is_ok());
+        assert!(with("10.0.0.1:5000", "127.0.0.1:5000").is_ok());
+        assert!(with("127.0.0.1:0", "127.0.0.1:0").is_ok());
+        assert!(Config::default().check_addresses().is_ok());
     }
 
     #[test]

@@ -103,6 +103,7 @@ async fn load_policies(state: &AppState) -> anyhow::Result<()> {
 /// the runtime has stopped: work the runtime still runs (a collection's unlinks, the last
 /// write of an upload cut off) must end before another process may take the directory.
 pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
+    config.check_addresses()?;
     let opened = open(&config).await?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = opened.state.clone();
@@ -121,7 +122,15 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("listening on {}", config.listen))?;
+        .with_context(|| format!("listening on {} (listen)", config.listen))?;
+    let monitor_listener = match config.http.monitor_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (http.monitor_listen)"))?,
+        ),
+        None => None,
+    };
     if config.gc.enabled {
         let collector = opened.state.collector.clone();
         every(config.gc.interval, &stopping, move || {
@@ -140,6 +149,10 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
     }
     let max_connections =
         connections::connection_cap(config.http.max_connections, connections::raise_open_files_limit());
+    let monitoring = match monitor_listener {
+        Some(monitor) => Some(serve_monitoring(monitor, &opened.state, &config, &stopping)?),
+        None => None,
+    };
     tracing::info!(
         addr = %listener.local_addr()?,
         data_dir = %config.data_dir.display(),
@@ -151,12 +164,8 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
         shutdown_signal().await;
         let _ = stop.send(true);
     };
-    let monitoring = match config.http.monitor_listen {
-        Some(addr) => Some(serve_monitoring(addr, &opened.state, &config, &stopping).await?),
-        None => None,
-    };
     let metrics = opened.state.registry.metrics.clone();
-    connections::serve(listener, router, &config.http, max_connections, metrics, signalled).await;
+    connections::serve("api", listener, router, &config.http, max_connections, metrics, signalled).await;
     if let Some(monitoring) = monitoring {
         let _ = monitoring.await;
     }
@@ -178,24 +187,32 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
 /// Connections the monitoring address serves at once: probes and scrapes, a few at a time.
 const MONITOR_CONNECTIONS: usize = 16;
 
-/// Serves `/healthz` and `/metrics` on `addr` (`http.monitor_listen`) until `stopping`.
-async fn serve_monitoring(
-    addr: std::net::SocketAddr,
+/// The longest a connection to the monitoring address may idle or stall: probes and
+/// scrapes are quick, and a client holding its few slots would fail the probes.
+const MONITOR_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Serves `/healthz` and `/metrics` on `listener` (`http.monitor_listen`) until `stopping`.
+fn serve_monitoring(
+    listener: tokio::net::TcpListener,
     state: &Arc<crate::api::AppState>,
     config: &Config,
     stopping: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /healthz and /metrics");
-    let (router, limits, mut stopping) =
-        (crate::api::monitor_router(state.clone()), config.http.clone(), stopping.clone());
-    // Metrics of its own: the connection gauges describe the API's address, not this one.
+    let patience = |limit: Duration| if limit.is_zero() { MONITOR_PATIENCE } else { limit.min(MONITOR_PATIENCE) };
+    let limits = crate::config::HttpConfig {
+        header_timeout: patience(config.http.header_timeout),
+        stall_timeout: patience(config.http.stall_timeout),
+        ..config.http.clone()
+    };
+    let (router, mut stopping) = (crate::api::monitor_router(state.clone()), stopping.clone());
+    // Metrics of its own, not exported: the connection gauges describe the API's address.
     let gauges = Arc::new(Metrics::default());
     Ok(tokio::spawn(async move {
         let stop = async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
-        connections::serve(listener, router, &limits, MONITOR_CONNECTIONS, gauges, stop).await;
+        connections::serve("monitoring", listener, router, &limits, MONITOR_CONNECTIONS, gauges, stop).await;
     }))
 }
 

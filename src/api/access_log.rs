@@ -1,55 +1,83 @@
-//! The access log: who changed what, and when. Every change (a manifest pushed, anything
-//! deleted, an admin action) is logged at `info` with the client's address, the answer
-//! and the time taken; reads and the steps of a blob upload, which come by the thousand,
-//! at `debug`. Together with the audit of tag deletions (who deleted a tag, by hand or by
-//! policy) and the collector's line per removed manifest, the log accounts for every
-//! manifest that went.
+//! The access log: who changed what, and when. Every change (a manifest pushed, a
+//! manifest or blob deleted, an admin action) is logged at `info` with the client's
+//! address, the answer and the time taken; every other request on the API's address (reads,
+//! the steps of a blob upload, which come by the thousand) at `debug`. A request cut off
+//! before its answer (the client went away, or the shutdown's drain ended) is logged
+//! all the same, without a status: its change may have been made. Together with the
+//! audit of tag deletions (who deleted a tag, by hand or by policy) and the collector's
+//! line per removed manifest, the log accounts for every manifest that went.
+//!
+//! Behind a reverse proxy the client's address is the proxy's.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::http::{Method, StatusCode};
+use axum::http::{Method, StatusCode, Uri};
 
-/// A request being served, for its line in the log once answered.
+use super::Endpoint;
+
+/// A request being served, for its line in the log once answered (or dropped).
 pub struct Entry {
     method: Method,
-    /// Only kept when the line will be written.
-    path: Option<String>,
+    /// The path, and for an admin action its query (which names what the action is on);
+    /// only kept when the line will be written, and taken when it is.
+    target: Option<String>,
     peer: Option<SocketAddr>,
     change: bool,
     started: Instant,
 }
 
 impl Entry {
-    pub fn start(method: &Method, path: &str, peer: Option<SocketAddr>) -> Entry {
+    pub fn start(method: &Method, uri: &Uri, peer: Option<SocketAddr>) -> Entry {
+        let path = uri.path();
         let change = is_change(method, path);
         let written =
             if change { tracing::enabled!(tracing::Level::INFO) } else { tracing::enabled!(tracing::Level::DEBUG) };
-        Entry { method: method.clone(), path: written.then(|| path.to_owned()), peer, change, started: Instant::now() }
+        // Queries of `/v2/` are left out: an upload's digest says nothing about who did what.
+        let target = written.then(|| match uri.query() {
+            Some(query) if path.starts_with("/admin/") => format!("{path}?{query}"),
+            _ => path.to_owned(),
+        });
+        Entry { method: method.clone(), target, peer, change, started: Instant::now() }
     }
 
-    pub fn finish(self, status: StatusCode) {
-        let Some(path) = self.path else { return };
-        let (method, status, ms) = (self.method.as_str(), status.as_u16(), self.started.elapsed().as_millis() as u64);
+    pub fn finish(mut self, status: StatusCode) {
+        self.write(Some(status));
+    }
+
+    fn write(&mut self, status: Option<StatusCode>) {
+        let Some(path) = self.target.take() else { return };
+        let (method, ms) = (self.method.as_str(), self.started.elapsed().as_millis() as u64);
         let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
-        if self.change {
-            tracing::info!(method, path, status, peer, ms, "request");
-        } else {
-            tracing::debug!(method, path, status, peer, ms, "request");
+        match (status, self.change) {
+            (Some(status), true) => tracing::info!(method, path, status = status.as_u16(), peer, ms, "request"),
+            (Some(status), false) => tracing::debug!(method, path, status = status.as_u16(), peer, ms, "request"),
+            (None, true) => tracing::info!(method, path, peer, ms, "request cut off before its answer"),
+            (None, false) => tracing::debug!(method, path, peer, ms, "request cut off before its answer"),
         }
     }
 }
 
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.write(None);
+    }
+}
+
 /// Whether a request changes what the registry holds in a way an operator asks about
-/// later: a manifest or tag pushed, anything deleted, an admin action. A blob upload's
-/// steps are not: the manifest push that uses the blob is what makes it part of an image.
+/// later: a manifest or tag pushed, a manifest, tag or blob deleted, an admin action.
+/// Decided from the endpoint the router will see (which decodes `%XX`), so that no
+/// spelling of a path takes a push out of the log. A blob upload's steps (a cancel
+/// included) are not changes: the manifest push that uses the blob is what makes it part
+/// of an image.
 fn is_change(method: &Method, path: &str) -> bool {
+    let admin = path.starts_with("/admin/");
     match *method {
-        Method::DELETE => true,
-        // `/v2/<name>/manifests/<reference>`, not `/v2/<name>/blobs/uploads/<id>` (a name
-        // may contain either word, the endpoint's own segment is the one before the last).
-        Method::PUT => path.starts_with("/admin/") || path.rsplit('/').nth(1) == Some("manifests"),
-        Method::POST => path.starts_with("/admin/"),
+        Method::POST => admin,
+        Method::PUT => admin || matches!(Endpoint::parse(path), Ok(Endpoint::Manifest { .. })),
+        Method::DELETE => {
+            admin || matches!(Endpoint::parse(path), Ok(Endpoint::Manifest { .. } | Endpoint::Blob { .. }))
+        }
         _ => false,
     }
 }
@@ -60,27 +88,23 @@ mod tests {
 
     #[test]
     fn changes_are_told_from_reads_and_upload_steps() {
-        for (method, path) in [
-            (Method::PUT, "/v2/a/manifests/v1"),
-            (Method::PUT, "/v2/blobs/uploads/manifests/v1"),
-            (Method::DELETE, "/v2/a/manifests/v1"),
-            (Method::DELETE, "/v2/a/blobs/sha256:00"),
-            (Method::DELETE, "/v2/a/blobs/uploads/x"),
-            (Method::POST, "/admin/gc"),
-            (Method::PUT, "/admin/retention/policies/p"),
-        ] {
-            assert!(is_change(&method, path), "{method} {path}");
-        }
-        for (method, path) in [
-            (Method::GET, "/v2/a/manifests/v1"),
-            (Method::HEAD, "/v2/a/blobs/sha256:00"),
-            (Method::POST, "/v2/a/blobs/uploads/"),
-            (Method::PATCH, "/v2/a/blobs/uploads/x"),
-            (Method::PUT, "/v2/a/blobs/uploads/x"),
-            (Method::PUT, "/v2/manifests/blobs/uploads/x"),
-            (Method::GET, "/admin/gc/runs"),
-        ] {
-            assert!(!is_change(&method, path), "{method} {path}");
+        let cases = [
+            (Method::PUT, "/v2/a/manifests/v1", true),
+            (Method::PUT, "/v2/a/manifest%73/v1", true),
+            (Method::PUT, "/v2/blobs/uploads/manifests/v1", true),
+            (Method::DELETE, "/v2/a/manifests/v1", true),
+            (Method::DELETE, &format!("/v2/a/blobs/sha256:{}", "0".repeat(64)), true),
+            (Method::POST, "/admin/gc", true),
+            (Method::PUT, "/admin/retention/policies/p", true),
+            (Method::GET, "/v2/a/manifests/v1", false),
+            (Method::HEAD, "/v2/a/manifests/v1", false),
+            (Method::POST, "/v2/a/blobs/uploads/", false),
+            (Method::PUT, "/v2/manifests/blobs/uploads/x", false),
+            (Method::DELETE, "/v2/a/blobs/uploads/x", false),
+            (Method::GET, "/admin/gc/runs", false),
+        ];
+        for (method, path, change) in cases {
+            assert_eq!(is_change(&method, path), change, "{method} {path}");
         }
     }
 }

@@ -20,7 +20,9 @@
 //! the process out of file descriptors, and fail the uploads and database reads already
 //! under way. An idle keep-alive connection holds its slot until the header limit closes
 //! it, and the listen queue is bounded (past it the kernel drops connection attempts,
-//! which clients retry); `/healthz` and `/metrics` queue like any request.
+//! which clients retry); `/healthz` and `/metrics` queue like any request, unless they
+//! are served on an address of their own (`http.monitor_listen`, the same loop with its
+//! own small cap).
 
 use std::future::Future;
 use std::io;
@@ -45,11 +47,12 @@ use tower_service::Service;
 use crate::config::HttpConfig;
 use crate::metrics::Metrics;
 
-/// Serves `router` on `listener`, at most `max_connections` connections at once, until
-/// `shutdown` completes, then stops accepting and waits for the connections to finish
-/// their requests, for `limits.drain_timeout` at most. Returns with those still running
-/// left to the caller, whose exit cuts them off.
+/// Serves `router` on `listener` (called `name` in the log), at most `max_connections`
+/// connections at once, until `shutdown` completes, then stops accepting and waits for the
+/// connections to finish their requests, for `limits.drain_timeout` at most. Returns with
+/// those still running left to the caller, whose exit cuts them off.
 pub async fn serve(
+    name: &'static str,
     listener: TcpListener,
     router: Router,
     limits: &HttpConfig,
@@ -73,8 +76,9 @@ pub async fn serve(
                 if last_warned.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
                     last_warned = Some(Instant::now());
                     tracing::warn!(
+                        listener = name,
                         max_connections,
-                        "every connection slot is in use; no connection is accepted until one closes (http.max_connections)"
+                        "every connection slot is in use; no connection is accepted until one closes"
                     );
                 }
                 tokio::select! {
@@ -121,12 +125,16 @@ pub async fn serve(
     }
     drop(listener);
     let in_flight = graceful.count();
-    tracing::info!(connections = in_flight, "no longer accepting connections; waiting for requests in flight");
+    tracing::info!(
+        listener = name,
+        connections = in_flight,
+        "no longer accepting connections; waiting for requests in flight"
+    );
     let drained = graceful.shutdown();
     match nonzero(limits.drain_timeout) {
         Some(limit) => {
             if tokio::time::timeout(limit, drained).await.is_err() {
-                tracing::warn!(after = ?limit, "requests still in flight at shutdown are cut off");
+                tracing::warn!(listener = name, after = ?limit, "requests still in flight at shutdown are cut off");
             }
         }
         None => drained.await,
@@ -146,8 +154,9 @@ const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
 const FILES_PER_CONNECTION: u64 = 5;
 
 /// File descriptors kept for everything but connections: the writer's and the idle
-/// readers' database connections (three files each), the listener, the log, reconcile's
-/// directory walk, a retention plan's database copy.
+/// readers' database connections (three files each), the listeners, the log, reconcile's
+/// directory walk, a retention plan's database copy, and the monitoring address's
+/// connections (`http.monitor_listen`, 16 at most).
 const RESERVED_FILES: u64 = 256;
 
 /// The connection cap: `configured` if set, else what the open-file limit allows (at least

@@ -70,7 +70,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let entry = access_log::Entry::start(&parts.method, path, peer);
+    let entry = access_log::Entry::start(&parts.method, &parts.uri, peer);
     let response = if path.starts_with("/admin/") || path == "/metrics" || path == "/healthz" {
         if path.starts_with("/admin/") && !admin::allowed(peer, state.config.admin_remote) {
             admin::refuse_remote()

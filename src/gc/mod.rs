@@ -98,6 +98,12 @@ pub struct Removed {
     pub reason: Option<&'static str>,
 }
 
+impl Removed {
+    fn of(kind: &'static str, repository: Option<String>, digest: Option<String>, bytes: u64) -> Removed {
+        Removed { kind, repository, digest, id: None, bytes, reason: None }
+    }
+}
+
 /// What a run removed (or, for a dry run, would remove).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -150,44 +156,24 @@ impl Report {
 
     fn manifest(&mut self, m: q::RemovedManifest) {
         self.run.tags_removed += m.tags;
-        self.push(Removed {
-            kind: "manifest",
-            repository: Some(m.repository),
-            digest: Some(m.digest),
-            id: None,
-            bytes: m.bytes,
-            reason: Some(m.reason),
-        });
+        let removed = Removed::of("manifest", Some(m.repository), Some(m.digest), m.bytes);
+        self.push(Removed { reason: Some(m.reason), ..removed });
     }
 
     fn link(&mut self, repository: String, digest: String) {
-        self.push(Removed {
-            kind: "link",
-            repository: Some(repository),
-            digest: Some(digest),
-            id: None,
-            bytes: 0,
-            reason: None,
-        });
+        self.push(Removed::of("link", Some(repository), Some(digest), 0));
     }
 
     fn blob(&mut self, digest: String, bytes: u64) {
-        self.push(Removed { kind: "blob", repository: None, digest: Some(digest), id: None, bytes, reason: None });
+        self.push(Removed::of("blob", None, Some(digest), bytes));
     }
 
     fn repository(&mut self, name: String) {
-        self.push(Removed {
-            kind: "repository",
-            repository: Some(name),
-            digest: None,
-            id: None,
-            bytes: 0,
-            reason: None,
-        });
+        self.push(Removed::of("repository", Some(name), None, 0));
     }
 
     fn upload(&mut self, id: String) {
-        self.push(Removed { kind: "upload", repository: None, digest: None, id: Some(id), bytes: 0, reason: None });
+        self.push(Removed { id: Some(id), ..Removed::of("upload", None, None, 0) });
     }
 }
 

@@ -142,12 +142,8 @@ async fn a_connection_past_the_cap_waits_until_one_closes() {
 /// answered, and nothing else is served there.
 #[tokio::test]
 async fn the_monitoring_address_answers_while_the_api_is_at_its_cap() {
-    let monitor = {
-        // A free port, as the kernel hands it out; it stays free for the server to take.
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().to_string()
-    };
-    let s = Server::start_with(&[("BOSUN_HTTP_MAX_CONNECTIONS", "2"), ("BOSUN_HTTP_MONITOR_LISTEN", &monitor)]);
+    let s = Server::start_with(&[("BOSUN_HTTP_MAX_CONNECTIONS", "2"), ("BOSUN_HTTP_MONITOR_LISTEN", "127.0.0.1:0")]);
+    let monitor = s.logged_addr("serving /healthz and /metrics").expect("the monitoring address in the log");
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut tcp = TcpStream::connect(&s.addr).await.unwrap();

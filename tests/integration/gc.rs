@@ -171,6 +171,11 @@ async fn a_referrer_does_not_keep_an_untagged_subject_alive() {
     assert_eq!(reasons.len(), 2, "{report}");
     assert!(reasons[0].0 == subject && reasons[0].1.starts_with("untagged"), "{reasons:?}");
     assert!(reasons[1].0 == sha256(&sbom) && reasons[1].1.contains("subject is not in its repository"), "{reasons:?}");
+    // And the log says it too, a line per manifest.
+    for (digest, reason) in &reasons {
+        let lines = s.logged(&[" INFO ", "garbage collection removed a manifest", digest, reason]).await;
+        assert_eq!(lines.len(), 1, "{digest}: {lines:?}");
+    }
 }
 
 #[tokio::test]

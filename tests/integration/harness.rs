@@ -25,8 +25,27 @@ pub struct Server {
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
     pub http: Client,
-    /// The server's log lines so far.
+    /// The server's log lines so far, from its first.
     log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The server's next line of output (bytes that are not UTF-8 replaced, so that such a line
+/// does not end the reading); None at its end.
+fn next_line(output: &mut impl BufRead) -> Option<String> {
+    let mut line = Vec::new();
+    match output.read_until(b'\n', &mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(String::from_utf8_lossy(&line).trim_end().to_owned()),
+    }
+}
+
+/// The `addr=` of a log line that says `message`.
+fn logged_addr(line: &str, message: &str) -> Option<String> {
+    if !line.contains(message) {
+        return None;
+    }
+    let start = line.find("addr=")? + 5;
+    line[start..].split_whitespace().next().map(str::to_owned)
 }
 
 fn install_tls_provider() {
@@ -91,19 +110,20 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("start bosun");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
+        let mut output = BufReader::new(stdout);
+        let mut started = Vec::new();
         let addr = loop {
-            let line = lines.next().expect("bosun exited before serving").expect("read bosun output");
-            if line.contains("bosun is serving") {
-                let start = line.find("addr=").expect("addr field") + 5;
-                break line[start..].split_whitespace().next().expect("addr value").to_owned();
+            let line = next_line(&mut output).expect("bosun exited before serving");
+            started.push(line);
+            if let Some(addr) = logged_addr(started.last().unwrap(), "bosun is serving") {
+                break addr;
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(started));
         let kept = log.clone();
         std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
+            while let Some(line) = next_line(&mut output) {
                 kept.lock().unwrap().push(line);
             }
         });
@@ -444,7 +464,7 @@ impl Server {
     }
 
     /// The server's log lines that contain every one of `words`, waiting up to 5 s for the
-    /// first (a line is written after the answer that it logs).
+    /// first (the thread that reads the server's output passes lines on a little later).
     pub async fn logged(&self, words: &[&str]) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -459,6 +479,11 @@ impl Server {
     /// The server's log lines so far that contain every one of `words`.
     pub fn logged_now(&self, words: &[&str]) -> Vec<String> {
         self.log.lock().unwrap().iter().filter(|l| words.iter().all(|w| l.contains(w))).cloned().collect()
+    }
+
+    /// The address a log line saying `message` gives (`addr=`), as of the start.
+    pub fn logged_addr(&self, message: &str) -> Option<String> {
+        self.log.lock().unwrap().iter().find_map(|l| logged_addr(l, message))
     }
 
     /// Changes the server's database behind its back, as a bug or a hand edit could.

@@ -1,6 +1,7 @@
 //! Stopping the server with SIGTERM: a request in flight finishes before it exits, one that
-//! outlasts `http.drain_timeout` is cut off and left to be resumed, and the pulls noted in
-//! the last seconds are recorded.
+//! outlasts `http.drain_timeout` is cut off and left to be resumed, the pulls noted in the
+//! last seconds are recorded, and idle connections (at the cap, on the monitoring address)
+//! keep nothing waiting.
 
 use std::time::{Duration, Instant};
 
@@ -73,14 +74,22 @@ async fn a_request_in_flight_at_shutdown_finishes_before_the_server_exits() {
 /// At the connection cap the accept loop waits for a slot; a signal must end that wait
 /// too, not only a wait for a connection. The one connection held is idle between
 /// requests, which the drain closes at once.
+/// At its cap, with a keep-alive connection open on the API's address and one on the
+/// monitoring address: neither keeps the server from stopping.
 #[tokio::test]
 async fn a_server_at_its_connection_cap_stops_at_once() {
-    let mut s = Server::start_with(&[("BOSUN_HTTP_MAX_CONNECTIONS", "1")]);
-    let mut held = TcpStream::connect(&s.addr).await.unwrap();
-    held.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr).as_bytes()).await.unwrap();
-    let mut answer = [0u8; 12];
-    held.read_exact(&mut answer).await.unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 200");
+    let mut s =
+        Server::start_with(&[("BOSUN_HTTP_MAX_CONNECTIONS", "1"), ("BOSUN_HTTP_MONITOR_LISTEN", "127.0.0.1:0")]);
+    let monitor = s.logged_addr("serving /healthz and /metrics").unwrap();
+    let mut held = Vec::new();
+    for (addr, path) in [(&s.addr, "/v2/"), (&monitor, "/healthz")] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+        let mut answer = [0u8; 12];
+        tcp.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        held.push(tcp);
+    }
     s.terminate();
     let status = s.exited_within(Duration::from_secs(5)).await.expect("still running 5 s after SIGTERM, at the cap");
     assert!(status.success(), "{status}");
