@@ -37,6 +37,9 @@ pub struct Config {
     pub sync_writes: bool,
     /// Log filter, in `tracing` syntax (`info`, `bosun=debug`). Env: `BOSUN_LOG`.
     pub log: String,
+    /// `text` (a line a person reads) or `json` (one object per line, for a log
+    /// collector). Env: `BOSUN_LOG_FORMAT`.
+    pub log_format: LogFormat,
     /// Garbage collection.
     pub gc: GcConfig,
     /// Limits on clients that stop sending or reading.
@@ -69,6 +72,14 @@ pub struct Config {
     /// directory's disk (`"2%"`) or a size (`"10GiB"`, or bytes); `0` turns it off. Env:
     /// `BOSUN_MIN_FREE_SPACE`.
     pub min_free_space: MinFreeSpace,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The `[gc]` section. Durations are written `500ms`, `30s`, `10m`, `1h`, `7d`.
@@ -221,6 +232,7 @@ impl Default for Config {
             max_manifest_bytes: 4 * 1024 * 1024,
             sync_writes: true,
             log: "info".to_owned(),
+            log_format: LogFormat::Text,
             gc: GcConfig::default(),
             http: HttpConfig::default(),
             test_failpoints: false,
@@ -277,6 +289,13 @@ impl Config {
         }
         if let Some(v) = var("BOSUN_LOG") {
             self.log = v;
+        }
+        if let Some(v) = var("BOSUN_LOG_FORMAT") {
+            self.log_format = match v.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => bail!("BOSUN_LOG_FORMAT={v:?} is neither text nor json"),
+            };
         }
         let duration = |key: &str, v: String| parse_duration(&v).with_context(|| format!("{key}={v:?}"));
         if let Some(v) = var("BOSUN_GC_ENABLED") {
@@ -484,5 +503,9 @@ mod tests {
         assert!(err.contains("delete_enable"), "{err}");
         let err = Config::default().apply_env(|k| (k == "BOSUN_AUTO_MOUNT").then(|| "maybe".to_owned())).unwrap_err();
         assert!(err.to_string().contains("BOSUN_AUTO_MOUNT"));
+        let err = Config::default().apply_env(|k| (k == "BOSUN_LOG_FORMAT").then(|| "xml".to_owned())).unwrap_err();
+        assert!(err.to_string().contains("BOSUN_LOG_FORMAT"));
+        assert_eq!(toml::from_str::<Config>("log_format = \"json\"").unwrap().log_format, LogFormat::Json);
+        assert!(toml::from_str::<Config>("log_format = \"xml\"").is_err());
     }
 }

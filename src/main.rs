@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use bosun::cli::GcAction;
-use bosun::config::Config;
+use bosun::config::{Config, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "bosun", version, about = "A container image registry whose storage lifecycle is correct by design")]
@@ -127,10 +127,12 @@ fn load(args: ConfigArgs) -> anyhow::Result<Config> {
 }
 
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log)?)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log)?);
+    match cfg.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).init(),
+        // The event's fields at the top level, beside the time, level and target.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     Ok(())
 }
 

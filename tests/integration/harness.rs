@@ -39,10 +39,13 @@ fn next_line(output: &mut impl BufRead) -> Option<String> {
     }
 }
 
-/// The `addr=` of a log line that says `message`.
+/// The `addr` field of a log line that says `message` (in text, or in JSON).
 fn logged_addr(line: &str, message: &str) -> Option<String> {
     if !line.contains(message) {
         return None;
+    }
+    if let Ok(json) = serde_json::from_str::<Value>(line) {
+        return json["addr"].as_str().map(str::to_owned);
     }
     let start = line.find("addr=")? + 5;
     line[start..].split_whitespace().next().map(str::to_owned)
@@ -474,6 +477,12 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The server's log lines so far, each parsed as JSON (for `BOSUN_LOG_FORMAT=json`).
+    pub fn logged_json(&self) -> Vec<Value> {
+        let lines = self.log.lock().unwrap();
+        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
     }
 
     /// The server's log lines so far that contain every one of `words`.

@@ -322,3 +322,19 @@ async fn changes_are_in_the_access_log_with_the_clients_address() {
     // The read came before the delete, whose line is there.
     assert!(s.logged_now(&["method=\"GET\""]).is_empty(), "a read logged at info");
 }
+
+/// For a log collector, every line is a JSON object, the event's fields at its top level.
+#[tokio::test]
+async fn the_log_can_be_json() {
+    let s = Server::start_with(&[("BOSUN_LOG_FORMAT", "json")]);
+    assert_eq!(s.delete("/v2/json/manifests/v1").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.logged(&["\"method\":\"DELETE\""]).await.len(), 1);
+    let lines = s.logged_json();
+    let request = lines.iter().find(|l| l["method"] == "DELETE").unwrap();
+    assert_eq!(request["message"], "request", "{request}");
+    assert_eq!(request["level"], "INFO");
+    assert_eq!(request["path"], "/v2/json/manifests/v1");
+    assert_eq!(request["status"], 404);
+    assert!(request["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{request}");
+    assert!(lines.iter().any(|l| l["message"] == "bosun is serving"));
+}
