@@ -67,6 +67,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         retention,
         config: config.clone(),
         policy_changes: tokio::sync::Mutex::default(),
+        requests: Default::default(),
     });
     load_policies(&state).await?;
     // The quota groups this run's policies make, counted from the links once.

@@ -105,14 +105,16 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
             if let Err(e) = &gauges {
                 tracing::error!(error = %e, "reading the metrics gauges from metadata failed");
             }
+            let mut text = state.registry.metrics.render(
+                meta.log_failed(),
+                disk.ok(),
+                state.registry.options().min_free_space,
+                gauges.as_ref().ok(),
+            );
+            state.requests.render(&mut text);
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(Body::from(state.registry.metrics.render(
-                    meta.log_failed(),
-                    disk.ok(),
-                    state.registry.options().min_free_space,
-                    gauges.as_ref().ok(),
-                )))
+                .body(Body::from(text))
                 .expect("valid response")
         }
         (&Method::GET, "/healthz") => match state.registry.meta.health().await {

@@ -11,6 +11,7 @@ mod endpoint;
 mod error;
 mod handlers;
 mod headers;
+pub mod request_metrics;
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     /// installing the new set: two changes at once would each validate without the other,
     /// store a conflicting pair, and install a set missing one of them.
     pub policy_changes: tokio::sync::Mutex<()>,
+    /// Counts and latencies of the API's requests, for `/metrics`.
+    pub requests: request_metrics::RequestMetrics,
 }
 
 /// The application: every request goes through `dispatch`.
@@ -71,6 +74,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let path = parts.uri.path();
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let entry = access_log::Entry::start(&parts.method, &parts.uri, peer);
+    let (kind, method, started) = (request_metrics::Route::of(path), parts.method.clone(), std::time::Instant::now());
     let response = if path.starts_with("/admin/") || path == "/metrics" || path == "/healthz" {
         if path.starts_with("/admin/") && !admin::allowed(peer, state.config.admin_remote) {
             admin::refuse_remote()
@@ -86,6 +90,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         response
     };
     entry.finish(response.status());
+    state.requests.observe(kind, &method, response.status(), started.elapsed());
     response
 }
 

@@ -338,3 +338,20 @@ async fn the_log_can_be_json() {
     assert!(request["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{request}");
     assert!(lines.iter().any(|l| l["message"] == "bosun is serving"));
 }
+
+/// `/metrics` counts the API's requests by route, method and status class, and times them.
+#[tokio::test]
+async fn requests_are_counted_and_timed_by_route() {
+    let s = Server::start();
+    s.push_image("counted", "v1", &[b"layer"]).await;
+    assert_eq!(s.get("/v2/counted/manifests/v1").await.status(), StatusCode::OK);
+    assert_eq!(s.get("/v2/counted/manifests/v2").await.status(), StatusCode::NOT_FOUND);
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    let requests = |labels: &str| sample(&metrics, &format!("bosun_http_requests_total{{{labels}}}"));
+    assert_eq!(requests("route=\"manifest\",method=\"PUT\",code=\"2xx\""), 1.0, "{metrics}");
+    assert_eq!(requests("route=\"manifest\",method=\"GET\",code=\"2xx\""), 1.0);
+    assert_eq!(requests("route=\"manifest\",method=\"GET\",code=\"4xx\""), 1.0);
+    assert_eq!(requests("route=\"upload_start\",method=\"POST\",code=\"2xx\""), 2.0, "config and layer");
+    assert_eq!(sample(&metrics, "bosun_http_request_duration_seconds_count{route=\"manifest\"}"), 3.0);
+    assert_eq!(sample(&metrics, "bosun_http_request_duration_seconds_bucket{route=\"manifest\",le=\"+Inf\"}"), 3.0);
+}
