@@ -146,3 +146,67 @@ pub fn du(json_text: &str, sort: &str, as_json: bool) -> anyhow::Result<String> 
     }
     Ok(out)
 }
+
+/// `bosun audit`: the tag deletions, newest first, as a table (times in UTC), or the JSON.
+pub fn audit(json_text: &str, as_json: bool) -> anyhow::Result<String> {
+    if as_json {
+        return Ok(json_text.to_owned());
+    }
+    let deletions: Vec<serde_json::Value> = serde_json::from_str(json_text)?;
+    let mut out = format!(
+        "{:<19}  {:<9}  {:<19}  {:<19}  {:<40}  REASON\n",
+        "DELETED (UTC)", "ACTOR", "RESTORED (UTC)", "DIGEST", "TAG"
+    );
+    for d in &deletions {
+        let text = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+        let restored = match d["restored_at"].as_i64() {
+            Some(at) => utc(at),
+            None if d["restorable"] == true => "no (restorable)".to_owned(),
+            None => "no".to_owned(),
+        };
+        let digest = text("digest");
+        let short = digest.get(..19).unwrap_or(&digest);
+        let tag = format!("{}:{}", text("repository"), text("tag"));
+        out += &format!(
+            "{:<19}  {:<9}  {:<19}  {:<19}  {:<40}  {}\n",
+            utc(d["deleted_at"].as_i64().unwrap_or_default()),
+            text("actor"),
+            restored,
+            short,
+            tag,
+            text("reason")
+        );
+    }
+    Ok(out)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` of a time in milliseconds since the epoch, in UTC.
+fn utc(ms: i64) -> String {
+    let (days, secs) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000) / 1000);
+    let (year, month, day) = crate::policy::cron::civil(days);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_as_a_table() {
+        let json = serde_json::json!([
+            {"repository": "team/app", "tag": "v1", "digest": format!("sha256:{}", "ab".repeat(32)), "deleted_at": 1_796_524_880_966_i64,
+             "actor": "retention", "reason": "policy keep-3: not among the 3 newest", "restorable": true, "restored_at": null},
+            {"repository": "team/app", "tag": "v0", "digest": "sha256:00", "deleted_at": 0, "actor": "api",
+             "reason": "tag deleted through the API", "restorable": true, "restored_at": 86_400_000},
+        ])
+        .to_string();
+        let table = audit(&json, false).unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("DELETED (UTC)"), "{table}");
+        assert!(lines[1].starts_with("2026-12-06 02:41:20  retention  no (restorable)"), "{table}");
+        assert!(lines[1].contains("sha256:abababababab ") && lines[1].contains("team/app:v1"), "{table}");
+        assert!(lines[1].ends_with("policy keep-3: not among the 3 newest"), "{table}");
+        assert!(lines[2].starts_with("1970-01-01 00:00:00  api        1970-01-02 00:00:00"), "{table}");
+        assert_eq!(audit(&json, true).unwrap(), json);
+    }
+}

@@ -73,6 +73,20 @@ enum Command {
         url: Option<SocketAddr>,
         reference: String,
     },
+    /// The audit of tag deletions, newest first: when, by whom (`api` or `retention`), why,
+    /// and whether the tag was restored (on the running instance).
+    Audit {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        url: Option<SocketAddr>,
+        /// How many deletions to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Storage accounting: referenced, exclusive and shared bytes per repository and tag.
     Du {
         #[command(flatten)]
@@ -207,6 +221,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let path =
                 format!("/admin/restore?repository={}&tag={}", bosun::cli::encode(repo), bosun::cli::encode(tag));
             println!("{}", bosun::cli::admin(&cfg, url, "POST", &path, "")?);
+            Ok(())
+        }
+        Command::Audit { config, url, limit, json } => {
+            let cfg = load(config)?;
+            let answer = bosun::cli::admin(&cfg, url, "GET", &format!("/admin/deletions?limit={limit}"), "")?;
+            print!("{}", bosun::cli::audit(&answer, json)?);
             Ok(())
         }
         Command::Du { config, url, repository, sort, json } => {

@@ -1,4 +1,4 @@
-//! The `bosun gc` command, against a running instance and a stopped one.
+//! The `bosun gc` command, against a running instance and a stopped one; `bosun audit`.
 
 use std::process::Command;
 
@@ -107,4 +107,32 @@ async fn retention_restore_and_du_commands() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("restore window"));
     run(&["retention", "remove", "only-b"]);
     assert!(run(&["du", "--sort", "name"]).contains("cli/r:b"));
+}
+
+/// `bosun audit` lists who deleted which tag, when and why, from the running instance.
+#[tokio::test]
+async fn the_audit_from_the_command_line() {
+    let s = Server::start();
+    s.push_image("cli/audit", "v1", &[b"audited layer"]).await;
+    assert_eq!(s.delete("/v2/cli/audit/manifests/v1").await.status(), reqwest::StatusCode::ACCEPTED);
+    let audit = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bosun"))
+            .arg("audit")
+            .args(["--url", &s.addr])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = audit(&[]);
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.contains("api") && row.contains("cli/audit:v1") && row.ends_with("tag deleted through the API"),
+        "{table}"
+    );
+    assert!(row.contains("no (restorable)"), "{table}");
+    let json: Value = serde_json::from_str(&audit(&["--json", "--limit", "1"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    assert_eq!(json[0]["tag"], "v1");
 }
