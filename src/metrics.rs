@@ -35,6 +35,10 @@ pub struct Metrics {
     pub http_connection_cap_reached: AtomicU64,
     /// Upload sessions refused because free space was under `min_free_space`.
     pub uploads_refused_low_space: AtomicU64,
+    /// Bytes stored into upload sessions (a chunk rolled back counts for nothing).
+    pub upload_bytes_received: AtomicU64,
+    /// Bytes of blob GET answers, as announced (a client that hangs up early gets fewer).
+    pub blob_bytes_served: AtomicU64,
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
@@ -77,6 +81,18 @@ impl Metrics {
                 min_free_space.bytes(disk.size),
             );
         }
+        counter(
+            &mut out,
+            "bosun_upload_bytes_received_total",
+            "Bytes stored into upload sessions (chunks rolled back not counted).",
+            &self.upload_bytes_received,
+        );
+        counter(
+            &mut out,
+            "bosun_blob_bytes_served_total",
+            "Bytes of blob GET answers, as announced (a client that hangs up early receives fewer).",
+            &self.blob_bytes_served,
+        );
         counter(
             &mut out,
             "bosun_uploads_refused_low_space_total",

@@ -237,7 +237,10 @@ impl Registry {
             })
             .and(hashed);
         match outcome {
-            Ok(hasher) => Ok(HashState { size, hasher }),
+            Ok(hasher) => {
+                Metrics::add(&self.metrics.upload_bytes_received, size - state.size);
+                Ok(HashState { size, hasher })
+            }
             Err(e) => {
                 // Roll back: a fresh writer at the old size truncates whatever got written.
                 self.store.upload_writer(id, state.size).await?.finish().await?;

@@ -15,6 +15,7 @@ mod gc_stress;
 mod health;
 mod listing;
 mod manifests;
+mod observability;
 mod oci_client;
 mod retention;
 mod shutdown;

@@ -7,6 +7,7 @@ use axum::http::{Method, StatusCode, header};
 use super::{finish, respond};
 use crate::api::ApiResult;
 use crate::api::headers::{self, DOCKER_CONTENT_DIGEST};
+use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 use crate::registry::Registry;
 
@@ -44,6 +45,7 @@ pub async fn get(registry: &Registry, name: &RepoName, digest: &Digest, request:
     } else {
         common(StatusCode::OK)
     };
+    Metrics::add(&registry.metrics.blob_bytes_served, read.len);
     Ok(finish(builder.header(header::CONTENT_LENGTH, read.len), Body::from_stream(read.body)))
 }
 
