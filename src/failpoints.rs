@@ -19,6 +19,8 @@ pub const GC_BEFORE_BYTES: &str = "gc.before_bytes";
 pub const GC_UPLOADS_CLAIMED: &str = "gc.uploads_claimed";
 /// In an upload step, after its body has been received and before it is flushed.
 pub const UPLOAD_BEFORE_FLUSH: &str = "upload.before_flush";
+/// In the opening of an upload session, once its file exists and before its row does.
+pub const UPLOAD_FILE_BEFORE_ROW: &str = "upload.file_before_row";
 
 #[derive(Default)]
 pub struct Failpoints {

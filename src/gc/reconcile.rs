@@ -6,7 +6,9 @@
 //!   counted.
 //! - Blobs metadata knows but storage lacks are reported loudly (log, metric, run record)
 //!   and never dropped from metadata: that is data loss to investigate, not to hide.
-//! - Staged upload files without a session are removed once older than the grace period.
+//! - Staged upload files without a session are removed once older than the grace period,
+//!   each once its session's lock is taken: a session being opened has its file a moment
+//!   before its row, and holds that lock across both.
 //! - Repositories with nothing in them are removed. Collections remove those their own
 //!   removals emptied, and a blob delete the one it empties; this sweep, the only one over
 //!   every repository, catches what neither saw.
@@ -97,24 +99,31 @@ impl Collector {
             report.blob(digest, blob.size);
         }
 
+        let sessions = reg.sessions();
         for (id, modified) in uploads {
             if modified > old_enough {
-                continue;
-            }
-            let i = id.clone();
-            if reg.meta.read(move |c| q::upload_known(c, &i)).await? {
                 continue;
             }
             let Ok(upload) = id.parse::<UploadId>() else {
                 tracing::warn!(file = %id, "stray file in the uploads area left alone");
                 continue;
             };
+            // A session being opened has its file before its row, and holds its lock
+            // across both (`Registry::start_upload`): a file whose lock is taken, or whose
+            // row exists once the lock is ours, is a session's.
+            let Some(claim) = sessions.claim(&upload) else { continue };
+            let i = id.clone();
+            if reg.meta.read(move |c| q::upload_known(c, &i)).await? {
+                continue;
+            }
             if !report.run.dry_run {
                 match reg.store.delete_upload(&upload).await {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                     _ => {}
                 }
             }
+            drop(claim);
+            sessions.forget(&upload);
             report.upload(id);
         }
         self.sweep_repositories(report).await?;

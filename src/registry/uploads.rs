@@ -13,7 +13,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 
 use super::hashing::PipelinedHasher;
 use super::{Error, Registry, Result, quota};
-use crate::failpoints::UPLOAD_BEFORE_FLUSH;
+use crate::failpoints::{UPLOAD_BEFORE_FLUSH, UPLOAD_FILE_BEFORE_ROW};
 use crate::metadata::{blobs, now_ms, repositories, uploads};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName, UploadId};
@@ -89,7 +89,12 @@ impl Registry {
     pub async fn start_upload(&self, name: &RepoName) -> Result<UploadStatus> {
         self.check_room_for_uploads().await?;
         let id = UploadId::random();
+        // The file comes before the row (a crash between leaves a file reconcile removes,
+        // never a session without its file), and the session's lock is held across both:
+        // reconcile removes a file without a row only once it can take that lock.
+        let _opening = self.sessions.lock(&id).await;
         self.store.create_upload(&id).await?;
+        self.failpoints.hit(UPLOAD_FILE_BEFORE_ROW).await;
         let (i, n) = (id.clone(), name.clone());
         self.meta.write(move |c| uploads::create(c, &i, &n, now_ms()).map_err(Error::from)).await?;
         Ok(UploadStatus { id, size: 0 })

@@ -260,3 +260,30 @@ async fn a_request_for_a_stale_upload_session_being_removed_finds_it_gone() {
     expect_error(patch.await.unwrap(), StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
     assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
 }
+
+/// Reconcile removes an upload file that no session owns, but not the file of a session
+/// being opened, which exists a moment before its row: with the opening paused between the
+/// two and no grace period, the file stays, and the session then takes a whole upload.
+#[tokio::test]
+async fn reconcile_leaves_the_file_of_a_session_being_opened() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let stray = s.data_dir.join("uploads").join("0123456789abcdef0123456789abcdef");
+    std::fs::write(&stray, b"left by a crash").unwrap();
+    s.arm("upload.file_before_row").await;
+    let post = {
+        let s = s.clone();
+        tokio::spawn(async move { s.http.post(s.url("/v2/race/open/blobs/uploads/")).send().await.unwrap() })
+    };
+    s.wait_paused("upload.file_before_row").await;
+    let report: Value = s.reconcile(false).await.json().await.unwrap();
+    assert_eq!(report["uploads_removed"], 1, "the stray file only: {report}");
+    assert!(!stray.exists());
+    s.release("upload.file_before_row").await;
+    let resp = post.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = header(&resp, "location");
+    let data = random_bytes(31, 5000);
+    let put = s.http.put(s.url(&format!("{location}?digest={}", sha256(&data)))).body(data.clone());
+    assert_eq!(put.send().await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(s.get(&format!("/v2/race/open/blobs/{}", sha256(&data))).await.bytes().await.unwrap(), data);
+}
