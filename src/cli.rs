@@ -108,7 +108,7 @@ pub fn encode(v: &str) -> String {
 /// `bosun du`: a table sorted by `sort` (`exclusive`, `referenced` or `name`), or the JSON.
 pub fn du(json_text: &str, sort: &str, as_json: bool) -> anyhow::Result<String> {
     if as_json {
-        return Ok(json_text.to_owned());
+        return Ok(format!("{json_text}\n"));
     }
     let report: serde_json::Value = serde_json::from_str(json_text)?;
     let mut rows: Vec<(String, u64, u64, u64)> = Vec::new();
@@ -150,32 +150,30 @@ pub fn du(json_text: &str, sort: &str, as_json: bool) -> anyhow::Result<String> 
 /// `bosun audit`: the tag deletions, newest first, as a table (times in UTC), or the JSON.
 pub fn audit(json_text: &str, as_json: bool) -> anyhow::Result<String> {
     if as_json {
-        return Ok(json_text.to_owned());
+        return Ok(format!("{json_text}\n"));
     }
     let deletions: Vec<serde_json::Value> = serde_json::from_str(json_text)?;
-    let mut out = format!(
-        "{:<19}  {:<9}  {:<19}  {:<19}  {:<40}  REASON\n",
-        "DELETED (UTC)", "ACTOR", "RESTORED (UTC)", "DIGEST", "TAG"
-    );
+    let row = |cells: [&str; 7]| {
+        format!(
+            "{:<19}  {:<9}  {:<19}  {:<19}  {:<19}  {:<40}  {}\n",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6]
+        )
+    };
+    let mut out = row(["DELETED (UTC)", "ACTOR", "RESTORED (UTC)", "RESTORABLE UNTIL", "DIGEST", "TAG", "REASON"]);
     for d in &deletions {
         let text = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
-        let restored = match d["restored_at"].as_i64() {
-            Some(at) => utc(at),
-            None if d["restorable"] == true => "no (restorable)".to_owned(),
-            None => "no".to_owned(),
-        };
+        let time = |k: &str| d[k].as_i64().map(utc).unwrap_or_else(|| "-".to_owned());
         let digest = text("digest");
-        let short = digest.get(..19).unwrap_or(&digest);
         let tag = format!("{}:{}", text("repository"), text("tag"));
-        out += &format!(
-            "{:<19}  {:<9}  {:<19}  {:<19}  {:<40}  {}\n",
-            utc(d["deleted_at"].as_i64().unwrap_or_default()),
-            text("actor"),
-            restored,
-            short,
-            tag,
-            text("reason")
-        );
+        out += &row([
+            &time("deleted_at"),
+            &text("actor"),
+            &time("restored_at"),
+            &time("restorable_until"),
+            digest.get(..19).unwrap_or(&digest),
+            &tag,
+            &text("reason"),
+        ]);
     }
     Ok(out)
 }
@@ -194,19 +192,24 @@ mod tests {
     #[test]
     fn the_audit_as_a_table() {
         let json = serde_json::json!([
-            {"repository": "team/app", "tag": "v1", "digest": format!("sha256:{}", "ab".repeat(32)), "deleted_at": 1_796_524_880_966_i64,
-             "actor": "retention", "reason": "policy keep-3: not among the 3 newest", "restorable": true, "restored_at": null},
-            {"repository": "team/app", "tag": "v0", "digest": "sha256:00", "deleted_at": 0, "actor": "api",
-             "reason": "tag deleted through the API", "restorable": true, "restored_at": 86_400_000},
+            {"repository": "team/app", "tag": "v1", "digest": format!("sha256:{}", "ab".repeat(32)),
+             "deleted_at": 1_796_524_880_966_i64, "actor": "retention", "reason": "policy keep-3: not among the 3 newest",
+             "restorable": true, "restorable_until": 1_796_611_280_966_i64, "restored_at": null},
+            {"repository": "team/app", "tag": "v0", "digest": "sha256:00", "deleted_at": -1, "actor": "api",
+             "reason": "tag deleted through the API", "restorable": false, "restored_at": 86_400_000},
+            {"repository": "team/app", "tag": "v2", "digest": "sha256:01", "actor": "api", "reason": "no time"},
         ])
         .to_string();
         let table = audit(&json, false).unwrap();
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("DELETED (UTC)"), "{table}");
-        assert!(lines[1].starts_with("2026-12-06 02:41:20  retention  no (restorable)"), "{table}");
+        assert!(
+            lines[1].starts_with("2026-12-06 02:41:20  retention  -                    2026-12-07 02:41:20"),
+            "{table}"
+        );
         assert!(lines[1].contains("sha256:abababababab ") && lines[1].contains("team/app:v1"), "{table}");
         assert!(lines[1].ends_with("policy keep-3: not among the 3 newest"), "{table}");
-        assert!(lines[2].starts_with("1970-01-01 00:00:00  api        1970-01-02 00:00:00"), "{table}");
-        assert_eq!(audit(&json, true).unwrap(), json);
+        assert!(lines[2].starts_with("1969-12-31 23:59:59  api        1970-01-02 00:00:00  -  "), "{table}");
+        assert!(lines[3].starts_with("-                    api"), "a deletion with no time: {table}");
     }
 }

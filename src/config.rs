@@ -75,11 +75,28 @@ pub struct Config {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("log_format {raw:?} is neither text nor json")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The `[gc]` section. Durations are written `500ms`, `30s`, `10m`, `1h`, `7d`.
@@ -291,11 +308,8 @@ impl Config {
             self.log = v;
         }
         if let Some(v) = var("BOSUN_LOG_FORMAT") {
-            self.log_format = match v.trim() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                _ => bail!("BOSUN_LOG_FORMAT={v:?} is neither text nor json"),
-            };
+            self.log_format =
+                v.parse().map_err(anyhow::Error::msg).with_context(|| format!("BOSUN_LOG_FORMAT={v:?}"))?;
         }
         let duration = |key: &str, v: String| parse_duration(&v).with_context(|| format!("{key}={v:?}"));
         if let Some(v) = var("BOSUN_GC_ENABLED") {
@@ -506,6 +520,7 @@ mod tests {
         let err = Config::default().apply_env(|k| (k == "BOSUN_LOG_FORMAT").then(|| "xml".to_owned())).unwrap_err();
         assert!(err.to_string().contains("BOSUN_LOG_FORMAT"));
         assert_eq!(toml::from_str::<Config>("log_format = \"json\"").unwrap().log_format, LogFormat::Json);
+        assert_eq!(toml::from_str::<Config>("log_format = \"JSON\"").unwrap().log_format, LogFormat::Json);
         assert!(toml::from_str::<Config>("log_format = \"xml\"").is_err());
     }
 }

@@ -78,6 +78,7 @@ enum Command {
     Audit {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Admin API address of the running instance (default: the configured listen address).
         #[arg(long)]
         url: Option<SocketAddr>,
         /// How many deletions to list.
@@ -144,7 +145,8 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     let logs = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log)?);
     match cfg.log_format {
         LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).init(),
-        // The event's fields at the top level, beside the time, level and target.
+        // The event's fields at the top level, beside the time, level and target (so no
+        // event may have a field of one of those names, or `message`: the key would repeat).
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
     Ok(())

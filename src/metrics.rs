@@ -35,7 +35,8 @@ pub struct Metrics {
     pub http_connection_cap_reached: AtomicU64,
     /// Upload sessions refused because free space was under `min_free_space`.
     pub uploads_refused_low_space: AtomicU64,
-    /// Bytes stored into upload sessions (a chunk rolled back counts for nothing).
+    /// Blob bytes of upload steps that succeeded (a chunk refused or rolled back, or a final
+    /// body whose blob is refused, counts nothing).
     pub upload_bytes_received: AtomicU64,
     /// Bytes of blob GET answers, as announced (a client that hangs up early gets fewer).
     pub blob_bytes_served: AtomicU64,
@@ -84,7 +85,7 @@ impl Metrics {
         counter(
             &mut out,
             "bosun_upload_bytes_received_total",
-            "Bytes stored into upload sessions (chunks rolled back not counted).",
+            "Blob bytes of upload steps that succeeded (a chunk refused or rolled back, or a blob refused, counts nothing).",
             &self.upload_bytes_received,
         );
         counter(

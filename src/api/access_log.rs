@@ -28,9 +28,11 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn start(method: &Method, uri: &Uri, peer: Option<SocketAddr>) -> Entry {
+    /// `endpoint`: what the router parsed the path into (None for the admin API's paths,
+    /// and for a path that is no endpoint).
+    pub fn start(method: &Method, uri: &Uri, endpoint: Option<&Endpoint>, peer: Option<SocketAddr>) -> Entry {
         let path = uri.path();
-        let change = is_change(method, path);
+        let change = is_change(method, path, endpoint);
         let written =
             if change { tracing::enabled!(tracing::Level::INFO) } else { tracing::enabled!(tracing::Level::DEBUG) };
         // Queries of `/v2/` are left out: an upload's digest says nothing about who did what.
@@ -66,18 +68,15 @@ impl Drop for Entry {
 
 /// Whether a request changes what the registry holds in a way an operator asks about
 /// later: a manifest or tag pushed, a manifest, tag or blob deleted, an admin action.
-/// Decided from the endpoint the router will see (which decodes `%XX`), so that no
-/// spelling of a path takes a push out of the log. A blob upload's steps (a cancel
-/// included) are not changes: the manifest push that uses the blob is what makes it part
-/// of an image.
-fn is_change(method: &Method, path: &str) -> bool {
+/// Decided from the endpoint the router sees (it decodes `%XX`), so that no spelling of
+/// a path takes a push out of the log. A blob upload's steps (a cancel included) are not
+/// changes: the manifest push that uses the blob is what makes it part of an image.
+fn is_change(method: &Method, path: &str, endpoint: Option<&Endpoint>) -> bool {
     let admin = path.starts_with("/admin/");
     match *method {
         Method::POST => admin,
-        Method::PUT => admin || matches!(Endpoint::parse(path), Ok(Endpoint::Manifest { .. })),
-        Method::DELETE => {
-            admin || matches!(Endpoint::parse(path), Ok(Endpoint::Manifest { .. } | Endpoint::Blob { .. }))
-        }
+        Method::PUT => admin || matches!(endpoint, Some(Endpoint::Manifest { .. })),
+        Method::DELETE => admin || matches!(endpoint, Some(Endpoint::Manifest { .. } | Endpoint::Blob { .. })),
         _ => false,
     }
 }
@@ -104,7 +103,8 @@ mod tests {
             (Method::GET, "/admin/gc/runs", false),
         ];
         for (method, path, change) in cases {
-            assert_eq!(is_change(&method, path), change, "{method} {path}");
+            let endpoint = Endpoint::parse(path).ok();
+            assert_eq!(is_change(&method, path, endpoint.as_ref()), change, "{method} {path}");
         }
     }
 }

@@ -186,7 +186,13 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
             }
         }
         (&Method::GET, "/admin/deletions") => {
-            ok_or_500(state.registry.meta.read(move |c| crate::metadata::retention::deletions(c, limit)).await)
+            let options = state.registry.options();
+            let (since, window) =
+                (options.restore_since(crate::metadata::now_ms()), options.restore_window.as_millis());
+            let window = i64::try_from(window).unwrap_or(i64::MAX);
+            ok_or_500(
+                state.registry.meta.read(move |c| crate::metadata::retention::deletions(c, limit, since, window)).await,
+            )
         }
         (&Method::GET, "/admin/du") => ok_or_500(crate::accounting::usage(&state.registry, param("repository")).await),
         (&Method::POST, "/admin/clock") if state.registry.failpoints.enabled() => {

@@ -73,30 +73,34 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let entry = access_log::Entry::start(&parts.method, &parts.uri, peer);
-    let (kind, method, started) = (request_metrics::Route::of(path), parts.method.clone(), std::time::Instant::now());
-    let response = if path.starts_with("/admin/") || path == "/metrics" || path == "/healthz" {
-        if path.starts_with("/admin/") && !admin::allowed(peer, state.config.admin_remote) {
+    let admin = path.starts_with("/admin/") || path == "/metrics" || path == "/healthz";
+    // Parsed once: the router, the access log and the metrics see the same endpoint.
+    let endpoint = (!admin).then(|| Endpoint::parse(path));
+    let parsed = endpoint.as_ref().and_then(|e| e.as_ref().ok());
+    let entry = access_log::Entry::start(&parts.method, &parts.uri, parsed, peer);
+    let timer = state.requests.start(request_metrics::Route::of(path, parsed), &parts.method);
+    let response = match endpoint {
+        None if path.starts_with("/admin/") && !admin::allowed(peer, state.config.admin_remote) => {
             admin::refuse_remote()
-        } else {
-            admin::route(&state, &parts, body).await
         }
-    } else {
-        let mut response = match route(&state.registry, Request::from_parts(parts, body)).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
-        };
-        response.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-        response
+        None => admin::route(&state, &parts, body).await,
+        Some(endpoint) => {
+            let mut response = match route(&state.registry, endpoint, Request::from_parts(parts, body)).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            };
+            response.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+            response
+        }
     };
     entry.finish(response.status());
-    state.requests.observe(kind, &method, response.status(), started.elapsed());
+    timer.finish(response.status());
     response
 }
 
-async fn route(registry: &Arc<Registry>, request: Request) -> ApiResult {
+async fn route(registry: &Arc<Registry>, endpoint: Result<Endpoint, PathError>, request: Request) -> ApiResult {
     use Endpoint::*;
-    let endpoint = match Endpoint::parse(request.uri().path()) {
+    let endpoint = match endpoint {
         // A tag that cannot exist names no manifest: reading or deleting it is a 404 (as
         // the conformance suite expects); only a push of it is a client error.
         Err(PathError::Tag(e)) if request.method() != Method::PUT => {

@@ -162,17 +162,24 @@ pub fn in_restore_window(conn: &Connection, manifest: ManifestId, since: i64) ->
         .is_some())
 }
 
-/// Recent tag deletions, newest first (the audit).
-pub fn deletions(conn: &Connection, limit: usize) -> Result<Vec<serde_json::Value>> {
+/// Recent tag deletions, newest first (the audit). `restorable` says what a restore would
+/// do now (deleted after `restore_since`, not restored, its manifest still there, as
+/// [`restorable`] asks), and `restorable_until` until when, given the window's length.
+pub fn deletions(conn: &Connection, limit: usize, restore_since: i64, window: i64) -> Result<Vec<serde_json::Value>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT repository, tag, digest, deleted_at, actor, reason, restorable, restored_at, pushed_at, pulled_at
-           FROM tag_deletions ORDER BY id DESC LIMIT ?1",
+        "SELECT d.repository, d.tag, d.digest, d.deleted_at, d.actor, d.reason,
+                d.restorable = 1 AND d.restored_at IS NULL AND d.deleted_at > ?2
+                  AND EXISTS (SELECT 1 FROM manifests m WHERE m.id = d.manifest_id AND m.digest = d.digest),
+                d.restored_at, d.pushed_at, d.pulled_at
+           FROM tag_deletions d ORDER BY d.id DESC LIMIT ?1",
     )?;
-    let rows = stmt.query_map([limit as i64], |r| {
+    let rows = stmt.query_map(params![limit as i64, restore_since], |r| {
+        let (deleted_at, restorable) = (r.get::<_, i64>(3)?, r.get::<_, bool>(6)?);
         Ok(serde_json::json!({
             "repository": r.get::<_, String>(0)?, "tag": r.get::<_, String>(1)?, "digest": r.get::<_, String>(2)?,
-            "deleted_at": r.get::<_, i64>(3)?, "actor": r.get::<_, String>(4)?, "reason": r.get::<_, String>(5)?,
-            "restorable": r.get::<_, bool>(6)?, "restored_at": r.get::<_, Option<i64>>(7)?,
+            "deleted_at": deleted_at, "actor": r.get::<_, String>(4)?, "reason": r.get::<_, String>(5)?,
+            "restorable": restorable, "restorable_until": restorable.then(|| deleted_at.saturating_add(window)),
+            "restored_at": r.get::<_, Option<i64>>(7)?,
             "pushed_at": r.get::<_, Option<i64>>(8)?, "pulled_at": r.get::<_, Option<i64>>(9)?,
         }))
     })?;

@@ -177,14 +177,18 @@ impl Registry {
     {
         let mut guard = self.sessions.lock(id).await;
         let appended = self.append_locked(name, id, &guard, range, body).await;
-        let state = self.forget_if_unknown(id, appended).await?;
+        let (state, received) = self.forget_if_unknown(id, appended).await?;
         let (i, new_size) = (id.clone(), state.size);
         self.meta.write(move |c| uploads::set_size(c, &i, new_size, now_ms()).map_err(Error::from)).await?;
+        // Counted once the step is the session's: a chunk rolled back, or lost with a
+        // failed write of the new size, counts nothing.
+        Metrics::add(&self.metrics.upload_bytes_received, received);
         *guard = Some(state);
         Ok(UploadStatus { id: id.clone(), size: new_size })
     }
 
-    /// Appends to a session whose lock the caller holds (`cached` is its hash state).
+    /// Appends to a session whose lock the caller holds (`cached` is its hash state);
+    /// returns the new state and how many bytes this step added.
     async fn append_locked<S, E>(
         &self,
         name: &RepoName,
@@ -192,7 +196,7 @@ impl Registry {
         cached: &Option<HashState>,
         range: Option<ChunkRange>,
         mut body: S,
-    ) -> Result<HashState>
+    ) -> Result<(HashState, u64)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -242,10 +246,7 @@ impl Registry {
             })
             .and(hashed);
         match outcome {
-            Ok(hasher) => {
-                Metrics::add(&self.metrics.upload_bytes_received, size - state.size);
-                Ok(HashState { size, hasher })
-            }
+            Ok(hasher) => Ok((HashState { size, hasher }, size - state.size)),
             Err(e) => {
                 // Roll back: a fresh writer at the old size truncates whatever got written.
                 self.store.upload_writer(id, state.size).await?.finish().await?;
@@ -270,7 +271,7 @@ impl Registry {
     {
         let mut guard = self.sessions.lock(id).await;
         let appended = self.append_locked(name, id, &guard, range, body).await;
-        let state = self.forget_if_unknown(id, appended).await?;
+        let (state, received) = self.forget_if_unknown(id, appended).await?;
         let actual = match digest.algorithm() {
             DigestAlgorithm::Sha256 => state.hasher.clone().finish(),
             other => self.rehash(id, state.size, other).await?.finish(),
@@ -336,6 +337,7 @@ impl Registry {
         }
         *guard = None;
         self.sessions.forget(id);
+        Metrics::add(&self.metrics.upload_bytes_received, received);
         Ok(size)
     }
 

@@ -1,4 +1,5 @@
-//! The `bosun gc` command, against a running instance and a stopped one; `bosun audit`.
+//! The commands: `bosun gc` against a running instance and a stopped one; `retention`,
+//! `restore`, `du` and `audit` against a running one.
 
 use std::process::Command;
 
@@ -87,11 +88,7 @@ async fn retention_restore_and_du_commands() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.json");
     std::fs::write(&policy, r#"{"name": "only-b", "repositories": "cli/*", "keep": {"matching": "b"}}"#).unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_bosun")).args(args).args(["--url", &s.addr]).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| bosun(&s, args);
     run(&["retention", "put", policy.to_str().unwrap()]);
     let explain: Value = serde_json::from_str(&run(&["retention", "explain", "cli/r"])).unwrap();
     assert_eq!(explain["governed_by"], "only-b");
@@ -109,30 +106,35 @@ async fn retention_restore_and_du_commands() {
     assert!(run(&["du", "--sort", "name"]).contains("cli/r:b"));
 }
 
-/// `bosun audit` lists who deleted which tag, when and why, from the running instance.
+/// Runs a `bosun` command against the running instance `s`; its standard output.
+fn bosun(s: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bosun")).args(args).args(["--url", &s.addr]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `bosun audit` lists who deleted which tag, when, why and until when it can be restored,
+/// from the running instance, newest first.
 #[tokio::test]
 async fn the_audit_from_the_command_line() {
     let s = Server::start();
     s.push_image("cli/audit", "v1", &[b"audited layer"]).await;
-    assert_eq!(s.delete("/v2/cli/audit/manifests/v1").await.status(), reqwest::StatusCode::ACCEPTED);
-    let audit = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_bosun"))
-            .arg("audit")
-            .args(["--url", &s.addr])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let table = audit(&[]);
-    let row = table.lines().nth(1).unwrap_or_default();
-    assert!(
-        row.contains("api") && row.contains("cli/audit:v1") && row.ends_with("tag deleted through the API"),
-        "{table}"
-    );
-    assert!(row.contains("no (restorable)"), "{table}");
-    let json: Value = serde_json::from_str(&audit(&["--json", "--limit", "1"])).unwrap();
+    s.push_image("cli/audit", "v2", &[b"another layer"]).await;
+    for tag in ["v1", "v2"] {
+        assert_eq!(s.delete(&format!("/v2/cli/audit/manifests/{tag}")).await.status(), reqwest::StatusCode::ACCEPTED);
+    }
+    let table = bosun(&s, &["audit"]);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows[0].contains("cli/audit:v2") && rows[1].contains("cli/audit:v1"), "newest first: {table}");
+    for row in rows {
+        assert!(row.contains(" api ") && row.ends_with("tag deleted through the API"), "{table}");
+        // Not restored; restorable for the default day.
+        let cells: Vec<&str> = row.split("  ").filter(|c| !c.is_empty()).collect();
+        assert_eq!(cells[2].trim(), "-", "{table}");
+        assert!(cells[3].starts_with("20"), "{table}");
+    }
+    let json: Value = serde_json::from_str(&bosun(&s, &["audit", "--json", "--limit", "1"])).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 1);
-    assert_eq!(json[0]["tag"], "v1");
+    assert_eq!(json[0]["tag"], "v2");
 }

@@ -265,6 +265,10 @@ async fn restore_within_the_window_and_not_after() {
 
     // Deleted again, and the window passes: collected, no longer restorable.
     s.delete("/v2/undo/manifests/v1").await;
+    let audit: Value = s.get("/admin/deletions").await.json().await.unwrap();
+    assert_eq!(audit[0]["restorable"], true, "{audit}");
+    assert_eq!(audit[0]["restorable_until"].as_i64(), audit[0]["deleted_at"].as_i64().map(|at| at + DAY));
+    assert_eq!(audit[1]["restorable"], false, "restored already: {audit}");
     s.advance_clock(DAY + 1000).await;
     let report = s.gc(false).await;
     assert_eq!(report["manifests_removed"], 1, "{report}");
@@ -273,6 +277,8 @@ async fn restore_within_the_window_and_not_after() {
     let audit: Value = s.get("/admin/deletions").await.json().await.unwrap();
     assert_eq!(audit.as_array().unwrap().len(), 2);
     assert!(audit[1]["restored_at"].is_number());
+    assert_eq!(audit[0]["restorable"], false, "past the window: {audit}");
+    assert!(audit[0]["restorable_until"].is_null());
 }
 
 /// A restored tag is as old as it was: `newest = 1` still keeps the tag pushed after it,
