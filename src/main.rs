@@ -51,6 +51,13 @@ enum Command {
         /// List recorded collections and reconciles instead.
         #[arg(long)]
         history: bool,
+        /// Pause collection on the running instance: nothing is removed (runs are refused,
+        /// dry runs still report) until --resume or a restart.
+        #[arg(long, conflicts_with_all = ["reconcile", "history", "resume", "dry_run"])]
+        pause: bool,
+        /// Resume a paused collection on the running instance.
+        #[arg(long, conflicts_with_all = ["reconcile", "history", "dry_run"])]
+        resume: bool,
         /// Admin API address of the running instance (default: the configured listen address).
         #[arg(long)]
         url: Option<SocketAddr>,
@@ -169,11 +176,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        Command::Gc { config, dry_run, reconcile, history, url } => {
+        Command::Gc { config, dry_run, reconcile, history, pause, resume, url } => {
             let cfg = load(config)?;
-            let action = match (reconcile, history) {
-                (_, true) => GcAction::History,
-                (true, _) => GcAction::Reconcile { dry_run },
+            let action = match (reconcile, history, pause, resume) {
+                (_, _, true, _) => GcAction::Pause,
+                (_, _, _, true) => GcAction::Resume,
+                (_, true, _, _) => GcAction::History,
+                (true, ..) => GcAction::Reconcile { dry_run },
                 _ => GcAction::Collect { dry_run },
             };
             bosun::cli::gc(&cfg, url, action)

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub upload_bytes_received: AtomicU64,
     /// Bytes of blob GET answers, as announced (a client that hangs up early gets fewer).
     pub blob_bytes_served: AtomicU64,
+    /// 1 while garbage collection is paused (a gauge).
+    pub gc_paused: AtomicU64,
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
@@ -105,6 +107,12 @@ impl Metrics {
             "bosun_metadata_log_failed",
             "1 once a flush of the metadata log failed: no write is acknowledged until a restart.",
             u64::from(log_failed),
+        );
+        gauge(
+            &mut out,
+            "bosun_gc_paused",
+            "1 while garbage collection is paused (POST /admin/gc/pause): nothing is removed.",
+            self.gc_paused.load(Ordering::Relaxed),
         );
         counter(&mut out, "bosun_gc_runs_total", "Garbage collections that changed storage.", &self.gc_runs);
         counter(&mut out, "bosun_gc_dry_runs_total", "Garbage collection dry runs.", &self.gc_dry_runs);

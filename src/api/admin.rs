@@ -5,7 +5,9 @@
 //!   until a restart (a failed flush of the metadata log) or its database does not answer:
 //!   for a supervisor's liveness probe, open to every client like `/metrics`.
 //! - `POST /admin/gc[?dry_run=true]`, `POST /admin/reconcile[?dry_run=true]`,
-//!   `GET /admin/gc/runs[?limit=N]`: garbage collection.
+//!   `GET /admin/gc/runs[?limit=N]`, `POST /admin/gc/pause`, `POST /admin/gc/resume`:
+//!   garbage collection (paused, it removes nothing: runs are refused with 409, dry runs
+//!   still report).
 //! - `GET /admin/retention/policies`, `PUT|DELETE /admin/retention/policies/<name>`:
 //!   retention policies (those of the config file are listed, not changed, here).
 //! - `GET /admin/retention/explain?repository=R`, `POST /admin/retention/plan[?repository=R]
@@ -46,6 +48,14 @@ fn error(status: StatusCode, message: impl Into<String>) -> AdminResponse {
 /// The monitoring address serves nothing but `/healthz` and `/metrics`.
 pub fn not_found(path: &str) -> AdminResponse {
     error(StatusCode::NOT_FOUND, format!("{path} is not served here: this address serves /healthz and /metrics only"))
+}
+
+/// A run's report; a run refused because collection is paused is a 409, not a failure.
+fn run_report(r: crate::gc::Result<crate::gc::Report>) -> AdminResponse {
+    match r {
+        Err(e @ crate::gc::GcError::Paused) => error(StatusCode::CONFLICT, e.to_string()),
+        other => ok_or_500(other),
+    }
 }
 
 fn ok_or_500<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> AdminResponse {
@@ -124,8 +134,16 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
                 json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "status": "failing", "reason": reason }))
             }
         },
-        (&Method::POST, "/admin/gc") => ok_or_500(collector.collect("api", flag("dry_run")).await),
-        (&Method::POST, "/admin/reconcile") => ok_or_500(collector.reconcile("api", flag("dry_run")).await),
+        (&Method::POST, "/admin/gc") => run_report(collector.collect("api", flag("dry_run")).await),
+        (&Method::POST, "/admin/reconcile") => run_report(collector.reconcile("api", flag("dry_run")).await),
+        (&Method::POST, "/admin/gc/pause") => {
+            collector.pause().await;
+            json(StatusCode::OK, &serde_json::json!({ "paused": true }))
+        }
+        (&Method::POST, "/admin/gc/resume") => {
+            collector.resume();
+            json(StatusCode::OK, &serde_json::json!({ "paused": false }))
+        }
         (&Method::GET, "/admin/gc/runs") => ok_or_500(collector.history(limit).await),
         (&Method::GET, "/admin/retention/policies") => {
             let list: Vec<serde_json::Value> = state

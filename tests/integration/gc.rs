@@ -461,3 +461,43 @@ async fn a_listing_error_stops_the_reconcile_before_it_removes_anything() {
     let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
     assert!(runs[0]["error"].as_str().unwrap().contains("not-a-digest"), "{runs}");
 }
+
+/// Paused, collection removes nothing: scheduled runs are skipped, a requested one is
+/// refused (409), a dry run still reports; resumed, the next run removes what waited.
+/// Paused and resumed from the command line.
+#[tokio::test]
+async fn a_paused_collection_removes_nothing_until_resumed() {
+    let scheduled = [("BOSUN_GC_ENABLED", "true"), ("BOSUN_GC_INTERVAL", "100ms")];
+    let s = Server::start_with(&[GC_NOW, &scheduled].concat());
+    let cli = |flag: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bosun"))
+            .args(["gc", flag, "--url", &s.addr])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(cli("--pause")["paused"], true);
+    let (_, digest) = s.push_image("paused", "v1", &[b"kept while paused"]).await;
+    assert_eq!(s.delete(&format!("/v2/paused/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+    let layer = format!("/v2/paused/blobs/{}", sha256(b"kept while paused"));
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(s.head(&layer).await.status(), StatusCode::OK, "a scheduled run removed it while paused");
+    for path in ["/admin/gc", "/admin/reconcile"] {
+        let (status, answer) = s.admin_post(path).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains("paused"), "{answer}");
+    }
+    assert_eq!(s.gc(true).await["blobs_removed"], 2, "a dry run reports while paused");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_gc_paused"), 1.0);
+
+    assert_eq!(cli("--resume")["paused"], false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.head(&layer).await.status() == StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "no scheduled run removed it after the resume");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_gc_paused"), 0.0);
+}
