@@ -12,16 +12,9 @@ use crate::config::Config;
 /// What `bosun gc` does.
 #[derive(Debug, Clone, Copy)]
 pub enum GcAction {
-    Collect {
-        dry_run: bool,
-    },
-    Reconcile {
-        dry_run: bool,
-    },
+    Collect { dry_run: bool },
+    Reconcile { dry_run: bool },
     History,
-    /// Only on a running instance: a stopped one collects nothing anyway.
-    Pause,
-    Resume,
 }
 
 impl GcAction {
@@ -30,8 +23,6 @@ impl GcAction {
             GcAction::Collect { dry_run } => ("POST", format!("/admin/gc?dry_run={dry_run}")),
             GcAction::Reconcile { dry_run } => ("POST", format!("/admin/reconcile?dry_run={dry_run}")),
             GcAction::History => ("GET", "/admin/gc/runs".to_owned()),
-            GcAction::Pause => ("POST", "/admin/gc/pause".to_owned()),
-            GcAction::Resume => ("POST", "/admin/gc/resume".to_owned()),
         }
     }
 }
@@ -80,9 +71,6 @@ pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow:
         println!("{body}");
         return Ok(());
     }
-    if matches!(action, GcAction::Pause | GcAction::Resume) {
-        bail!("no Bosun answered at {addr}: only a running instance can be paused or resumed (--url sets its address)");
-    }
     // Nothing listens: work on the data directory directly (refused if a server holds it).
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let out = runtime.block_on(async move {
@@ -96,7 +84,6 @@ pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow:
                 serde_json::to_string_pretty(&collector.reconcile("cli", dry_run).await?)?
             }
             GcAction::History => serde_json::to_string_pretty(&collector.history(50).await?)?,
-            GcAction::Pause | GcAction::Resume => bail!("only a running instance can be paused or resumed"),
         })
     })?;
     println!("{out}");

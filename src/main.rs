@@ -178,11 +178,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Gc { config, dry_run, reconcile, history, pause, resume, url } => {
             let cfg = load(config)?;
-            let action = match (reconcile, history, pause, resume) {
-                (_, _, true, _) => GcAction::Pause,
-                (_, _, _, true) => GcAction::Resume,
-                (_, true, _, _) => GcAction::History,
-                (true, ..) => GcAction::Reconcile { dry_run },
+            // The pause lives in the running server's memory: there is nothing to pause in a
+            // stopped one.
+            if pause || resume {
+                let path = if pause { "/admin/gc/pause" } else { "/admin/gc/resume" };
+                println!("{}", bosun::cli::admin(&cfg, url, "POST", path, "")?);
+                return Ok(());
+            }
+            let action = match (reconcile, history) {
+                (_, true) => GcAction::History,
+                (true, _) => GcAction::Reconcile { dry_run },
                 _ => GcAction::Collect { dry_run },
             };
             bosun::cli::gc(&cfg, url, action)

@@ -40,8 +40,6 @@ pub struct Metrics {
     pub upload_bytes_received: AtomicU64,
     /// Bytes of blob GET answers, as announced (a client that hangs up early gets fewer).
     pub blob_bytes_served: AtomicU64,
-    /// 1 while garbage collection is paused (a gauge).
-    pub gc_paused: AtomicU64,
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
@@ -57,13 +55,15 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The counters of this process, whether the metadata log has failed (see `/healthz`),
+    /// The counters of this process, whether the metadata log has failed (see `/healthz`)
+    /// and whether collection is paused,
     /// the data directory's disk space (left out if it could not be read) with the floor
     /// under which new uploads are refused, and `gauges` read from metadata for this scrape
     /// (left out if that read failed: the counters are still worth a scrape).
     pub fn render(
         &self,
         log_failed: bool,
+        gc_paused: bool,
         disk: Option<DiskSpace>,
         min_free_space: MinFreeSpace,
         gauges: Option<&Gauges>,
@@ -112,7 +112,7 @@ impl Metrics {
             &mut out,
             "bosun_gc_paused",
             "1 while garbage collection is paused (POST /admin/gc/pause): nothing is removed.",
-            self.gc_paused.load(Ordering::Relaxed),
+            u64::from(gc_paused),
         );
         counter(&mut out, "bosun_gc_runs_total", "Garbage collections that changed storage.", &self.gc_runs);
         counter(&mut out, "bosun_gc_dry_runs_total", "Garbage collection dry runs.", &self.gc_dry_runs);

@@ -6,8 +6,8 @@
 //!   for a supervisor's liveness probe, open to every client like `/metrics`.
 //! - `POST /admin/gc[?dry_run=true]`, `POST /admin/reconcile[?dry_run=true]`,
 //!   `GET /admin/gc/runs[?limit=N]`, `POST /admin/gc/pause`, `POST /admin/gc/resume`:
-//!   garbage collection (paused, it removes nothing: runs are refused with 409, dry runs
-//!   still report).
+//!   garbage collection (paused, collections, reconciles and retention deletions are
+//!   refused with 409; dry runs and plans still report).
 //! - `GET /admin/retention/policies`, `PUT|DELETE /admin/retention/policies/<name>`:
 //!   retention policies (those of the config file are listed, not changed, here).
 //! - `GET /admin/retention/explain?repository=R`, `POST /admin/retention/plan[?repository=R]
@@ -72,6 +72,7 @@ fn retention_response<T: Serialize>(r: Result<T, RetentionError>) -> AdminRespon
             error(StatusCode::CONFLICT, e.to_string())
         }
         Err(e @ RetentionError::PlanUnknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ RetentionError::Paused) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e @ RetentionError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -117,6 +118,7 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
             }
             let mut text = state.registry.metrics.render(
                 meta.log_failed(),
+                collector.is_paused(),
                 disk.ok(),
                 state.registry.options().min_free_space,
                 gauges.as_ref().ok(),
@@ -138,11 +140,11 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
         (&Method::POST, "/admin/reconcile") => run_report(collector.reconcile("api", flag("dry_run")).await),
         (&Method::POST, "/admin/gc/pause") => {
             collector.pause().await;
-            json(StatusCode::OK, &serde_json::json!({ "paused": true }))
+            json(StatusCode::OK, &serde_json::json!({ "paused": collector.is_paused() }))
         }
         (&Method::POST, "/admin/gc/resume") => {
             collector.resume();
-            json(StatusCode::OK, &serde_json::json!({ "paused": false }))
+            json(StatusCode::OK, &serde_json::json!({ "paused": collector.is_paused() }))
         }
         (&Method::GET, "/admin/gc/runs") => ok_or_500(collector.history(limit).await),
         (&Method::GET, "/admin/retention/policies") => {

@@ -1,5 +1,6 @@
 //! Online garbage collection: removing what nothing references, while pushes, pulls and
-//! deletes go on, with no read-only window and nothing to restart afterwards.
+//! deletes go on, with no read-only window and nothing to restart afterwards. An operator
+//! can pause it ([`Collector::pause`]) to look at the storage as it is.
 //!
 //! # What is garbage (decided from metadata alone, never from storage listings)
 //! - a manifest with no tag and no parent index, untouched for a grace period, when
@@ -217,20 +218,20 @@ impl Collector {
     }
 
     /// Stops removals, for an operator who must look at the storage as it is (an
-    /// investigation, a migration) without a restart: scheduled runs are skipped and
-    /// requested ones refused, dry runs still report. A run in progress finishes first;
-    /// this returns once it has. Lasts until [`Collector::resume`] or a restart (to keep
-    /// collection off across restarts, `gc.enabled = false`).
+    /// investigation, a migration) without a restart: collections and reconciles are
+    /// skipped when scheduled and refused when asked for, and so are retention policies'
+    /// deletions (`policy/retention.rs`); dry runs and plans still report. A collection or
+    /// reconcile in progress finishes first: this returns once it has. The pause lives in
+    /// this process: a restart ends it (`gc.enabled = false` only stops scheduled runs).
     pub async fn pause(&self) {
         self.paused.store(true, Ordering::SeqCst);
-        self.registry.metrics.gc_paused.store(1, Ordering::Relaxed);
+        tracing::warn!("pausing garbage collection; waiting for a run in progress to finish");
         let _in_progress = self.running.lock().await;
         tracing::warn!("garbage collection paused");
     }
 
     pub fn resume(&self) {
         self.paused.store(false, Ordering::SeqCst);
-        self.registry.metrics.gc_paused.store(0, Ordering::Relaxed);
         tracing::warn!("garbage collection resumed");
     }
 

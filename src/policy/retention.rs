@@ -80,6 +80,11 @@ pub enum RetentionError {
     Changed { id: i64, changes: Vec<String> },
     #[error("{0}")]
     Invalid(String),
+    /// Garbage collection is paused, and with it every deletion a policy would make.
+    #[error(
+        "garbage collection is paused, and retention deletes nothing meanwhile (bosun gc --resume); a plan still reports"
+    )]
+    Paused,
 }
 
 pub type Result<T> = std::result::Result<T, RetentionError>;
@@ -358,9 +363,14 @@ impl Retention {
         registry.pulls.flush(&registry.meta).await?;
         let policies = registry.policies();
         let options = registry.options().clone();
+        let collector = self.collector.clone();
         registry
             .meta
             .write(move |c| {
+                // Checked under the writer: no apply that starts after a pause deletes.
+                if collector.is_paused() {
+                    return Err(RetentionError::Paused);
+                }
                 let (json, applied) = q::load_plan(c, id)?.ok_or(RetentionError::PlanUnknown(id))?;
                 if applied.is_some() {
                     return Err(RetentionError::AlreadyApplied(id));
@@ -386,8 +396,12 @@ impl Retention {
         self.apply(plan.id).await
     }
 
-    /// Runs every scheduled policy that is due; called periodically.
+    /// Runs every scheduled policy that is due; called periodically. While collection is
+    /// paused, none is due (each runs at the first check after the resume).
     pub async fn run_due(&self, started_at: i64) {
+        if self.collector.is_paused() {
+            return;
+        }
         let policies = self.collector.registry().policies();
         let now = now_ms();
         for p in &policies.retention {

@@ -1,5 +1,7 @@
 //! Garbage collection, observed from outside: what goes, what stays, what the disk says.
 
+use std::sync::Arc;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -500,4 +502,45 @@ async fn a_paused_collection_removes_nothing_until_resumed() {
     }
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(sample(&metrics, "bosun_gc_paused"), 0.0);
+}
+
+/// A pause waits for the collection in progress (which finishes what it started), then
+/// nothing is removed: a retention policy's run is refused too, while its plan still
+/// reports; resumed, the policy deletes.
+#[tokio::test]
+async fn a_pause_waits_for_the_run_in_progress_and_stops_retention() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let (_, digest) = s.push_image("pause/a", "v1", &[b"removed by the run in progress"]).await;
+    s.push_image("pause/b", "old", &[b"old"]).await;
+    s.push_image("pause/b", "new", &[b"new"]).await;
+    assert_eq!(s.delete(&format!("/v2/pause/a/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+    s.arm("gc.before_bytes").await;
+    let collection = {
+        let s = s.clone();
+        tokio::spawn(async move { s.gc(false).await })
+    };
+    s.wait_paused("gc.before_bytes").await;
+    let pause = {
+        let s = s.clone();
+        tokio::spawn(async move { s.admin_post("/admin/gc/pause").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!pause.is_finished(), "the pause returned while a collection was still removing");
+    s.release("gc.before_bytes").await;
+    let (status, answer) = pause.await.unwrap();
+    assert_eq!((status, &answer["paused"]), (StatusCode::OK, &json!(true)), "{answer}");
+    assert_eq!(collection.await.unwrap()["blobs_removed"], 2, "the run in progress finished what it started");
+
+    let policy = json!({"name": "newest", "repositories": "pause/b", "keep": {"newest": 1}});
+    let resp = s.http.put(s.url("/admin/retention/policies/newest")).json(&policy).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, plan) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!((status, &plan["tags_deleted"]), (StatusCode::OK, &json!(1)), "{plan}");
+    let (status, answer) = s.admin_post("/admin/retention/run").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(s.get("/v2/pause/b/manifests/old").await.status(), StatusCode::OK);
+    assert_eq!(s.admin_post("/admin/gc/resume").await.1["paused"], false);
+    let (status, applied) = s.admin_post("/admin/retention/run").await;
+    assert_eq!((status, &applied["tags_deleted"]), (StatusCode::OK, &json!(1)), "{applied}");
+    assert_eq!(s.get("/v2/pause/b/manifests/old").await.status(), StatusCode::NOT_FOUND);
 }
