@@ -40,7 +40,7 @@ async fn push_with_retries(s: &Server, repo: &str, tag: &str, layers: &[&[u8]], 
 }
 
 /// Every tag of every repository pulls intact.
-async fn verify_all_tags(s: &Server) {
+pub async fn verify_all_tags(s: &Server) {
     let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
     for repo in catalog["repositories"].as_array().unwrap() {
         let repo = repo.as_str().unwrap();
@@ -121,18 +121,6 @@ async fn parallel_push_retag_delete_repush_under_continuous_collection() {
     eprintln!("{runs} collections ran; {} pushes were retried", retries.load(Ordering::Relaxed));
 }
 
-/// A tiny deterministic generator, so a failing sequence can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// What one client believes: per repository, tag → manifest digest.
 #[derive(Default)]
 struct Model {
@@ -206,12 +194,7 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
             5 => {
                 let from = &repos[rng.next(3) as usize];
                 let d = sha256(&pool[rng.next(pool.len() as u64) as usize]);
-                let resp = s
-                    .http
-                    .post(s.url(&format!("/v2/{repo}/blobs/uploads/?mount={d}&from={from}")))
-                    .send()
-                    .await
-                    .unwrap();
+                let resp = s.mount(&repo, &d, from).await;
                 assert!(matches!(resp.status(), StatusCode::CREATED | StatusCode::ACCEPTED));
                 if resp.status() == StatusCode::ACCEPTED {
                     s.delete(&header(&resp, "location")).await;
@@ -240,10 +223,7 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn randomized_operations_never_break_a_tagged_image() {
-    let seed = std::env::var("BOSUN_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    eprintln!("model-based test seed: {seed} (replay with BOSUN_TEST_SEED={seed})");
+    let seed = test_seed("model-based test");
     let s = Arc::new(Server::start_with(GC_NOW));
     let pool: Arc<Vec<Vec<u8>>> =
         Arc::new((0..10).map(|i| random_bytes(seed ^ (700 + i), 2000 + 500 * i as usize)).collect());
@@ -253,8 +233,12 @@ async fn randomized_operations_never_break_a_tagged_image() {
     for c in clients {
         c.await.unwrap();
     }
-    // The counts the collections trusted agree with the references, nothing points at a
-    // row that is gone, and no blob lost its bytes.
+    reconcile_finds_nothing(&s, seed).await;
+}
+
+/// A reconcile finds nothing wrong: the counts the collections trusted agree with the
+/// references, nothing points at a row that is gone, and no blob lost its bytes.
+pub async fn reconcile_finds_nothing(s: &Server, seed: u64) {
     let report: Value = s.reconcile(false).await.json().await.unwrap();
     for finding in ["counts_repaired", "dangling_references", "missing_blobs"] {
         assert_eq!(report[finding], 0, "seed {seed}: {report}");

@@ -178,6 +178,13 @@ impl Server {
         digest
     }
 
+    /// Asks to mount blob `digest` from repository `from` into `repo`; returns the response
+    /// (201 mounted, or 202 with an upload session to use instead).
+    pub async fn mount(&self, repo: &str, digest: &str, from: &str) -> Response {
+        let path = format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}");
+        self.http.post(self.url(&path)).send().await.unwrap()
+    }
+
     /// Pushes a manifest; returns the response.
     pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
         self.http
@@ -567,4 +574,31 @@ pub async fn push_index(s: &Server, repo: &str, reference: &str, children: &[(Ve
     assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
     let digest = sha256(&body);
     (body, digest)
+}
+
+/// A tiny deterministic generator, so a failing sequence can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number below `n`.
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    /// One of `items`.
+    pub fn pick<'a, T: ?Sized>(&mut self, items: &[&'a T]) -> &'a T {
+        items[self.next(items.len() as u64) as usize]
+    }
+}
+
+/// The seed of a randomized test: `BOSUN_TEST_SEED`, or the clock (printed, to replay).
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("BOSUN_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("{test} seed: {seed} (replay with BOSUN_TEST_SEED={seed})");
+    seed | 1
 }

@@ -13,6 +13,7 @@ mod gc_crash;
 mod gc_races;
 mod gc_stress;
 mod health;
+mod hostile;
 mod listing;
 mod manifests;
 mod observability;

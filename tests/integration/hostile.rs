@@ -1,0 +1,251 @@
+//! Randomized hostile and concurrent use, from a seed (printed; replay with
+//! `BOSUN_TEST_SEED`): malformed requests of every kind are answered, never with a server
+//! error; and clients that upload (whole, in chunks, with wrong ranges and digests), push
+//! manifests, indexes and referrers, delete, mount, collect and reconcile at once, with
+//! no grace period, leave every tagged image intact and a reconcile with nothing to
+//! find. A run of this kind found a session's file removed by a concurrent reconcile.
+
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::gc_stress::{reconcile_finds_nothing, verify_all_tags};
+use crate::harness::*;
+
+/// A server error that is not "the disk is full".
+fn server_error(status: StatusCode) -> bool {
+    status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE
+}
+
+#[tokio::test]
+async fn malformed_requests_are_answered_never_with_a_server_error() {
+    let mut rng = Rng(test_seed("hostile requests"));
+    let s = Server::start_with(GC_NOW);
+    let zeros = format!("sha256:{}", "0".repeat(64));
+    let hello = sha256(b"hello");
+    let names = ["a", "a/b", "A", "a..b", "a%2Fb", "%2e%2e", "..", "a%00b", "%C3%BC", "a%20b", "a_b", "a--b"];
+    let long_name = "a/".repeat(150) + "a";
+    let refs = ["latest", "-bad", "sha256:abc", "sha256:GGGG", "md5:x", "%20", "..", &zeros, &hello];
+    let long_ref = "t".repeat(200);
+    for i in 0..1500u64 {
+        let name = if rng.next(20) == 0 { long_name.as_str() } else { rng.pick(&names) };
+        let reference = if rng.next(20) == 0 { long_ref.as_str() } else { rng.pick(&refs) };
+        let method =
+            Method::from_bytes(rng.pick(&["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "BREW"]).as_bytes())
+                .unwrap();
+        let path = match rng.next(7) {
+            0 => format!("/v2/{name}/manifests/{reference}"),
+            1 => format!("/v2/{name}/blobs/{reference}"),
+            2 => format!(
+                "/v2/{name}/blobs/uploads/{}",
+                rng.pick(&[
+                    "",
+                    "?digest=sha256:x",
+                    &format!("?mount={reference}&from={name}"),
+                    &format!("?digest={hello}")
+                ])
+            ),
+            3 => format!("/v2/{name}/blobs/uploads/{}", rng.pick(&["x", "../x", &"a".repeat(32), &"0".repeat(500)])),
+            4 => format!(
+                "/v2/{name}/tags/list{}",
+                rng.pick(&["", "?n=0", "?n=-1", "?n=x", "?n=99999999999999999999", "?last=%ff"])
+            ),
+            5 => format!("/v2/{name}/referrers/{reference}{}", rng.pick(&["", "?artifactType=", "?artifactType=x"])),
+            _ => rng
+                .pick(&[
+                    "/v2",
+                    "/v2/",
+                    "/v2//",
+                    "/v3/",
+                    "/",
+                    "/v2/_catalog?n=-5",
+                    "/admin/gc?dry_run=maybe",
+                    "/admin/gc/runs?limit=x",
+                    "/admin/du?repository=%ff",
+                    "/admin/deletions?limit=-1",
+                    "/admin/nothing",
+                ])
+                .to_owned(),
+        };
+        let mut request = s.http.request(method.clone(), s.url(&path));
+        if rng.next(3) == 0 {
+            let range = rng.pick(&["0-4", "5-9", "bytes 0-4/5", "x", "0-", "-1-3", "18446744073709551615-0", "9-0"]);
+            request = request.header("content-range", range);
+        }
+        if rng.next(3) == 0 {
+            request = request.header(
+                "range",
+                rng.pick(&[
+                    "bytes=0-10",
+                    "bytes=-5",
+                    "bytes=5-1",
+                    "bytes=0-1,3-4",
+                    "items=0-1",
+                    "bytes=99999999999999999999-",
+                ]),
+            );
+        }
+        if rng.next(2) == 0 {
+            let media = rng.pick(&[
+                OCI_MANIFEST,
+                OCI_INDEX,
+                "text/plain",
+                "",
+                "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            ]);
+            request = request.header("content-type", media);
+        }
+        let body = match rng.next(5) {
+            0 => Vec::new(),
+            1 => random_bytes(i, rng.next(5000) as usize),
+            2 => {
+                let wrong = |rng: &mut Rng| {
+                    rng.pick(&[&json!(-1), &json!("2"), &json!(null), &json!([]), &json!(1.5), &json!(u64::MAX)])
+                        .clone()
+                };
+                let descriptor = json!({"mediaType": OCI_LAYER, "digest": reference, "size": wrong(&mut rng)});
+                let manifest = json!({
+                    "schemaVersion": wrong(&mut rng), "mediaType": rng.pick(&[OCI_MANIFEST, OCI_INDEX, "x"]),
+                    "config": descriptor, "layers": [descriptor], "manifests": wrong(&mut rng), "subject": descriptor,
+                });
+                let bytes = serde_json::to_vec(&manifest).unwrap();
+                let cut = if rng.next(4) == 0 { rng.next(bytes.len() as u64) as usize } else { bytes.len() };
+                bytes[..cut].to_vec()
+            }
+            3 => b"[{\"config\": []}]".to_vec(),
+            _ => serde_json::to_vec(&json!({"schemaVersion": 2, "config": {"digest": zeros, "size": 2}, "layers": {}}))
+                .unwrap(),
+        };
+        let resp = request.body(body).send().await.unwrap();
+        let status = resp.status();
+        assert!(!server_error(status), "{method} {path}: {status} {}", resp.text().await.unwrap_or_default());
+    }
+    assert_eq!(s.get("/healthz").await.status(), StatusCode::OK);
+}
+
+/// One client's random operations, every answer checked for a server error.
+async fn random_client(s: Arc<Server>, task: u64, seed: u64) {
+    let mut rng = Rng(seed.wrapping_add(task * 0x9E37_79B9) | 1);
+    let repos = [format!("hostile/t{task}"), "hostile/shared".to_owned(), "hostile/other".to_owned()];
+    // Blobs this client uploaded, and manifests it pushed: (repository, digest, media type, size).
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut manifests: Vec<(String, String, &str, usize)> = Vec::new();
+    let check =
+        |what: &str, status: StatusCode| assert!(!server_error(status), "seed {seed}, task {task}: {what}: {status}");
+    for step in 0..250u64 {
+        let repo = repos[rng.next(3) as usize].clone();
+        match rng.next(12) {
+            // Upload a blob: whole, or in chunks, now and then with a wrong range or digest.
+            0..=2 => {
+                let data = random_bytes(seed ^ (task << 32) ^ step, rng.next(3000) as usize);
+                let digest = sha256(&data);
+                if rng.next(2) == 0 {
+                    let resp =
+                        s.http.post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}"))).body(data.clone());
+                    check("monolithic POST", resp.send().await.unwrap().status());
+                } else {
+                    let resp = s.http.post(s.url(&format!("/v2/{repo}/blobs/uploads/"))).send().await.unwrap();
+                    check("POST", resp.status());
+                    if resp.status() != StatusCode::ACCEPTED {
+                        continue;
+                    }
+                    let location = s.url(&header(&resp, "location"));
+                    let split = rng.next(data.len() as u64 + 1) as usize;
+                    let start = if rng.next(10) == 0 { 1 } else { 0 };
+                    let end = (split + start).max(1) - 1;
+                    let patch = s.http.patch(&location).header("content-range", format!("{start}-{end}"));
+                    let patched = patch.body(data[..split].to_vec()).send().await.unwrap().status();
+                    check("PATCH", patched);
+                    let rest = if patched == StatusCode::ACCEPTED { &data[split..] } else { &data[..] };
+                    let claimed = if rng.next(10) == 0 { sha256(b"wrong") } else { digest.clone() };
+                    let put = s.http.put(format!("{location}?digest={claimed}")).body(rest.to_vec());
+                    check("PUT", put.send().await.unwrap().status());
+                }
+                blobs.push((repo, data));
+            }
+            // An image manifest of blobs this client has (the registry refuses what is not
+            // linked in this repository), now and then with a wrong size or a subject.
+            3..=4 if !blobs.is_empty() => {
+                let picked: Vec<&(String, Vec<u8>)> =
+                    (0..1 + rng.next(3)).map(|_| &blobs[rng.next(blobs.len() as u64) as usize]).collect();
+                let descriptor = |(_, data): &(String, Vec<u8>), rng: &mut Rng| {
+                    let size = data.len() + if rng.next(15) == 0 { 1 } else { 0 };
+                    json!({"mediaType": OCI_LAYER, "digest": sha256(data), "size": size})
+                };
+                let mut manifest = json!({
+                    "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                    "config": descriptor(picked[0], &mut rng),
+                    "layers": picked[1..].iter().map(|b| descriptor(b, &mut rng)).collect::<Vec<_>>(),
+                });
+                if !manifests.is_empty() && rng.next(3) == 0 {
+                    let (_, digest, media, size) = &manifests[rng.next(manifests.len() as u64) as usize];
+                    manifest["subject"] = json!({"mediaType": media, "digest": digest, "size": size});
+                    manifest["artifactType"] = json!("application/vnd.example.sig");
+                }
+                let body = serde_json::to_vec(&manifest).unwrap();
+                let reference = if rng.next(2) == 0 { sha256(&body) } else { format!("t{}", rng.next(4)) };
+                let resp = s.put_manifest(&repo, &reference, OCI_MANIFEST, &body).await;
+                check("PUT manifest", resp.status());
+                if resp.status() == StatusCode::CREATED {
+                    manifests.push((repo, sha256(&body), OCI_MANIFEST, body.len()));
+                }
+            }
+            // An index of manifests of this repository.
+            5 => {
+                let children: Vec<_> =
+                    manifests.iter().filter(|m| m.0 == repo && m.2 == OCI_MANIFEST).take(3).collect();
+                if children.is_empty() {
+                    continue;
+                }
+                let listed: Vec<Value> =
+                    children.iter().map(|(_, d, m, size)| json!({"mediaType": m, "digest": d, "size": size})).collect();
+                let body =
+                    serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": listed}))
+                        .unwrap();
+                let resp = s.put_manifest(&repo, &format!("i{}", rng.next(3)), OCI_INDEX, &body).await;
+                check("PUT index", resp.status());
+                if resp.status() == StatusCode::CREATED {
+                    manifests.push((repo, sha256(&body), OCI_INDEX, body.len()));
+                }
+            }
+            6 if !manifests.is_empty() => {
+                let (repo, digest, ..) = manifests[rng.next(manifests.len() as u64) as usize].clone();
+                let reference = if rng.next(2) == 0 { digest } else { format!("t{}", rng.next(4)) };
+                check("DELETE manifest", s.delete(&format!("/v2/{repo}/manifests/{reference}")).await.status());
+            }
+            7 if !blobs.is_empty() => {
+                let digest = sha256(&blobs[rng.next(blobs.len() as u64) as usize].1);
+                check("DELETE blob", s.delete(&format!("/v2/{repo}/blobs/{digest}")).await.status());
+            }
+            8 if !blobs.is_empty() => {
+                let digest = sha256(&blobs[rng.next(blobs.len() as u64) as usize].1);
+                let from = &repos[rng.next(3) as usize];
+                let resp = s.mount(&repo, &digest, from).await;
+                check("mount", resp.status());
+                if resp.status() == StatusCode::ACCEPTED {
+                    check("cancel", s.delete(&header(&resp, "location")).await.status());
+                }
+            }
+            9 => check("collect", s.admin_post("/admin/gc").await.0),
+            10 => check("reconcile", s.reconcile(false).await.status()),
+            _ => {
+                for path in [format!("/v2/{repo}/tags/list"), "/v2/_catalog".to_owned()] {
+                    check("GET", s.get(&path).await.status());
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_random_use_leaves_every_tag_intact_and_nothing_to_reconcile() {
+    let seed = test_seed("concurrent random use");
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let clients: Vec<_> = (0..3).map(|t| tokio::spawn(random_client(s.clone(), t, seed))).collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    verify_all_tags(&s).await;
+    reconcile_finds_nothing(&s, seed).await;
+}
