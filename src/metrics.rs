@@ -19,6 +19,8 @@ pub struct Metrics {
     pub gc_repositories_removed: AtomicU64,
     pub gc_bytes_removed: AtomicU64,
     pub reconcile_runs: AtomicU64,
+    /// Reconciles that stopped on an error (a listing error among them).
+    pub reconcile_failures: AtomicU64,
     pub reconcile_orphans_removed: AtomicU64,
     pub reconcile_orphan_bytes_removed: AtomicU64,
     /// Blobs metadata knows whose bytes storage lacks, as of the last reconcile.
@@ -148,6 +150,12 @@ impl Metrics {
             &self.gc_bytes_removed,
         );
         counter(&mut out, "bosun_reconcile_runs_total", "Storage reconciles.", &self.reconcile_runs);
+        counter(
+            &mut out,
+            "bosun_reconcile_failures_total",
+            "Reconciles that stopped on an error (a listing error stops one before it removes anything).",
+            &self.reconcile_failures,
+        );
         counter(
             &mut out,
             "bosun_reconcile_orphans_removed_total",

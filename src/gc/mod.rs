@@ -330,6 +330,8 @@ impl Collector {
                 Metrics::add(&m.gc_repositories_removed, report.run.repositories_removed);
                 Metrics::add(&m.gc_bytes_removed, report.run.bytes_removed);
             }
+        } else if outcome.is_err() {
+            Metrics::add(&m.reconcile_failures, 1);
         }
         let record = report.run.clone();
         report.run.id = self.registry.meta.write(move |c| q::record_run(c, &record)).await?;

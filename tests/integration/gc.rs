@@ -462,6 +462,9 @@ async fn a_listing_error_stops_the_reconcile_before_it_removes_anything() {
     assert!(path.exists(), "reconcile removed bytes after a listing error");
     let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
     assert!(runs[0]["error"].as_str().unwrap().contains("not-a-digest"), "{runs}");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_reconcile_failures_total"), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "bosun_reconcile_runs_total"), 0.0);
 }
 
 /// Paused, collection removes nothing: scheduled runs are skipped, a requested one is
