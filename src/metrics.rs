@@ -23,12 +23,6 @@ pub struct Metrics {
     pub reconcile_failures: AtomicU64,
     pub reconcile_orphans_removed: AtomicU64,
     pub reconcile_orphan_bytes_removed: AtomicU64,
-    /// Blobs metadata knows whose bytes storage lacks, as of the last reconcile.
-    pub reconcile_missing_blobs: AtomicU64,
-    /// Reference counts that disagreed with a recount, as of the last reconcile.
-    pub reconcile_count_drift: AtomicU64,
-    /// References to rows that are gone, as of the last reconcile.
-    pub reconcile_dangling_references: AtomicU64,
     /// Connections open now (a gauge).
     pub http_connections: AtomicU64,
     /// The cap on them (`http.max_connections`, or derived from the open-file limit).
@@ -170,24 +164,6 @@ impl Metrics {
         );
         gauge(
             &mut out,
-            "bosun_reconcile_missing_blobs",
-            "Blobs metadata knows but storage lacks (last reconcile).",
-            self.reconcile_missing_blobs.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "bosun_reconcile_count_drift",
-            "Reference counts that disagreed with a recount of their references (last reconcile; set right unless a dry run).",
-            self.reconcile_count_drift.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "bosun_reconcile_dangling_references",
-            "References from a manifest or a repository to a blob or link that is gone (last reconcile).",
-            self.reconcile_dangling_references.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
             "bosun_http_connections",
             "HTTP connections open.",
             self.http_connections.load(Ordering::Relaxed),
@@ -231,6 +207,21 @@ impl Metrics {
                 gauges.overdue_blobs,
             ),
             ("bosun_blobs_overdue_bytes", "Bytes of those blobs.", gauges.overdue_bytes),
+            (
+                "bosun_reconcile_missing_blobs",
+                "Blobs metadata knows but storage lacks (the last reconcile that ran to its end).",
+                gauges.missing_blobs,
+            ),
+            (
+                "bosun_reconcile_count_drift",
+                "Reference counts that disagreed with a recount of their references (the same; set right unless a dry run).",
+                gauges.count_drift,
+            ),
+            (
+                "bosun_reconcile_dangling_references",
+                "References from a manifest or a repository to a blob or link that is gone (the same).",
+                gauges.dangling_references,
+            ),
         ] {
             gauge(&mut out, name, help, value);
         }

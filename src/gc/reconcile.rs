@@ -26,7 +26,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::{BATCH, Collector, MetaResult, Report, Result, remove_repository_if_empty};
@@ -71,7 +70,6 @@ impl Collector {
             tracing::error!(%digest, size, "metadata knows this blob but storage has no bytes for it");
         }
         report.run.missing_blobs = missing.len() as u64;
-        reg.metrics.reconcile_missing_blobs.store(missing.len() as u64, Ordering::Relaxed);
 
         let known_set: HashSet<&str> = known.iter().map(|(d, _)| d.as_str()).collect();
         // Bytes go here because metadata has no row for them: that absence is made durable
@@ -148,8 +146,6 @@ impl Collector {
     async fn check_counts(&self, report: &mut Report) -> Result<usize> {
         let reg = &self.registry;
         let (drift, dangling) = reg.meta.read(|c| Ok((counts::drift(c)?, counts::dangling(c)?))).await?;
-        reg.metrics.reconcile_count_drift.store(drift.len() as u64, Ordering::Relaxed);
-        reg.metrics.reconcile_dangling_references.store(dangling.len() as u64, Ordering::Relaxed);
         report.run.dangling_references = dangling.len() as u64;
         for d in dangling.iter().take(LOGGED) {
             tracing::error!(reference = d.reference, from = %d.from, to = %d.to, "a reference points at a row that is gone: push the image again");

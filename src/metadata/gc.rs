@@ -344,6 +344,12 @@ pub struct Gauges {
     /// grace period is counted here and still kept.)
     pub overdue_blobs: u64,
     pub overdue_bytes: u64,
+    /// What the last reconcile that ran to its end found (a dry run included): blobs
+    /// without bytes, counts that disagreed, references to rows that are gone. Read from
+    /// its run record, so that a restart does not clear them.
+    pub missing_blobs: u64,
+    pub count_drift: u64,
+    pub dangling_references: u64,
 }
 
 /// Read from `blobs_unreferenced`, the partial index collections find candidates with, in
@@ -364,6 +370,15 @@ pub fn gauges(conn: &Connection, cutoff: i64) -> Result<Gauges> {
         .prepare_cached(UNREFERENCED_TOTALS)?
         .query_row([cutoff], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))?;
     let [blobs, bytes, overdue_blobs, overdue_bytes] = totals.map(|n| n as u64);
+    let findings: [i64; 3] = conn
+        .prepare_cached(
+            "SELECT missing_blobs, counts_repaired, dangling_references FROM gc_runs
+              WHERE kind = 'reconcile' AND error IS NULL ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]))
+        .optional()?
+        .unwrap_or_default();
+    let [missing_blobs, count_drift, dangling_references] = findings.map(|n| n as u64);
     Ok(Gauges {
         last_collect,
         last_reconcile,
@@ -371,6 +386,9 @@ pub fn gauges(conn: &Connection, cutoff: i64) -> Result<Gauges> {
         unreferenced_bytes: bytes,
         overdue_blobs,
         overdue_bytes,
+        missing_blobs,
+        count_drift,
+        dangling_references,
     })
 }
 

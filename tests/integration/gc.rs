@@ -382,7 +382,7 @@ async fn reconcile_sets_right_a_reference_count_that_went_wrong() {
 /// record. (No count can set it right; the image needs pushing again.)
 #[tokio::test]
 async fn reconcile_reports_references_left_pointing_at_nothing() {
-    let s = Server::start_with(GC_NOW);
+    let mut s = Server::start_with(GC_NOW);
     let layer = b"layer removed behind the counts";
     s.push_image("dangling", "v1", &[layer]).await;
     let digest = sha256(layer);
@@ -399,6 +399,11 @@ async fn reconcile_reports_references_left_pointing_at_nothing() {
     assert_eq!(sample(&metrics, "bosun_reconcile_dangling_references"), 2.0);
     let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
     assert_eq!(runs[0]["dangling_references"], 2, "{runs}");
+    // A restart does not clear the finding: the gauge reads the run's record.
+    s.kill();
+    let s = Server::start_in(&s.data_dir, GC_NOW);
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_reconcile_dangling_references"), 2.0, "{metrics}");
 }
 
 /// Run records and the audit of tag deletions do not grow forever: reconcile prunes those
