@@ -52,10 +52,10 @@ impl Metrics {
     }
 
     /// The counters of this process, whether the metadata log has failed (see `/healthz`)
-    /// and whether collection is paused,
-    /// the data directory's disk space (left out if it could not be read) with the floor
-    /// under which new uploads are refused, and `gauges` read from metadata for this scrape
-    /// (left out if that read failed: the counters are still worth a scrape).
+    /// and whether collection is paused, the data directory's disk space (left out if it
+    /// could not be read) with the floor under which new uploads are refused, and `gauges`
+    /// read from metadata for this scrape (left out if that read failed: the counters are
+    /// still worth a scrape).
     pub fn render(
         &self,
         log_failed: bool,
@@ -209,12 +209,12 @@ impl Metrics {
             ("bosun_blobs_overdue_bytes", "Bytes of those blobs.", gauges.overdue_bytes),
             (
                 "bosun_reconcile_missing_blobs",
-                "Blobs metadata knows but storage lacks (the last reconcile that ran to its end).",
+                "Blobs metadata knows but storage lacks (the last successful reconcile).",
                 gauges.missing_blobs,
             ),
             (
                 "bosun_reconcile_count_drift",
-                "Reference counts that disagreed with a recount of their references (the same; set right unless a dry run).",
+                "Reference counts that disagreed with a recount of their references, and were set right (the same).",
                 gauges.count_drift,
             ),
             (

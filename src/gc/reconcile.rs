@@ -132,8 +132,6 @@ impl Collector {
         // Last: housekeeping, which must not keep the repair from running.
         if !report.run.dry_run {
             self.prune_history().await?;
-        }
-        if !report.run.dry_run {
             Metrics::add(&reg.metrics.reconcile_runs, 1);
         }
         Ok(())

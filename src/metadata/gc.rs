@@ -344,9 +344,9 @@ pub struct Gauges {
     /// grace period is counted here and still kept.)
     pub overdue_blobs: u64,
     pub overdue_bytes: u64,
-    /// What the last reconcile that ran to its end found (a dry run included): blobs
-    /// without bytes, counts that disagreed, references to rows that are gone. Read from
-    /// its run record, so that a restart does not clear them.
+    /// What the last successful reconcile (not a dry run, the one `last_reconcile` dates)
+    /// found: blobs without bytes, counts that disagreed and were set right, references to
+    /// rows that are gone. Read from its run record, so that a restart does not clear them.
     pub missing_blobs: u64,
     pub count_drift: u64,
     pub dangling_references: u64,
@@ -360,28 +360,23 @@ pub const UNREFERENCED_TOTALS: &str = "SELECT COUNT(*), COALESCE(SUM(size), 0),
 
 /// The gauges, with `cutoff` the grace period's (ms: anything touched since is in it).
 pub fn gauges(conn: &Connection, cutoff: i64) -> Result<Gauges> {
-    // Newest first: the walk stops at the first success, normally the last run.
+    // Newest first: the walk stops at the first success, normally the last run. (Pruning
+    // keeps that row, whatever its age: `history.rs`.)
     let mut last = conn.prepare_cached(
-        "SELECT finished_at FROM gc_runs WHERE kind = ?1 AND dry_run = 0 AND error IS NULL ORDER BY id DESC LIMIT 1",
+        "SELECT finished_at, missing_blobs, counts_repaired, dangling_references FROM gc_runs
+          WHERE kind = ?1 AND dry_run = 0 AND error IS NULL ORDER BY id DESC LIMIT 1",
     )?;
     let last_collect = last.query_row(["collect"], |r| r.get(0)).optional()?;
-    let last_reconcile = last.query_row(["reconcile"], |r| r.get(0)).optional()?;
+    let reconcile: Option<(i64, [i64; 3])> =
+        last.query_row(["reconcile"], |r| Ok((r.get(0)?, [r.get(1)?, r.get(2)?, r.get(3)?]))).optional()?;
+    let [missing_blobs, count_drift, dangling_references] = reconcile.map_or([0; 3], |(_, f)| f.map(|n| n as u64));
     let totals: [i64; 4] = conn
         .prepare_cached(UNREFERENCED_TOTALS)?
         .query_row([cutoff], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))?;
     let [blobs, bytes, overdue_blobs, overdue_bytes] = totals.map(|n| n as u64);
-    let findings: [i64; 3] = conn
-        .prepare_cached(
-            "SELECT missing_blobs, counts_repaired, dangling_references FROM gc_runs
-              WHERE kind = 'reconcile' AND error IS NULL ORDER BY id DESC LIMIT 1",
-        )?
-        .query_row([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]))
-        .optional()?
-        .unwrap_or_default();
-    let [missing_blobs, count_drift, dangling_references] = findings.map(|n| n as u64);
     Ok(Gauges {
         last_collect,
-        last_reconcile,
+        last_reconcile: reconcile.map(|(at, _)| at),
         unreferenced_blobs: blobs,
         unreferenced_bytes: bytes,
         overdue_blobs,
