@@ -10,19 +10,32 @@ use anyhow::{Context, bail};
 use crate::config::Config;
 
 /// What `bosun gc` does.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum GcAction {
-    Collect { dry_run: bool },
-    Reconcile { dry_run: bool },
+    Collect {
+        dry_run: bool,
+    },
+    Reconcile {
+        dry_run: bool,
+    },
     History,
+    Pause {
+        reason: String,
+    },
+    Resume,
+    /// Whether collection is paused.
+    Status,
 }
 
 impl GcAction {
-    fn http(self) -> (&'static str, String) {
+    fn http(&self) -> (&'static str, String) {
         match self {
             GcAction::Collect { dry_run } => ("POST", format!("/admin/gc?dry_run={dry_run}")),
             GcAction::Reconcile { dry_run } => ("POST", format!("/admin/reconcile?dry_run={dry_run}")),
             GcAction::History => ("GET", "/admin/gc/runs".to_owned()),
+            GcAction::Pause { reason } => ("POST", format!("/admin/gc/pause?reason={}", encode(reason))),
+            GcAction::Resume => ("POST", "/admin/gc/resume".to_owned()),
+            GcAction::Status => ("GET", "/admin/gc/pause".to_owned()),
         }
     }
 }
@@ -84,6 +97,9 @@ pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow:
                 serde_json::to_string_pretty(&collector.reconcile("cli", dry_run).await?)?
             }
             GcAction::History => serde_json::to_string_pretty(&collector.history(50).await?)?,
+            GcAction::Pause { reason } => serde_json::to_string_pretty(&collector.pause("cli".into(), reason).await?)?,
+            GcAction::Resume => serde_json::to_string_pretty(&collector.resume("cli").await?)?,
+            GcAction::Status => serde_json::to_string_pretty(&collector.pause_state().await?)?,
         })
     })?;
     println!("{out}");
@@ -162,7 +178,7 @@ pub fn audit(json_text: &str, as_json: bool) -> anyhow::Result<String> {
     let mut out = row(["DELETED (UTC)", "ACTOR", "RESTORED (UTC)", "RESTORABLE UNTIL", "DIGEST", "TAG", "REASON"]);
     for d in &deletions {
         let text = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
-        let time = |k: &str| d[k].as_i64().map(utc).unwrap_or_else(|| "-".to_owned());
+        let time = |k: &str| d[k].as_i64().map(crate::policy::cron::utc).unwrap_or_else(|| "-".to_owned());
         let digest = text("digest");
         let tag = format!("{}:{}", text("repository"), text("tag"));
         out += &row([
@@ -176,13 +192,6 @@ pub fn audit(json_text: &str, as_json: bool) -> anyhow::Result<String> {
         ]);
     }
     Ok(out)
-}
-
-/// `YYYY-MM-DD HH:MM:SS` of a time in milliseconds since the epoch, in UTC.
-fn utc(ms: i64) -> String {
-    let (days, secs) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000) / 1000);
-    let (year, month, day) = crate::policy::cron::civil(days);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 #[cfg(test)]

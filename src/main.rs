@@ -51,13 +51,20 @@ enum Command {
         /// List recorded collections and reconciles instead.
         #[arg(long)]
         history: bool,
-        /// Pause collection on the running instance: nothing is removed (runs are refused,
-        /// dry runs still report) until --resume or a restart.
-        #[arg(long, conflicts_with_all = ["reconcile", "history", "resume", "dry_run"])]
+        /// Pause collection: nothing is removed (runs and retention deletions are refused,
+        /// dry runs and plans still report) until --resume. The pause is kept in metadata:
+        /// it lasts through restarts, and a stopped instance can be paused before it starts.
+        #[arg(long, conflicts_with_all = ["reconcile", "history", "resume", "status", "dry_run"])]
         pause: bool,
-        /// Resume a paused collection on the running instance.
-        #[arg(long, conflicts_with_all = ["reconcile", "history", "dry_run"])]
+        /// Why collection is paused (with --pause): shown to whoever asks, and logged.
+        #[arg(long, requires = "pause")]
+        reason: Option<String>,
+        /// Resume a paused collection.
+        #[arg(long, conflicts_with_all = ["reconcile", "history", "status", "dry_run"])]
         resume: bool,
+        /// Say whether collection is paused, since when, by whom and why.
+        #[arg(long, conflicts_with_all = ["reconcile", "history", "dry_run"])]
+        status: bool,
         /// Admin API address of the running instance (default: the configured listen address).
         #[arg(long)]
         url: Option<SocketAddr>,
@@ -176,19 +183,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        Command::Gc { config, dry_run, reconcile, history, pause, resume, url } => {
+        Command::Gc { config, dry_run, reconcile, history, pause, reason, resume, status, url } => {
             let cfg = load(config)?;
-            // The pause lives in the running server's memory: there is nothing to pause in a
-            // stopped one.
-            if pause || resume {
-                let path = if pause { "/admin/gc/pause" } else { "/admin/gc/resume" };
-                println!("{}", bosun::cli::admin(&cfg, url, "POST", path, "")?);
-                return Ok(());
-            }
-            let action = match (reconcile, history) {
-                (_, true) => GcAction::History,
-                (true, _) => GcAction::Reconcile { dry_run },
-                _ => GcAction::Collect { dry_run },
+            let action = if pause {
+                GcAction::Pause { reason: reason.unwrap_or_default() }
+            } else if resume {
+                GcAction::Resume
+            } else if status {
+                GcAction::Status
+            } else if history {
+                GcAction::History
+            } else if reconcile {
+                GcAction::Reconcile { dry_run }
+            } else {
+                GcAction::Collect { dry_run }
             };
             bosun::cli::gc(&cfg, url, action)
         }

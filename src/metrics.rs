@@ -51,15 +51,14 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The counters of this process, whether the metadata log has failed (see `/healthz`)
-    /// and whether collection is paused, the data directory's disk space (left out if it
+    /// The counters of this process, whether the metadata log has failed (see `/healthz`),
+    /// the data directory's disk space (left out if it
     /// could not be read) with the floor under which new uploads are refused, and `gauges`
     /// read from metadata for this scrape (left out if that read failed: the counters are
     /// still worth a scrape).
     pub fn render(
         &self,
         log_failed: bool,
-        gc_paused: bool,
         disk: Option<DiskSpace>,
         min_free_space: MinFreeSpace,
         gauges: Option<&Gauges>,
@@ -103,12 +102,6 @@ impl Metrics {
             "bosun_metadata_log_failed",
             "1 once a flush of the metadata log failed: no write is acknowledged until a restart.",
             u64::from(log_failed),
-        );
-        gauge(
-            &mut out,
-            "bosun_gc_paused",
-            "1 while garbage collection is paused (POST /admin/gc/pause): nothing is removed.",
-            u64::from(gc_paused),
         );
         counter(&mut out, "bosun_gc_runs_total", "Garbage collections that changed storage.", &self.gc_runs);
         counter(&mut out, "bosun_gc_dry_runs_total", "Garbage collection dry runs.", &self.gc_dry_runs);
@@ -191,6 +184,11 @@ impl Metrics {
             let _ = writeln!(out, "bosun_gc_last_success_timestamp_seconds{{kind=\"{kind}\"}} {secs}");
         }
         for (name, help, value) in [
+            (
+                "bosun_gc_paused",
+                "1 while garbage collection is paused (bosun gc --pause; it lasts through restarts): nothing is removed.",
+                u64::from(gauges.paused),
+            ),
             (
                 "bosun_blobs_unreferenced",
                 "Blobs no manifest references: in their grace period or awaiting collection.",

@@ -160,6 +160,10 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
         max_connections,
         "bosun is serving"
     );
+    // A pause outlives restarts, so an operator who forgot it should hear of it.
+    if let Some(pause) = opened.state.collector.paused().await? {
+        tracing::warn!(%pause, "garbage collection is paused: nothing is removed until bosun gc --resume");
+    }
     let router = crate::api::router(opened.state.clone());
     let signalled = async move {
         shutdown_signal().await;

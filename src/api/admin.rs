@@ -5,9 +5,10 @@
 //!   until a restart (a failed flush of the metadata log) or its database does not answer:
 //!   for a supervisor's liveness probe, open to every client like `/metrics`.
 //! - `POST /admin/gc[?dry_run=true]`, `POST /admin/reconcile[?dry_run=true]`,
-//!   `GET /admin/gc/runs[?limit=N]`, `POST /admin/gc/pause`, `POST /admin/gc/resume`:
-//!   garbage collection (paused, collections, reconciles and retention deletions are
-//!   refused with 409; dry runs and plans still report).
+//!   `GET /admin/gc/runs[?limit=N]`, `POST /admin/gc/pause[?reason=TEXT]`,
+//!   `POST /admin/gc/resume`, `GET /admin/gc/pause`: garbage collection (paused, which
+//!   lasts through restarts, collections, reconciles and retention deletions are refused
+//!   with 409; dry runs and plans still report).
 //! - `GET /admin/retention/policies`, `PUT|DELETE /admin/retention/policies/<name>`:
 //!   retention policies (those of the config file are listed, not changed, here).
 //! - `GET /admin/retention/explain?repository=R`, `POST /admin/retention/plan[?repository=R]
@@ -53,7 +54,7 @@ pub fn not_found(path: &str) -> AdminResponse {
 /// A run's report; a run refused because collection is paused is a 409, not a failure.
 fn run_report(r: crate::gc::Result<crate::gc::Report>) -> AdminResponse {
     match r {
-        Err(e @ crate::gc::GcError::Paused) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ crate::gc::GcError::Paused(_)) => error(StatusCode::CONFLICT, e.to_string()),
         other => ok_or_500(other),
     }
 }
@@ -72,10 +73,19 @@ fn retention_response<T: Serialize>(r: Result<T, RetentionError>) -> AdminRespon
             error(StatusCode::CONFLICT, e.to_string())
         }
         Err(e @ RetentionError::PlanUnknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e @ RetentionError::Paused) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ RetentionError::Paused(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e @ RetentionError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// Who made an admin request, for the records that name their author: the client's
+/// address (the admin API has no accounts yet).
+fn client(request: &Parts) -> String {
+    request
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown client".to_owned(), |c| c.0.ip().to_string())
 }
 
 /// Whether a client at `peer` may use the admin API: there is no authentication yet, so
@@ -118,7 +128,6 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
             }
             let mut text = state.registry.metrics.render(
                 meta.log_failed(),
-                collector.is_paused(),
                 disk.ok(),
                 state.registry.options().min_free_space,
                 gauges.as_ref().ok(),
@@ -138,14 +147,11 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
         },
         (&Method::POST, "/admin/gc") => run_report(collector.collect("api", flag("dry_run")).await),
         (&Method::POST, "/admin/reconcile") => run_report(collector.reconcile("api", flag("dry_run")).await),
+        (&Method::GET, "/admin/gc/pause") => ok_or_500(collector.pause_state().await),
         (&Method::POST, "/admin/gc/pause") => {
-            collector.pause().await;
-            json(StatusCode::OK, &serde_json::json!({ "paused": collector.is_paused() }))
+            ok_or_500(collector.pause(client(request), param("reason").unwrap_or_default()).await)
         }
-        (&Method::POST, "/admin/gc/resume") => {
-            collector.resume();
-            json(StatusCode::OK, &serde_json::json!({ "paused": collector.is_paused() }))
-        }
+        (&Method::POST, "/admin/gc/resume") => ok_or_500(collector.resume(&client(request)).await),
         (&Method::GET, "/admin/gc/runs") => ok_or_500(collector.history(limit).await),
         (&Method::GET, "/admin/retention/policies") => {
             let list: Vec<serde_json::Value> = state

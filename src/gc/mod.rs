@@ -53,13 +53,13 @@
 mod reconcile;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::failpoints::{GC_AFTER_CANDIDATES, GC_BEFORE_BYTES, GC_UPLOADS_CLAIMED};
 use crate::metadata::gc::{self as q, ManifestRules, RunRecord};
+use crate::metadata::gc_pause::{self, Pause};
 use crate::metadata::{MetadataError, now_ms, repositories};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, UploadId};
@@ -124,9 +124,9 @@ pub enum GcError {
     Task(String),
     /// Collection is paused (`POST /admin/gc/pause`): nothing is removed until it resumes.
     #[error(
-        "garbage collection is paused: nothing is removed until it resumes (POST /admin/gc/resume, bosun gc --resume); a dry run still works"
+        "garbage collection is paused ({0}): nothing is removed until it resumes (POST /admin/gc/resume, bosun gc --resume); a dry run still works"
     )]
-    Paused,
+    Paused(Pause),
 }
 
 pub type Result<T> = std::result::Result<T, GcError>;
@@ -202,41 +202,65 @@ fn remove_repository_if_empty(c: &rusqlite::Connection, name: &str) -> MetaResul
     Ok(repositories::remove_if_empty(c, name)?.then(|| name.to_owned()))
 }
 
+/// Whether collection is paused, and by whom; after a resume, the pause it ended. The
+/// answer to a pause, a resume or a question (admin API and CLI alike).
+#[derive(Debug, Serialize)]
+pub struct PauseState {
+    pub paused: bool,
+    #[serde(flatten)]
+    pub pause: Option<Pause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Pause>,
+}
+
 /// Runs collections and reconciles, one at a time.
 pub struct Collector {
     registry: Arc<Registry>,
     options: GcOptions,
     /// Held by the run in progress ([`Collector::run_once`]).
     running: Arc<tokio::sync::Mutex<()>>,
-    /// While set, no run removes anything (dry runs still report).
-    paused: AtomicBool,
 }
 
 impl Collector {
     pub fn new(registry: Arc<Registry>, options: GcOptions) -> Collector {
-        Collector { registry, options, running: Arc::new(tokio::sync::Mutex::new(())), paused: AtomicBool::new(false) }
+        Collector { registry, options, running: Arc::new(tokio::sync::Mutex::new(())) }
     }
 
     /// Stops removals, for an operator who must look at the storage as it is (an
     /// investigation, a migration) without a restart: collections and reconciles are
     /// skipped when scheduled and refused when asked for, and so are retention policies'
     /// deletions (`policy/retention.rs`); dry runs and plans still report. A collection or
-    /// reconcile in progress finishes first: this returns once it has. The pause lives in
-    /// this process: a restart ends it (`gc.enabled = false` only stops scheduled runs).
-    pub async fn pause(&self) {
-        self.paused.store(true, Ordering::SeqCst);
-        tracing::warn!("pausing garbage collection; waiting for a run in progress to finish");
+    /// reconcile in progress finishes first: this returns once it has. The pause is kept in
+    /// metadata (`metadata/gc_pause.rs`): it lasts through restarts and crashes until
+    /// [`Collector::resume`]. Pausing a paused collector keeps the first pause.
+    pub async fn pause(&self, by: String, reason: String) -> Result<PauseState> {
+        let asked = Pause { paused_at: now_ms(), paused_by: by, reason };
+        let pause = self.registry.meta.write(move |c| gc_pause::set(c, &asked)).await?;
+        tracing::warn!(%pause, "pausing garbage collection; waiting for a run in progress to finish");
         let _in_progress = self.running.lock().await;
-        tracing::warn!("garbage collection paused");
+        tracing::warn!(%pause, "garbage collection paused");
+        Ok(PauseState { paused: true, pause: Some(pause), ended: None })
     }
 
-    pub fn resume(&self) {
-        self.paused.store(false, Ordering::SeqCst);
-        tracing::warn!("garbage collection resumed");
+    /// Ends the pause, if collection was paused.
+    pub async fn resume(&self, by: &str) -> Result<PauseState> {
+        let ended = self.registry.meta.write(|c| gc_pause::clear(c)).await?;
+        match &ended {
+            Some(pause) => tracing::warn!(%pause, resumed_by = by, "garbage collection resumed"),
+            None => tracing::info!(resumed_by = by, "garbage collection was not paused"),
+        }
+        Ok(PauseState { paused: false, pause: None, ended })
     }
 
-    pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::SeqCst)
+    /// Whether collection is paused, and by whom.
+    pub async fn pause_state(&self) -> Result<PauseState> {
+        let pause = self.paused().await?;
+        Ok(PauseState { paused: pause.is_some(), pause, ended: None })
+    }
+
+    /// The pause in force, if collection is paused.
+    pub async fn paused(&self) -> Result<Option<Pause>> {
+        Ok(self.registry.meta.read(|c| gc_pause::get(c)).await?)
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -293,9 +317,9 @@ impl Collector {
     {
         let one_at_a_time = self.running.clone().lock_owned().await;
         // Checked under the lock, so that no removal starts after `pause` has returned.
-        if !dry_run && self.is_paused() {
-            tracing::info!(kind, trigger, "garbage collection paused: run skipped");
-            return Err(GcError::Paused);
+        if !dry_run && let Some(pause) = self.paused().await? {
+            tracing::info!(kind, trigger, %pause, "garbage collection paused: run skipped");
+            return Err(GcError::Paused(pause));
         }
         let (this, report) = (self.clone(), Report::new(kind, trigger, dry_run));
         tokio::spawn(async move {

@@ -14,6 +14,7 @@ pub mod blobs;
 mod checkpoint;
 pub mod counts;
 pub mod gc;
+pub mod gc_pause;
 mod group_commit;
 pub mod history;
 pub mod manifests;
@@ -46,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/5.sql"),
     include_str!("migrations/6.sql"),
     include_str!("migrations/7.sql"),
+    include_str!("migrations/8.sql"),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 /// A connection to a new database with the current schema (the directory holds it), for
@@ -793,6 +795,7 @@ mod tests {
         include_str!("migrations/released/4.sql"),
         include_str!("migrations/released/5.sql"),
         include_str!("migrations/released/6.sql"),
+        include_str!("migrations/released/7.sql"),
     ];
 
     /// What a schema is made of, as SQLite sees it: each table's columns, foreign keys and

@@ -1,4 +1,4 @@
--- Bosun metadata, schema version 7 (`migrations/` upgrades older databases). The single
+-- Bosun metadata, schema version 8 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.
 --
@@ -201,6 +201,17 @@ CREATE TABLE gc_runs (
     counts_repaired   INTEGER NOT NULL DEFAULT 0,
     -- reconcile: references to a blob or link that is gone (`counts.rs`)
     dangling_references INTEGER NOT NULL DEFAULT 0
+);
+
+-- At most one row: garbage collection is paused (`bosun gc --pause`) since `paused_at`,
+-- by `paused_by` (the admin API's client address, or `cli` on a stopped instance), for
+-- `reason`. While it exists, no collection, reconcile or retention deletion removes
+-- anything; it survives restarts until `bosun gc --resume` deletes it.
+CREATE TABLE gc_pause (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    paused_at INTEGER NOT NULL,
+    paused_by TEXT NOT NULL,
+    reason    TEXT NOT NULL
 );
 
 -- Every tag deletion, by hand or by a policy: the audit of who deleted what and why, and

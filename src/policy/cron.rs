@@ -61,6 +61,13 @@ fn parse_field(raw: &str, i: usize) -> Result<Vec<bool>, String> {
     Ok(set)
 }
 
+/// `YYYY-MM-DD HH:MM:SS` of a time in milliseconds since the epoch, in UTC.
+pub(crate) fn utc(ms: i64) -> String {
+    let (days, secs) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000) / 1000);
+    let (year, month, day) = civil(days);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
 pub(crate) fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;

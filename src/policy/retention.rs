@@ -82,9 +82,9 @@ pub enum RetentionError {
     Invalid(String),
     /// Garbage collection is paused, and with it every deletion a policy would make.
     #[error(
-        "garbage collection is paused, and retention deletes nothing meanwhile (bosun gc --resume); a plan still reports"
+        "garbage collection is paused ({0}), and retention deletes nothing meanwhile (bosun gc --resume); a plan still reports"
     )]
-    Paused,
+    Paused(crate::metadata::gc_pause::Pause),
 }
 
 pub type Result<T> = std::result::Result<T, RetentionError>;
@@ -363,13 +363,12 @@ impl Retention {
         registry.pulls.flush(&registry.meta).await?;
         let policies = registry.policies();
         let options = registry.options().clone();
-        let collector = self.collector.clone();
         registry
             .meta
             .write(move |c| {
-                // Checked under the writer: no apply that starts after a pause deletes.
-                if collector.is_paused() {
-                    return Err(RetentionError::Paused);
+                // Checked in the deleting transaction: no apply after a pause deletes.
+                if let Some(pause) = crate::metadata::gc_pause::get(c)? {
+                    return Err(RetentionError::Paused(pause));
                 }
                 let (json, applied) = q::load_plan(c, id)?.ok_or(RetentionError::PlanUnknown(id))?;
                 if applied.is_some() {
@@ -399,8 +398,13 @@ impl Retention {
     /// Runs every scheduled policy that is due; called periodically. While collection is
     /// paused, none is due (each runs at the first check after the resume).
     pub async fn run_due(&self, started_at: i64) {
-        if self.collector.is_paused() {
-            return;
+        match self.collector.paused().await {
+            Ok(None) => {}
+            Ok(Some(_)) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "reading whether collection is paused failed; no retention policy runs");
+                return;
+            }
         }
         let policies = self.collector.registry().policies();
         let now = now_ms();

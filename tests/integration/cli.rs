@@ -138,3 +138,39 @@ async fn the_audit_from_the_command_line() {
     assert_eq!(json.as_array().unwrap().len(), 1);
     assert_eq!(json[0]["tag"], "v2");
 }
+
+/// A stopped instance can be paused before it starts (a migration that must see the
+/// storage as it is from the first minute): the server comes up paused, collections are
+/// refused, also on the stopped data directory, until a resume.
+#[tokio::test]
+async fn a_stopped_instance_paused_from_the_command_line_starts_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let mut s = Server::start_in(dir.path(), GC_NOW);
+    let (_, d) = s.push_image("cli/paused", "v1", &[b"kept while paused"]).await;
+    s.delete(&format!("/v2/cli/paused/manifests/{d}")).await;
+    s.kill();
+
+    let offline = ["--data-dir", &data, "--url", "127.0.0.1:1"];
+    let (ok, out, err) = bosun_gc(&[&offline[..], &["--pause", "--reason", "migration"]].concat());
+    assert!(ok, "{err}");
+    let paused: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&paused["paused"], &paused["paused_by"], &paused["reason"]),
+        (&Value::Bool(true), &Value::from("cli"), &Value::from("migration")),
+        "{out}"
+    );
+    let (ok, _, err) = bosun_gc(&offline);
+    assert!(
+        !ok && err.contains("paused") && err.contains("migration"),
+        "an offline collection ran while paused: {err}"
+    );
+
+    let s = Server::start_in(dir.path(), GC_NOW);
+    let (status, answer) = s.admin_post("/admin/gc").await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT, "{answer}");
+    let (ok, out, err) = bosun_gc(&["--url", &s.addr, "--resume"]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["ended"]["paused_by"], "cli", "{out}");
+    assert_eq!(s.gc(false).await["blobs_removed"], 2);
+}

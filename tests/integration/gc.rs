@@ -473,36 +473,61 @@ async fn a_listing_error_stops_the_reconcile_before_it_removes_anything() {
 }
 
 /// Paused, collection removes nothing: scheduled runs are skipped, a requested one is
-/// refused (409), a dry run still reports; resumed, the next run removes what waited.
-/// Paused and resumed from the command line.
+/// refused (409, naming who paused and why), a dry run still reports. The pause outlives
+/// a crash: after SIGKILL and a restart it still holds, and the start says so. Resumed,
+/// the next run removes what waited. Paused, asked about and resumed from the command line.
 #[tokio::test]
-async fn a_paused_collection_removes_nothing_until_resumed() {
+async fn a_paused_collection_removes_nothing_until_resumed_even_across_a_crash() {
     let scheduled = [("BOSUN_GC_ENABLED", "true"), ("BOSUN_GC_INTERVAL", "100ms")];
-    let s = Server::start_with(&[GC_NOW, &scheduled].concat());
-    let cli = |flag: &str| {
+    let env = [GC_NOW, &scheduled].concat();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), &env);
+    let cli = |addr: &str, args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_bosun"))
-            .args(["gc", flag, "--url", &s.addr])
+            .args(["gc", "--url", addr])
+            .args(args)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
-    assert_eq!(cli("--pause")["paused"], true);
+    let paused = cli(&s.addr, &["--pause", "--reason", "disk check"]);
+    assert_eq!(
+        (&paused["paused"], &paused["paused_by"], &paused["reason"]),
+        (&json!(true), &json!("127.0.0.1"), &json!("disk check")),
+        "{paused}"
+    );
+    let again = cli(&s.addr, &["--pause", "--reason", "second"]);
+    assert_eq!(
+        (&again["reason"], &again["paused_at"]),
+        (&json!("disk check"), &paused["paused_at"]),
+        "the first pause stays: {again}"
+    );
     let (_, digest) = s.push_image("paused", "v1", &[b"kept while paused"]).await;
     assert_eq!(s.delete(&format!("/v2/paused/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
     let layer = format!("/v2/paused/blobs/{}", sha256(b"kept while paused"));
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert_eq!(s.head(&layer).await.status(), StatusCode::OK, "a scheduled run removed it while paused");
+
+    s.kill();
+    let s = Server::start_in(dir.path(), &env);
+    assert_eq!(s.logged(&["garbage collection is paused", "disk check"]).await.len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(s.head(&layer).await.status(), StatusCode::OK, "a scheduled run removed it after the restart");
     for path in ["/admin/gc", "/admin/reconcile"] {
         let (status, answer) = s.admin_post(path).await;
         assert_eq!(status, StatusCode::CONFLICT, "{path}: {answer}");
-        assert!(answer["error"].as_str().unwrap().contains("paused"), "{answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(message.contains("paused") && message.contains("by 127.0.0.1: disk check"), "{answer}");
     }
     assert_eq!(s.gc(true).await["blobs_removed"], 2, "a dry run reports while paused");
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(sample(&metrics, "bosun_gc_paused"), 1.0);
+    let status = cli(&s.addr, &["--status"]);
+    assert_eq!((&status["paused"], &status["reason"]), (&json!(true), &json!("disk check")), "{status}");
 
-    assert_eq!(cli("--resume")["paused"], false);
+    let resumed = cli(&s.addr, &["--resume"]);
+    assert_eq!((&resumed["paused"], &resumed["ended"]["reason"]), (&json!(false), &json!("disk check")), "{resumed}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while s.head(&layer).await.status() == StatusCode::OK {
         assert!(std::time::Instant::now() < deadline, "no scheduled run removed it after the resume");
@@ -510,6 +535,7 @@ async fn a_paused_collection_removes_nothing_until_resumed() {
     }
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(sample(&metrics, "bosun_gc_paused"), 0.0);
+    assert_eq!(cli(&s.addr, &["--status"]), json!({"paused": false}));
 }
 
 /// A pause waits for the collection in progress (which finishes what it started), then
