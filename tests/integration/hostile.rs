@@ -3,8 +3,14 @@
 //! error; and clients that upload (whole, in chunks, with wrong ranges and digests), push
 //! manifests, indexes and referrers, delete, mount, collect and reconcile at once, with
 //! no grace period, leave every tagged image intact and a reconcile with nothing to
-//! find. A run of this kind found a session's file removed by a concurrent reconcile.
+//! find; the same with retention runs and plans, restores, pauses, an immutable tag and a
+//! quota among them. Clients told MANIFEST_BLOB_UNKNOWN (a collection took their blobs)
+//! push them again and retry, as real ones do; each test checks from the clients' tally
+//! that what it is about happened (manifests and indexes stored, quota refusals,
+//! restores), so that it cannot pass on a run where nothing did. A run of this kind found a
+//! session's file removed by a concurrent reconcile.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
@@ -124,18 +130,47 @@ async fn malformed_requests_are_answered_never_with_a_server_error() {
     assert_eq!(s.get("/healthz").await.status(), StatusCode::OK);
 }
 
-/// One client's random operations, every answer checked for a server error.
-async fn random_client(s: Arc<Server>, task: u64, seed: u64) {
+/// A manifest a client pushed, and the blobs it references (to push them again).
+#[derive(Clone)]
+struct Pushed {
+    repo: String,
+    media: &'static str,
+    body: Vec<u8>,
+    blobs: Vec<Vec<u8>>,
+}
+
+impl Pushed {
+    fn descriptor(&self) -> Value {
+        json!({"mediaType": self.media, "digest": sha256(&self.body), "size": self.body.len()})
+    }
+}
+
+/// Uploads `data` to `repo` in one POST, as a client does again when told a manifest's blob
+/// is unknown.
+async fn upload(s: &Server, repo: &str, data: &[u8]) -> StatusCode {
+    let post = s.http.post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={}", sha256(data))));
+    post.body(data.to_vec()).send().await.unwrap().status()
+}
+
+/// What a client's requests got back: how many of each (operation, status).
+type Tally = BTreeMap<(&'static str, u16), u32>;
+
+/// One client's random operations, every answer checked for a server error; returns the
+/// tally of answers.
+async fn random_client(s: Arc<Server>, task: u64, seed: u64) -> Tally {
     let mut rng = Rng(seed.wrapping_add(task * 0x9E37_79B9) | 1);
     let repos = [format!("hostile/t{task}"), "hostile/shared".to_owned(), "hostile/other".to_owned()];
-    // Blobs this client uploaded, and manifests it pushed: (repository, digest, media type, size).
+    // Blobs this client uploaded, and manifests it pushed.
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut manifests: Vec<(String, String, &str, usize)> = Vec::new();
-    let check =
-        |what: &str, status: StatusCode| assert!(!server_error(status), "seed {seed}, task {task}: {what}: {status}");
+    let mut manifests: Vec<Pushed> = Vec::new();
+    let mut tally = Tally::new();
+    let mut check = |what: &'static str, status: StatusCode| {
+        assert!(!server_error(status), "seed {seed}, task {task}: {what}: {status}");
+        *tally.entry((what, status.as_u16())).or_default() += 1;
+    };
     for step in 0..250u64 {
         let repo = repos[rng.next(3) as usize].clone();
-        match rng.next(12) {
+        match rng.next(15) {
             // Upload a blob: whole, or in chunks, now and then with a wrong range or digest.
             0..=2 => {
                 let data = random_bytes(seed ^ (task << 32) ^ step, rng.next(3000) as usize);
@@ -164,12 +199,18 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64) {
                 }
                 blobs.push((repo, data));
             }
-            // An image manifest of blobs this client has (the registry refuses what is not
-            // linked in this repository), now and then with a wrong size or a subject.
-            3..=4 if !blobs.is_empty() => {
-                let picked: Vec<&(String, Vec<u8>)> =
-                    (0..1 + rng.next(3)).map(|_| &blobs[rng.next(blobs.len() as u64) as usize]).collect();
-                let descriptor = |(_, data): &(String, Vec<u8>), rng: &mut Rng| {
+            // An image manifest of blobs this client uploaded to this repository, now and
+            // then with a wrong size or a subject. With no grace period a collection may
+            // take the blobs first: the client uploads them again and retries, as a
+            // client told MANIFEST_BLOB_UNKNOWN does.
+            3..=4 => {
+                let own: Vec<&Vec<u8>> = blobs.iter().filter(|b| b.0 == repo).map(|b| &b.1).collect();
+                if own.is_empty() {
+                    continue;
+                }
+                let picked: Vec<&Vec<u8>> =
+                    (0..1 + rng.next(3)).map(|_| own[rng.next(own.len() as u64) as usize]).collect();
+                let descriptor = |data: &[u8], rng: &mut Rng| {
                     let size = data.len() + if rng.next(15) == 0 { 1 } else { 0 };
                     json!({"mediaType": OCI_LAYER, "digest": sha256(data), "size": size})
                 };
@@ -179,38 +220,79 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64) {
                     "layers": picked[1..].iter().map(|b| descriptor(b, &mut rng)).collect::<Vec<_>>(),
                 });
                 if !manifests.is_empty() && rng.next(3) == 0 {
-                    let (_, digest, media, size) = &manifests[rng.next(manifests.len() as u64) as usize];
-                    manifest["subject"] = json!({"mediaType": media, "digest": digest, "size": size});
+                    let subject = &manifests[rng.next(manifests.len() as u64) as usize];
+                    manifest["subject"] = subject.descriptor();
                     manifest["artifactType"] = json!("application/vnd.example.sig");
                 }
                 let body = serde_json::to_vec(&manifest).unwrap();
                 let reference = if rng.next(2) == 0 { sha256(&body) } else { format!("t{}", rng.next(4)) };
-                let resp = s.put_manifest(&repo, &reference, OCI_MANIFEST, &body).await;
-                check("PUT manifest", resp.status());
-                if resp.status() == StatusCode::CREATED {
-                    manifests.push((repo, sha256(&body), OCI_MANIFEST, body.len()));
+                for _attempt in 0..5 {
+                    let resp = s.put_manifest(&repo, &reference, OCI_MANIFEST, &body).await;
+                    let status = resp.status();
+                    check("PUT manifest", status);
+                    if status == StatusCode::CREATED {
+                        let referenced = picked.iter().map(|b| b.to_vec()).collect();
+                        manifests.push(Pushed {
+                            repo: repo.clone(),
+                            media: OCI_MANIFEST,
+                            body: body.clone(),
+                            blobs: referenced,
+                        });
+                    }
+                    if !resp.text().await.unwrap().contains("MANIFEST_BLOB_UNKNOWN") {
+                        break;
+                    }
+                    for data in &picked {
+                        check("monolithic POST again", upload(&s, &repo, data).await);
+                    }
                 }
             }
-            // An index of manifests of this repository.
+            // An index of manifests of this repository. A child collected meanwhile is
+            // pushed again, and the index retried.
             5 => {
-                let children: Vec<_> =
-                    manifests.iter().filter(|m| m.0 == repo && m.2 == OCI_MANIFEST).take(3).collect();
+                // The newest: with no grace period, older untagged ones are soon collected.
+                let children: Vec<_> = manifests
+                    .iter()
+                    .rev()
+                    .filter(|m| m.repo == repo && m.media == OCI_MANIFEST)
+                    .take(3)
+                    .cloned()
+                    .collect();
                 if children.is_empty() {
                     continue;
                 }
-                let listed: Vec<Value> =
-                    children.iter().map(|(_, d, m, size)| json!({"mediaType": m, "digest": d, "size": size})).collect();
+                let listed: Vec<Value> = children.iter().map(Pushed::descriptor).collect();
                 let body =
                     serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": listed}))
                         .unwrap();
-                let resp = s.put_manifest(&repo, &format!("i{}", rng.next(3)), OCI_INDEX, &body).await;
-                check("PUT index", resp.status());
-                if resp.status() == StatusCode::CREATED {
-                    manifests.push((repo, sha256(&body), OCI_INDEX, body.len()));
+                let tag = format!("i{}", rng.next(3));
+                for _attempt in 0..3 {
+                    let resp = s.put_manifest(&repo, &tag, OCI_INDEX, &body).await;
+                    let status = resp.status();
+                    check("PUT index", status);
+                    if status == StatusCode::CREATED {
+                        manifests.push(Pushed {
+                            repo: repo.clone(),
+                            media: OCI_INDEX,
+                            body: body.clone(),
+                            blobs: Vec::new(),
+                        });
+                    }
+                    if !resp.text().await.unwrap().contains("MANIFEST_BLOB_UNKNOWN") {
+                        break;
+                    }
+                    for child in &children {
+                        for data in &child.blobs {
+                            check("monolithic POST again", upload(&s, &repo, data).await);
+                        }
+                        let put = s.put_manifest(&repo, &sha256(&child.body), child.media, &child.body).await;
+                        check("PUT child again", put.status());
+                    }
                 }
             }
             6 if !manifests.is_empty() => {
-                let (repo, digest, ..) = manifests[rng.next(manifests.len() as u64) as usize].clone();
+                let pushed = &manifests[rng.next(manifests.len() as u64) as usize];
+                let (repo, digest) = (pushed.repo.clone(), sha256(&pushed.body));
                 let reference = if rng.next(2) == 0 { digest } else { format!("t{}", rng.next(4)) };
                 check("DELETE manifest", s.delete(&format!("/v2/{repo}/manifests/{reference}")).await.status());
             }
@@ -229,6 +311,24 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64) {
             }
             9 => check("collect", s.admin_post("/admin/gc").await.0),
             10 => check("reconcile", s.reconcile(false).await.status()),
+            // Tag deletions by policy, at once or through a plan that may be overtaken.
+            12 if rng.next(2) == 0 => check("retention run", s.admin_post("/admin/retention/run").await.0),
+            12 => {
+                let (status, plan) = s.admin_post(&format!("/admin/retention/plan?repository={repo}")).await;
+                check("retention plan", status);
+                if let Some(id) = plan["id"].as_i64() {
+                    check("retention apply", s.admin_post(&format!("/admin/retention/apply?plan={id}")).await.0);
+                }
+            }
+            13 => {
+                let path = format!("/admin/restore?repository={repo}&tag=t{}", rng.next(4));
+                check("restore", s.admin_post(&path).await.0);
+            }
+            // Paused while the others collect, then resumed: the last word is always a resume.
+            14 => {
+                check("pause", s.admin_post("/admin/gc/pause?reason=hostile").await.0);
+                check("resume", s.admin_post("/admin/gc/resume").await.0);
+            }
             _ => {
                 for path in [format!("/v2/{repo}/tags/list"), "/v2/_catalog".to_owned()] {
                     check("GET", s.get(&path).await.status());
@@ -236,16 +336,80 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64) {
             }
         }
     }
+    tally
+}
+
+/// Three random clients at once, then every tag verified and a reconcile that must find
+/// no count off (quota groups included), no dangling reference and no missing blob.
+/// Returns the clients' tally, printed, so that a test can check that what it is about
+/// happened at all.
+async fn run_clients(s: Arc<Server>, seed: u64) -> Tally {
+    let clients: Vec<_> = (0..3).map(|t| tokio::spawn(random_client(s.clone(), t, seed))).collect();
+    let mut tally = Tally::new();
+    for c in clients {
+        for (key, n) in c.await.unwrap() {
+            *tally.entry(key).or_default() += n;
+        }
+    }
+    eprintln!("seed {seed}: {tally:?}");
+    verify_all_tags(&s).await;
+    reconcile_finds_nothing(&s, seed).await;
+    tally
+}
+
+/// How many answers `what` got with `status`.
+fn answered(tally: &Tally, what: &str, status: StatusCode) -> u32 {
+    tally.iter().filter(|((w, st), _)| *w == what && *st == status.as_u16()).map(|(_, n)| n).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_random_use_leaves_every_tag_intact_and_nothing_to_reconcile() {
     let seed = test_seed("concurrent random use");
-    let s = Arc::new(Server::start_with(GC_NOW));
-    let clients: Vec<_> = (0..3).map(|t| tokio::spawn(random_client(s.clone(), t, seed))).collect();
-    for c in clients {
-        c.await.unwrap();
+    let tally = run_clients(Arc::new(Server::start_with(GC_NOW)), seed).await;
+    for (what, status) in [
+        ("PUT manifest", StatusCode::CREATED),
+        ("PUT index", StatusCode::CREATED),
+        ("monolithic POST again", StatusCode::CREATED),
+        ("collect", StatusCode::OK),
+    ] {
+        assert!(answered(&tally, what, status) > 0, "seed {seed}: no {what} answered {status}: {tally:?}");
     }
+}
+
+/// The same under policies: a retention policy that keeps 2 tags of each repository (and
+/// the indexes' tags), a tag that nothing may move or delete, a quota small enough to
+/// refuse uploads, and a restore window, so that restores bring tags back among the
+/// deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_random_use_under_policies_and_quotas_leaves_everything_consistent() {
+    let seed = test_seed("concurrent random use under policies");
+    let config = r#"
+[[retention]]
+name = "hostile"
+repositories = "hostile/*"
+keep = { any = [ { newest = 2 }, { matching = "i*" } ] }
+
+[[immutable]]
+repositories = "hostile/shared"
+tags_regex = "t0"
+
+[[quota]]
+repositories = "hostile/*"
+max_bytes = 30000
+total = true
+"#;
+    let s = Arc::new(Server::start_with_config(config, &[GC_NOW, &[("BOSUN_RESTORE_WINDOW", "1h")]].concat()));
+    let tally = run_clients(s.clone(), seed).await;
+    let (status, run) = s.admin_post("/admin/retention/run").await;
+    assert_eq!(status, StatusCode::OK, "seed {seed}: a quiet retention run failed: {run}");
     verify_all_tags(&s).await;
     reconcile_finds_nothing(&s, seed).await;
+    for (what, status) in [
+        ("PUT manifest", StatusCode::CREATED),
+        ("monolithic POST", StatusCode::FORBIDDEN),
+        ("restore", StatusCode::OK),
+        ("retention apply", StatusCode::OK),
+    ] {
+        assert!(answered(&tally, what, status) > 0, "seed {seed}: no {what} answered {status}: {tally:?}");
+    }
 }
