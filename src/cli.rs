@@ -23,7 +23,7 @@ pub enum GcAction {
         reason: String,
     },
     Resume,
-    /// Whether collection is paused.
+    /// Whether collection is paused, and what runs now.
     Status,
 }
 
@@ -35,7 +35,7 @@ impl GcAction {
             GcAction::History => ("GET", "/admin/gc/runs".to_owned()),
             GcAction::Pause { reason } => ("POST", format!("/admin/gc/pause?reason={}", encode(reason))),
             GcAction::Resume => ("POST", "/admin/gc/resume".to_owned()),
-            GcAction::Status => ("GET", "/admin/gc/pause".to_owned()),
+            GcAction::Status => ("GET", "/admin/gc/status".to_owned()),
         }
     }
 }
@@ -99,7 +99,7 @@ pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow:
             GcAction::History => serde_json::to_string_pretty(&collector.history(50).await?)?,
             GcAction::Pause { reason } => serde_json::to_string_pretty(&collector.pause("cli".into(), reason).await?)?,
             GcAction::Resume => serde_json::to_string_pretty(&collector.resume("cli").await?)?,
-            GcAction::Status => serde_json::to_string_pretty(&collector.pause_state().await?)?,
+            GcAction::Status => serde_json::to_string_pretty(&collector.status().await?)?,
         })
     })?;
     println!("{out}");

@@ -62,7 +62,7 @@ enum Command {
         /// Resume a paused collection.
         #[arg(long, conflicts_with_all = ["reconcile", "history", "status", "dry_run"])]
         resume: bool,
-        /// Say whether collection is paused, since when, by whom and why.
+        /// Say whether collection is paused (since when, by whom, why) and what runs now.
         #[arg(long, conflicts_with_all = ["reconcile", "history", "dry_run"])]
         status: bool,
         /// Admin API address of the running instance (default: the configured listen address).

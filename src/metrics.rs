@@ -52,13 +52,15 @@ impl Metrics {
     }
 
     /// The counters of this process, whether the metadata log has failed (see `/healthz`),
-    /// the data directory's disk space (left out if it
+    /// the kind and start (ms) of the collection or reconcile in progress, the data
+    /// directory's disk space (left out if it
     /// could not be read) with the floor under which new uploads are refused, and `gauges`
     /// read from metadata for this scrape (left out if that read failed: the counters are
     /// still worth a scrape).
     pub fn render(
         &self,
         log_failed: bool,
+        gc_in_progress: Option<(&str, i64)>,
         disk: Option<DiskSpace>,
         min_free_space: MinFreeSpace,
         gauges: Option<&Gauges>,
@@ -103,6 +105,17 @@ impl Metrics {
             "1 once a flush of the metadata log failed: no write is acknowledged until a restart.",
             u64::from(log_failed),
         );
+        // 0 for the kind not running, so that an alert on a stuck run needs no `absent()`.
+        let _ = writeln!(
+            out,
+            "# HELP bosun_gc_run_in_progress_seconds How long the collection or reconcile in progress has run (dry runs included; 0: none).\n# TYPE bosun_gc_run_in_progress_seconds gauge"
+        );
+        for kind in ["collect", "reconcile"] {
+            let secs = gc_in_progress
+                .filter(|(running, _)| *running == kind)
+                .map_or(0.0, |(_, started)| (crate::metadata::now_ms() - started).max(0) as f64 / 1000.0);
+            let _ = writeln!(out, "bosun_gc_run_in_progress_seconds{{kind=\"{kind}\"}} {secs}");
+        }
         counter(&mut out, "bosun_gc_runs_total", "Garbage collections that changed storage.", &self.gc_runs);
         counter(&mut out, "bosun_gc_dry_runs_total", "Garbage collection dry runs.", &self.gc_dry_runs);
         counter(

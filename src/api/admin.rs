@@ -6,9 +6,9 @@
 //!   for a supervisor's liveness probe, open to every client like `/metrics`.
 //! - `POST /admin/gc[?dry_run=true]`, `POST /admin/reconcile[?dry_run=true]`,
 //!   `GET /admin/gc/runs[?limit=N]`, `POST /admin/gc/pause[?reason=TEXT]`,
-//!   `POST /admin/gc/resume`, `GET /admin/gc/pause`: garbage collection (paused, which
-//!   lasts through restarts, collections, reconciles and retention deletions are refused
-//!   with 409; dry runs and plans still report).
+//!   `POST /admin/gc/resume`, `GET /admin/gc/status` (paused? what runs now?): garbage
+//!   collection (paused, which lasts through restarts, collections, reconciles and
+//!   retention deletions are refused with 409; dry runs and plans still report).
 //! - `GET /admin/retention/policies`, `PUT|DELETE /admin/retention/policies/<name>`:
 //!   retention policies (those of the config file are listed, not changed, here).
 //! - `GET /admin/retention/explain?repository=R`, `POST /admin/retention/plan[?repository=R]
@@ -128,6 +128,7 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
             }
             let mut text = state.registry.metrics.render(
                 meta.log_failed(),
+                collector.in_progress().map(|run| (run.kind, run.started_at)),
                 disk.ok(),
                 state.registry.options().min_free_space,
                 gauges.as_ref().ok(),
@@ -147,7 +148,7 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
         },
         (&Method::POST, "/admin/gc") => run_report(collector.collect("api", flag("dry_run")).await),
         (&Method::POST, "/admin/reconcile") => run_report(collector.reconcile("api", flag("dry_run")).await),
-        (&Method::GET, "/admin/gc/pause") => ok_or_500(collector.pause_state().await),
+        (&Method::GET, "/admin/gc/status") => ok_or_500(collector.status().await),
         (&Method::POST, "/admin/gc/pause") => {
             ok_or_500(collector.pause(client(request), param("reason").unwrap_or_default()).await)
         }

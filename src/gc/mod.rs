@@ -202,15 +202,36 @@ fn remove_repository_if_empty(c: &rusqlite::Connection, name: &str) -> MetaResul
     Ok(repositories::remove_if_empty(c, name)?.then(|| name.to_owned()))
 }
 
-/// Whether collection is paused, and by whom; after a resume, the pause it ended. The
-/// answer to a pause, a resume or a question (admin API and CLI alike).
+/// Whether collection is paused (and by whom) and what runs now; after a resume, the
+/// pause it ended. The answer to a pause, a resume or a question (admin API and CLI alike).
 #[derive(Debug, Serialize)]
-pub struct PauseState {
+pub struct Status {
     pub paused: bool,
     #[serde(flatten)]
     pub pause: Option<Pause>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<Pause>,
+    pub running: Option<InProgress>,
+}
+
+/// The collection or reconcile in progress: a run that lasts hours is stuck on its storage
+/// or its database, and a pause waits for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InProgress {
+    pub kind: &'static str,
+    pub trigger: String,
+    pub dry_run: bool,
+    /// Milliseconds since the Unix epoch.
+    pub started_at: i64,
+}
+
+/// Clears the run in progress when its task ends, however it ends.
+struct InProgressGuard(Arc<std::sync::Mutex<Option<InProgress>>>);
+
+impl Drop for InProgressGuard {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 /// Runs collections and reconciles, one at a time.
@@ -219,11 +240,18 @@ pub struct Collector {
     options: GcOptions,
     /// Held by the run in progress ([`Collector::run_once`]).
     running: Arc<tokio::sync::Mutex<()>>,
+    /// What that run is, while it runs.
+    in_progress: Arc<std::sync::Mutex<Option<InProgress>>>,
 }
 
 impl Collector {
     pub fn new(registry: Arc<Registry>, options: GcOptions) -> Collector {
-        Collector { registry, options, running: Arc::new(tokio::sync::Mutex::new(())) }
+        Collector {
+            registry,
+            options,
+            running: Arc::new(tokio::sync::Mutex::new(())),
+            in_progress: Arc::new(std::sync::Mutex::new(None)),
+        }
     }
 
     /// Stops removals, for an operator who must look at the storage as it is (an
@@ -233,29 +261,37 @@ impl Collector {
     /// reconcile in progress finishes first: this returns once it has. The pause is kept in
     /// metadata (`metadata/gc_pause.rs`): it lasts through restarts and crashes until
     /// [`Collector::resume`]. Pausing a paused collector keeps the first pause.
-    pub async fn pause(&self, by: String, reason: String) -> Result<PauseState> {
+    pub async fn pause(&self, by: String, reason: String) -> Result<Status> {
         let asked = Pause { paused_at: now_ms(), paused_by: by, reason };
         let pause = self.registry.meta.write(move |c| gc_pause::set(c, &asked)).await?;
-        tracing::warn!(%pause, "pausing garbage collection; waiting for a run in progress to finish");
+        if let Some(run) = self.in_progress() {
+            tracing::warn!(%pause, kind = run.kind, trigger = %run.trigger, started_at = run.started_at,
+                "pausing garbage collection; waiting for the run in progress to finish");
+        }
         let _in_progress = self.running.lock().await;
         tracing::warn!(%pause, "garbage collection paused");
-        Ok(PauseState { paused: true, pause: Some(pause), ended: None })
+        Ok(Status { paused: true, pause: Some(pause), ended: None, running: None })
     }
 
     /// Ends the pause, if collection was paused.
-    pub async fn resume(&self, by: &str) -> Result<PauseState> {
+    pub async fn resume(&self, by: &str) -> Result<Status> {
         let ended = self.registry.meta.write(|c| gc_pause::clear(c)).await?;
         match &ended {
             Some(pause) => tracing::warn!(%pause, resumed_by = by, "garbage collection resumed"),
             None => tracing::info!(resumed_by = by, "garbage collection was not paused"),
         }
-        Ok(PauseState { paused: false, pause: None, ended })
+        Ok(Status { paused: false, pause: None, ended, running: self.in_progress() })
     }
 
-    /// Whether collection is paused, and by whom.
-    pub async fn pause_state(&self) -> Result<PauseState> {
+    /// Whether collection is paused, and by whom, and the run in progress.
+    pub async fn status(&self) -> Result<Status> {
         let pause = self.paused().await?;
-        Ok(PauseState { paused: pause.is_some(), pause, ended: None })
+        Ok(Status { paused: pause.is_some(), pause, ended: None, running: self.in_progress() })
+    }
+
+    /// The collection or reconcile in progress, if one runs.
+    pub fn in_progress(&self) -> Option<InProgress> {
+        self.in_progress.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The pause in force, if collection is paused.
@@ -310,7 +346,13 @@ impl Collector {
     /// records it. Dropped half-way, by an HTTP client that goes away, a run would release
     /// its digest locks while the unlinks it started still run (an upload of the same
     /// digest could then lose its new bytes), and would never be recorded.
-    async fn run_once<F, Fut>(self: &Arc<Self>, kind: &str, trigger: &str, dry_run: bool, body: F) -> Result<Report>
+    async fn run_once<F, Fut>(
+        self: &Arc<Self>,
+        kind: &'static str,
+        trigger: &str,
+        dry_run: bool,
+        body: F,
+    ) -> Result<Report>
     where
         F: FnOnce(Arc<Self>, Report) -> Fut + Send + 'static,
         Fut: Future<Output = (Report, Result<()>)> + Send + 'static,
@@ -322,8 +364,12 @@ impl Collector {
             return Err(GcError::Paused(pause));
         }
         let (this, report) = (self.clone(), Report::new(kind, trigger, dry_run));
+        let run = InProgress { kind, trigger: trigger.to_owned(), dry_run, started_at: report.run.started_at };
+        *self.in_progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
+        let in_progress = InProgressGuard(self.in_progress.clone());
         tokio::spawn(async move {
             let _one_at_a_time = one_at_a_time;
+            let _in_progress = in_progress;
             let started = Instant::now();
             let (report, outcome) = body(this.clone(), report).await;
             this.finish(report, outcome, started).await

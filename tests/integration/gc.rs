@@ -535,11 +535,11 @@ async fn a_paused_collection_removes_nothing_until_resumed_even_across_a_crash()
     }
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(sample(&metrics, "bosun_gc_paused"), 0.0);
-    assert_eq!(cli(&s.addr, &["--status"]), json!({"paused": false}));
+    assert_eq!(cli(&s.addr, &["--status"]), json!({"paused": false, "running": null}));
 }
 
-/// A pause waits for the collection in progress (which finishes what it started), then
-/// nothing is removed: a retention policy's run is refused too, while its plan still
+/// A pause waits for the collection in progress (which finishes what it started, and
+/// which the status and a gauge show meanwhile), then nothing is removed: a retention policy's run is refused too, while its plan still
 /// reports; resumed, the policy deletes.
 #[tokio::test]
 async fn a_pause_waits_for_the_run_in_progress_and_stops_retention() {
@@ -560,10 +560,24 @@ async fn a_pause_waits_for_the_run_in_progress_and_stops_retention() {
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!pause.is_finished(), "the pause returned while a collection was still removing");
+    // What the pause waits for is visible, to a person and to an alert on a stuck run.
+    let status: Value = s.get("/admin/gc/status").await.json().await.unwrap();
+    assert_eq!(
+        (&status["running"]["kind"], &status["running"]["trigger"]),
+        (&json!("collect"), &json!("api")),
+        "{status}"
+    );
+    assert_eq!(status["paused"], true, "{status}");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(sample(&metrics, "bosun_gc_run_in_progress_seconds{kind=\"collect\"}") >= 0.3, "{metrics}");
+    assert_eq!(sample(&metrics, "bosun_gc_run_in_progress_seconds{kind=\"reconcile\"}"), 0.0);
     s.release("gc.before_bytes").await;
     let (status, answer) = pause.await.unwrap();
     assert_eq!((status, &answer["paused"]), (StatusCode::OK, &json!(true)), "{answer}");
     assert_eq!(collection.await.unwrap()["blobs_removed"], 2, "the run in progress finished what it started");
+    assert_eq!(s.get("/admin/gc/status").await.json::<Value>().await.unwrap()["running"], Value::Null);
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_gc_run_in_progress_seconds{kind=\"collect\"}"), 0.0);
 
     let policy = json!({"name": "newest", "repositories": "pause/b", "keep": {"newest": 1}});
     let resp = s.http.put(s.url("/admin/retention/policies/newest")).json(&policy).send().await.unwrap();
