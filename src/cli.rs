@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use crate::config::Config;
 
 /// What `bosun gc` does.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum GcAction {
     Collect {
         dry_run: bool,
@@ -84,7 +84,12 @@ pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow:
         println!("{body}");
         return Ok(());
     }
-    // Nothing listens: work on the data directory directly (refused if a server holds it).
+    // Nothing listens: work on the data directory directly (refused if a server holds it),
+    // unless --url named another machine, whose data directory this is not.
+    if url.is_some_and(|u| !u.ip().is_loopback()) {
+        bail!("no Bosun answered at {addr}; only a local instance's data directory can be worked on directly");
+    }
+    eprintln!("no Bosun answered at {addr}: working on the data directory {}", config.data_dir.display());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let out = runtime.block_on(async move {
         let opened = crate::server::open(config)
@@ -178,7 +183,7 @@ pub fn audit(json_text: &str, as_json: bool) -> anyhow::Result<String> {
     let mut out = row(["DELETED (UTC)", "ACTOR", "RESTORED (UTC)", "RESTORABLE UNTIL", "DIGEST", "TAG", "REASON"]);
     for d in &deletions {
         let text = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
-        let time = |k: &str| d[k].as_i64().map(crate::policy::cron::utc).unwrap_or_else(|| "-".to_owned());
+        let time = |k: &str| d[k].as_i64().map(crate::time::utc).unwrap_or_else(|| "-".to_owned());
         let digest = text("digest");
         let tag = format!("{}:{}", text("repository"), text("tag"));
         out += &row([

@@ -23,3 +23,4 @@ pub mod registry;
 pub mod server;
 pub mod storage;
 pub mod throttle;
+pub mod time;

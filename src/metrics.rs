@@ -53,10 +53,9 @@ impl Metrics {
 
     /// The counters of this process, whether the metadata log has failed (see `/healthz`),
     /// the kind and start (ms) of the collection or reconcile in progress, the data
-    /// directory's disk space (left out if it
-    /// could not be read) with the floor under which new uploads are refused, and `gauges`
-    /// read from metadata for this scrape (left out if that read failed: the counters are
-    /// still worth a scrape).
+    /// directory's disk space (left out if it could not be read) with the floor under which
+    /// new uploads are refused, and `gauges` read from metadata for this scrape, the pause
+    /// among them (left out if that read failed: the counters are still worth a scrape).
     pub fn render(
         &self,
         log_failed: bool,
@@ -200,7 +199,12 @@ impl Metrics {
             (
                 "bosun_gc_paused",
                 "1 while garbage collection is paused (bosun gc --pause; it lasts through restarts): nothing is removed.",
-                u64::from(gauges.paused),
+                u64::from(gauges.paused_at.is_some()),
+            ),
+            (
+                "bosun_gc_paused_since_timestamp_seconds",
+                "When that pause began (0: not paused), for an alert that a restart does not reset.",
+                gauges.paused_at.map_or(0, |ms| (ms / 1000) as u64),
             ),
             (
                 "bosun_blobs_unreferenced",

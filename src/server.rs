@@ -106,6 +106,14 @@ async fn load_policies(state: &AppState) -> anyhow::Result<()> {
 pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
     config.check_addresses()?;
     let opened = open(&config).await?;
+    // A pause outlives restarts, so an operator who forgot it should hear of it.
+    match opened.state.collector.paused().await {
+        Ok(Some(pause)) => {
+            tracing::warn!(%pause, "garbage collection is paused: nothing is removed until bosun gc --resume")
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "reading whether garbage collection is paused failed"),
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = opened.state.clone();
     every(Duration::from_secs(5), &stopping, move || {
@@ -160,10 +168,7 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
         max_connections,
         "bosun is serving"
     );
-    // A pause outlives restarts, so an operator who forgot it should hear of it.
-    if let Some(pause) = opened.state.collector.paused().await? {
-        tracing::warn!(%pause, "garbage collection is paused: nothing is removed until bosun gc --resume");
-    }
+
     let router = crate::api::router(opened.state.clone());
     let signalled = async move {
         shutdown_signal().await;

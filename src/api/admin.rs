@@ -7,8 +7,9 @@
 //! - `POST /admin/gc[?dry_run=true]`, `POST /admin/reconcile[?dry_run=true]`,
 //!   `GET /admin/gc/runs[?limit=N]`, `POST /admin/gc/pause[?reason=TEXT]`,
 //!   `POST /admin/gc/resume`, `GET /admin/gc/status` (paused? what runs now?): garbage
-//!   collection (paused, which lasts through restarts, collections, reconciles and
-//!   retention deletions are refused with 409; dry runs and plans still report).
+//!   collection. While it is paused (through restarts, until a resume), collections,
+//!   reconciles and retention deletions are refused with 409; dry runs and plans still
+//!   report.
 //! - `GET /admin/retention/policies`, `PUT|DELETE /admin/retention/policies/<name>`:
 //!   retention policies (those of the config file are listed, not changed, here).
 //! - `GET /admin/retention/explain?repository=R`, `POST /admin/retention/plan[?repository=R]
@@ -81,11 +82,8 @@ fn retention_response<T: Serialize>(r: Result<T, RetentionError>) -> AdminRespon
 
 /// Who made an admin request, for the records that name their author: the client's
 /// address (the admin API has no accounts yet).
-fn client(request: &Parts) -> String {
-    request
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or_else(|| "unknown client".to_owned(), |c| c.0.ip().to_string())
+fn client(peer: Option<std::net::SocketAddr>) -> String {
+    peer.map_or_else(|| "unknown client".to_owned(), |p| p.ip().to_string())
 }
 
 /// Whether a client at `peer` may use the admin API: there is no authentication yet, so
@@ -102,8 +100,8 @@ pub fn refuse_remote() -> AdminResponse {
     )
 }
 
-/// Handles `/admin/...`, `/metrics` and `/healthz`.
-pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminResponse {
+/// Handles `/admin/...`, `/metrics` and `/healthz`, for a client at `peer`.
+pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<std::net::SocketAddr>) -> AdminResponse {
     let params = headers::query(request);
     let param = |key: &str| headers::param(&params, key).map(str::to_owned);
     let flag = |key: &str| param(key).is_some_and(|v| v == "true" || v == "1");
@@ -150,9 +148,9 @@ pub async fn route(state: &AppState, request: &Parts, body: Body) -> AdminRespon
         (&Method::POST, "/admin/reconcile") => run_report(collector.reconcile("api", flag("dry_run")).await),
         (&Method::GET, "/admin/gc/status") => ok_or_500(collector.status().await),
         (&Method::POST, "/admin/gc/pause") => {
-            ok_or_500(collector.pause(client(request), param("reason").unwrap_or_default()).await)
+            ok_or_500(collector.pause(client(peer), param("reason").unwrap_or_default()).await)
         }
-        (&Method::POST, "/admin/gc/resume") => ok_or_500(collector.resume(&client(request)).await),
+        (&Method::POST, "/admin/gc/resume") => ok_or_500(collector.resume(&client(peer)).await),
         (&Method::GET, "/admin/gc/runs") => ok_or_500(collector.history(limit).await),
         (&Method::GET, "/admin/retention/policies") => {
             let list: Vec<serde_json::Value> = state

@@ -62,7 +62,7 @@ pub fn monitor_router(state: Arc<AppState>) -> Router {
 async fn monitor_dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     match parts.uri.path() {
-        "/healthz" | "/metrics" => admin::route(&state, &parts, body).await,
+        "/healthz" | "/metrics" => admin::route(&state, &parts, body, None).await,
         other => admin::not_found(other),
     }
 }
@@ -83,7 +83,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         None if path.starts_with("/admin/") && !admin::allowed(peer, state.config.admin_remote) => {
             admin::refuse_remote()
         }
-        None => admin::route(&state, &parts, body).await,
+        None => admin::route(&state, &parts, body, peer).await,
         Some(endpoint) => {
             let mut response = match route(&state.registry, endpoint, Request::from_parts(parts, body)).await {
                 Ok(r) => r,

@@ -207,7 +207,6 @@ fn remove_repository_if_empty(c: &rusqlite::Connection, name: &str) -> MetaResul
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub paused: bool,
-    #[serde(flatten)]
     pub pause: Option<Pause>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<Pause>,
@@ -270,7 +269,9 @@ impl Collector {
         }
         let _in_progress = self.running.lock().await;
         tracing::warn!(%pause, "garbage collection paused");
-        Ok(Status { paused: true, pause: Some(pause), ended: None, running: None })
+        // Read again: a resume may have come while this waited.
+        let pause = self.paused().await?;
+        Ok(Status { paused: pause.is_some(), pause, ended: None, running: None })
     }
 
     /// Ends the pause, if collection was paused.
@@ -358,12 +359,17 @@ impl Collector {
         Fut: Future<Output = (Report, Result<()>)> + Send + 'static,
     {
         let one_at_a_time = self.running.clone().lock_owned().await;
-        // Checked under the lock, so that no removal starts after `pause` has returned.
-        if !dry_run && let Some(pause) = self.paused().await? {
-            tracing::info!(kind, trigger, %pause, "garbage collection paused: run skipped");
-            return Err(GcError::Paused(pause));
-        }
         let (this, report) = (self.clone(), Report::new(kind, trigger, dry_run));
+        // Checked under the lock, so that no removal starts after `pause` has returned.
+        match if dry_run { Ok(None) } else { self.paused().await } {
+            Ok(None) => {}
+            Ok(Some(pause)) => {
+                tracing::info!(kind, trigger, %pause, "garbage collection paused: run skipped");
+                return Err(GcError::Paused(pause));
+            }
+            // A failed run like any other: logged, counted and (if metadata lets it) recorded.
+            Err(e) => return self.finish(report, Err(e), Instant::now()).await,
+        }
         let run = InProgress { kind, trigger: trigger.to_owned(), dry_run, started_at: report.run.started_at };
         *self.in_progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
         let in_progress = InProgressGuard(self.in_progress.clone());

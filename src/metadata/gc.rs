@@ -350,8 +350,8 @@ pub struct Gauges {
     pub missing_blobs: u64,
     pub count_drift: u64,
     pub dangling_references: u64,
-    /// Whether collection is paused (`gc_pause.rs`).
-    pub paused: bool,
+    /// Since when collection is paused (ms), if it is (`gc_pause.rs`).
+    pub paused_at: Option<i64>,
 }
 
 /// Read from `blobs_unreferenced`, the partial index collections find candidates with, in
@@ -386,7 +386,7 @@ pub fn gauges(conn: &Connection, cutoff: i64) -> Result<Gauges> {
         missing_blobs,
         count_drift,
         dangling_references,
-        paused: super::gc_pause::get(conn)?.is_some(),
+        paused_at: super::gc_pause::get(conn)?.map(|p| p.paused_at),
     })
 }
 

@@ -19,7 +19,7 @@ pub struct Pause {
 
 impl std::fmt::Display for Pause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "since {} UTC, by {}", crate::policy::cron::utc(self.paused_at), self.paused_by)?;
+        write!(f, "since {} UTC, by {}", crate::time::utc(self.paused_at), self.paused_by)?;
         if !self.reason.is_empty() {
             write!(f, ": {}", self.reason)?;
         }
@@ -47,9 +47,10 @@ pub fn set(conn: &Connection, pause: &Pause) -> Result<Pause> {
 
 /// Ends the pause; returns the one ended, if there was one.
 pub fn clear(conn: &Connection) -> Result<Option<Pause>> {
-    let ended = get(conn)?;
-    conn.prepare_cached("DELETE FROM gc_pause WHERE id = 1")?.execute([])?;
-    Ok(ended)
+    Ok(conn
+        .prepare_cached("DELETE FROM gc_pause WHERE id = 1 RETURNING paused_at, paused_by, reason")?
+        .query_row([], |r| Ok(Pause { paused_at: r.get(0)?, paused_by: r.get(1)?, reason: r.get(2)? }))
+        .optional()?)
 }
 
 #[cfg(test)]

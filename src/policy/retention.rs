@@ -416,6 +416,10 @@ impl Retention {
             }
             self.last_runs.lock().expect("retention poisoned").insert(p.spec.name.clone(), now);
             match self.run(Some(p.spec.name.clone())).await {
+                // Paused after the check above: due again at the first check after the resume.
+                Err(RetentionError::Paused(_)) => {
+                    self.last_runs.lock().expect("retention poisoned").insert(p.spec.name.clone(), last);
+                }
                 Ok(plan) => tracing::info!(
                     policy = %p.spec.name,
                     tags_deleted = plan.tags_deleted,

@@ -151,12 +151,19 @@ async fn a_stopped_instance_paused_from_the_command_line_starts_paused() {
     s.delete(&format!("/v2/cli/paused/manifests/{d}")).await;
     s.kill();
 
+    // Refused at another address of this machine (as another machine's would be): that
+    // instance's data directory is not known here, so nothing is worked on directly.
+    let own = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|u| u.connect("192.0.2.1:9").and(u.local_addr()));
+    if let Ok(own) = own.map(|a| a.ip()).map(|ip| format!("{ip}:1")) {
+        let (ok, _, err) = bosun_gc(&["--data-dir", &data, "--url", &own, "--pause"]);
+        assert!(!ok && err.contains("only a local instance's data directory"), "{own}: {err}");
+    }
     let offline = ["--data-dir", &data, "--url", "127.0.0.1:1"];
     let (ok, out, err) = bosun_gc(&[&offline[..], &["--pause", "--reason", "migration"]].concat());
     assert!(ok, "{err}");
     let paused: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
-        (&paused["paused"], &paused["paused_by"], &paused["reason"]),
+        (&paused["paused"], &paused["pause"]["paused_by"], &paused["pause"]["reason"]),
         (&Value::Bool(true), &Value::from("cli"), &Value::from("migration")),
         "{out}"
     );

@@ -493,14 +493,14 @@ async fn a_paused_collection_removes_nothing_until_resumed_even_across_a_crash()
     };
     let paused = cli(&s.addr, &["--pause", "--reason", "disk check"]);
     assert_eq!(
-        (&paused["paused"], &paused["paused_by"], &paused["reason"]),
+        (&paused["paused"], &paused["pause"]["paused_by"], &paused["pause"]["reason"]),
         (&json!(true), &json!("127.0.0.1"), &json!("disk check")),
         "{paused}"
     );
     let again = cli(&s.addr, &["--pause", "--reason", "second"]);
     assert_eq!(
-        (&again["reason"], &again["paused_at"]),
-        (&json!("disk check"), &paused["paused_at"]),
+        (&again["pause"]["reason"], &again["pause"]["paused_at"]),
+        (&json!("disk check"), &paused["pause"]["paused_at"]),
         "the first pause stays: {again}"
     );
     let (_, digest) = s.push_image("paused", "v1", &[b"kept while paused"]).await;
@@ -523,8 +523,14 @@ async fn a_paused_collection_removes_nothing_until_resumed_even_across_a_crash()
     assert_eq!(s.gc(true).await["blobs_removed"], 2, "a dry run reports while paused");
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(sample(&metrics, "bosun_gc_paused"), 1.0);
+    let since = paused["pause"]["paused_at"].as_i64().unwrap() / 1000;
+    assert_eq!(
+        sample(&metrics, "bosun_gc_paused_since_timestamp_seconds"),
+        since as f64,
+        "the start survives the restart"
+    );
     let status = cli(&s.addr, &["--status"]);
-    assert_eq!((&status["paused"], &status["reason"]), (&json!(true), &json!("disk check")), "{status}");
+    assert_eq!((&status["paused"], &status["pause"]["reason"]), (&json!(true), &json!("disk check")), "{status}");
 
     let resumed = cli(&s.addr, &["--resume"]);
     assert_eq!((&resumed["paused"], &resumed["ended"]["reason"]), (&json!(false), &json!("disk check")), "{resumed}");
@@ -535,7 +541,8 @@ async fn a_paused_collection_removes_nothing_until_resumed_even_across_a_crash()
     }
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(sample(&metrics, "bosun_gc_paused"), 0.0);
-    assert_eq!(cli(&s.addr, &["--status"]), json!({"paused": false, "running": null}));
+    assert_eq!(sample(&metrics, "bosun_gc_paused_since_timestamp_seconds"), 0.0);
+    assert_eq!(cli(&s.addr, &["--status"]), json!({"paused": false, "pause": null, "running": null}));
 }
 
 /// A pause waits for the collection in progress (which finishes what it started, and

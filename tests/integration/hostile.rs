@@ -7,8 +7,9 @@
 //! quota among them. Clients told MANIFEST_BLOB_UNKNOWN (a collection took their blobs)
 //! push them again and retry, as real ones do; each test checks from the clients' tally
 //! that what it is about happened (manifests and indexes stored, quota refusals,
-//! restores), so that it cannot pass on a run where nothing did. A run of this kind found a
-//! session's file removed by a concurrent reconcile.
+//! restores, policy deletions, collections refused while paused), so that it cannot pass on
+//! a run where nothing did. The seed replays each client's choices, not how the clients
+//! interleave. A run of this kind found a session's file removed by a concurrent reconcile.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -168,7 +169,13 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64) -> Tally {
         assert!(!server_error(status), "seed {seed}, task {task}: {what}: {status}");
         *tally.entry((what, status.as_u16())).or_default() += 1;
     };
+    // A pause this client holds, until this step.
+    let mut resume_at: Option<u64> = None;
     for step in 0..250u64 {
+        if resume_at == Some(step) {
+            check("resume", s.admin_post("/admin/gc/resume").await.0);
+            resume_at = None;
+        }
         let repo = repos[rng.next(3) as usize].clone();
         match rng.next(15) {
             // Upload a blob: whole, or in chunks, now and then with a wrong range or digest.
@@ -176,9 +183,7 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64) -> Tally {
                 let data = random_bytes(seed ^ (task << 32) ^ step, rng.next(3000) as usize);
                 let digest = sha256(&data);
                 if rng.next(2) == 0 {
-                    let resp =
-                        s.http.post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}"))).body(data.clone());
-                    check("monolithic POST", resp.send().await.unwrap().status());
+                    check("monolithic POST", upload(&s, &repo, &data).await);
                 } else {
                     let resp = s.http.post(s.url(&format!("/v2/{repo}/blobs/uploads/"))).send().await.unwrap();
                     check("POST", resp.status());
@@ -312,22 +317,30 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64) -> Tally {
             9 => check("collect", s.admin_post("/admin/gc").await.0),
             10 => check("reconcile", s.reconcile(false).await.status()),
             // Tag deletions by policy, at once or through a plan that may be overtaken.
-            12 if rng.next(2) == 0 => check("retention run", s.admin_post("/admin/retention/run").await.0),
             12 => {
-                let (status, plan) = s.admin_post(&format!("/admin/retention/plan?repository={repo}")).await;
-                check("retention plan", status);
-                if let Some(id) = plan["id"].as_i64() {
-                    check("retention apply", s.admin_post(&format!("/admin/retention/apply?plan={id}")).await.0);
+                let (status, done) = if rng.next(2) == 0 {
+                    s.admin_post("/admin/retention/run").await
+                } else {
+                    let (status, plan) = s.admin_post(&format!("/admin/retention/plan?repository={repo}")).await;
+                    check("retention plan", status);
+                    let Some(id) = plan["id"].as_i64() else { continue };
+                    s.admin_post(&format!("/admin/retention/apply?plan={id}")).await
+                };
+                check("retention", status);
+                if done["tags_deleted"].as_u64().is_some_and(|n| n > 0) {
+                    check("retention deleted tags", status);
                 }
             }
             13 => {
                 let path = format!("/admin/restore?repository={repo}&tag=t{}", rng.next(4));
                 check("restore", s.admin_post(&path).await.0);
             }
-            // Paused while the others collect, then resumed: the last word is always a resume.
-            14 => {
+            // Paused for a few steps while the others go on (a pause that another client
+            // ended is ended). Every pause is followed by its own client's resume, so the
+            // last word is a resume.
+            14 if resume_at.is_none() => {
                 check("pause", s.admin_post("/admin/gc/pause?reason=hostile").await.0);
-                check("resume", s.admin_post("/admin/gc/resume").await.0);
+                resume_at = Some(step + 1 + rng.next(8));
             }
             _ => {
                 for path in [format!("/v2/{repo}/tags/list"), "/v2/_catalog".to_owned()] {
@@ -335,6 +348,9 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64) -> Tally {
                 }
             }
         }
+    }
+    if resume_at.is_some() {
+        check("resume", s.admin_post("/admin/gc/resume").await.0);
     }
     tally
 }
@@ -359,7 +375,7 @@ async fn run_clients(s: Arc<Server>, seed: u64) -> Tally {
 
 /// How many answers `what` got with `status`.
 fn answered(tally: &Tally, what: &str, status: StatusCode) -> u32 {
-    tally.iter().filter(|((w, st), _)| *w == what && *st == status.as_u16()).map(|(_, n)| n).sum()
+    tally.get(&(what, status.as_u16())).copied().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -404,11 +420,29 @@ total = true
     assert_eq!(status, StatusCode::OK, "seed {seed}: a quiet retention run failed: {run}");
     verify_all_tags(&s).await;
     reconcile_finds_nothing(&s, seed).await;
+    // The tag nothing may move or delete, if a client made it: moving it onto another
+    // tag's manifest and deleting it are refused.
+    let t0 = s.get("/v2/hostile/shared/manifests/t0").await;
+    if t0.status() == StatusCode::OK {
+        let t0 = header(&t0, "docker-content-digest");
+        for tag in ["t1", "t2", "t3"] {
+            let other = s.get(&format!("/v2/hostile/shared/manifests/{tag}")).await;
+            if other.status() == StatusCode::OK && header(&other, "docker-content-digest") != t0 {
+                let media = header(&other, "content-type");
+                let put = s.put_manifest("hostile/shared", "t0", &media, &other.bytes().await.unwrap()).await;
+                assert_eq!(put.status(), StatusCode::FORBIDDEN, "seed {seed}: an immutable tag moved");
+                break;
+            }
+        }
+        let delete = s.delete("/v2/hostile/shared/manifests/t0").await;
+        assert_eq!(delete.status(), StatusCode::FORBIDDEN, "seed {seed}: an immutable tag deleted");
+    }
     for (what, status) in [
         ("PUT manifest", StatusCode::CREATED),
         ("monolithic POST", StatusCode::FORBIDDEN),
         ("restore", StatusCode::OK),
-        ("retention apply", StatusCode::OK),
+        ("retention deleted tags", StatusCode::OK),
+        ("collect", StatusCode::CONFLICT),
     ] {
         assert!(answered(&tally, what, status) > 0, "seed {seed}: no {what} answered {status}: {tally:?}");
     }
