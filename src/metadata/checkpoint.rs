@@ -54,6 +54,7 @@ use rusqlite::{Connection, ErrorCode};
 
 use super::WriterLock;
 use super::group_commit::LogFailure;
+use crate::throttle::Throttle;
 
 /// How long commits gather before a checkpoint copies them.
 pub(super) const PACE: Duration = Duration::from_millis(250);
@@ -186,15 +187,31 @@ fn copy(conn: &Connection, writer: &WriterLock) -> rusqlite::Result<bool> {
     Ok(checkpoint(conn, Some(writer), "RESTART")?.complete())
 }
 
-/// Reports a failed checkpoint; one that failed on I/O stops acknowledgements.
+/// Reports a failed checkpoint; one that failed on I/O stops acknowledgements, unless
+/// what failed was a write ([`wrote_nothing_owed`]).
 fn failed(e: &rusqlite::Error, failure: Option<&LogFailure>) {
+    static RETRIED: Throttle = Throttle::new();
     match (e.sqlite_error_code(), failure) {
-        (Some(ErrorCode::SystemIoFailure), Some(failure)) => {
+        (Some(ErrorCode::SystemIoFailure), Some(failure)) if !wrote_nothing_owed(e) => {
             failure.set();
             tracing::error!(error = %e, "a checkpoint of the metadata log failed on I/O; no further write will be acknowledged");
         }
-        _ => tracing::warn!(error = %e, "a checkpoint of the metadata log failed; the log grows until one succeeds"),
+        // Retried after each commit while the disk stays full: once a minute is enough.
+        _ => {
+            if let Some(held_back) = RETRIED.due() {
+                tracing::warn!(error = %e, held_back, "a checkpoint of the metadata log failed; the log grows until one succeeds");
+            }
+        }
     }
+}
+
+/// A write into the database file that failed (SQLite reports an exceeded disk quota so,
+/// `SQLITE_IOERR_WRITE`, where a full disk is `SQLITE_FULL`) lost nothing a flush owes: it
+/// wrote nothing, the log still holds every page, and the checkpoint is simply retried.
+/// Any other I/O failure (a flush above all) may have consumed the report of a lost
+/// write-back of the log, which the group commit would then never hear of.
+fn wrote_nothing_owed(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE)
 }
 
 /// What a checkpoint reported.
@@ -227,6 +244,25 @@ mod tests {
 
     use crate::metadata::{Metadata, MetadataError, uploads};
     use crate::oci::{RepoName, UploadId};
+
+    /// A write that failed (an exceeded quota) is retried; a failed flush, or any other
+    /// I/O failure, stops acknowledgements.
+    #[test]
+    fn only_a_failed_write_leaves_acknowledgements_on() {
+        use rusqlite::ffi;
+        let failure_after = |extended_code| {
+            let failure = super::LogFailure::default();
+            let e = rusqlite::Error::SqliteFailure(ffi::Error::new(extended_code), None);
+            super::failed(&e, Some(&failure));
+            failure.get()
+        };
+        assert!(!failure_after(ffi::SQLITE_IOERR_WRITE));
+        assert!(!failure_after(ffi::SQLITE_FULL));
+        assert!(!failure_after(ffi::SQLITE_BUSY));
+        assert!(failure_after(ffi::SQLITE_IOERR_FSYNC));
+        assert!(failure_after(ffi::SQLITE_IOERR_READ));
+        assert!(failure_after(ffi::SQLITE_IOERR));
+    }
 
     #[test]
     fn the_linked_sqlite_has_the_wal_reset_fix() {

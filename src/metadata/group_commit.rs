@@ -35,7 +35,7 @@ impl LogFailure {
         self.0.store(true, Ordering::SeqCst);
     }
 
-    fn get(&self) -> bool {
+    pub(super) fn get(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }

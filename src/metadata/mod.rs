@@ -50,6 +50,26 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/8.sql"),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
+/// A commit that failed, as the error to tell. SQLite reports a full disk as
+/// `SQLITE_FULL`, but an exceeded disk quota (a volume's project quota, say) as a failed
+/// write, `SQLITE_IOERR_WRITE`, the same as a device error (`unixWrite` in sqlite3.c); the
+/// errno of the failed call tells them apart, so that a client whose push ran into the
+/// quota hears that storage is full (507), as for a full disk, not that the server broke.
+fn commit_failure(conn: &Connection, e: rusqlite::Error) -> MetadataError {
+    match failed_write_errno(conn, &e) {
+        Some(libc::EDQUOT) => MetadataError::Io(std::io::Error::new(std::io::ErrorKind::QuotaExceeded, e)),
+        _ => e.into(),
+    }
+}
+
+/// The errno of the write that `e` says failed on `conn`, if `e` is a failed write.
+fn failed_write_errno(conn: &Connection, e: &rusqlite::Error) -> Option<i32> {
+    let failed_write =
+        matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE);
+    // SAFETY: the handle of a connection that is open, used by the thread that holds it.
+    failed_write.then(|| unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) })
+}
+
 /// A connection to a new database with the current schema (the directory holds it), for
 /// the query modules' tests.
 #[cfg(test)]
@@ -638,7 +658,9 @@ impl Metadata {
                     tx.rollback().map_err(MetadataError::from)?;
                     return Ok((value, None));
                 }
-                tx.commit().map_err(MetadataError::from)?;
+                if let Err(e) = tx.commit() {
+                    return Err(E::from(commit_failure(&conn, e)));
+                }
                 this.inner.checkpointer.committed();
                 // Numbered while the writer is still held, so numbers follow commit order.
                 Ok((value, this.inner.group.as_ref().map(GroupCommit::committed)))
@@ -785,6 +807,52 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reprepares, 0);
+    }
+
+    /// The errno of a commit's failed write is the one the file system gave, as an
+    /// exceeded quota's EDQUOT will be: a write past the file size limit fails with EFBIG.
+    /// The limit is set in a child process running only this test, so that no other test
+    /// feels it.
+    #[test]
+    fn a_failed_commit_write_reports_its_errno() {
+        const CHILD: &str = "BOSUN_TEST_FILE_SIZE_LIMITED";
+        if std::env::var_os(CHILD).is_none() {
+            use std::os::unix::process::CommandExt;
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+            child.args(["--exact", "metadata::tests::a_failed_commit_write_reports_its_errno"]).env(CHILD, "1");
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                child.pre_exec(|| {
+                    // A write past the limit then fails with EFBIG instead of killing.
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let limit = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+                    match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                });
+            }
+            let out = child.output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("limited.sqlite")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (b BLOB)").unwrap();
+        for _ in 0..64 {
+            if let Err(e) = conn.execute("INSERT INTO t VALUES (zeroblob(65536))", []) {
+                assert_eq!(super::failed_write_errno(&conn, &e), Some(libc::EFBIG), "{e}");
+                assert!(matches!(super::commit_failure(&conn, e), MetadataError::Sqlite(_)), "EFBIG is no quota");
+                return;
+            }
+        }
+        panic!("4 MiB were written under a 1 MiB file size limit");
     }
 
     /// The schemas released versions created, oldest first.

@@ -108,6 +108,9 @@ mod tests {
         let sqlite_full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
         assert!(matches!(Error::from(MetadataError::Sqlite(sqlite_full)), Error::StorageFull(_)));
         assert!(matches!(Error::from(std::io::Error::from_raw_os_error(libc::EDQUOT)), Error::StorageFull(_)));
+        // How the metadata tells a commit that ran into a quota (`commit_failure`).
+        let quota = MetadataError::Io(std::io::Error::new(std::io::ErrorKind::QuotaExceeded, "disk I/O error"));
+        assert!(matches!(Error::from(quota), Error::StorageFull(_)));
         // A failed flush of the log is no "storage full": only a restart helps then.
         let flush = MetadataError::LogFlush(std::io::Error::from_raw_os_error(libc::ENOSPC));
         assert!(matches!(Error::from(flush), Error::Internal(_)));
