@@ -115,20 +115,26 @@ async fn multi_arch_index_survives_repeated_collections() {
     assert_eq!(count(&report, "blob"), 3 + 3 + 1, "three configs, three own layers and the base: {report}");
 }
 
-#[tokio::test]
-async fn referrers_live_with_their_subject_and_go_after_it() {
-    let s = Server::start_with(GC_NOW);
-    let (subject_body, subject) = s.push_image("signed", "v1", &[b"app layer"]).await;
-    let empty = s.push_blob("signed", b"{}").await;
+/// Pushes a signature (an artifact whose subject is `subject`) by digest; returns its digest.
+async fn push_signature(s: &Server, repo: &str, subject_body: &[u8], subject: &str) -> String {
+    let empty = s.push_blob(repo, b"{}").await;
     let sig = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.example.sig",
         "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
-        "layers": [{"mediaType": "application/vnd.example.sig.layer", "digest": s.push_blob("signed", b"signature").await, "size": 9}],
+        "layers": [{"mediaType": "application/vnd.example.sig.layer", "digest": s.push_blob(repo, b"signature").await, "size": 9}],
         "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_body.len()},
     }))
     .unwrap();
     let sig_digest = sha256(&sig);
-    assert_eq!(s.put_manifest("signed", &sig_digest, OCI_MANIFEST, &sig).await.status(), StatusCode::CREATED);
+    assert_eq!(s.put_manifest(repo, &sig_digest, OCI_MANIFEST, &sig).await.status(), StatusCode::CREATED);
+    sig_digest
+}
+
+#[tokio::test]
+async fn referrers_live_with_their_subject_and_go_after_it() {
+    let s = Server::start_with(GC_NOW);
+    let (subject_body, subject) = s.push_image("signed", "v1", &[b"app layer"]).await;
+    let sig_digest = push_signature(&s, "signed", &subject_body, &subject).await;
 
     for _ in 0..2 {
         let report = s.gc(false).await;
@@ -191,9 +197,14 @@ async fn orphan_referrers_can_be_kept_and_untagged_collection_turned_off() {
     ]);
     let (_, digest) = s.push_image("keep", "v1", &[b"layer"]).await;
     s.delete("/v2/keep/manifests/v1").await;
+    // A signature whose subject is deleted outright: an orphan, kept too.
+    let (orphaned_body, orphaned) = s.push_image("keep", "v2", &[b"signed layer"]).await;
+    let signature = push_signature(&s, "keep", &orphaned_body, &orphaned).await;
+    assert_eq!(s.delete(&format!("/v2/keep/manifests/{orphaned}")).await.status(), StatusCode::ACCEPTED);
     let report = s.gc(false).await;
     assert_eq!(count(&report, "manifest"), 0, "{report}");
     s.verify_image("keep", &digest).await.unwrap();
+    s.verify_image("keep", &signature).await.unwrap();
 }
 
 #[tokio::test]
@@ -202,6 +213,10 @@ async fn the_grace_period_protects_recent_content() {
     let (_, digest) = s.push_image("young", "v1", &[b"layer"]).await;
     s.delete(&format!("/v2/young/manifests/{digest}")).await;
     s.push_blob("young", b"loose").await;
+    // Garbage indeed, only young: the config, the layer and the loose blob.
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_blobs_unreferenced"), 3.0, "{metrics}");
+    assert_eq!(sample(&metrics, "bosun_blobs_overdue"), 0.0, "{metrics}");
     let report = s.gc(false).await;
     assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
 }
@@ -506,13 +521,13 @@ async fn a_paused_collection_removes_nothing_until_resumed_even_across_a_crash()
     let (_, digest) = s.push_image("paused", "v1", &[b"kept while paused"]).await;
     assert_eq!(s.delete(&format!("/v2/paused/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
     let layer = format!("/v2/paused/blobs/{}", sha256(b"kept while paused"));
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(!s.logged(&["run skipped", "schedule"]).await.is_empty(), "no scheduled run came while paused");
     assert_eq!(s.head(&layer).await.status(), StatusCode::OK, "a scheduled run removed it while paused");
 
     s.kill();
     let s = Server::start_in(dir.path(), &env);
     assert_eq!(s.logged(&["garbage collection is paused", "disk check"]).await.len(), 1);
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(!s.logged(&["run skipped", "schedule"]).await.is_empty(), "no scheduled run came after the restart");
     assert_eq!(s.head(&layer).await.status(), StatusCode::OK, "a scheduled run removed it after the restart");
     for path in ["/admin/gc", "/admin/reconcile"] {
         let (status, answer) = s.admin_post(path).await;

@@ -216,6 +216,8 @@ const STALE_UPLOADS: &[(&str, &str)] = &[("BOSUN_GC_UPLOAD_MAX_AGE", "100ms")];
 async fn a_stale_upload_session_in_use_is_left_to_its_request() {
     let s = Arc::new(Server::start_with(&[GC_NOW, STALE_UPLOADS].concat()));
     let location = stale_session(&s).await;
+    // Stale indeed: left alone, a collection would remove it.
+    assert_eq!(s.gc(true).await["uploads_removed"], 1, "the session is not stale");
     let data = random_bytes(420, 10_000);
     s.arm(UPLOAD_BEFORE_FLUSH).await;
     let patch = {

@@ -39,16 +39,21 @@ async fn push_with_retries(s: &Server, repo: &str, tag: &str, layers: &[&[u8]], 
     panic!("{repo}:{tag} could not be pushed in 50 tries");
 }
 
-/// Every tag of every repository pulls intact.
-pub async fn verify_all_tags(s: &Server) {
+/// Every tag of every repository pulls intact; returns how many tags that was, for the
+/// caller to check that there were some (a run that stored nothing checks nothing).
+pub async fn verify_all_tags(s: &Server) -> usize {
     let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
+    let mut verified = 0;
     for repo in catalog["repositories"].as_array().unwrap() {
         let repo = repo.as_str().unwrap();
         let tags: Value = s.get(&format!("/v2/{repo}/tags/list")).await.json().await.unwrap();
-        for tag in tags["tags"].as_array().into_iter().flatten() {
+        let tags = tags["tags"].as_array().unwrap_or_else(|| panic!("{repo}: no tag list: {tags}"));
+        for tag in tags {
             s.verify_image(repo, tag.as_str().unwrap()).await.unwrap();
+            verified += 1;
         }
     }
+    verified
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -101,11 +106,16 @@ async fn parallel_push_retag_delete_repush_under_continuous_collection() {
     stop.store(true, Ordering::Relaxed);
     let runs = collector.await.unwrap();
     assert!(runs > 5, "only {runs} collections ran during the pushes");
-    verify_all_tags(&s).await;
+    // Each worker's last image, under its own tag and `latest`; the others were deleted.
+    for w in 0..4 {
+        let tags: Value = s.get(&format!("/v2/stress/w{w}/tags/list")).await.json().await.unwrap();
+        assert_eq!(tags["tags"], serde_json::json!(["i11", "latest"]), "stress/w{w}");
+    }
+    assert_eq!(verify_all_tags(&s).await, 8);
     // After the grace period, a last collection removes what the workers deleted.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let report = s.gc(false).await;
-    verify_all_tags(&s).await;
+    assert_eq!(verify_all_tags(&s).await, 8);
     let removed: u64 = s
         .get("/admin/gc/runs?limit=1000")
         .await
@@ -147,9 +157,19 @@ async fn check(s: &Server, model: &Model, seed: u64) {
     }
 }
 
-async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u8>>>, retries: Arc<AtomicU64>) {
+/// One client's random operations against its own repositories; returns how many of each
+/// kind took effect (a test whose operations were all skipped would prove nothing).
+async fn random_client(
+    s: Arc<Server>,
+    task: u64,
+    seed: u64,
+    pool: Arc<Vec<Vec<u8>>>,
+    retries: Arc<AtomicU64>,
+) -> BTreeMap<&'static str, u32> {
     let mut rng = Rng(seed.wrapping_add(task * 0x9E37_79B9) | 1);
     let mut model = Model::default();
+    let mut done = BTreeMap::new();
+    let mut did = |what: &'static str| *done.entry(what).or_default() += 1;
     let repos: Vec<String> = (0..3).map(|r| format!("model/t{task}/r{r}")).collect();
     for step in 0..60u64 {
         let repo = repos[rng.next(3) as usize].clone();
@@ -162,6 +182,7 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
                 let tag = format!("s{step}");
                 let digest = push_with_retries(&s, &repo, &tag, &layers, &retries).await;
                 model.tags.entry(repo).or_default().insert(tag, digest);
+                did("push");
             }
             // Tag an image this client has under one more tag.
             2 => {
@@ -170,6 +191,7 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
                     let tag = format!("t{step}");
                     assert_eq!(s.put_manifest(&repo, &tag, OCI_MANIFEST, &body).await.status(), StatusCode::CREATED);
                     model.tags.entry(repo).or_default().insert(tag, digest);
+                    did("tag");
                 }
             }
             // Untag.
@@ -178,6 +200,7 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
                 if let Some(tag) = tag {
                     assert_eq!(s.delete(&format!("/v2/{repo}/manifests/{tag}")).await.status(), StatusCode::ACCEPTED);
                     model.tags.get_mut(&repo).unwrap().remove(&tag);
+                    did("untag");
                 }
             }
             // Delete a manifest with all its tags.
@@ -188,6 +211,7 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
                         StatusCode::ACCEPTED
                     );
                     model.tags.get_mut(&repo).unwrap().retain(|_, d| *d != digest);
+                    did("delete");
                 }
             }
             // Mount a pool blob from a sibling repository (201 or, if it is not there, 202).
@@ -196,6 +220,9 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
                 let d = sha256(&pool[rng.next(pool.len() as u64) as usize]);
                 let resp = s.mount(&repo, &d, from).await;
                 assert!(matches!(resp.status(), StatusCode::CREATED | StatusCode::ACCEPTED));
+                if resp.status() == StatusCode::CREATED {
+                    did("mount");
+                }
                 if resp.status() == StatusCode::ACCEPTED {
                     s.delete(&header(&resp, "location")).await;
                 }
@@ -203,6 +230,7 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
             // Upload a loose pool blob (garbage unless something references it later).
             6 => {
                 s.push_blob(&repo, &pool[rng.next(pool.len() as u64) as usize]).await;
+                did("upload");
             }
             // Collect (or reconcile, which removes files no session or blob row owns, while
             // the other clients open sessions and commit blobs), then check everything this
@@ -210,8 +238,10 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
             _ => {
                 if rng.next(2) == 0 {
                     s.gc(false).await;
+                    did("collect");
                 } else {
                     assert_eq!(s.reconcile(false).await.status(), StatusCode::OK);
+                    did("reconcile");
                 }
                 check(&s, &model, seed).await;
             }
@@ -219,6 +249,7 @@ async fn random_client(s: Arc<Server>, task: u64, seed: u64, pool: Arc<Vec<Vec<u
     }
     s.gc(false).await;
     check(&s, &model, seed).await;
+    done
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -230,10 +261,24 @@ async fn randomized_operations_never_break_a_tagged_image() {
     let retries = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> =
         (0..3).map(|t| tokio::spawn(random_client(s.clone(), t, seed, pool.clone(), retries.clone()))).collect();
+    let mut done = BTreeMap::new();
     for c in clients {
-        c.await.unwrap();
+        for (what, n) in c.await.unwrap() {
+            *done.entry(what).or_insert(0) += n;
+        }
     }
     reconcile_finds_nothing(&s, seed).await;
+    // Every kind of operation happened, and collections removed manifests and blobs, so
+    // the races the model checks were there to be lost.
+    for what in ["push", "tag", "untag", "delete", "mount", "upload", "collect", "reconcile"] {
+        assert!(done.get(what).is_some_and(|n| *n > 0), "seed {seed}: no {what} took effect: {done:?}");
+    }
+    let runs: Value = s.get("/admin/gc/runs?limit=1000").await.json().await.unwrap();
+    let removed = |what: &str| -> u64 { runs.as_array().unwrap().iter().map(|r| r[what].as_u64().unwrap()).sum() };
+    assert!(
+        removed("manifests_removed") > 0 && removed("blobs_removed") > 0,
+        "seed {seed}: collections removed nothing"
+    );
 }
 
 /// A reconcile finds nothing wrong: the counts the collections trusted agree with the

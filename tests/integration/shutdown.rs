@@ -90,6 +90,8 @@ async fn a_server_at_its_connection_cap_stops_at_once() {
         assert_eq!(&answer, b"HTTP/1.1 200");
         held.push(tcp);
     }
+    // The API's accept loop is waiting for a free slot, which no client will give back.
+    assert!(!s.logged(&["every connection slot is in use", "api"]).await.is_empty(), "the API is not at its cap");
     s.terminate();
     let status = s.exited_within(Duration::from_secs(5)).await.expect("still running 5 s after SIGTERM, at the cap");
     assert!(status.success(), "{status}");
