@@ -272,53 +272,107 @@ mod tests {
         rows
     }
 
-    /// Exclusive bytes of tag `t`, the slow way: remove the tag, see which manifests no
-    /// other tag reaches any more, and which blobs only those manifests referenced.
-    fn brute_force_exclusive(g: &Graph, t: usize) -> u64 {
-        let tags = &g.rows.tags;
-        let mine = g.closure(tags[t].2);
-        let others: HashSet<i64> =
-            tags.iter().enumerate().filter(|(i, _)| *i != t).flat_map(|(_, (_, _, m))| g.closure(*m)).collect();
-        let freed: HashSet<i64> = mine.difference(&others).copied().collect();
-        let mut blobs = HashSet::new();
-        for (b, users) in &g.users_of {
-            if users.iter().all(|m| freed.contains(m)) {
-                blobs.insert(b.clone());
+    /// The manifests of the image rooted at `root`, found from the rows alone (not from the
+    /// indexes the report walks): the root, its children and its referrers, recursively.
+    fn image(rows: &GraphRows, root: i64, seen: &mut HashSet<i64>) {
+        if !seen.insert(root) {
+            return;
+        }
+        for &(parent, child) in &rows.children {
+            if parent == root {
+                image(rows, child, seen);
             }
         }
-        blobs.iter().map(|b| g.size[b]).sum()
+        let (_, repo, digest, _) = rows.manifests.iter().find(|m| m.0 == root).unwrap();
+        for (id, r, _, subject) in &rows.manifests {
+            if r == repo && subject.as_ref() == Some(digest) {
+                image(rows, *id, seen);
+            }
+        }
     }
 
-    fn brute_force_repo_exclusive(g: &Graph, repo: &str) -> u64 {
-        g.users_of
+    fn image_of(rows: &GraphRows, root: i64) -> HashSet<i64> {
+        let mut seen = HashSet::new();
+        image(rows, root, &mut seen);
+        seen
+    }
+
+    /// The blobs some manifest in `manifests` references.
+    fn blobs_of(rows: &GraphRows, manifests: impl Fn(i64) -> bool) -> HashSet<&str> {
+        rows.manifest_blobs.iter().filter(|(m, _)| manifests(*m)).map(|(_, b)| b.as_str()).collect()
+    }
+
+    /// The blobs only manifests in `manifests` reference: what deleting them all would free.
+    fn blobs_only_of(rows: &GraphRows, manifests: impl Fn(i64) -> bool) -> HashSet<&str> {
+        let elsewhere = blobs_of(rows, |m| !manifests(m));
+        blobs_of(rows, manifests).difference(&elsewhere).copied().collect()
+    }
+
+    fn bytes(rows: &GraphRows, blobs: &HashSet<&str>) -> u64 {
+        rows.blobs.iter().filter(|(b, _)| blobs.contains(b.as_str())).map(|(_, size)| size).sum()
+    }
+
+    /// Exclusive bytes of tag `t`, the slow way: remove the tag, see which manifests no
+    /// other tag reaches any more, and which blobs only those manifests referenced.
+    fn brute_force_exclusive(rows: &GraphRows, t: usize) -> u64 {
+        let mine = image_of(rows, rows.tags[t].2);
+        let others: HashSet<i64> = rows
+            .tags
             .iter()
-            .filter(|(_, users)| users.iter().all(|m| g.rows.manifests[g.manifest[m]].1 == repo))
-            .map(|(b, _)| g.size[b])
-            .sum()
+            .enumerate()
+            .filter(|(i, _)| *i != t)
+            .flat_map(|(_, (_, _, m))| image_of(rows, *m))
+            .collect();
+        bytes(rows, &blobs_only_of(rows, |m| mine.contains(&m) && !others.contains(&m)))
+    }
+
+    fn in_repository(rows: &GraphRows, repo: &str) -> impl Fn(i64) -> bool {
+        let ids: HashSet<i64> = rows.manifests.iter().filter(|m| m.1 == repo).map(|m| m.0).collect();
+        move |m| ids.contains(&m)
     }
 
     #[test]
     fn matches_brute_force_on_random_stores() {
         for seed in 1..200u64 {
-            let g = Graph::new(random_graph(seed));
-            let report = g.report();
+            let rows = random_graph(seed);
+            let report = Graph::new(rows.clone()).report();
             let mut total_referenced = HashSet::new();
             for repo in &report.repositories {
-                assert_eq!(repo.usage.exclusive_bytes, brute_force_repo_exclusive(&g, &repo.repository), "seed {seed}");
+                let name = &repo.repository;
+                let mine = in_repository(&rows, name);
+                assert_eq!(repo.usage.referenced_bytes, bytes(&rows, &blobs_of(&rows, &mine)), "seed {seed}, {name}");
+                assert_eq!(
+                    repo.usage.exclusive_bytes,
+                    bytes(&rows, &blobs_only_of(&rows, &mine)),
+                    "seed {seed}, {name}"
+                );
                 assert_eq!(repo.usage.referenced_bytes, repo.usage.exclusive_bytes + repo.usage.shared_bytes);
                 for tag in &repo.tags {
-                    let t = g.rows.tags.iter().position(|(r, n, _)| *r == repo.repository && *n == tag.tag).unwrap();
-                    assert_eq!(tag.usage.exclusive_bytes, brute_force_exclusive(&g, t), "seed {seed}, tag {}", tag.tag);
-                    let referenced = g.referenced_by(&g.closure(g.rows.tags[t].2));
-                    assert_eq!(tag.usage.referenced_bytes, referenced.iter().map(|b| g.size[b]).sum::<u64>());
+                    let t = rows.tags.iter().position(|(r, n, _)| r == name && *n == tag.tag).unwrap();
+                    assert_eq!(
+                        tag.usage.exclusive_bytes,
+                        brute_force_exclusive(&rows, t),
+                        "seed {seed}, tag {}",
+                        tag.tag
+                    );
+                    let image = image_of(&rows, rows.tags[t].2);
+                    let referenced = blobs_of(&rows, |m| image.contains(&m));
+                    assert_eq!(tag.usage.referenced_bytes, bytes(&rows, &referenced), "seed {seed}, tag {}", tag.tag);
                     total_referenced.extend(referenced);
                 }
             }
-            let all: u64 = g.users_of.keys().map(|b| g.size[b]).sum();
-            assert_eq!(report.referenced_bytes, all, "seed {seed}");
+            // What the tags reference and what only manifests no tag reaches hold make up
+            // the total, each blob once.
+            let reached: HashSet<i64> = rows.tags.iter().flat_map(|(_, _, m)| image_of(&rows, *m)).collect();
+            let untagged = blobs_only_of(&rows, |m| !reached.contains(&m));
+            assert_eq!(
+                report.referenced_bytes,
+                bytes(&rows, &total_referenced) + bytes(&rows, &untagged),
+                "seed {seed}"
+            );
             assert_eq!(
                 report.referenced_bytes + report.unreferenced_bytes,
-                g.rows.blobs.iter().map(|b| b.1).sum::<u64>()
+                rows.blobs.iter().map(|b| b.1).sum::<u64>()
             );
         }
     }

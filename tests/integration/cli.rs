@@ -153,11 +153,9 @@ async fn a_stopped_instance_paused_from_the_command_line_starts_paused() {
 
     // Refused at another address of this machine (as another machine's would be): that
     // instance's data directory is not known here, so nothing is worked on directly.
-    let own = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|u| u.connect("192.0.2.1:9").and(u.local_addr()));
-    if let Ok(own) = own.map(|a| a.ip()).map(|ip| format!("{ip}:1")) {
-        let (ok, _, err) = bosun_gc(&["--data-dir", &data, "--url", &own, "--pause"]);
-        assert!(!ok && err.contains("only a local instance's data directory"), "{own}: {err}");
-    }
+    let own = format!("{}:1", non_loopback_address());
+    let (ok, _, err) = bosun_gc(&["--data-dir", &data, "--url", &own, "--pause"]);
+    assert!(!ok && err.contains("only a local instance's data directory"), "{own}: {err}");
     let offline = ["--data-dir", &data, "--url", "127.0.0.1:1"];
     let (ok, out, err) = bosun_gc(&[&offline[..], &["--pause", "--reason", "migration"]].concat());
     assert!(ok, "{err}");
@@ -180,4 +178,27 @@ async fn a_stopped_instance_paused_from_the_command_line_starts_paused() {
     assert!(ok, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["ended"]["paused_by"], "cli", "{out}");
     assert_eq!(s.gc(false).await["blobs_removed"], 2);
+}
+
+/// An IPv4 address of this machine that is not loopback.
+fn non_loopback_address() -> std::net::Ipv4Addr {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, read below and freed once.
+    assert_eq!(unsafe { libc::getifaddrs(&mut list) }, 0, "getifaddrs: {}", std::io::Error::last_os_error());
+    let mut found = None;
+    let mut at = list;
+    while !at.is_null() && found.is_none() {
+        // SAFETY: a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*at };
+        if !entry.ifa_addr.is_null() && i32::from(unsafe { (*entry.ifa_addr).sa_family }) == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let addr = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+            found = (!ip.is_loopback()).then_some(ip);
+        }
+        at = entry.ifa_next;
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    found.expect("this machine has an IPv4 address that is not loopback")
 }

@@ -48,22 +48,28 @@ async fn delete_then_collect_frees_the_unique_bytes_and_keeps_shared_ones() {
 
 #[tokio::test]
 async fn nothing_is_left_behind() {
-    let s = Server::start_with(GC_NOW);
+    let s = Server::start_with(&[GC_NOW, &[("BOSUN_GC_UPLOAD_MAX_AGE", "100ms")]].concat());
     let empty = s.data_files();
     let mut digests = Vec::new();
+    let mut b = None;
     for (i, repo) in ["a/one", "a/two", "b"].iter().enumerate() {
-        let (_, d) = s.push_image(repo, "latest", &[&random_bytes(i as u64, 5000), b"shared"]).await;
-        digests.push((repo, d));
+        let (body, d) = s.push_image(repo, "latest", &[&random_bytes(i as u64, 5000), b"shared"]).await;
+        digests.push((repo, d.clone()));
+        b = Some((body, d));
     }
-    // An abandoned upload and an index, too.
+    // An index, deleted first (its child is deleted after it), and an upload its client
+    // abandoned, which only its age ends.
+    let (_, index) = push_index(&s, "b", "multi", &[b.unwrap()]).await;
     let resp = s.http.post(s.url("/v2/b/blobs/uploads/")).send().await.unwrap();
     let location = header(&resp, "location");
     s.http.patch(s.url(&location)).body("abandoned").send().await.unwrap();
+    assert_eq!(s.delete(&format!("/v2/b/manifests/{index}")).await.status(), StatusCode::ACCEPTED);
     for (repo, d) in &digests {
         assert_eq!(s.delete(&format!("/v2/{repo}/manifests/{d}")).await.status(), StatusCode::ACCEPTED);
     }
-    s.delete(&location).await;
-    s.gc(false).await;
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let report = s.gc(false).await;
+    assert_eq!(report["uploads_removed"], 1, "{report}");
     let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
     assert_eq!(catalog["repositories"], json!([]));
     for (repo, _) in &digests {

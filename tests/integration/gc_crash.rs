@@ -71,6 +71,7 @@ async fn killed_between_removing_rows_and_removing_bytes() {
 async fn killed_in_the_middle_of_pushes() {
     let dir = tempfile::tempdir().unwrap();
     let mut tagged = Vec::new();
+    let last_session;
     {
         let mut s = Server::start_in(dir.path(), GC_NOW);
         for i in 0..3u64 {
@@ -79,23 +80,33 @@ async fn killed_in_the_middle_of_pushes() {
         }
         let http = s.http.clone();
         let base = s.url("");
-        // Pushes in flight: many chunks, so the kill lands in the middle of one.
+        // Pushes in flight: many chunks, so the kill lands in the middle of one. Returns
+        // how many chunks were acknowledged, and the last session with the bytes it had
+        // acknowledged.
         let pushes = tokio::spawn(async move {
+            let (mut acknowledged, mut last) = (0u64, None);
             for i in 0..50u64 {
-                let resp = http.post(format!("{base}/v2/crash/during/blobs/uploads/")).send().await;
-                let Ok(resp) = resp else { return };
+                let Ok(resp) = http.post(format!("{base}/v2/crash/during/blobs/uploads/")).send().await else { break };
                 let location = header(&resp, "location");
+                let mut stored = 0u64;
                 for chunk in 0..20u64 {
                     let data = random_bytes(1000 * i + chunk, 64 * 1024);
-                    if http.patch(format!("{base}{location}")).body(data).send().await.is_err() {
-                        return;
+                    match http.patch(format!("{base}{location}")).body(data).send().await {
+                        Ok(resp) => assert_eq!(resp.status(), StatusCode::ACCEPTED),
+                        Err(_) => return (acknowledged, last),
                     }
+                    acknowledged += 1;
+                    stored += 64 * 1024;
+                    last = Some((location.clone(), stored));
                 }
             }
+            (acknowledged, last)
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         s.kill();
-        let _ = pushes.await;
+        let (acknowledged, last) = pushes.await.unwrap();
+        assert!(acknowledged > 0, "the kill came before any chunk");
+        last_session = last;
     }
     let s = Server::start_in(dir.path(), GC_NOW);
     for tag in &tagged {
@@ -105,6 +116,12 @@ async fn killed_in_the_middle_of_pushes() {
     for tag in &tagged {
         s.verify_image("crash/before", tag).await.unwrap();
     }
-    // The half-pushed uploads are still sessions (they can be resumed) until they expire.
-    assert_eq!(s.get("/v2/crash/before/tags/list").await.status(), StatusCode::OK);
+    // The half-pushed upload is still a session, which can be resumed from what it had
+    // acknowledged (or from one chunk more, if the kill came between storing a chunk and
+    // answering it).
+    let (location, stored) = last_session.expect("a session took chunks");
+    let resp = s.get(&location).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "the session did not survive the kill");
+    let end: u64 = header(&resp, "range").strip_prefix("0-").unwrap().parse().unwrap();
+    assert!(end + 1 == stored || end + 1 == stored + 64 * 1024, "resumes at {} after {stored} acknowledged", end + 1);
 }

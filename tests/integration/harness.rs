@@ -364,6 +364,27 @@ impl Server {
         assert_eq!(v["reached"], true, "the server never reached {failpoint}");
     }
 
+    /// Waits until the server dropped a `method` request to `route` whose client went
+    /// away before its answer (it counts it as `code="none"`).
+    pub async fn wait_cut_off(&self, route: &str, method: &str) {
+        self.wait_counted(route, method, "none").await;
+    }
+
+    /// Waits until the server has answered a `method` request to `route` with a status of
+    /// class `code` (`4xx`, ...), as its request metrics count it.
+    pub async fn wait_counted(&self, route: &str, method: &str, code: &str) {
+        let line = format!("bosun_http_requests_total{{route=\"{route}\",method=\"{method}\",code=\"{code}\"}} ");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let metrics = self.get("/metrics").await.text().await.unwrap();
+            if metrics.lines().any(|l| l.strip_prefix(&line).is_some_and(|n| n != "0")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {method} {route} request was counted as {code}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn release(&self, failpoint: &str) {
         self.http.delete(self.url(&format!("/admin/failpoints/{failpoint}"))).send().await.unwrap();
     }

@@ -386,6 +386,8 @@ async fn concurrent_random_use_leaves_every_tag_intact_and_nothing_to_reconcile(
         ("PUT manifest", StatusCode::CREATED),
         ("PUT index", StatusCode::CREATED),
         ("monolithic POST again", StatusCode::CREATED),
+        ("PUT", StatusCode::CREATED),
+        ("mount", StatusCode::CREATED),
         ("collect", StatusCode::OK),
     ] {
         assert!(answered(&tally, what, status) > 0, "seed {seed}: no {what} answered {status}: {tally:?}");

@@ -233,8 +233,8 @@ async fn an_upload_step_ends_stored_when_its_client_hangs_up() {
     tcp.write_all(&data).await.unwrap();
     s.wait_paused(PAUSE).await;
     drop(tcp);
-    // Time for the server to see the hang-up, which drops the request.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server saw the hang-up and dropped the request.
+    s.wait_cut_off("upload", "PATCH").await;
     s.release(PAUSE).await;
     let stored = format!("0-{}", data.len() - 1);
     let mut range = String::new();
