@@ -12,8 +12,10 @@ use crate::config::Config;
 /// What `bosun gc` does.
 #[derive(Debug)]
 pub enum GcAction {
+    /// With a grace period for this run only, if given.
     Collect {
         dry_run: bool,
+        grace_period: Option<Duration>,
     },
     Reconcile {
         dry_run: bool,
@@ -30,7 +32,10 @@ pub enum GcAction {
 impl GcAction {
     fn http(&self) -> (&'static str, String) {
         match self {
-            GcAction::Collect { dry_run } => ("POST", format!("/admin/gc?dry_run={dry_run}")),
+            GcAction::Collect { dry_run, grace_period } => {
+                let grace = grace_period.map(|g| format!("&grace_period={}ms", g.as_millis())).unwrap_or_default();
+                ("POST", format!("/admin/gc?dry_run={dry_run}{grace}"))
+            }
             GcAction::Reconcile { dry_run } => ("POST", format!("/admin/reconcile?dry_run={dry_run}")),
             GcAction::History => ("GET", "/admin/gc/runs".to_owned()),
             GcAction::Pause { reason } => ("POST", format!("/admin/gc/pause?reason={}", encode(reason))),
@@ -97,7 +102,9 @@ pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow:
             .with_context(|| format!("no Bosun answered at {addr}, and its data directory could not be opened"))?;
         let collector = opened.state.collector.clone();
         Ok::<_, anyhow::Error>(match action {
-            GcAction::Collect { dry_run } => serde_json::to_string_pretty(&collector.collect("cli", dry_run).await?)?,
+            GcAction::Collect { dry_run, grace_period } => {
+                serde_json::to_string_pretty(&collector.collect("cli", dry_run, grace_period).await?)?
+            }
             GcAction::Reconcile { dry_run } => {
                 serde_json::to_string_pretty(&collector.reconcile("cli", dry_run).await?)?
             }

@@ -45,6 +45,11 @@ enum Command {
         /// Report what would be removed and how many bytes freed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// A grace period for this collection only, instead of gc.grace_period (`0s`, `10m`):
+        /// frees what was just deleted at once, for a disk that is full now. Safe, but a
+        /// client that checked a blob meanwhile may have to push it again.
+        #[arg(long, value_parser = parse_grace, conflicts_with_all = ["reconcile", "history", "pause", "resume", "status"])]
+        grace_period: Option<std::time::Duration>,
         /// Compare storage with metadata instead (remove bytes metadata does not know).
         #[arg(long, conflicts_with = "history")]
         reconcile: bool,
@@ -146,6 +151,11 @@ enum RetentionAction {
     },
 }
 
+/// `--grace-period`: a duration as the configuration writes one.
+fn parse_grace(raw: &str) -> Result<std::time::Duration, String> {
+    bosun::config::parse_duration(raw).map_err(|e| e.to_string())
+}
+
 fn load(args: ConfigArgs) -> anyhow::Result<Config> {
     let mut cfg = Config::from_file(args.config.as_deref())?;
     cfg.apply_env(|k| std::env::var(k).ok())?;
@@ -183,7 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        Command::Gc { config, dry_run, reconcile, history, pause, reason, resume, status, url } => {
+        Command::Gc { config, dry_run, grace_period, reconcile, history, pause, reason, resume, status, url } => {
             let cfg = load(config)?;
             let action = if pause {
                 GcAction::Pause { reason: reason.unwrap_or_default() }
@@ -196,7 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else if reconcile {
                 GcAction::Reconcile { dry_run }
             } else {
-                GcAction::Collect { dry_run }
+                GcAction::Collect { dry_run, grace_period }
             };
             bosun::cli::gc(&cfg, url, action)
         }

@@ -145,7 +145,7 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
         every(config.gc.interval, &stopping, move || {
             let c = collector.clone();
             async move {
-                let _ = c.collect("schedule", false).await;
+                let _ = c.collect("schedule", false, None).await;
             }
         });
         let collector = opened.state.collector.clone();

@@ -4,7 +4,8 @@
 //! - `GET /healthz`: 200 while the server can serve, 503 with the reason once it cannot
 //!   until a restart (a failed flush of the metadata log) or its database does not answer:
 //!   for a supervisor's liveness probe, open to every client like `/metrics`.
-//! - `POST /admin/gc[?dry_run=true]`, `POST /admin/reconcile[?dry_run=true]`,
+//! - `POST /admin/gc[?dry_run=true][&grace_period=10m]` (a grace period for this run
+//!   only), `POST /admin/reconcile[?dry_run=true]`,
 //!   `GET /admin/gc/runs[?limit=N]`, `POST /admin/gc/pause[?reason=TEXT]`,
 //!   `POST /admin/gc/resume`, `GET /admin/gc/status` (paused? what runs now?): garbage
 //!   collection. While it is paused (through restarts, until a resume), collections,
@@ -144,7 +145,13 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
                 json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "status": "failing", "reason": reason }))
             }
         },
-        (&Method::POST, "/admin/gc") => run_report(collector.collect("api", flag("dry_run")).await),
+        (&Method::POST, "/admin/gc") => {
+            let grace_period = match param("grace_period").map(|g| crate::config::parse_duration(&g)).transpose() {
+                Ok(grace) => grace,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("grace_period: {e}")),
+            };
+            run_report(collector.collect("api", flag("dry_run"), grace_period).await)
+        }
         (&Method::POST, "/admin/reconcile") => run_report(collector.reconcile("api", flag("dry_run")).await),
         (&Method::GET, "/admin/gc/status") => ok_or_500(collector.status().await),
         (&Method::POST, "/admin/gc/pause") => {

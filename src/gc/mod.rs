@@ -306,17 +306,18 @@ impl Collector {
 
     /// The grace period's cutoff now (ms): what was touched since is in its grace.
     pub fn cutoff(&self) -> i64 {
-        self.cutoff_at(now_ms())
-    }
-
-    fn cutoff_at(&self, now: i64) -> i64 {
-        now - self.options.grace_period.as_millis() as i64
+        now_ms() - self.options.grace_period.as_millis() as i64
     }
 
     /// The rules of a run starting now.
     pub(crate) fn ctx(&self) -> Ctx {
+        self.ctx_with(self.options.grace_period)
+    }
+
+    /// The rules of a run starting now with a grace period of `grace`.
+    fn ctx_with(&self, grace: Duration) -> Ctx {
         let now = now_ms();
-        let cutoff = self.cutoff_at(now);
+        let cutoff = now - grace.as_millis() as i64;
         let policies = self.registry.policies();
         let gc_untagged = self.options.rules.untagged;
         let untagged_cutoff = move |repo: &str, cutoff: i64| match policies.retention_for(repo).map(|p| p.untagged) {
@@ -333,10 +334,31 @@ impl Collector {
     }
 
     /// Runs one collection, to its end even if the caller stops waiting. `trigger` says who
-    /// asked (`schedule`, `api`, `cli`).
-    pub async fn collect(self: &Arc<Self>, trigger: &str, dry_run: bool) -> Result<Report> {
+    /// asked (`schedule`, `api`, `cli`). `grace_period`, if given, replaces
+    /// `gc.grace_period` for this run: an operator whose disk is full frees what was just
+    /// deleted without waiting an hour. Shorter, it is still safe (nothing referenced goes,
+    /// and a blob being removed is already invisible), but a client that checked a blob
+    /// within the usual grace may be told it is unknown and have to push it again.
+    pub async fn collect(
+        self: &Arc<Self>,
+        trigger: &str,
+        dry_run: bool,
+        grace_period: Option<Duration>,
+    ) -> Result<Report> {
+        let grace = grace_period.unwrap_or(self.options.grace_period);
+        if grace < self.options.grace_period && !dry_run {
+            tracing::warn!(
+                trigger,
+                grace_period = ?grace,
+                configured = ?self.options.grace_period,
+                "collecting with a shorter grace period: a client that checked a blob since may have to push it again"
+            );
+        }
         self.run_once("collect", trigger, dry_run, move |this, mut report| async move {
-            let outcome = if dry_run { this.simulate(&mut report).await } else { this.run(&mut report).await };
+            report.run.grace_period_ms = Some(grace.as_millis() as i64);
+            let ctx = this.ctx_with(grace);
+            let outcome =
+                if dry_run { this.simulate(&ctx, &mut report).await } else { this.run(&ctx, &mut report).await };
             (report, outcome)
         })
         .await
@@ -429,14 +451,13 @@ impl Collector {
 
     /// The real run: transactions that give way to pushes, candidates re-checked at
     /// removal, bytes last.
-    async fn run(&self, report: &mut Report) -> Result<()> {
-        let ctx = self.ctx();
+    async fn run(&self, ctx: &Ctx, report: &mut Report) -> Result<()> {
         // Removing a manifest can make its children garbage, for the next round's manifest
         // pass (its links and blobs are the same round's): repeat until a round removes no
         // manifest.
         loop {
             let before = report.run.manifests_removed;
-            self.round(&ctx, report).await?;
+            self.round(ctx, report).await?;
             if report.run.manifests_removed == before {
                 break;
             }
@@ -627,8 +648,8 @@ impl Collector {
 
     /// The dry run: every metadata step of a real run, cascades included, in one
     /// transaction that is rolled back.
-    async fn simulate(&self, report: &mut Report) -> Result<()> {
-        let ctx = self.ctx();
+    async fn simulate(&self, ctx: &Ctx, report: &mut Report) -> Result<()> {
+        let ctx = ctx.clone();
         let upload_before = now_ms() - self.options.upload_max_age.as_millis() as i64;
         let removed = self
             .registry

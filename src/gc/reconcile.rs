@@ -56,6 +56,7 @@ impl Collector {
 
     async fn reconcile_locked(&self, report: &mut Report) -> Result<()> {
         let reg = &self.registry;
+        report.run.grace_period_ms = Some(self.options.grace_period.as_millis() as i64);
         let drifted = self.check_counts(report).await?;
         let old_enough = SystemTime::now() - self.options.grace_period;
         // Metadata first, then storage: every blob recorded before this snapshot had its

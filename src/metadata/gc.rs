@@ -295,6 +295,8 @@ pub struct RunRecord {
     /// Reconcile: references to a blob or link that is gone.
     pub dangling_references: u64,
     pub error: Option<String>,
+    /// The grace period the run used (ms); None in runs recorded before it was.
+    pub grace_period_ms: Option<i64>,
 }
 
 /// Records a run; returns its id.
@@ -302,8 +304,8 @@ pub fn record_run(conn: &Connection, r: &RunRecord) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO gc_runs (kind, trigger, dry_run, started_at, finished_at, manifests_removed, tags_removed,
                               links_removed, blobs_removed, uploads_removed, repositories_removed, bytes_removed,
-                              missing_blobs, error, counts_repaired, dangling_references)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                              missing_blobs, error, counts_repaired, dangling_references, grace_period_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         r.kind,
@@ -322,6 +324,7 @@ pub fn record_run(conn: &Connection, r: &RunRecord) -> Result<i64> {
         r.error,
         r.counts_repaired as i64,
         r.dangling_references as i64,
+        r.grace_period_ms,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -395,7 +398,7 @@ pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, kind, trigger, dry_run, started_at, finished_at, manifests_removed, tags_removed, links_removed,
                 blobs_removed, uploads_removed, repositories_removed, bytes_removed, missing_blobs, error,
-                counts_repaired, dangling_references
+                counts_repaired, dangling_references, grace_period_ms
            FROM gc_runs ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], |r| {
@@ -417,6 +420,7 @@ pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRecord>> {
             error: r.get(14)?,
             counts_repaired: r.get::<_, i64>(15)? as u64,
             dangling_references: r.get::<_, i64>(16)? as u64,
+            grace_period_ms: r.get(17)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

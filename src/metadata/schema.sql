@@ -200,7 +200,10 @@ CREATE TABLE gc_runs (
     -- reconcile: reference counts that disagreed with a recount, set right (`counts.rs`)
     counts_repaired   INTEGER NOT NULL DEFAULT 0,
     -- reconcile: references to a blob or link that is gone (`counts.rs`)
-    dangling_references INTEGER NOT NULL DEFAULT 0
+    dangling_references INTEGER NOT NULL DEFAULT 0,
+    -- the grace period the run used (ms): gc.grace_period, or what its caller asked for
+    -- (NULL in runs recorded before schema version 8)
+    grace_period_ms   INTEGER
 );
 
 -- At most one row: garbage collection is paused (`bosun gc --pause`) since `paused_at`,

@@ -227,6 +227,48 @@ async fn the_grace_period_protects_recent_content() {
     assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
 }
 
+/// A disk that is full now: a collection asked for with a shorter grace period frees what
+/// was just deleted, and its record says so; the next scheduled-style run is back to the
+/// configured hour. A duration that does not parse is refused.
+#[tokio::test]
+async fn a_collection_can_be_asked_for_with_a_shorter_grace_period() {
+    let s = Server::start_with(&[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "1h")]);
+    let (_, digest) = s.push_image("urgent", "v1", &[&random_bytes(130, 50_000)]).await;
+    s.push_image("urgent", "kept", &[b"kept layer"]).await;
+    assert_eq!(s.delete(&format!("/v2/urgent/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+    let report = s.gc(false).await;
+    assert!(report["removed"].as_array().unwrap().is_empty(), "in its grace: {report}");
+    assert_eq!(report["grace_period_ms"], 3_600_000);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["gc", "--url", &s.addr, "--grace-period", "0s", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (status, real) = s.admin_post("/admin/gc?grace_period=0s").await;
+    assert_eq!(status, StatusCode::OK, "{real}");
+    assert_eq!((&real["links_removed"], &real["blobs_removed"]), (&json!(2), &json!(2)), "{real}");
+    let sorted = |r: &Value| {
+        let mut items: Vec<String> = r["removed"].as_array().unwrap().iter().map(Value::to_string).collect();
+        items.sort();
+        items
+    };
+    assert_eq!((sorted(&dry), &dry["grace_period_ms"]), (sorted(&real), &json!(0)), "the dry run said otherwise");
+    assert_eq!(
+        s.head(&format!("/v2/urgent/blobs/{}", sha256(&random_bytes(130, 50_000)))).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    s.verify_image("urgent", "kept").await.unwrap();
+    assert_eq!(s.logged(&["shorter grace period", "api"]).await.len(), 1);
+    let runs: Value = s.get("/admin/gc/runs").await.json().await.unwrap();
+    assert_eq!(runs[0]["grace_period_ms"], 0, "{runs}");
+
+    let (status, answer) = s.admin_post("/admin/gc?grace_period=soon").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("grace_period"), "{answer}");
+}
+
 #[tokio::test]
 async fn dry_run_reports_exactly_what_a_real_run_removes() {
     let s = Server::start_with(GC_NOW);
