@@ -45,9 +45,11 @@ enum Command {
         /// Report what would be removed and how many bytes freed; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// A grace period for this collection only, instead of gc.grace_period (`0s`, `10m`):
-        /// frees what was just deleted at once, for a disk that is full now. Safe, but a
-        /// client that checked a blob meanwhile may have to push it again.
+        /// A grace period for this collection's blobs and links only, instead of
+        /// gc.grace_period (`0s`, `10m`): for a disk that is full now, frees at once the
+        /// blobs of images deleted by digest. Manifests keep their grace, and images whose
+        /// tags were deleted wait out the restore window (--dry-run shows what would go). A
+        /// push in flight may be told its blobs are unknown and have to be made again.
         #[arg(long, value_parser = parse_grace, conflicts_with_all = ["reconcile", "history", "pause", "resume", "status"])]
         grace_period: Option<std::time::Duration>,
         /// Compare storage with metadata instead (remove bytes metadata does not know).
@@ -165,10 +167,21 @@ fn load(args: ConfigArgs) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-fn init_logging(cfg: &Config) -> anyhow::Result<()> {
-    let logs = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log)?);
+/// Logs to standard output for the server; to standard error for a command whose answer
+/// is its standard output (`bosun gc` on a stopped instance logs what it removes).
+fn init_logging(cfg: &Config, to_stderr: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let (writer, terminal) = if to_stderr {
+        (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal())
+    } else {
+        (BoxMakeWriter::new(std::io::stdout), std::io::stdout().is_terminal())
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log)?)
+        .with_writer(writer);
     match cfg.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).init(),
+        LogFormat::Text => logs.with_ansi(terminal).init(),
         // The event's fields at the top level, beside the time, level and target (so no
         // event may have a field of one of those names, or `message`: the key would repeat).
         LogFormat::Json => logs.json().flatten_event(true).init(),
@@ -183,7 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(l) = listen {
                 cfg.listen = l;
             }
-            init_logging(&cfg)?;
+            init_logging(&cfg, false)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let lock = runtime.block_on(bosun::server::serve(cfg))?;
             // Whatever the runtime still runs ends (blocking work to its end, tasks at their
@@ -195,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Gc { config, dry_run, grace_period, reconcile, history, pause, reason, resume, status, url } => {
             let cfg = load(config)?;
+            init_logging(&cfg, true)?;
             let action = if pause {
                 GcAction::Pause { reason: reason.unwrap_or_default() }
             } else if resume {

@@ -20,3 +20,19 @@ pub fn civil(days: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_times_in_utc() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(-1), (1969, 12, 31));
+        // 2000 was a leap year (divisible by 400), 2100 will not be.
+        assert_eq!(civil(11_016), (2000, 2, 29));
+        assert_eq!(civil(47_541), (2100, 3, 1));
+        assert_eq!(utc(1_796_611_280_966), "2026-12-07 02:41:20");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59");
+    }
+}

@@ -26,7 +26,8 @@
 //!    uploads, mounts or probes (HEAD), and any collectable manifest a client reads or
 //!    pushes again, restarts its grace from that moment (`touched_at` / `linked_at`). A
 //!    client that saw a blob or manifest as present has at least a grace period to
-//!    reference it.
+//!    reference it (for a blob, a shorter one in a collection an operator asked for with
+//!    one: see [`Collector::collect`]).
 //! 3. **Select, then re-check under the write lock.** Candidates are read without
 //!    blocking writers; each removal re-checks every condition in the removing
 //!    transaction. A tag, a manifest push, a probe or a mount committed in between wins.
@@ -315,9 +316,11 @@ impl Collector {
     }
 
     /// The rules of a run starting now with a grace period of `grace`.
+    /// (Manifests keep at least `gc.grace_period`: see [`Ctx::manifest_cutoff`].)
     fn ctx_with(&self, grace: Duration) -> Ctx {
         let now = now_ms();
         let cutoff = now - grace.as_millis() as i64;
+        let manifest_cutoff = cutoff.min(now - self.options.grace_period.as_millis() as i64);
         let policies = self.registry.policies();
         let gc_untagged = self.options.rules.untagged;
         let untagged_cutoff = move |repo: &str, cutoff: i64| match policies.retention_for(repo).map(|p| p.untagged) {
@@ -327,6 +330,7 @@ impl Collector {
         };
         Ctx {
             cutoff,
+            manifest_cutoff,
             rules: self.options.rules,
             untagged_cutoff: Arc::new(untagged_cutoff),
             restore_since: self.registry.options().restore_since(now),
@@ -335,10 +339,12 @@ impl Collector {
 
     /// Runs one collection, to its end even if the caller stops waiting. `trigger` says who
     /// asked (`schedule`, `api`, `cli`). `grace_period`, if given, replaces
-    /// `gc.grace_period` for this run: an operator whose disk is full frees what was just
-    /// deleted without waiting an hour. Shorter, it is still safe (nothing referenced goes,
-    /// and a blob being removed is already invisible), but a client that checked a blob
-    /// within the usual grace may be told it is unknown and have to push it again.
+    /// `gc.grace_period` for this run's blobs and links (manifests keep theirs): an
+    /// operator whose disk is full frees the blobs of images just deleted by digest without
+    /// waiting an hour. Nothing referenced goes, and a blob being removed is already
+    /// invisible; but a push in flight whose blobs are not yet in a manifest (or were
+    /// probed as present within the usual grace) is told they are unknown and must be made
+    /// again.
     pub async fn collect(
         self: &Arc<Self>,
         trigger: &str,
@@ -346,15 +352,16 @@ impl Collector {
         grace_period: Option<Duration>,
     ) -> Result<Report> {
         let grace = grace_period.unwrap_or(self.options.grace_period);
-        if grace < self.options.grace_period && !dry_run {
-            tracing::warn!(
-                trigger,
-                grace_period = ?grace,
-                configured = ?self.options.grace_period,
-                "collecting with a shorter grace period: a client that checked a blob since may have to push it again"
-            );
-        }
+        let configured = self.options.grace_period;
         self.run_once("collect", trigger, dry_run, move |this, mut report| async move {
+            if grace < configured && !dry_run {
+                tracing::warn!(
+                    trigger = %report.run.trigger,
+                    grace_period = ?grace,
+                    ?configured,
+                    "collecting blobs with a shorter grace period: a push in flight may be told its blobs are unknown"
+                );
+            }
             report.run.grace_period_ms = Some(grace.as_millis() as i64);
             let ctx = this.ctx_with(grace);
             let outcome =
@@ -705,8 +712,14 @@ type UntaggedCutoff = dyn Fn(&str, i64) -> Option<i64> + Send + Sync;
 /// What every removal of one run checks against.
 #[derive(Clone)]
 pub(crate) struct Ctx {
-    /// Anything used or unreferenced after this instant (ms) is within its grace period.
+    /// A blob or link used or unreferenced after this instant (ms) is within its grace
+    /// period.
     cutoff: i64,
+    /// The same for manifests. A shorter grace asked for one run frees blobs and links
+    /// only: a referrer pushed before its subject is protected by nothing else (its push
+    /// was acknowledged, and nothing would tell the client it went), nor is an image pushed
+    /// by digest for an index or a tag to follow.
+    manifest_cutoff: i64,
     rules: ManifestRules,
     /// Per repository: untagged manifests touched at or before this are garbage.
     untagged_cutoff: Arc<UntaggedCutoff>,
@@ -717,7 +730,7 @@ pub(crate) struct Ctx {
 impl Ctx {
     fn judge(&self) -> q::ManifestJudge<'_> {
         q::ManifestJudge {
-            cutoff: self.cutoff,
+            cutoff: self.manifest_cutoff,
             rules: self.rules,
             untagged_cutoff: &*self.untagged_cutoff,
             restore_since: self.restore_since,
@@ -738,7 +751,7 @@ struct Pass<C, K, R> {
 
 const MANIFESTS: Pass<q::ManifestCandidate, (i64, i64), q::RemovedManifest> = Pass {
     start: || (i64::MIN, i64::MIN),
-    select: |c, ctx, after| q::manifest_candidates(c, ctx.cutoff, *after, BATCH),
+    select: |c, ctx, after| q::manifest_candidates(c, ctx.manifest_cutoff, *after, BATCH),
     cursor: |m| (m.touched_at, m.id),
     remove: |c, ctx, m| q::remove_manifest_if_garbage(c, m.id, &ctx.judge()),
 };
@@ -781,7 +794,8 @@ fn simulate_pass<C, K, R>(c: &rusqlite::Connection, ctx: &Ctx, pass: Pass<C, K, 
 pub(crate) fn blobs_freed_eventually(c: &rusqlite::Connection, ctx: &Ctx) -> MetaResult<Vec<(String, u64)>> {
     let rule = ctx.untagged_cutoff.clone();
     let untagged_cutoff: Arc<UntaggedCutoff> = Arc::new(move |repo, cutoff| rule(repo, cutoff).map(|_| cutoff));
-    let ctx = Ctx { cutoff: i64::MAX, restore_since: i64::MAX, untagged_cutoff, ..ctx.clone() };
+    let ctx =
+        Ctx { cutoff: i64::MAX, manifest_cutoff: i64::MAX, restore_since: i64::MAX, untagged_cutoff, ..ctx.clone() };
     let mut freed = Vec::new();
     loop {
         let manifests = simulate_pass(c, &ctx, MANIFESTS)?.len();
@@ -882,6 +896,7 @@ mod tests {
         let mut conn = Connection::open(&path).unwrap();
         let ctx = Ctx {
             cutoff: 10,
+            manifest_cutoff: 10,
             rules: ManifestRules { untagged: true, orphan_referrers: true },
             untagged_cutoff: Arc::new(|_, cutoff| Some(cutoff)),
             restore_since: i64::MAX,

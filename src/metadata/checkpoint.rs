@@ -42,8 +42,9 @@
 //!   frame is overwritten before its page is durable in the database. A checkpoint whose
 //!   I/O fails may have been told of a lost write-back of the log that the group commit
 //!   would then never hear of, so it stops every later acknowledgement as a failed group
-//!   flush does ([`LogFailure`]). Other failures are logged and retried after the next
-//!   commit; the log only grows meanwhile.
+//!   flush does ([`LogFailure`]), unless the failure was a refused write (an exceeded
+//!   quota; see `failed`). Other failures are logged (once a minute) and retried after
+//!   the next commit; the log only grows meanwhile.
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
@@ -187,12 +188,17 @@ fn copy(conn: &Connection, writer: &WriterLock) -> rusqlite::Result<bool> {
     Ok(checkpoint(conn, Some(writer), "RESTART")?.complete())
 }
 
-/// Reports a failed checkpoint; one that failed on I/O stops acknowledgements, unless
-/// what failed was a write ([`wrote_nothing_owed`]).
+/// Reports a failed checkpoint. One that failed on I/O stops acknowledgements: a failed
+/// flush may have consumed the report of a lost write-back of the log, which the group
+/// commit would then never hear of. Except a write that the file system refused (an
+/// exceeded disk quota is reported so, where a full disk is `SQLITE_FULL`): a checkpoint
+/// flushes the log before it copies a page, and records pages as copied only once the
+/// database is flushed, so a copy cut short by a refused write, part-written pages
+/// included, is copied again whole from the flushed log by the next one.
 fn failed(e: &rusqlite::Error, failure: Option<&LogFailure>) {
     static RETRIED: Throttle = Throttle::new();
     match (e.sqlite_error_code(), failure) {
-        (Some(ErrorCode::SystemIoFailure), Some(failure)) if !wrote_nothing_owed(e) => {
+        (Some(ErrorCode::SystemIoFailure), Some(failure)) if !super::is_failed_write(e) => {
             failure.set();
             tracing::error!(error = %e, "a checkpoint of the metadata log failed on I/O; no further write will be acknowledged");
         }
@@ -203,15 +209,6 @@ fn failed(e: &rusqlite::Error, failure: Option<&LogFailure>) {
             }
         }
     }
-}
-
-/// A write into the database file that failed (SQLite reports an exceeded disk quota so,
-/// `SQLITE_IOERR_WRITE`, where a full disk is `SQLITE_FULL`) lost nothing a flush owes: it
-/// wrote nothing, the log still holds every page, and the checkpoint is simply retried.
-/// Any other I/O failure (a flush above all) may have consumed the report of a lost
-/// write-back of the log, which the group commit would then never hear of.
-fn wrote_nothing_owed(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE)
 }
 
 /// What a checkpoint reported.

@@ -31,8 +31,12 @@ impl std::fmt::Display for Pause {
 pub fn get(conn: &Connection) -> Result<Option<Pause>> {
     Ok(conn
         .prepare_cached("SELECT paused_at, paused_by, reason FROM gc_pause WHERE id = 1")?
-        .query_row([], |r| Ok(Pause { paused_at: r.get(0)?, paused_by: r.get(1)?, reason: r.get(2)? }))
+        .query_row([], row)
         .optional()?)
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pause> {
+    Ok(Pause { paused_at: r.get(0)?, paused_by: r.get(1)?, reason: r.get(2)? })
 }
 
 /// Pauses, unless already paused: the first pause stays, with its time, author and
@@ -49,7 +53,7 @@ pub fn set(conn: &Connection, pause: &Pause) -> Result<Pause> {
 pub fn clear(conn: &Connection) -> Result<Option<Pause>> {
     Ok(conn
         .prepare_cached("DELETE FROM gc_pause WHERE id = 1 RETURNING paused_at, paused_by, reason")?
-        .query_row([], |r| Ok(Pause { paused_at: r.get(0)?, paused_by: r.get(1)?, reason: r.get(2)? }))
+        .query_row([], row)
         .optional()?)
 }
 

@@ -64,10 +64,14 @@ fn commit_failure(conn: &Connection, e: rusqlite::Error) -> MetadataError {
 
 /// The errno of the write that `e` says failed on `conn`, if `e` is a failed write.
 fn failed_write_errno(conn: &Connection, e: &rusqlite::Error) -> Option<i32> {
-    let failed_write =
-        matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE);
     // SAFETY: the handle of a connection that is open, used by the thread that holds it.
-    failed_write.then(|| unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) })
+    is_failed_write(e).then(|| unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) })
+}
+
+/// Whether `e` is a write that the file system refused (`SQLITE_IOERR_WRITE`): an exceeded
+/// quota, a device error, a file past its size limit; not a failed flush.
+fn is_failed_write(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE)
 }
 
 /// A connection to a new database with the current schema (the directory holds it), for
@@ -842,11 +846,14 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("limited.sqlite")).unwrap();
+        let mut conn = Connection::open(dir.path().join("limited.sqlite")).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.execute_batch("CREATE TABLE t (b BLOB)").unwrap();
         for _ in 0..64 {
-            if let Err(e) = conn.execute("INSERT INTO t VALUES (zeroblob(65536))", []) {
+            // As the writer commits: the log is written at the commit.
+            let tx = conn.transaction().unwrap();
+            tx.execute("INSERT INTO t VALUES (zeroblob(65536))", []).unwrap();
+            if let Err(e) = tx.commit() {
                 assert_eq!(super::failed_write_errno(&conn, &e), Some(libc::EFBIG), "{e}");
                 assert!(matches!(super::commit_failure(&conn, e), MetadataError::Sqlite(_)), "EFBIG is no quota");
                 return;

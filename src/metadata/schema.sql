@@ -202,7 +202,8 @@ CREATE TABLE gc_runs (
     -- reconcile: references to a blob or link that is gone (`counts.rs`)
     dangling_references INTEGER NOT NULL DEFAULT 0,
     -- the grace period the run used (ms): gc.grace_period, or what its caller asked for
-    -- (NULL in runs recorded before schema version 8)
+    -- (NULL in runs recorded before schema version 8, and in a run that failed before
+    -- it began)
     grace_period_ms   INTEGER
 );
 

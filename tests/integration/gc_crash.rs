@@ -83,8 +83,9 @@ async fn killed_in_the_middle_of_pushes() {
         // Pushes in flight: many chunks, so the kill lands in the middle of one. Returns
         // how many chunks were acknowledged, and the last session with the bytes it had
         // acknowledged.
+        let (first, first_acknowledged) = tokio::sync::oneshot::channel();
         let pushes = tokio::spawn(async move {
-            let (mut acknowledged, mut last) = (0u64, None);
+            let (mut acknowledged, mut last, mut first) = (0u64, None, Some(first));
             for i in 0..50u64 {
                 let Ok(resp) = http.post(format!("{base}/v2/crash/during/blobs/uploads/")).send().await else { break };
                 let location = header(&resp, "location");
@@ -96,16 +97,21 @@ async fn killed_in_the_middle_of_pushes() {
                         Err(_) => return (acknowledged, last),
                     }
                     acknowledged += 1;
+                    if let Some(first) = first.take() {
+                        let _ = first.send(());
+                    }
                     stored += 64 * 1024;
                     last = Some((location.clone(), stored));
                 }
             }
             (acknowledged, last)
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Killed once chunks flow, whatever the machine's pace, in the middle of one.
+        first_acknowledged.await.expect("no chunk was acknowledged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
         s.kill();
         let (acknowledged, last) = pushes.await.unwrap();
-        assert!(acknowledged > 0, "the kill came before any chunk");
+        assert!(acknowledged > 0);
         last_session = last;
     }
     let s = Server::start_in(dir.path(), GC_NOW);

@@ -373,7 +373,9 @@ async fn run_clients(s: Arc<Server>, seed: u64) -> Tally {
     tally
 }
 
-/// How many answers `what` got with `status`.
+/// How many answers `what` got with `status`. (The checks on these depend on how the
+/// clients interleave, which the seed does not replay; each expects dozens, so a miss is
+/// very unlikely, not impossible.)
 fn answered(tally: &Tally, what: &str, status: StatusCode) -> u32 {
     tally.get(&(what, status.as_u16())).copied().unwrap_or(0)
 }
