@@ -21,8 +21,10 @@ pub enum GcAction {
         dry_run: bool,
     },
     History,
+    /// For `duration`, if given; else until a resume.
     Pause {
         reason: String,
+        duration: Option<Duration>,
     },
     Resume,
     /// Whether collection is paused, and what runs now.
@@ -38,7 +40,10 @@ impl GcAction {
             }
             GcAction::Reconcile { dry_run } => ("POST", format!("/admin/reconcile?dry_run={dry_run}")),
             GcAction::History => ("GET", "/admin/gc/runs".to_owned()),
-            GcAction::Pause { reason } => ("POST", format!("/admin/gc/pause?reason={}", encode(reason))),
+            GcAction::Pause { reason, duration } => {
+                let until = duration.map(|d| format!("&for={}ms", d.as_millis())).unwrap_or_default();
+                ("POST", format!("/admin/gc/pause?reason={}{until}", encode(reason)))
+            }
             GcAction::Resume => ("POST", "/admin/gc/resume".to_owned()),
             GcAction::Status => ("GET", "/admin/gc/status".to_owned()),
         }
@@ -109,7 +114,9 @@ pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow:
                 serde_json::to_string_pretty(&collector.reconcile("cli", dry_run).await?)?
             }
             GcAction::History => serde_json::to_string_pretty(&collector.history(50).await?)?,
-            GcAction::Pause { reason } => serde_json::to_string_pretty(&collector.pause("cli".into(), reason).await?)?,
+            GcAction::Pause { reason, duration } => {
+                serde_json::to_string_pretty(&collector.pause("cli".into(), reason, duration).await?)?
+            }
             GcAction::Resume => serde_json::to_string_pretty(&collector.resume("cli").await?)?,
             GcAction::Status => serde_json::to_string_pretty(&collector.status().await?)?,
         })

@@ -50,7 +50,7 @@ enum Command {
         /// blobs of images deleted by digest. Manifests keep their grace, and images whose
         /// tags were deleted wait out the restore window (--dry-run shows what would go). A
         /// push in flight may be told its blobs are unknown and have to be made again.
-        #[arg(long, value_parser = parse_grace, conflicts_with_all = ["reconcile", "history", "pause", "resume", "status"])]
+        #[arg(long, value_parser = parse_duration, conflicts_with_all = ["reconcile", "history", "pause", "resume", "status"])]
         grace_period: Option<std::time::Duration>,
         /// Compare storage with metadata instead (remove bytes metadata does not know).
         #[arg(long, conflicts_with = "history")]
@@ -66,6 +66,10 @@ enum Command {
         /// Why collection is paused (with --pause): shown to whoever asks, and logged.
         #[arg(long, requires = "pause")]
         reason: Option<String>,
+        /// How long the pause lasts (with --pause; `2h`): it ends by itself then, restarts
+        /// included. Without it, only --resume ends it.
+        #[arg(long = "for", value_parser = parse_duration, requires = "pause")]
+        pause_for: Option<std::time::Duration>,
         /// Resume a paused collection.
         #[arg(long, conflicts_with_all = ["reconcile", "history", "status", "dry_run"])]
         resume: bool,
@@ -153,8 +157,8 @@ enum RetentionAction {
     },
 }
 
-/// `--grace-period`: a duration as the configuration writes one.
-fn parse_grace(raw: &str) -> Result<std::time::Duration, String> {
+/// `--grace-period`, `--for`: a duration as the configuration writes one.
+fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
     bosun::config::parse_duration(raw).map_err(|e| e.to_string())
 }
 
@@ -206,11 +210,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        Command::Gc { config, dry_run, grace_period, reconcile, history, pause, reason, resume, status, url } => {
+        Command::Gc {
+            config,
+            dry_run,
+            grace_period,
+            reconcile,
+            history,
+            pause,
+            reason,
+            pause_for,
+            resume,
+            status,
+            url,
+        } => {
             let cfg = load(config)?;
             init_logging(&cfg, true)?;
             let action = if pause {
-                GcAction::Pause { reason: reason.unwrap_or_default() }
+                GcAction::Pause { reason: reason.unwrap_or_default(), duration: pause_for }
             } else if resume {
                 GcAction::Resume
             } else if status {

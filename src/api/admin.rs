@@ -6,7 +6,7 @@
 //!   for a supervisor's liveness probe, open to every client like `/metrics`.
 //! - `POST /admin/gc[?dry_run=true][&grace_period=10m]` (a grace period for this run
 //!   only), `POST /admin/reconcile[?dry_run=true]`,
-//!   `GET /admin/gc/runs[?limit=N]`, `POST /admin/gc/pause[?reason=TEXT]`,
+//!   `GET /admin/gc/runs[?limit=N]`, `POST /admin/gc/pause[?reason=TEXT][&for=2h]`,
 //!   `POST /admin/gc/resume`, `GET /admin/gc/status` (paused? what runs now?): garbage
 //!   collection. While it is paused (through restarts, until a resume), collections,
 //!   reconciles and retention deletions are refused with 409; dry runs and plans still
@@ -155,7 +155,11 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
         (&Method::POST, "/admin/reconcile") => run_report(collector.reconcile("api", flag("dry_run")).await),
         (&Method::GET, "/admin/gc/status") => ok_or_500(collector.status().await),
         (&Method::POST, "/admin/gc/pause") => {
-            ok_or_500(collector.pause(client(peer), param("reason").unwrap_or_default()).await)
+            let duration = match param("for").map(|d| crate::config::parse_duration(&d)).transpose() {
+                Ok(duration) => duration,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("for: {e}")),
+            };
+            ok_or_500(collector.pause(client(peer), param("reason").unwrap_or_default(), duration).await)
         }
         (&Method::POST, "/admin/gc/resume") => ok_or_500(collector.resume(&client(peer)).await),
         (&Method::GET, "/admin/gc/runs") => ok_or_500(collector.history(limit).await),

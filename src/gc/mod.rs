@@ -260,9 +260,12 @@ impl Collector {
     /// deletions (`policy/retention.rs`); dry runs and plans still report. A collection or
     /// reconcile in progress finishes first: this returns once it has. The pause is kept in
     /// metadata (`metadata/gc_pause.rs`): it lasts through restarts and crashes until
-    /// [`Collector::resume`]. Pausing a paused collector keeps the first pause.
-    pub async fn pause(&self, by: String, reason: String) -> Result<Status> {
-        let asked = Pause { paused_at: now_ms(), paused_by: by, reason };
+    /// [`Collector::resume`], or for `duration` if given. Pausing a paused collector keeps
+    /// the first pause.
+    pub async fn pause(&self, by: String, reason: String, duration: Option<Duration>) -> Result<Status> {
+        let now = now_ms();
+        let until = duration.map(|d| now.saturating_add(d.as_millis() as i64));
+        let asked = Pause { paused_at: now, paused_by: by, reason, until };
         let pause = self.registry.meta.write(move |c| gc_pause::set(c, &asked)).await?;
         if let Some(run) = self.in_progress() {
             tracing::warn!(%pause, kind = run.kind, trigger = %run.trigger, started_at = run.started_at,
@@ -277,7 +280,7 @@ impl Collector {
 
     /// Ends the pause, if collection was paused.
     pub async fn resume(&self, by: &str) -> Result<Status> {
-        let ended = self.registry.meta.write(|c| gc_pause::clear(c)).await?;
+        let ended = self.registry.meta.write(|c| gc_pause::clear(c, now_ms())).await?;
         match &ended {
             Some(pause) => tracing::warn!(%pause, resumed_by = by, "garbage collection resumed"),
             None => tracing::info!(resumed_by = by, "garbage collection was not paused"),
@@ -298,7 +301,7 @@ impl Collector {
 
     /// The pause in force, if collection is paused.
     pub async fn paused(&self) -> Result<Option<Pause>> {
-        Ok(self.registry.meta.read(|c| gc_pause::get(c)).await?)
+        Ok(self.registry.meta.read(|c| gc_pause::get(c, now_ms())).await?)
     }
 
     pub fn registry(&self) -> &Arc<Registry> {

@@ -389,7 +389,7 @@ pub fn gauges(conn: &Connection, cutoff: i64) -> Result<Gauges> {
         missing_blobs,
         count_drift,
         dangling_references,
-        paused_at: super::gc_pause::get(conn)?.map(|p| p.paused_at),
+        paused_at: super::gc_pause::get(conn, super::now_ms())?.map(|p| p.paused_at),
     })
 }
 

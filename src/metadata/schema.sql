@@ -209,13 +209,14 @@ CREATE TABLE gc_runs (
 
 -- At most one row: garbage collection is paused (`bosun gc --pause`) since `paused_at`,
 -- by `paused_by` (the admin API's client address, or `cli` on a stopped instance), for
--- `reason`. While it exists, no collection, reconcile or retention deletion removes
--- anything; it survives restarts until `bosun gc --resume` deletes it.
+-- `reason`. While it is in force, no collection, reconcile or retention deletion removes
+-- anything; it survives restarts until `bosun gc --resume` deletes it or `until` passes.
 CREATE TABLE gc_pause (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     paused_at INTEGER NOT NULL,
     paused_by TEXT NOT NULL,
-    reason    TEXT NOT NULL
+    reason    TEXT NOT NULL,
+    until     INTEGER           -- the pause ends by itself then; NULL: at a resume only
 );
 
 -- Every tag deletion, by hand or by a policy: the audit of who deleted what and why, and

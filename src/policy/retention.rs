@@ -367,7 +367,7 @@ impl Retention {
             .meta
             .write(move |c| {
                 // Checked in the deleting transaction: no apply after a pause deletes.
-                if let Some(pause) = crate::metadata::gc_pause::get(c)? {
+                if let Some(pause) = crate::metadata::gc_pause::get(c, now_ms())? {
                     return Err(RetentionError::Paused(pause));
                 }
                 let (json, applied) = q::load_plan(c, id)?.ok_or(RetentionError::PlanUnknown(id))?;

@@ -622,6 +622,37 @@ async fn a_paused_collection_removes_nothing_until_resumed_even_across_a_crash()
     assert_eq!((&status["paused"], &status["pause"]), (&json!(false), &Value::Null), "{status}");
 }
 
+/// A pause for a maintenance window ends by itself: refused runs until then, collected
+/// after, and the status and the gauge follow. A duration that does not parse is refused.
+#[tokio::test]
+async fn a_pause_for_a_while_ends_by_itself() {
+    let s = Server::start_with(GC_NOW);
+    let (_, digest) = s.push_image("window", "v1", &[b"freed after the window"]).await;
+    assert_eq!(s.delete(&format!("/v2/window/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+    let (status, paused) = s.admin_post("/admin/gc/pause?for=1500ms&reason=window").await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    let until = paused["pause"]["until"].as_i64().expect("an end");
+    assert_eq!(until - paused["pause"]["paused_at"].as_i64().unwrap(), 1500, "{paused}");
+    assert_eq!(s.admin_post("/admin/gc").await.0, StatusCode::CONFLICT);
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_gc_paused"), 1.0);
+
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let status: Value = s.get("/admin/gc/status").await.json().await.unwrap();
+    assert_eq!((&status["paused"], &status["pause"]), (&json!(false), &Value::Null), "{status}");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_gc_paused"), 0.0);
+    assert_eq!(s.gc(false).await["blobs_removed"], 2);
+
+    let (status, answer) = s.admin_post("/admin/gc/pause?for=a%20while").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        s.get("/admin/gc/status").await.json::<Value>().await.unwrap()["paused"],
+        false,
+        "a refused pause paused"
+    );
+}
+
 /// A pause waits for the collection in progress (which finishes what it started, and
 /// which the status and a gauge show meanwhile), then nothing is removed: a retention policy's run is refused too, while its plan still
 /// reports; resumed, the policy deletes.

@@ -5,6 +5,7 @@ CREATE TABLE gc_pause (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     paused_at INTEGER NOT NULL,
     paused_by TEXT NOT NULL,
-    reason    TEXT NOT NULL
+    reason    TEXT NOT NULL,
+    until     INTEGER           -- the pause ends by itself then; NULL: at a resume only
 );
 ALTER TABLE gc_runs ADD COLUMN grace_period_ms INTEGER;
