@@ -272,9 +272,11 @@ impl Collector {
                 "pausing garbage collection; waiting for the run in progress to finish");
         }
         let _in_progress = self.running.lock().await;
-        tracing::warn!(%pause, "garbage collection paused");
         // Read again: a resume may have come while this waited.
         let pause = self.paused().await?;
+        if let Some(pause) = &pause {
+            tracing::warn!(%pause, "garbage collection paused");
+        }
         Ok(Status { paused: pause.is_some(), pause, ended: None, running: None })
     }
 

@@ -11,6 +11,13 @@ fn count(report: &Value, kind: &str) -> usize {
     report["removed"].as_array().unwrap().iter().filter(|r| r["kind"] == kind).count()
 }
 
+/// A report's removed items, sorted: a dry run and a real run list them in their own order.
+fn removed_items(report: &Value) -> Vec<String> {
+    let mut items: Vec<String> = report["removed"].as_array().unwrap().iter().map(Value::to_string).collect();
+    items.sort();
+    items
+}
+
 #[tokio::test]
 async fn delete_then_collect_frees_the_unique_bytes_and_keeps_shared_ones() {
     let s = Server::start_with(GC_NOW);
@@ -257,12 +264,11 @@ async fn a_collection_can_be_asked_for_with_a_shorter_grace_period() {
     assert_eq!(status, StatusCode::OK, "{real}");
     // The deleted image's and the absent subject's config and layer.
     assert_eq!((&real["links_removed"], &real["blobs_removed"]), (&json!(4), &json!(4)), "{real}");
-    let sorted = |r: &Value| {
-        let mut items: Vec<String> = r["removed"].as_array().unwrap().iter().map(Value::to_string).collect();
-        items.sort();
-        items
-    };
-    assert_eq!((sorted(&dry), &dry["grace_period_ms"]), (sorted(&real), &json!(0)), "the dry run said otherwise");
+    assert_eq!(
+        (removed_items(&dry), &dry["grace_period_ms"]),
+        (removed_items(&real), &json!(0)),
+        "the dry run said otherwise"
+    );
     assert_eq!(
         s.head(&format!("/v2/urgent/blobs/{}", sha256(&random_bytes(130, 50_000)))).await.status(),
         StatusCode::NOT_FOUND
@@ -297,11 +303,7 @@ async fn dry_run_reports_exactly_what_a_real_run_removes() {
     let again = s.gc(true).await;
     assert_eq!(again["removed"], dry["removed"], "a dry run changed metadata");
     let real = s.gc(false).await;
-    let mut d: Vec<String> = dry["removed"].as_array().unwrap().iter().map(|r| r.to_string()).collect();
-    let mut r: Vec<String> = real["removed"].as_array().unwrap().iter().map(|r| r.to_string()).collect();
-    d.sort();
-    r.sort();
-    assert_eq!(d, r);
+    assert_eq!(removed_items(&dry), removed_items(&real));
     assert_eq!(dry["bytes_removed"], real["bytes_removed"]);
     assert_eq!(count(&real, "manifest"), 1);
     assert_eq!(count(&real, "blob"), 4, "two configs and two unique layers: {real}");

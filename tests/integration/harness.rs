@@ -373,16 +373,19 @@ impl Server {
     /// Waits until the server has answered a `method` request to `route` with a status of
     /// class `code` (`4xx`, ...), as its request metrics count it.
     pub async fn wait_counted(&self, route: &str, method: &str, code: &str) {
-        let line = format!("bosun_http_requests_total{{route=\"{route}\",method=\"{method}\",code=\"{code}\"}} ");
         let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let metrics = self.get("/metrics").await.text().await.unwrap();
-            if metrics.lines().any(|l| l.strip_prefix(&line).is_some_and(|n| n != "0")) {
-                return;
-            }
+        while self.requests_counted(route, method, code).await == 0 {
             assert!(Instant::now() < deadline, "no {method} {route} request was counted as {code}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// How many `method` requests to `route` the server has answered with a status of class
+    /// `code` (`none`: cut off), as its request metrics count them.
+    pub async fn requests_counted(&self, route: &str, method: &str, code: &str) -> u64 {
+        let line = format!("bosun_http_requests_total{{route=\"{route}\",method=\"{method}\",code=\"{code}\"}} ");
+        let metrics = self.get("/metrics").await.text().await.unwrap();
+        metrics.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |n| n.parse().unwrap())
     }
 
     pub async fn release(&self, failpoint: &str) {

@@ -373,27 +373,32 @@ async fn run_clients(s: Arc<Server>, seed: u64) -> Tally {
     tally
 }
 
-/// How many answers `what` got with `status`. (The checks on these depend on how the
-/// clients interleave, which the seed does not replay; each expects dozens, so a miss is
-/// very unlikely, not impossible.)
-fn answered(tally: &Tally, what: &str, status: StatusCode) -> u32 {
-    tally.get(&(what, status.as_u16())).copied().unwrap_or(0)
+/// Fails unless each (`what`, `status`) was answered at least once. (These depend on how
+/// the clients interleave, which the seed does not replay; each expects dozens, so a miss
+/// is very unlikely, not impossible.)
+fn expect_answered(tally: &Tally, seed: u64, expected: &[(&str, StatusCode)]) {
+    for &(what, status) in expected {
+        let n = tally.get(&(what, status.as_u16())).copied().unwrap_or(0);
+        assert!(n > 0, "seed {seed}: no {what} answered {status}: {tally:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_random_use_leaves_every_tag_intact_and_nothing_to_reconcile() {
     let seed = test_seed("concurrent random use");
     let tally = run_clients(Arc::new(Server::start_with(GC_NOW)), seed).await;
-    for (what, status) in [
-        ("PUT manifest", StatusCode::CREATED),
-        ("PUT index", StatusCode::CREATED),
-        ("monolithic POST again", StatusCode::CREATED),
-        ("PUT", StatusCode::CREATED),
-        ("mount", StatusCode::CREATED),
-        ("collect", StatusCode::OK),
-    ] {
-        assert!(answered(&tally, what, status) > 0, "seed {seed}: no {what} answered {status}: {tally:?}");
-    }
+    expect_answered(
+        &tally,
+        seed,
+        &[
+            ("PUT manifest", StatusCode::CREATED),
+            ("PUT index", StatusCode::CREATED),
+            ("monolithic POST again", StatusCode::CREATED),
+            ("PUT", StatusCode::CREATED),
+            ("mount", StatusCode::CREATED),
+            ("collect", StatusCode::OK),
+        ],
+    );
 }
 
 /// The same under policies: a retention policy that keeps 2 tags of each repository (and
@@ -432,13 +437,15 @@ total = true
     assert_eq!(header(&now, "docker-content-digest"), t0, "seed {seed}: the immutable tag moved");
     let delete = s.delete("/v2/hostile/shared/manifests/t0").await;
     assert_eq!(delete.status(), StatusCode::FORBIDDEN, "seed {seed}: the immutable tag could be deleted");
-    for (what, status) in [
-        ("PUT manifest", StatusCode::CREATED),
-        ("monolithic POST", StatusCode::FORBIDDEN),
-        ("restore", StatusCode::OK),
-        ("retention deleted tags", StatusCode::OK),
-        ("collect", StatusCode::CONFLICT),
-    ] {
-        assert!(answered(&tally, what, status) > 0, "seed {seed}: no {what} answered {status}: {tally:?}");
-    }
+    expect_answered(
+        &tally,
+        seed,
+        &[
+            ("PUT manifest", StatusCode::CREATED),
+            ("monolithic POST", StatusCode::FORBIDDEN),
+            ("restore", StatusCode::OK),
+            ("retention deleted tags", StatusCode::OK),
+            ("collect", StatusCode::CONFLICT),
+        ],
+    );
 }

@@ -23,10 +23,10 @@ async fn push_pull_tags_and_referrers() {
         ];
         let config =
             Config::new(br#"{"os":"linux","architecture":"amd64"}"#.to_vec(), IMAGE_CONFIG_MEDIA_TYPE.to_owned(), None);
-        let patches_before = patches(&s).await;
+        let patches_before = s.requests_counted("upload", "PATCH", "2xx").await;
         c.push(&reference, &layers, config, &RegistryAuth::Anonymous, None).await.unwrap();
         // The chunked client really sent its layers in PATCHes; the other, in one request.
-        let sent = patches(&s).await - patches_before;
+        let sent = s.requests_counted("upload", "PATCH", "2xx").await - patches_before;
         assert_eq!(sent > 0, chunked, "{repo}: {sent} PATCHes");
 
         let pulled = c.pull(&reference, &RegistryAuth::Anonymous, vec![IMAGE_LAYER_GZIP_MEDIA_TYPE]).await.unwrap();
@@ -45,13 +45,4 @@ async fn push_pull_tags_and_referrers() {
         let referrers = c.pull_referrers(&by_digest, None).await.unwrap();
         assert!(referrers.manifests.is_empty());
     }
-}
-
-/// Upload PATCHes the server has answered with success so far.
-async fn patches(s: &Server) -> u64 {
-    let metrics = s.get("/metrics").await.text().await.unwrap();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("bosun_http_requests_total{route=\"upload\",method=\"PATCH\",code=\"2xx\"} "))
-        .map_or(0, |n| n.parse().unwrap())
 }
