@@ -178,8 +178,10 @@ pub struct HttpConfig {
     /// Connections served at once; more wait in the kernel's listen queue until one
     /// closes, instead of being accepted and then failing for want of a file descriptor
     /// half-way through an upload. `0` (the default) derives it from the open-file limit
-    /// (raised to its hard maximum at start): two descriptors per connection (its socket
-    /// and a blob or upload file), with a reserve for the database and background work.
+    /// (raised to its hard maximum at start): five descriptors per connection (its socket,
+    /// a blob or upload file, and a database reader's three files when the idle readers
+    /// are taken), with a reserve for the database and background work
+    /// (`api::connections`).
     /// Env: `BOSUN_HTTP_MAX_CONNECTIONS`.
     pub max_connections: usize,
     /// A second address that serves only `/healthz` and `/metrics`, on connections of its
@@ -367,16 +369,25 @@ impl Config {
         if let Some(v) = var("BOSUN_TEST_FAILPOINTS") {
             self.test_failpoints = parse_bool("BOSUN_TEST_FAILPOINTS", &v)?;
         }
-        if self.gc.enabled && self.gc.interval.is_zero() {
-            bail!("gc.interval must be more than zero while gc.enabled is true");
-        }
-
         Ok(())
     }
 
-    /// Refuses a monitoring address that is the API's own (checked once the command line's
-    /// `--listen` is applied): the second bind would fail with a less helpful message.
-    pub fn check_addresses(&self) -> anyhow::Result<()> {
+    /// Refuses what a server cannot run with (checked once the command line's `--listen`
+    /// is applied): a period of zero for a background task, which would never run (a timer
+    /// cannot tick every 0 s), and a monitoring address that is the API's own, whose second
+    /// bind would fail with a less helpful message.
+    pub fn check_for_serving(&self) -> anyhow::Result<()> {
+        let gc_off = "; gc.enabled = false stops background collection and reconcile";
+        let mut periods = vec![("retention_check_interval", self.retention_check_interval, "")];
+        if self.gc.enabled {
+            periods.extend([
+                ("gc.interval", self.gc.interval, gc_off),
+                ("gc.reconcile_interval", self.gc.reconcile_interval, gc_off),
+            ]);
+        }
+        if let Some((name, _, hint)) = periods.into_iter().find(|(_, period, _)| period.is_zero()) {
+            bail!("{name} must be more than zero{hint}");
+        }
         if let Some(monitor) = self.http.monitor_listen
             && monitor.port() != 0
             && monitor.port() == self.listen.port()
@@ -458,7 +469,7 @@ mod tests {
         let with = |listen: &str, monitor: &str| {
             let mut config = Config { listen: listen.parse().unwrap(), ..Config::default() };
             config.http.monitor_listen = Some(monitor.parse().unwrap());
-            config.check_addresses()
+            config.check_for_serving()
         };
         assert!(with("0.0.0.0:5000", "127.0.0.1:5000").is_err());
         assert!(with("127.0.0.1:5000", "0.0.0.0:5000").is_err());
@@ -466,7 +477,22 @@ mod tests {
         assert!(with("127.0.0.1:5000", "127.0.0.1:5001").is_ok());
         assert!(with("10.0.0.1:5000", "127.0.0.1:5000").is_ok());
         assert!(with("127.0.0.1:0", "127.0.0.1:0").is_ok());
-        assert!(Config::default().check_addresses().is_ok());
+        assert!(Config::default().check_for_serving().is_ok());
+    }
+
+    #[test]
+    fn background_tasks_need_a_period() {
+        let refusal =
+            |toml: &str| toml::from_str::<Config>(toml).unwrap().check_for_serving().map_err(|e| e.to_string());
+        for (toml, name) in [
+            ("[gc]\ninterval = \"0s\"", "gc.interval"),
+            ("[gc]\nreconcile_interval = \"0ms\"", "gc.reconcile_interval"),
+            ("retention_check_interval = \"0s\"", "retention_check_interval"),
+        ] {
+            assert!(refusal(toml).unwrap_err().starts_with(name), "{toml}");
+        }
+        // Without background collection, its periods are never used.
+        assert!(refusal("[gc]\nenabled = false\ninterval = \"0s\"\nreconcile_interval = \"0s\"").is_ok());
     }
 
     #[test]

@@ -115,7 +115,12 @@ impl Metrics {
                 .map_or(0.0, |(_, started)| (crate::metadata::now_ms() - started).max(0) as f64 / 1000.0);
             let _ = writeln!(out, "bosun_gc_run_in_progress_seconds{{kind=\"{kind}\"}} {secs}");
         }
-        counter(&mut out, "bosun_gc_runs_total", "Garbage collections that changed storage.", &self.gc_runs);
+        counter(
+            &mut out,
+            "bosun_gc_runs_total",
+            "Garbage collections, not dry runs (those that failed included).",
+            &self.gc_runs,
+        );
         counter(&mut out, "bosun_gc_dry_runs_total", "Garbage collection dry runs.", &self.gc_dry_runs);
         counter(
             &mut out,
@@ -148,7 +153,12 @@ impl Metrics {
             "Blob bytes freed by garbage collection.",
             &self.gc_bytes_removed,
         );
-        counter(&mut out, "bosun_reconcile_runs_total", "Storage reconciles.", &self.reconcile_runs);
+        counter(
+            &mut out,
+            "bosun_reconcile_runs_total",
+            "Reconciles, not dry runs, that ended without an error.",
+            &self.reconcile_runs,
+        );
         counter(
             &mut out,
             "bosun_reconcile_failures_total",

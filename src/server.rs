@@ -104,7 +104,7 @@ async fn load_policies(state: &AppState) -> anyhow::Result<()> {
 /// the runtime has stopped: work the runtime still runs (a collection's unlinks, the last
 /// write of an upload cut off) must end before another process may take the directory.
 pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
-    config.check_addresses()?;
+    config.check_for_serving()?;
     let opened = open(&config).await?;
     // A pause outlives restarts, so an operator who forgot it should hear of it.
     match opened.state.collector.paused().await {
