@@ -89,13 +89,22 @@ impl GroupCommit {
         // Every commit numbered up to `target` has written its frames before it was
         // numbered, so the flush below covers them all.
         let target = self.last();
-        let wal = self.wal.clone();
-        let flushed = tokio::task::spawn_blocking(move || flush_file(&wal)).await.map_err(io::Error::other)?;
-        if let Err(e) = flushed {
-            self.failed.set();
-            tracing::error!(error = %e, "flushing the metadata log failed; no further write will be acknowledged");
-            return Err(e);
-        }
+        let (wal, failed) = (self.wal.clone(), self.failed.clone());
+        // The failure is recorded by the flush itself, not by this future, which is dropped
+        // with its request when a client hangs up: the flush still runs, and its error,
+        // which Linux reports only once, must not be lost with the request.
+        let flushed = tokio::task::spawn_blocking(move || {
+            let flushed = std::panic::catch_unwind(|| flush_file(&wal))
+                .unwrap_or_else(|_| Err(io::Error::other("the flush of the metadata log panicked")));
+            if let Err(e) = &flushed {
+                failed.set();
+                tracing::error!(error = %e, "flushing the metadata log failed; no further write will be acknowledged");
+            }
+            flushed
+        })
+        .await
+        .map_err(io::Error::other)?;
+        flushed?;
         *durable = target;
         Ok(())
     }
@@ -160,5 +169,31 @@ mod tests {
         // Even a commit the next flush would cover, and even with nothing new to flush.
         assert!(group.flush_through(a).await.is_err());
         assert!(group.flush_through(0).await.is_err());
+    }
+
+    /// A request's future, and the flush it waits for, is dropped when its client hangs
+    /// up; the flush goes on, and its failure must still stop acknowledgements.
+    #[tokio::test]
+    async fn a_flush_that_fails_after_its_caller_left_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db.sqlite");
+        // The log is a FIFO: opening it waits for a writer, so the flush is surely in
+        // progress when its caller goes; flushing a FIFO then fails (EINVAL).
+        let wal =
+            std::ffi::CString::new(dir.path().join("db.sqlite-wal").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(wal.as_ptr(), 0o600) }, 0);
+        let group = GroupCommit::new(&db);
+        let a = group.committed();
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), group.flush_through(a)).await;
+        assert!(waiting.is_err(), "the flush ended before its caller left");
+        // Let the flush open the log, then fail.
+        let _writer = std::fs::OpenOptions::new().write(true).open(dir.path().join("db.sqlite-wal")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !group.has_failed() {
+            assert!(std::time::Instant::now() < deadline, "the dropped flush's failure was lost");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(group.flush_through(a).await.is_err());
     }
 }
