@@ -267,7 +267,7 @@ impl Default for Config {
     }
 }
 
-fn parse_bool(key: &str, raw: &str) -> anyhow::Result<bool> {
+pub fn parse_bool(key: &str, raw: &str) -> anyhow::Result<bool> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),

@@ -68,7 +68,7 @@ enum Command {
         reason: Option<String>,
         /// How long the pause lasts (with --pause; `2h`): it ends by itself then, restarts
         /// included. Without it, only --resume ends it.
-        #[arg(long = "for", value_parser = parse_duration, requires = "pause")]
+        #[arg(long = "for", value_parser = parse_pause_length, requires = "pause")]
         pause_for: Option<std::time::Duration>,
         /// Resume a paused collection.
         #[arg(long, conflicts_with_all = ["reconcile", "history", "status", "dry_run"])]
@@ -160,6 +160,14 @@ enum RetentionAction {
 /// `--grace-period`, `--for`: a duration as the configuration writes one.
 fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
     bosun::config::parse_duration(raw).map_err(|e| e.to_string())
+}
+
+/// `--for`: a pause that ends as it begins would pause nothing.
+fn parse_pause_length(raw: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(raw)? {
+        d if d.is_zero() => Err("a pause must last more than zero (leave --for out for a pause until --resume)".into()),
+        d => Ok(d),
+    }
 }
 
 fn load(args: ConfigArgs) -> anyhow::Result<Config> {

@@ -101,16 +101,72 @@ pub fn refuse_remote() -> AdminResponse {
     )
 }
 
+/// An admin request's query parameters, read strictly: an unknown parameter or a value
+/// that does not parse is refused (400), never read as its default, because the defaults
+/// act: `dry_run=yes`, or a misspelled `dryrun=true`, read as "not a dry run" would delete.
+struct Query(Vec<(String, String)>);
+
+/// The most rows a listing answers at once.
+const MAX_LIMIT: usize = 10_000;
+
+impl Query {
+    /// Refuses a parameter that the endpoint does not take.
+    fn only(&self, known: &[&str]) -> Result<(), String> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some((k, _)) if known.is_empty() => Err(format!("unknown parameter {k:?}: this endpoint takes none")),
+            Some((k, _)) => Err(format!("unknown parameter {k:?}: this endpoint takes {}", known.join(", "))),
+        }
+    }
+
+    fn text(&self, key: &str) -> Option<String> {
+        headers::param(&self.0, key).map(str::to_owned)
+    }
+
+    /// Absent: false; present without a value (`?dry_run`): true.
+    fn flag(&self, key: &str) -> Result<bool, String> {
+        match headers::param(&self.0, key) {
+            None => Ok(false),
+            Some("") => Ok(true),
+            Some(v) => crate::config::parse_bool(key, v).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn duration(&self, key: &str) -> Result<Option<Duration>, String> {
+        self.text(key).map(|d| crate::config::parse_duration(&d).map_err(|e| format!("{key}: {e}"))).transpose()
+    }
+
+    /// `limit`, 50 when absent.
+    fn limit(&self) -> Result<usize, String> {
+        match self.text("limit") {
+            None => Ok(50),
+            Some(n) => n
+                .parse()
+                .ok()
+                .filter(|n| *n <= MAX_LIMIT)
+                .ok_or_else(|| format!("limit={n:?} is not a number from 0 to {MAX_LIMIT}")),
+        }
+    }
+}
+
 /// Handles `/admin/...`, `/metrics` and `/healthz`, for a client at `peer`.
 pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<std::net::SocketAddr>) -> AdminResponse {
-    let params = headers::query(request);
-    let param = |key: &str| headers::param(&params, key).map(str::to_owned);
-    let flag = |key: &str| param(key).is_some_and(|v| v == "true" || v == "1");
-    let limit = param("limit").and_then(|n| n.parse().ok()).unwrap_or(50);
+    dispatch(state, request, body, peer).await.unwrap_or_else(|message| error(StatusCode::BAD_REQUEST, message))
+}
+
+/// The request's answer, or what is wrong with the request (400).
+async fn dispatch(
+    state: &AppState,
+    request: &Parts,
+    body: Body,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<AdminResponse, String> {
+    let q = Query(headers::query(request));
     let collector = &state.collector;
     let retention = &state.retention;
     let path = request.uri.path();
-    match (&request.method, path) {
+    let answer = match (&request.method, path) {
+        // Scrapers and probes may add parameters of their own: not refused.
         (&Method::GET, "/metrics") => {
             let (meta, cutoff) = (&state.registry.meta, collector.cutoff());
             let gauges = meta.read(move |c| crate::metadata::gc::gauges(c, cutoff)).await;
@@ -146,24 +202,35 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
             }
         },
         (&Method::POST, "/admin/gc") => {
-            let grace_period = match param("grace_period").map(|g| crate::config::parse_duration(&g)).transpose() {
-                Ok(grace) => grace,
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("grace_period: {e}")),
-            };
-            run_report(collector.collect("api", flag("dry_run"), grace_period).await)
+            q.only(&["dry_run", "grace_period"])?;
+            run_report(collector.collect("api", q.flag("dry_run")?, q.duration("grace_period")?).await)
         }
-        (&Method::POST, "/admin/reconcile") => run_report(collector.reconcile("api", flag("dry_run")).await),
-        (&Method::GET, "/admin/gc/status") => ok_or_500(collector.status().await),
+        (&Method::POST, "/admin/reconcile") => {
+            q.only(&["dry_run"])?;
+            run_report(collector.reconcile("api", q.flag("dry_run")?).await)
+        }
+        (&Method::GET, "/admin/gc/status") => {
+            q.only(&[])?;
+            ok_or_500(collector.status().await)
+        }
         (&Method::POST, "/admin/gc/pause") => {
-            let duration = match param("for").map(|d| crate::config::parse_duration(&d)).transpose() {
-                Ok(duration) => duration,
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("for: {e}")),
-            };
-            ok_or_500(collector.pause(client(peer), param("reason").unwrap_or_default(), duration).await)
+            q.only(&["reason", "for"])?;
+            let duration = q.duration("for")?;
+            if duration.is_some_and(|d| d.is_zero()) {
+                return Err("for: a pause must last more than zero (leave it out for a pause until a resume)".into());
+            }
+            ok_or_500(collector.pause(client(peer), q.text("reason").unwrap_or_default(), duration).await)
         }
-        (&Method::POST, "/admin/gc/resume") => ok_or_500(collector.resume(&client(peer)).await),
-        (&Method::GET, "/admin/gc/runs") => ok_or_500(collector.history(limit).await),
+        (&Method::POST, "/admin/gc/resume") => {
+            q.only(&[])?;
+            ok_or_500(collector.resume(&client(peer)).await)
+        }
+        (&Method::GET, "/admin/gc/runs") => {
+            q.only(&["limit"])?;
+            ok_or_500(collector.history(q.limit()?).await)
+        }
         (&Method::GET, "/admin/retention/policies") => {
+            q.only(&[])?;
             let list: Vec<serde_json::Value> = state
                 .registry
                 .policies()
@@ -174,18 +241,14 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
             json(StatusCode::OK, &list)
         }
         (method @ (&Method::PUT | &Method::DELETE), p) if p.starts_with("/admin/retention/policies/") => {
+            q.only(&[])?;
             let name = &p["/admin/retention/policies/".len()..];
             let spec = if *method == Method::PUT {
-                match read_json::<RetentionSpec>(body).await {
-                    Ok(spec) if spec.name == name => Some(spec),
-                    Ok(spec) => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            format!("the body names policy {:?}, the path {name:?}", spec.name),
-                        );
-                    }
-                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                let spec = read_json::<RetentionSpec>(body).await?;
+                if spec.name != name {
+                    return Err(format!("the body names policy {:?}, the path {name:?}", spec.name));
                 }
+                Some(spec)
             } else {
                 None
             };
@@ -194,24 +257,31 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
                 Err((status, message)) => error(status, message),
             }
         }
-        (&Method::GET, "/admin/retention/explain") => match param("repository") {
-            Some(repo) => retention_response(retention.explain(repo).await),
-            None => error(StatusCode::BAD_REQUEST, "explain needs ?repository=<name>"),
-        },
-        (&Method::POST, "/admin/retention/plan") => {
-            retention_response(retention.plan(param("repository"), param("policy")).await)
+        (&Method::GET, "/admin/retention/explain") => {
+            q.only(&["repository"])?;
+            let repo = q.text("repository").ok_or("explain needs ?repository=<name>")?;
+            retention_response(retention.explain(repo).await)
         }
-        (&Method::POST, "/admin/retention/apply") => match param("plan").and_then(|p| p.parse().ok()) {
-            Some(id) => retention_response(retention.apply(id).await),
-            None => error(StatusCode::BAD_REQUEST, "apply needs ?plan=<id>"),
-        },
-        (&Method::POST, "/admin/retention/run") => retention_response(retention.run(param("policy")).await),
+        (&Method::POST, "/admin/retention/plan") => {
+            q.only(&["repository", "policy"])?;
+            retention_response(retention.plan(q.text("repository"), q.text("policy")).await)
+        }
+        (&Method::POST, "/admin/retention/apply") => {
+            q.only(&["plan"])?;
+            let id = q.text("plan").and_then(|p| p.parse().ok()).ok_or("apply needs ?plan=<id>")?;
+            retention_response(retention.apply(id).await)
+        }
+        (&Method::POST, "/admin/retention/run") => {
+            q.only(&["policy"])?;
+            retention_response(retention.run(q.text("policy")).await)
+        }
         (&Method::POST, "/admin/restore") => {
-            let (Some(repo), Some(tag)) = (param("repository"), param("tag")) else {
-                return error(StatusCode::BAD_REQUEST, "restore needs ?repository=<name>&tag=<tag>");
+            q.only(&["repository", "tag"])?;
+            let (Some(repo), Some(tag)) = (q.text("repository"), q.text("tag")) else {
+                return Err("restore needs ?repository=<name>&tag=<tag>".into());
             };
             let (Ok(repo), Ok(tag)) = (repo.parse(), tag.parse()) else {
-                return error(StatusCode::BAD_REQUEST, "invalid repository name or tag");
+                return Err("invalid repository name or tag".into());
             };
             match state.registry.restore_tag(&repo, &tag).await {
                 Ok(digest) => json(
@@ -222,6 +292,8 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
             }
         }
         (&Method::GET, "/admin/deletions") => {
+            q.only(&["limit"])?;
+            let limit = q.limit()?;
             let options = state.registry.options();
             let (since, window) =
                 (options.restore_since(crate::metadata::now_ms()), options.restore_window.as_millis());
@@ -230,17 +302,29 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
                 state.registry.meta.read(move |c| crate::metadata::retention::deletions(c, limit, since, window)).await,
             )
         }
-        (&Method::GET, "/admin/du") => ok_or_500(crate::accounting::usage(&state.registry, param("repository")).await),
+        (&Method::GET, "/admin/du") => {
+            q.only(&["repository"])?;
+            ok_or_500(crate::accounting::usage(&state.registry, q.text("repository")).await)
+        }
         (&Method::POST, "/admin/clock") if state.registry.failpoints.enabled() => {
-            let ms = param("advance_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            q.only(&["advance_ms"])?;
+            // A century at most either way (tests move it back too), so that a test cannot
+            // make the clock overflow.
+            const CENTURY_MS: i64 = 3_155_760_000_000;
+            let ms = q
+                .text("advance_ms")
+                .and_then(|v| v.parse().ok())
+                .filter(|ms| (-CENTURY_MS..=CENTURY_MS).contains(ms))
+                .ok_or("advance_ms must be a number of milliseconds, a century at most either way")?;
             crate::metadata::advance_clock(ms);
             json(StatusCode::OK, &serde_json::json!({ "now": crate::metadata::now_ms() }))
         }
         (method, p) if p.starts_with("/admin/failpoints/") => {
             let failpoints = &state.registry.failpoints;
             if !failpoints.enabled() {
-                return error(StatusCode::NOT_FOUND, "failpoints are off (test_failpoints)");
+                return Ok(error(StatusCode::NOT_FOUND, "failpoints are off (test_failpoints)"));
             }
+            q.only(&[])?;
             let name = &p["/admin/failpoints/".len()..];
             match *method {
                 Method::PUT => {
@@ -259,7 +343,8 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
             }
         }
         (_, p) => error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {} {p}", request.method)),
-    }
+    };
+    Ok(answer)
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, String> {

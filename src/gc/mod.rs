@@ -267,7 +267,7 @@ impl Collector {
         let until = duration.map(|d| now.saturating_add(d.as_millis() as i64));
         let asked = Pause { paused_at: now, paused_by: by, reason, until };
         let pause = self.registry.meta.write(move |c| gc_pause::set(c, &asked)).await?;
-        if let Some(run) = self.in_progress() {
+        if let (Some(pause), Some(run)) = (pause, self.in_progress()) {
             tracing::warn!(%pause, kind = run.kind, trigger = %run.trigger, started_at = run.started_at,
                 "pausing garbage collection; waiting for the run in progress to finish");
         }

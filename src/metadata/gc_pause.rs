@@ -51,8 +51,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pause> {
 }
 
 /// Pauses, unless already paused: the first pause stays, with its time, author, reason
-/// and end (one that has ended is replaced). Returns the pause in force.
-pub fn set(conn: &Connection, pause: &Pause) -> Result<Pause> {
+/// and end (one that has ended is replaced). Returns the pause in force: none if the one
+/// asked for ends at once (the boundaries refuse a pause of zero length).
+pub fn set(conn: &Connection, pause: &Pause) -> Result<Option<Pause>> {
     conn.prepare_cached(
         "INSERT INTO gc_pause (id, paused_at, paused_by, reason, until) VALUES (1, ?1, ?2, ?3, ?4)
              ON CONFLICT (id) DO UPDATE SET paused_at = excluded.paused_at, paused_by = excluded.paused_by,
@@ -60,7 +61,7 @@ pub fn set(conn: &Connection, pause: &Pause) -> Result<Pause> {
               WHERE gc_pause.until IS NOT NULL AND gc_pause.until <= ?1",
     )?
     .execute(params![pause.paused_at, pause.paused_by, pause.reason, pause.until])?;
-    Ok(get(conn, pause.paused_at)?.expect("the pause row was just written"))
+    get(conn, pause.paused_at)
 }
 
 /// Ends the pause; returns the one ended, if one was in force at `now`.
@@ -82,9 +83,9 @@ mod tests {
         let day = 86_400_000;
         assert_eq!(get(&conn, day).unwrap(), None);
         let first = Pause { paused_at: day, paused_by: "127.0.0.1".into(), reason: "migration".into(), until: None };
-        assert_eq!(set(&conn, &first).unwrap(), first);
+        assert_eq!(set(&conn, &first).unwrap(), Some(first.clone()));
         let second = Pause { paused_at: 2 * day, paused_by: "cli".into(), reason: String::new(), until: None };
-        assert_eq!(set(&conn, &second).unwrap(), first, "a second pause replaced the first");
+        assert_eq!(set(&conn, &second).unwrap(), Some(first.clone()), "a second pause replaced the first");
         assert_eq!(first.to_string(), "since 1970-01-02 00:00:00 UTC, by 127.0.0.1: migration");
         assert_eq!(clear(&conn, 2 * day).unwrap(), Some(first.clone()));
         assert_eq!(get(&conn, 2 * day).unwrap(), None);
@@ -92,15 +93,19 @@ mod tests {
         // One with an end: in force before it, over at it, and then replaced by a new one.
         let window = Pause { until: Some(3 * day), ..second.clone() };
         assert_eq!(
-            set(&conn, &window).unwrap().to_string(),
+            set(&conn, &window).unwrap().unwrap().to_string(),
             "since 1970-01-03 00:00:00 UTC, by cli, until 1970-01-04 00:00:00 UTC"
         );
         assert_eq!(get(&conn, 3 * day - 1).unwrap(), Some(window.clone()));
         assert_eq!(get(&conn, 3 * day).unwrap(), None);
         let later = Pause { paused_at: 4 * day, until: None, ..first.clone() };
-        assert_eq!(set(&conn, &later).unwrap(), later, "an ended pause stayed in the way");
+        assert_eq!(set(&conn, &later).unwrap(), Some(later.clone()), "an ended pause stayed in the way");
         assert_eq!(clear(&conn, 4 * day).unwrap(), Some(later));
         set(&conn, &window).unwrap();
         assert_eq!(clear(&conn, 5 * day).unwrap(), None, "an ended pause was reported as ended by the resume");
+        // A pause that ends as it begins (the boundaries refuse one) pauses nothing.
+        let instant = Pause { paused_at: 6 * day, until: Some(6 * day), ..first.clone() };
+        assert_eq!(set(&conn, &instant).unwrap(), None);
+        assert_eq!(get(&conn, 6 * day).unwrap(), None);
     }
 }

@@ -310,6 +310,39 @@ async fn dry_run_reports_exactly_what_a_real_run_removes() {
     s.verify_image("dry", "b").await.unwrap();
 }
 
+/// A dry run asked for in words (`yes`), or as a bare flag, is a dry run; a value that
+/// is no yes or no, or a parameter the endpoint does not take (a misspelled `dryrun`), is
+/// refused before anything runs: read as "not a dry run", it would delete.
+#[tokio::test]
+async fn admin_parameters_that_do_not_parse_are_refused_before_anything_runs() {
+    let s = Server::start_with(GC_NOW);
+    let (_, digest) = s.push_image("strict", "v1", &[b"not to be collected by a typo"]).await;
+    assert_eq!(s.delete(&format!("/v2/strict/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+    let before = s.data_files();
+    for path in ["/admin/gc?dry_run=yes", "/admin/gc?dry_run", "/admin/reconcile?dry_run=on"] {
+        let (status, report) = s.admin_post(path).await;
+        assert_eq!((status, &report["dry_run"]), (StatusCode::OK, &json!(true)), "{path}: {report}");
+    }
+    for (path, names) in [
+        ("/admin/gc?dry_run=maybe", "dry_run"),
+        ("/admin/gc?dryrun=true", "dryrun"),
+        ("/admin/reconcile?dry_run=yes&grace_period=0s", "grace_period"),
+        ("/admin/gc/pause?for=0s", "for"),
+        ("/admin/gc/resume?now=1", "now"),
+    ] {
+        let (status, answer) = s.admin_post(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(names), "{path}: {answer}");
+    }
+    for path in ["/admin/gc/runs?limit=x", "/admin/gc/runs?limit=18446744073709551615", "/admin/deletions?limit=-1"] {
+        assert_eq!(s.get(path).await.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+    assert_eq!(s.data_files(), before, "a refused or dry run removed something");
+    let status: Value = s.get("/admin/gc/status").await.json().await.unwrap();
+    assert_eq!(status["paused"], false, "a pause of no length paused: {status}");
+    assert_eq!(s.gc(false).await["blobs_removed"], 2);
+}
+
 #[tokio::test]
 async fn runs_are_recorded_and_counted() {
     let s = Server::start_with(GC_NOW);
