@@ -23,8 +23,10 @@ impl Pattern {
     }
 
     pub fn regex(raw: &str) -> Result<Pattern, String> {
-        let regex =
-            regex::Regex::new(&format!("^(?:{raw})$")).map_err(|e| format!("invalid regular expression: {e}"))?;
+        let invalid = |e: regex::Error| format!("invalid regular expression: {e}");
+        // Alone first: `a)|(b` is no expression, but wrapped it would be one, unanchored.
+        regex::Regex::new(raw).map_err(invalid)?;
+        let regex = regex::Regex::new(&format!("^(?:{raw})$")).map_err(invalid)?;
         Ok(Pattern::Regex { source: raw.to_owned(), regex })
     }
 
@@ -61,26 +63,61 @@ impl fmt::Display for Pattern {
     }
 }
 
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) if rest.first() == Some(&b'*') => {
-            let rest = &rest[1..];
-            // `**/` also matches zero segments.
-            if let Some(after_slash) = rest.strip_prefix(b"/")
-                && glob_match(after_slash, name)
-            {
-                return true;
+/// One element of a glob.
+#[derive(Clone, Copy, PartialEq)]
+enum Token {
+    Literal(u8),
+    /// `?`: one character, not `/`.
+    One,
+    /// `*`: any run of characters within a segment.
+    Star,
+    /// `**`: any run of characters, `/` included; `**/` also matches no segment at all.
+    DoubleStar,
+}
+
+fn tokens(pattern: &[u8]) -> Vec<Token> {
+    let mut out = Vec::with_capacity(pattern.len());
+    let mut i = 0;
+    while i < pattern.len() {
+        out.push(match (pattern[i], pattern.get(i + 1)) {
+            (b'*', Some(b'*')) => {
+                i += 1;
+                Token::DoubleStar
             }
-            (0..=name.len()).any(|i| glob_match(rest, &name[i..]))
-        }
-        Some((b'*', rest)) => {
-            let segment_end = name.iter().position(|&c| c == b'/').unwrap_or(name.len());
-            (0..=segment_end).any(|i| glob_match(rest, &name[i..]))
-        }
-        Some((b'?', rest)) => matches!(name.first(), Some(&c) if c != b'/') && glob_match(rest, &name[1..]),
-        Some((&p, rest)) => name.first() == Some(&p) && glob_match(rest, &name[1..]),
+            (b'*', _) => Token::Star,
+            (b'?', _) => Token::One,
+            (c, _) => Token::Literal(c),
+        });
+        i += 1;
     }
+    out
+}
+
+/// Whether `name` matches the glob, in time proportional to the pattern's length times the
+/// name's: a backtracking matcher takes exponential time on patterns with many stars
+/// (`*a*a*a*a*a*a*b`), and patterns come from the admin API and are matched on every push.
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    let t = tokens(pattern);
+    let width = name.len() + 1;
+    // `rest[i * width + j]`: whether `t[i..]` matches `name[j..]`; filled from the end.
+    let mut rest = vec![false; (t.len() + 1) * width];
+    rest[t.len() * width + name.len()] = true;
+    for i in (0..t.len()).rev() {
+        // Whether `t[i + 1..]` matches some `name[k..]` with k >= j: what `**` needs.
+        let mut later = false;
+        for j in (0..=name.len()).rev() {
+            let next = |di: usize, dj: usize| rest[(i + di) * width + j + dj];
+            later |= next(1, 0);
+            let c = name.get(j).copied();
+            rest[i * width + j] = match t[i] {
+                Token::Literal(p) => c == Some(p) && next(1, 1),
+                Token::One => c.is_some_and(|c| c != b'/') && next(1, 1),
+                Token::Star => next(1, 0) || (c.is_some_and(|c| c != b'/') && next(0, 1)),
+                Token::DoubleStar => later || (t.get(i + 1) == Some(&Token::Literal(b'/')) && next(2, 0)),
+            };
+        }
+    }
+    rest[0]
 }
 
 #[cfg(test)]
@@ -104,6 +141,70 @@ mod tests {
         assert!(!g("exact", "exactly"));
     }
 
+    /// The matcher before it was made linear, kept as the reference for what a glob means.
+    fn backtracking(pattern: &[u8], name: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => name.is_empty(),
+            Some((b'*', rest)) if rest.first() == Some(&b'*') => {
+                let rest = &rest[1..];
+                if let Some(after_slash) = rest.strip_prefix(b"/")
+                    && backtracking(after_slash, name)
+                {
+                    return true;
+                }
+                (0..=name.len()).any(|i| backtracking(rest, &name[i..]))
+            }
+            Some((b'*', rest)) => {
+                let segment_end = name.iter().position(|&c| c == b'/').unwrap_or(name.len());
+                (0..=segment_end).any(|i| backtracking(rest, &name[i..]))
+            }
+            Some((b'?', rest)) => matches!(name.first(), Some(&c) if c != b'/') && backtracking(rest, &name[1..]),
+            Some((&p, rest)) => name.first() == Some(&p) && backtracking(rest, &name[1..]),
+        }
+    }
+
+    #[test]
+    fn globs_mean_what_they_meant() {
+        // Every pattern of up to 5 elements over these against every name of up to 5
+        // characters over those.
+        let (parts, chars) = (["a", "/", "*", "**", "?"], [b'a', b'b', b'/']);
+        let mut patterns = vec![String::new()];
+        for _ in 0..5 {
+            let longer: Vec<String> =
+                patterns.iter().flat_map(|p| parts.iter().map(move |x| format!("{p}{x}"))).collect();
+            patterns.extend(longer);
+        }
+        patterns.sort();
+        patterns.dedup();
+        let mut names = vec![Vec::new()];
+        for _ in 0..5 {
+            let longer: Vec<Vec<u8>> =
+                names.iter().flat_map(|n| chars.iter().map(move |c| [n.as_slice(), &[*c]].concat())).collect();
+            names.extend(longer);
+        }
+        names.sort();
+        names.dedup();
+        for p in &patterns {
+            for n in &names {
+                assert_eq!(
+                    glob_match(p.as_bytes(), n),
+                    backtracking(p.as_bytes(), n),
+                    "{p:?} against {:?}",
+                    String::from_utf8_lossy(n)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn many_stars_take_no_exponential_time() {
+        // Days for the backtracking matcher; a few hundred thousand steps here.
+        let pattern = format!("{}b", "*a".repeat(12));
+        assert!(!Pattern::glob(&pattern).unwrap().matches(&"a".repeat(128)));
+        let pattern = format!("{}/b", "**a".repeat(12));
+        assert!(!Pattern::glob(&pattern).unwrap().matches(&"a/".repeat(127)));
+    }
+
     #[test]
     fn regexes_are_anchored() {
         let r = Pattern::regex("v1").unwrap();
@@ -116,6 +217,8 @@ mod tests {
         assert!(!r.matches("mainline"));
         assert!(!r.matches("my-main"));
         assert!(Pattern::regex("(").is_err());
+        // Parentheses that would close the anchoring group and open another.
+        assert!(Pattern::regex("a)|(b").is_err());
     }
 
     #[test]
