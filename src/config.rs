@@ -374,9 +374,11 @@ impl Config {
 
     /// Refuses what a server cannot run with (checked once the command line's `--listen`
     /// is applied): a period of zero for a background task, which would never run (a timer
-    /// cannot tick every 0 s), and a monitoring address that is the API's own, whose second
-    /// bind would fail with a less helpful message.
+    /// cannot tick every 0 s); limits that would refuse every push or let one take any
+    /// memory; and a monitoring address that is the API's own, whose second bind would fail
+    /// with a less helpful message.
     pub fn check_for_serving(&self) -> anyhow::Result<()> {
+        const MAX_MANIFEST_LIMIT: u64 = 256 << 20;
         let gc_off = "; gc.enabled = false stops background collection and reconcile";
         let mut periods = vec![("retention_check_interval", self.retention_check_interval, "")];
         if self.gc.enabled {
@@ -385,8 +387,19 @@ impl Config {
                 ("gc.reconcile_interval", self.gc.reconcile_interval, gc_off),
             ]);
         }
+        // Zero would remove every upload session between two of its chunks; refused, not
+        // read as "never" as for the retentions, where 0 keeps everything.
+        periods.push((
+            "gc.upload_max_age",
+            self.gc.upload_max_age,
+            "; sessions must be allowed to idle between chunks",
+        ));
         if let Some((name, _, hint)) = periods.into_iter().find(|(_, period, _)| period.is_zero()) {
             bail!("{name} must be more than zero{hint}");
+        }
+        // A manifest is read into memory whole before it is parsed.
+        if !(1..=MAX_MANIFEST_LIMIT).contains(&self.max_manifest_bytes) {
+            bail!("max_manifest_bytes must be from 1 to {MAX_MANIFEST_LIMIT} (256 MiB)");
         }
         if let Some(monitor) = self.http.monitor_listen
             && monitor.port() != 0
@@ -488,6 +501,9 @@ mod tests {
             ("[gc]\ninterval = \"0s\"", "gc.interval"),
             ("[gc]\nreconcile_interval = \"0ms\"", "gc.reconcile_interval"),
             ("retention_check_interval = \"0s\"", "retention_check_interval"),
+            ("[gc]\nupload_max_age = \"0s\"", "gc.upload_max_age"),
+            ("max_manifest_bytes = 0", "max_manifest_bytes"),
+            ("max_manifest_bytes = 268435457", "max_manifest_bytes"),
         ] {
             assert!(refusal(toml).unwrap_err().starts_with(name), "{toml}");
         }

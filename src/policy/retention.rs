@@ -18,6 +18,7 @@ use crate::gc::{self, Collector};
 use crate::metadata::repositories::RepoId;
 use crate::metadata::{MetadataError, manifests, now_ms, retention as q, tags};
 use crate::oci::{Digest, Tag};
+use crate::registry::RegistryOptions;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TagDecision {
@@ -116,9 +117,10 @@ fn evaluate(
     policies: &Policies,
     policy: &RetentionPolicy,
     (repo, name): (RepoId, &str),
+    options: &RegistryOptions,
     now: i64,
-    restore_since: i64,
 ) -> std::result::Result<RepoPlan, MetadataError> {
+    let restore_since = options.restore_since(now);
     let rows = q::tags(c, repo)?;
     // Each attachment's target, and whether the repository has that manifest.
     let mut targets: Vec<Option<(String, bool)>> = Vec::with_capacity(rows.len());
@@ -182,13 +184,21 @@ fn evaluate(
         Untagged::RemoveAfter(age) => q::untagged(c, repo, restore_since)?
             .into_iter()
             .map(|(digest, _, touched_at)| {
-                let old = now - touched_at >= age.as_millis() as i64;
-                let reason = format!(
+                let unused_for = std::time::Duration::from_millis((now - touched_at).max(0) as u64);
+                let mut reason = format!(
                     "untagged = \"{}\": untagged for {}",
                     super::rules::fmt_duration(age),
-                    super::rules::fmt_duration(std::time::Duration::from_millis((now - touched_at).max(0) as u64))
+                    super::rules::fmt_duration(unused_for)
                 );
-                UntaggedDecision { digest, keep: !old, reason, touched_at }
+                // Never sooner than collection would: the children of an index being pushed
+                // are untagged until the index arrives, and a client that just probed a
+                // manifest may be about to list it in one.
+                let within_grace = unused_for < options.grace_period;
+                if unused_for >= age && within_grace {
+                    reason +=
+                        &format!(", within the grace period ({})", super::rules::fmt_duration(options.grace_period));
+                }
+                UntaggedDecision { digest, keep: unused_for < age || within_grace, reason, touched_at }
             })
             .collect(),
     };
@@ -311,7 +321,8 @@ impl Retention {
         }
         let ctx = self.collector.ctx();
         let now = now_ms();
-        let restore_since = registry.options().restore_since(now);
+        let options = registry.options().clone();
+        let restore_since = options.restore_since(now);
         let mut plan = registry
             .meta
             .simulate_on_copy(move |c| {
@@ -324,7 +335,7 @@ impl Retention {
                     if policy.as_ref().is_some_and(|p| *p != governing.spec.name) {
                         continue;
                     }
-                    repositories.push(evaluate(c, &policies, governing, (id, &name), now, restore_since)?);
+                    repositories.push(evaluate(c, &policies, governing, (id, &name), &options, now)?);
                 }
                 let mut plan = Plan {
                     id: 0,
@@ -438,7 +449,7 @@ impl Retention {
         registry.pulls.flush(&registry.meta).await?;
         let policies = registry.policies();
         let now = now_ms();
-        let restore_since = registry.options().restore_since(now);
+        let options = registry.options().clone();
         registry
             .meta
             .read(move |c| {
@@ -452,7 +463,7 @@ impl Retention {
                     .collect();
                 let repo = q::repositories(c)?.into_iter().find(|(_, n)| *n == repository).map(|(id, _)| id);
                 let decisions = match (policies.retention_for(&repository), repo) {
-                    (Some(p), Some(id)) => Some(evaluate(c, &policies, p, (id, &repository), now, restore_since)?),
+                    (Some(p), Some(id)) => Some(evaluate(c, &policies, p, (id, &repository), &options, now)?),
                     _ => None,
                 };
                 Ok(serde_json::json!({

@@ -771,3 +771,31 @@ untagged = "1s"
     let (_, plan) = s.admin_post("/admin/retention/run").await;
     assert_eq!(plan["manifests_deleted"], 1, "{plan:#}");
 }
+
+/// An untagged age shorter than the grace period does not take an untagged manifest
+/// sooner than collection would: the platform manifests of an index being pushed are
+/// untagged until the index arrives.
+#[tokio::test]
+async fn retention_leaves_untagged_manifests_inside_the_grace_period() {
+    let config = r#"
+[gc]
+grace_period = "1h"
+
+[[retention]]
+name = "quick"
+repositories = "child/*"
+keep = { always = true }
+untagged = "1s"
+"#;
+    let s = Server::start_with_config(config, &[("BOSUN_GC_ENABLED", "false"), ("BOSUN_TEST_FAILPOINTS", "true")]);
+    let (_, child) = s.push_image("child/a", "", &[b"a platform of an index still being pushed"]).await;
+    s.advance_clock(2000).await;
+    let (_, plan) = s.admin_post("/admin/retention/run").await;
+    assert_eq!(plan["manifests_deleted"], 0, "{plan:#}");
+    let reason = plan["repositories"][0]["untagged"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("within the grace period (1h)"), "{reason}");
+    s.verify_image("child/a", &child).await.unwrap();
+    s.advance_clock(3_600_000).await;
+    let (_, plan) = s.admin_post("/admin/retention/run").await;
+    assert_eq!(plan["manifests_deleted"], 1, "{plan:#}");
+}

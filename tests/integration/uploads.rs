@@ -148,7 +148,7 @@ async fn wrong_digest_stores_nothing() {
 /// so nobody could ever resume or cancel it.
 #[tokio::test]
 async fn a_refused_monolithic_post_leaves_no_session() {
-    let s = Server::start_with(&[GC_NOW, &[("BOSUN_GC_UPLOAD_MAX_AGE", "0s")]].concat());
+    let s = Server::start_with(&[GC_NOW, &[("BOSUN_GC_UPLOAD_MAX_AGE", "1ms")]].concat());
     let digest = sha256(b"12345");
     for (range, status) in [("bytes=oops", StatusCode::BAD_REQUEST), ("0-9", StatusCode::BAD_REQUEST)] {
         let url = s.url(&format!("/v2/mono/blobs/uploads/?digest={digest}"));
