@@ -116,7 +116,7 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = opened.state.clone();
-    every(Duration::from_secs(5), &stopping, move || {
+    every("recording pull times", Duration::from_secs(5), &stopping, move || {
         let s = state.clone();
         async move {
             if let Err(e) = s.registry.pulls.flush(&s.registry.meta).await {
@@ -125,7 +125,7 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
         }
     });
     let (state, started) = (opened.state.clone(), crate::metadata::now_ms());
-    every(config.retention_check_interval, &stopping, move || {
+    every("scheduled retention", config.retention_check_interval, &stopping, move || {
         let s = state.clone();
         async move { s.retention.run_due(started).await }
     });
@@ -142,14 +142,14 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
     };
     if config.gc.enabled {
         let collector = opened.state.collector.clone();
-        every(config.gc.interval, &stopping, move || {
+        every("scheduled collection", config.gc.interval, &stopping, move || {
             let c = collector.clone();
             async move {
                 let _ = c.collect("schedule", false, None).await;
             }
         });
         let collector = opened.state.collector.clone();
-        every(config.gc.reconcile_interval, &stopping, move || {
+        every("scheduled reconcile", config.gc.reconcile_interval, &stopping, move || {
             let c = collector.clone();
             async move {
                 let _ = c.reconcile("schedule", false).await;
@@ -230,11 +230,12 @@ fn serve_monitoring(
 const LAST_PULLS_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs `task` every `period` (first after one period) until `stopping` turns true; a run
-/// in progress then goes on. Failures are logged by the task.
-fn every<F, Fut>(period: Duration, stopping: &tokio::sync::watch::Receiver<bool>, task: F)
+/// in progress then goes on. Failures are logged by the task; a run that panics is logged
+/// here, and the schedule goes on (a panic would otherwise end it for good, unseen).
+fn every<F, Fut>(name: &'static str, period: Duration, stopping: &tokio::sync::watch::Receiver<bool>, task: F)
 where
     F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut stopping = stopping.clone();
     tokio::spawn(async move {
@@ -245,7 +246,9 @@ where
                 _ = ticks.tick() => {}
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
-            task().await;
+            if let Err(e) = tokio::spawn(task()).await {
+                tracing::error!(task = name, error = %e, "a background task failed; it runs again at its next period");
+            }
         }
     });
 }
@@ -257,4 +260,28 @@ async fn shutdown_signal() {
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_scheduled_run_that_panics_does_not_end_its_schedule() {
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = runs.clone();
+        every("test", Duration::from_millis(5), &stopping, move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move { assert!(n > 0, "the first run fails") }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while runs.load(Ordering::SeqCst) < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "the schedule ended with its first run");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }

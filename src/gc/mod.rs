@@ -415,7 +415,14 @@ impl Collector {
             this.finish(report, outcome, started).await
         })
         .await
-        .unwrap_or_else(|e| Err(GcError::Task(e.to_string())))
+        .unwrap_or_else(|e| {
+            // A panic: the run's report went with it, so it is neither recorded nor in the
+            // log as a stopped run; say so here, and count it as the failure it is.
+            tracing::error!(kind, trigger, error = %e, "garbage collection stopped: its task failed");
+            let m = &self.registry.metrics;
+            Metrics::add(if kind == "collect" { &m.gc_failures } else { &m.reconcile_failures }, 1);
+            Err(GcError::Task(e.to_string()))
+        })
     }
 
     /// Records the run and updates the metrics, whatever the outcome.
@@ -444,7 +451,14 @@ impl Collector {
             Metrics::add(&m.reconcile_failures, 1);
         }
         let record = report.run.clone();
-        report.run.id = self.registry.meta.write(move |c| q::record_run(c, &record)).await?;
+        report.run.id = match self.registry.meta.write(move |c| q::record_run(c, &record)).await {
+            Ok(id) => id,
+            Err(e) => {
+                // A scheduled run has nobody to tell but the log.
+                tracing::error!(error = %e, kind = %report.run.kind, "recording the garbage collection run failed");
+                return Err(e.into());
+            }
+        };
         tracing::info!(
             kind = %report.run.kind,
             trigger = %report.run.trigger,

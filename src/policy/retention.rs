@@ -426,11 +426,15 @@ impl Retention {
                 continue;
             }
             self.last_runs.lock().expect("retention poisoned").insert(p.spec.name.clone(), now);
-            match self.run(Some(p.spec.name.clone())).await {
-                // Paused after the check above: due again at the first check after the resume.
-                Err(RetentionError::Paused(_)) => {
-                    self.last_runs.lock().expect("retention poisoned").insert(p.spec.name.clone(), last);
-                }
+            let outcome = self.run(Some(p.spec.name.clone())).await;
+            if outcome.is_err() {
+                // Due again at the next check rather than a whole period later: paused after
+                // the check above, the registry changed between plan and apply, or a failure
+                // that may pass.
+                self.last_runs.lock().expect("retention poisoned").insert(p.spec.name.clone(), last);
+            }
+            match outcome {
+                Err(RetentionError::Paused(_)) => {}
                 Ok(plan) => tracing::info!(
                     policy = %p.spec.name,
                     tags_deleted = plan.tags_deleted,
@@ -438,7 +442,9 @@ impl Retention {
                     bytes_freed = plan.bytes_freed,
                     "retention policy ran"
                 ),
-                Err(e) => tracing::error!(policy = %p.spec.name, error = %e, "retention policy failed"),
+                Err(e) => {
+                    tracing::error!(policy = %p.spec.name, error = %e, "retention policy failed; retried at the next check")
+                }
             }
         }
     }
