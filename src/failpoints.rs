@@ -1,6 +1,7 @@
 //! Test-only pause points, so that integration tests can make races deterministic: a test
 //! arms a point through the admin API, the server stops there when it reaches it, the test
-//! acts in the pause, then releases it.
+//! acts in the pause, then releases it. A point can be armed to panic instead, once, to see
+//! that a bug is answered and leaves nothing held.
 //!
 //! Off unless the server runs with `BOSUN_TEST_FAILPOINTS=1`; then `hit` costs a map
 //! lookup, and otherwise nothing.
@@ -29,6 +30,8 @@ pub struct Failpoints {
 }
 
 struct Point {
+    /// Panic when reached, instead of waiting.
+    panic: bool,
     /// true once the code has stopped here.
     reached: watch::Sender<bool>,
     /// true once the test has released it.
@@ -44,9 +47,10 @@ impl Failpoints {
         self.enabled
     }
 
-    /// Arms a point: the next time the code reaches it, it waits for `release`.
-    pub fn arm(&self, name: &str) {
-        let point = Point { reached: watch::channel(false).0, released: watch::channel(false).0 };
+    /// Arms a point: the next time the code reaches it, it waits for `release`, or, with
+    /// `panic`, panics (once).
+    pub fn arm(&self, name: &str, panic: bool) {
+        let point = Point { panic, reached: watch::channel(false).0, released: watch::channel(false).0 };
         self.points.lock().expect("failpoints poisoned").insert(name.to_owned(), point);
     }
 
@@ -75,11 +79,14 @@ impl Failpoints {
         let rx = match self.points.lock().expect("failpoints poisoned").get(name) {
             Some(p) => {
                 p.reached.send_replace(true);
-                p.released.subscribe()
+                (!p.panic).then(|| p.released.subscribe())
             }
             None => return,
         };
-        let mut rx = rx;
+        let Some(mut rx) = rx else {
+            self.release(name);
+            panic!("test failpoint {name} armed to panic");
+        };
         tracing::warn!(failpoint = name, "paused at test failpoint");
         let _ = rx.wait_for(|r| *r).await;
     }

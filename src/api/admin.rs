@@ -18,7 +18,7 @@
 //! - `POST /admin/restore?repository=R&tag=T`: restore a deleted tag within the window.
 //! - `GET /admin/deletions[?limit=N]`: the audit of tag deletions (who, when, why).
 //! - `GET /admin/du[?repository=R]`: storage accounting.
-//! - `PUT|GET|DELETE /admin/failpoints/<name>`: test pause points, and
+//! - `PUT|GET|DELETE /admin/failpoints/<name>[?action=panic]`: test pause points, and
 //!   `POST /admin/clock?advance_ms=N` to move the clock ahead (`test_failpoints` only).
 
 use std::time::Duration;
@@ -324,11 +324,16 @@ async fn dispatch(
             if !failpoints.enabled() {
                 return Ok(error(StatusCode::NOT_FOUND, "failpoints are off (test_failpoints)"));
             }
-            q.only(&[])?;
+            q.only(&["action"])?;
             let name = &p["/admin/failpoints/".len()..];
             match *method {
                 Method::PUT => {
-                    failpoints.arm(name);
+                    let panic = match q.text("action").as_deref() {
+                        None | Some("pause") => false,
+                        Some("panic") => true,
+                        Some(other) => return Err(format!("action={other:?}: pause or panic")),
+                    };
+                    failpoints.arm(name, panic);
                     json(StatusCode::OK, &serde_json::json!({ "armed": name }))
                 }
                 Method::GET => {

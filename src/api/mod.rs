@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 
 pub use endpoint::{Endpoint, PathError};
 use error::ApiError;
@@ -79,18 +80,34 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let parsed = endpoint.as_ref().and_then(|e| e.as_ref().ok());
     let entry = access_log::Entry::start(&parts.method, &parts.uri, parsed, peer);
     let timer = state.requests.start(request_metrics::Route::of(path, parsed), &parts.method);
-    let response = match endpoint {
-        None if path.starts_with("/admin/") && !admin::allowed(peer, state.config.admin_remote) => {
-            admin::refuse_remote()
+    let (method, uri) = (parts.method.clone(), parts.uri.clone());
+    let refused = path.starts_with("/admin/") && !admin::allowed(peer, state.config.admin_remote);
+    let answer = async {
+        match endpoint {
+            None if refused => admin::refuse_remote(),
+            None => admin::route(&state, &parts, body, peer).await,
+            Some(endpoint) => {
+                let mut response = match route(&state.registry, endpoint, Request::from_parts(parts, body)).await {
+                    Ok(r) => r,
+                    Err(e) => e.into_response(),
+                };
+                response.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+                response
+            }
         }
-        None => admin::route(&state, &parts, body, peer).await,
-        Some(endpoint) => {
-            let mut response = match route(&state.registry, endpoint, Request::from_parts(parts, body)).await {
-                Ok(r) => r,
-                Err(e) => e.into_response(),
-            };
-            response.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-            response
+    };
+    // A panic is a bug: answered 500 and logged as the failure it is, where unwinding the
+    // connection's task would reset it and count it as a client that hung up. What the
+    // handler held (the writer, digest locks, an upload session) is released on unwind.
+    let response = match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            ApiError(Error::Internal(format!("the handler of {method} {uri} panicked: {what}"))).into_response()
         }
     };
     entry.finish(response.status());

@@ -87,3 +87,26 @@ async fn a_client_that_disconnects_mid_chunk_leaves_the_upload_as_it_was() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert_eq!(s.get(&format!("/v2/cut/blobs/{digest}")).await.bytes().await.unwrap(), data);
 }
+
+/// A bug that panics in a handler is answered 500 (and counted and logged as one), not a
+/// connection reset that looks like a client that hung up; what the handler held (here an
+/// upload session's lock) is released, and the server goes on serving.
+#[tokio::test]
+async fn a_handler_that_panics_is_answered_500_and_holds_nothing() {
+    let s = Server::start_with(GC_NOW);
+    let armed = s.http.put(s.url("/admin/failpoints/upload.file_before_row?action=panic")).send().await.unwrap();
+    assert_eq!(armed.status(), StatusCode::OK);
+    let resp = s.http.post(s.url("/v2/panic/a/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNKNOWN", "{body}");
+    assert_eq!(s.requests_counted("upload_start", "POST", "5xx").await, 1);
+    assert_eq!(s.requests_counted("upload_start", "POST", "none").await, 0);
+    assert_eq!(s.get("/healthz").await.status(), StatusCode::OK);
+    let (_, digest) = s.push_image("panic/a", "v1", &[b"pushed after the panic"]).await;
+    s.verify_image("panic/a", &digest).await.unwrap();
+    // The file it had made before its session's row is reconcile's, as after a crash.
+    let report: serde_json::Value = s.reconcile(false).await.json().await.unwrap();
+    assert_eq!(report["uploads_removed"], 1, "{report}");
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
+}
