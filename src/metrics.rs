@@ -23,6 +23,12 @@ pub struct Metrics {
     pub reconcile_failures: AtomicU64,
     pub reconcile_orphans_removed: AtomicU64,
     pub reconcile_orphan_bytes_removed: AtomicU64,
+    /// Retention plans applied (scheduled, or asked for), and what they deleted.
+    pub retention_applied: AtomicU64,
+    pub retention_tags_deleted: AtomicU64,
+    pub retention_manifests_deleted: AtomicU64,
+    /// Scheduled retention runs that failed (each is retried at the next check).
+    pub retention_failures: AtomicU64,
     /// Connections open now (a gauge).
     pub http_connections: AtomicU64,
     /// The cap on them (`http.max_connections`, or derived from the open-file limit).
@@ -164,6 +170,30 @@ impl Metrics {
             "bosun_reconcile_failures_total",
             "Reconciles that stopped on an error (a listing error stops one before it removes anything).",
             &self.reconcile_failures,
+        );
+        counter(
+            &mut out,
+            "bosun_retention_plans_applied_total",
+            "Retention plans applied, scheduled or asked for.",
+            &self.retention_applied,
+        );
+        counter(
+            &mut out,
+            "bosun_retention_tags_deleted_total",
+            "Tags deleted by retention.",
+            &self.retention_tags_deleted,
+        );
+        counter(
+            &mut out,
+            "bosun_retention_manifests_deleted_total",
+            "Untagged manifests deleted by retention.",
+            &self.retention_manifests_deleted,
+        );
+        counter(
+            &mut out,
+            "bosun_retention_failures_total",
+            "Scheduled retention runs that failed (a pause is no failure); each is retried at the next check.",
+            &self.retention_failures,
         );
         counter(
             &mut out,

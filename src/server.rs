@@ -106,6 +106,11 @@ async fn load_policies(state: &AppState) -> anyhow::Result<()> {
 pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
     config.check_for_serving()?;
     let opened = open(&config).await?;
+    if config.gc.grace_period.is_zero() {
+        tracing::warn!(
+            "gc.grace_period is 0: a collection may remove a blob between its upload and the manifest that references it (for tests only)"
+        );
+    }
     // A pause outlives restarts, so an operator who forgot it should hear of it.
     match opened.state.collector.paused().await {
         Ok(Some(pause)) => {

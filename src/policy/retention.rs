@@ -17,6 +17,7 @@ use super::{Policies, RetentionPolicy, Untagged};
 use crate::gc::{self, Collector};
 use crate::metadata::repositories::RepoId;
 use crate::metadata::{MetadataError, manifests, now_ms, retention as q, tags};
+use crate::metrics::Metrics;
 use crate::oci::{Digest, Tag};
 use crate::registry::RegistryOptions;
 
@@ -398,6 +399,12 @@ impl Retention {
                 Ok(plan)
             })
             .await
+            .inspect(|plan| {
+                let m = &registry.metrics;
+                Metrics::add(&m.retention_applied, 1);
+                Metrics::add(&m.retention_tags_deleted, plan.tags_deleted as u64);
+                Metrics::add(&m.retention_manifests_deleted, plan.manifests_deleted as u64);
+            })
     }
 
     /// Plans and applies at once (a scheduled run, or `run` on demand).
@@ -432,6 +439,9 @@ impl Retention {
                 // the check above, the registry changed between plan and apply, or a failure
                 // that may pass.
                 self.last_runs.lock().expect("retention poisoned").insert(p.spec.name.clone(), last);
+            }
+            if outcome.as_ref().is_err_and(|e| !matches!(e, RetentionError::Paused(_))) {
+                Metrics::add(&self.collector.registry().metrics.retention_failures, 1);
             }
             match outcome {
                 Err(RetentionError::Paused(_)) => {}

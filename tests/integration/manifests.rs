@@ -279,9 +279,9 @@ tags_regex = "v[0-9]+"
         let url = s.url(&format!("/v2/tp/a/manifests/{}?{query}", sha256(body)));
         s.http.put(url).header("content-type", OCI_MANIFEST).body(body.to_vec()).send()
     };
-    let resp = put(&first, "tag=v1&tag=latest").await.unwrap();
+    let resp = put(&first, "tag=v1&tag=latest&tag=v1").await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
-    assert_eq!(header(&resp, "oci-tag"), "v1, latest");
+    assert_eq!(header(&resp, "oci-tag"), "v1, latest", "each tag listed once");
     for tag in ["v1", "latest"] {
         assert_eq!(
             header(&s.head(&format!("/v2/tp/a/manifests/{tag}")).await, "docker-content-digest"),

@@ -798,4 +798,8 @@ untagged = "1s"
     s.advance_clock(3_600_000).await;
     let (_, plan) = s.admin_post("/admin/retention/run").await;
     assert_eq!(plan["manifests_deleted"], 1, "{plan:#}");
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&metrics, "bosun_retention_plans_applied_total"), 2.0);
+    assert_eq!(sample(&metrics, "bosun_retention_manifests_deleted_total"), 1.0);
+    assert_eq!(sample(&metrics, "bosun_retention_failures_total"), 0.0);
 }

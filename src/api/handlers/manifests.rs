@@ -78,7 +78,7 @@ pub async fn put(
         .to_bytes();
     // A push by digest may name tags to point at it too (`?tag=`, spec 1.2); each accepted
     // tag is listed back in `OCI-Tag`, which is how a client learns the registry took them.
-    let also_tag: Vec<Tag> = match reference {
+    let mut also_tag: Vec<Tag> = match reference {
         Reference::Digest(_) => headers::query(request)
             .into_iter()
             .filter(|(k, _)| k == "tag")
@@ -86,6 +86,9 @@ pub async fn put(
             .collect::<Result<_, _>>()?,
         Reference::Tag(_) => Vec::new(),
     };
+    // Each tag once, in the client's order (`OCI-Tag` lists what was tagged).
+    let mut seen = std::collections::HashSet::new();
+    also_tag.retain(|t| seen.insert(t.as_str().to_owned()));
     let pushed = registry.put_manifest(name, reference, &also_tag, content_type.as_deref(), body).await?;
     let mut builder = respond(StatusCode::CREATED)
         .header(header::LOCATION, format!("/v2/{name}/manifests/{}", pushed.digest))
