@@ -96,24 +96,36 @@ impl Checkpointer {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let shared = Arc::new(Shared::default());
         let worker = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("bosun-checkpoint".into())
-            .spawn(move || run(&conn, &writer, &worker, failure.as_ref()))?;
+        let thread = std::thread::Builder::new().name("bosun-checkpoint".into()).spawn(move || {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&conn, &writer, &worker, failure.as_ref())
+            }));
+            if ran.is_err() {
+                tracing::error!("the metadata log's background copy stopped on a bug; /healthz fails until a restart");
+            }
+        })?;
         Ok(Checkpointer { shared, thread: Some(thread) })
     }
 
     /// Tells the thread that a transaction committed.
     pub(super) fn committed(&self) {
-        let mut state = self.shared.state.lock().expect("checkpoint state poisoned");
+        // Poisoned only if the thread died holding it, which `died` reports; commits go on.
+        let mut state = self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.commits += 1;
         if state.commits == 1 {
             self.shared.wake.notify_one();
         }
     }
 
+    /// Whether the thread ended without being stopped (a bug): the log would then grow
+    /// without end, so the server reports itself unhealthy, for a supervisor to restart it.
+    pub(super) fn died(&self) -> bool {
+        self.thread.as_ref().is_some_and(std::thread::JoinHandle::is_finished)
+    }
+
     /// Stops the thread and closes its connection (again: nothing).
     pub(super) fn stop(&mut self) {
-        self.shared.state.lock().expect("checkpoint state poisoned").stop = true;
+        self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).stop = true;
         self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -259,6 +271,32 @@ mod tests {
         assert!(failure_after(ffi::SQLITE_IOERR_FSYNC));
         assert!(failure_after(ffi::SQLITE_IOERR_READ));
         assert!(failure_after(ffi::SQLITE_IOERR));
+    }
+
+    /// A checkpointer that died would let the log grow without end: the server says it is
+    /// unhealthy, so that a supervisor restarts it; commits and the stop still work.
+    #[tokio::test]
+    async fn a_dead_checkpointer_makes_the_database_unhealthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata::open(&dir.path().join("metadata.sqlite"), true).unwrap();
+        meta.health().await.unwrap();
+        // Kill it the way a bug would: a panic while it holds its state.
+        let shared = meta.inner.checkpointer.shared.clone();
+        let poisoner = shared.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = poisoner.state.lock().unwrap();
+            panic!("a bug");
+        })
+        .join();
+        add_uploads(&meta, 1, 0).await;
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !meta.inner.checkpointer.died() {
+            assert!(Instant::now() < deadline, "the checkpointer did not stop");
+            shared.wake.notify_all();
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(meta.health().await.unwrap_err().contains("background copy"));
+        add_uploads(&meta, 1, 1).await;
     }
 
     #[test]

@@ -511,6 +511,9 @@ impl Metadata {
         if self.log_failed() {
             return Err("a flush of the metadata log failed; no write is acknowledged until Bosun restarts (check the disk first)".into());
         }
+        if self.inner.checkpointer.died() {
+            return Err("the background copy of the metadata log into the database stopped; restart Bosun".into());
+        }
         // A read of the schema's page: `SELECT 1` alone reads nothing from the file.
         let read = self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(()))?));
         match tokio::time::timeout(HEALTH_READ_LIMIT, read).await {
