@@ -2,7 +2,7 @@
 //! directly on its data directory when it is not.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -60,46 +60,94 @@ pub fn local_addr(listen: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// A plain HTTP/1.1 request to the admin API; `Ok(None)` when nothing listens there.
-fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<Option<(u16, String)>> {
-    request_with_body(addr, method, path, "")
+/// The admin API's address: `--url` (`HOST:PORT`; a name is resolved here), or the
+/// configured listen address.
+pub fn admin_addr(config: &Config, url: Option<&str>) -> anyhow::Result<SocketAddr> {
+    let Some(url) = url else { return Ok(local_addr(config.listen)) };
+    url.to_socket_addrs()
+        .with_context(|| format!("--url {url:?} is no HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--url {url:?}: the name has no address"))
 }
 
-fn request_with_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> anyhow::Result<Option<(u16, String)>> {
+/// How long a question (a status, a listing) may take before the server is deemed hung.
+/// Actions get no limit: a collection, a reconcile or a pause may wait for a long run.
+const QUESTION_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A plain HTTP/1.1 request to the admin API; `Ok(None)` when nothing listens there.
+/// `patience` bounds the wait for the answer.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    patience: Option<Duration>,
+) -> anyhow::Result<Option<(u16, String)>> {
     let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("connecting to {addr}")),
     };
+    stream.set_read_timeout(patience)?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).context("reading the admin API's answer")?;
+    stream.read_to_string(&mut response).with_context(|| match patience {
+        Some(p) => format!("reading the answer of {addr} (waited at most {p:?})"),
+        None => format!("reading the answer of {addr}"),
+    })?;
+    if response.is_empty() {
+        bail!(
+            "{addr} closed the connection without answering (was the server stopping?); what a run it started did is in bosun gc --history"
+        );
+    }
     let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP answer")?;
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("malformed status line")?;
     Ok(Some((status, body.to_owned())))
 }
 
+/// A refusal from the admin API, with the message its JSON body carries.
+fn refused(addr: SocketAddr, status: u16, body: &str) -> anyhow::Error {
+    let message = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned());
+    anyhow::anyhow!("the admin API at {addr} answered {status}: {message}")
+}
+
 /// Runs `bosun gc`: prints the JSON report (or history) on stdout.
-pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow::Result<()> {
-    let addr = url.unwrap_or_else(|| local_addr(config.listen));
+pub fn gc(config: &Config, url: Option<&str>, action: GcAction) -> anyhow::Result<()> {
+    let addr = admin_addr(config, url)?;
     let (method, path) = action.http();
-    if let Some((status, body)) = request(addr, method, &path)? {
+    let patience = match action {
+        GcAction::History | GcAction::Status | GcAction::Resume => Some(QUESTION_PATIENCE),
+        GcAction::Collect { .. } | GcAction::Reconcile { .. } | GcAction::Pause { .. } => None,
+    };
+    if let Some((status, body)) = request(addr, method, &path, "", patience)? {
         if status != 200 {
-            bail!("the admin API at {addr} answered {status}: {body}");
+            return Err(refused(addr, status, &body));
         }
         println!("{body}");
         return Ok(());
     }
     // Nothing listens: work on the data directory directly (refused if a server holds it),
     // unless --url named another machine, whose data directory this is not.
-    if url.is_some_and(|u| !u.ip().is_loopback()) {
+    if url.is_some() && !addr.ip().is_loopback() {
         bail!("no Bosun answered at {addr}; only a local instance's data directory can be worked on directly");
     }
-    eprintln!("no Bosun answered at {addr}: working on the data directory {}", config.data_dir.display());
+    // Never a new, empty one: a mistyped directory would be "collected" or "paused" while
+    // the real instance is not.
+    let dir = &config.data_dir;
+    if !dir.join("metadata.sqlite").is_file() {
+        bail!(
+            "no Bosun answered at {addr}, and {} holds no Bosun data (no metadata.sqlite): check --url, -c or --data-dir",
+            dir.display()
+        );
+    }
+    eprintln!("no Bosun answered at {addr}: working on the data directory {}", dir.display());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let out = runtime.block_on(async move {
         let opened = crate::server::open(config)
@@ -126,11 +174,12 @@ pub fn gc(config: &Config, url: Option<SocketAddr>, action: GcAction) -> anyhow:
 }
 
 /// Calls the admin API of the running instance; returns the JSON answer.
-pub fn admin(config: &Config, url: Option<SocketAddr>, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
-    let addr = url.unwrap_or_else(|| local_addr(config.listen));
-    match request_with_body(addr, method, path, body)? {
+pub fn admin(config: &Config, url: Option<&str>, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
+    let addr = admin_addr(config, url)?;
+    let patience = (method == "GET").then_some(QUESTION_PATIENCE);
+    match request(addr, method, path, body, patience)? {
         Some((200, answer)) => Ok(answer),
-        Some((status, answer)) => bail!("the admin API at {addr} answered {status}: {answer}"),
+        Some((status, answer)) => Err(refused(addr, status, &answer)),
         None => bail!("no Bosun answered at {addr} (this command needs the running instance; --url sets its address)"),
     }
 }
@@ -140,8 +189,18 @@ pub fn encode(v: &str) -> String {
     form_urlencoded::byte_serialize(v.as_bytes()).collect()
 }
 
-/// `bosun du`: a table sorted by `sort` (`exclusive`, `referenced` or `name`), or the JSON.
-pub fn du(json_text: &str, sort: &str, as_json: bool) -> anyhow::Result<String> {
+/// How `bosun du` sorts its table.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DuSort {
+    /// The most bytes only this repository or tag holds first.
+    Exclusive,
+    /// The most bytes referenced first.
+    Referenced,
+    Name,
+}
+
+/// `bosun du`: a table sorted by `sort`, or the JSON.
+pub fn du(json_text: &str, sort: DuSort, as_json: bool) -> anyhow::Result<String> {
     if as_json {
         return Ok(format!("{json_text}\n"));
     }
@@ -166,10 +225,9 @@ pub fn du(json_text: &str, sort: &str, as_json: bool) -> anyhow::Result<String> 
         }
     }
     match sort {
-        "name" => rows.sort_by(|a, b| a.0.cmp(&b.0)),
-        "referenced" => rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0))),
-        "exclusive" => rows.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0))),
-        other => bail!("--sort {other:?}: use exclusive, referenced or name"),
+        DuSort::Name => rows.sort_by(|a, b| a.0.cmp(&b.0)),
+        DuSort::Referenced => rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0))),
+        DuSort::Exclusive => rows.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0))),
     }
     let mut out = format!("{:>14} {:>14} {:>14}  NAME\n", "REFERENCED", "EXCLUSIVE", "SHARED");
     out += &format!(

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use bosun::cli::GcAction;
@@ -56,7 +57,7 @@ enum Command {
         #[arg(long, conflicts_with = "history")]
         reconcile: bool,
         /// List recorded collections and reconciles instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dry_run")]
         history: bool,
         /// Pause collection: nothing is removed (runs and retention deletions are refused,
         /// dry runs and plans still report) until --resume. The pause is kept in metadata:
@@ -76,17 +77,19 @@ enum Command {
         /// Say whether collection is paused (since when, by whom, why) and what runs now.
         #[arg(long, conflicts_with_all = ["reconcile", "history", "dry_run"])]
         status: bool,
-        /// Admin API address of the running instance (default: the configured listen address).
+        /// Admin API address of the running instance, HOST:PORT (default: the configured
+        /// listen address).
         #[arg(long)]
-        url: Option<SocketAddr>,
+        url: Option<String>,
     },
     /// Retention policies: list, change, explain, plan, apply (on the running instance).
     Retention {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Admin API address of the running instance (default: the configured listen address).
+        /// Admin API address of the running instance, HOST:PORT (default: the configured
+        /// listen address).
         #[arg(long, global = true)]
-        url: Option<SocketAddr>,
+        url: Option<String>,
         #[command(subcommand)]
         action: RetentionAction,
     },
@@ -94,8 +97,9 @@ enum Command {
     Restore {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Admin API address of the running instance, HOST:PORT.
         #[arg(long)]
-        url: Option<SocketAddr>,
+        url: Option<String>,
         reference: String,
     },
     /// The audit of tag deletions, newest first: when, by whom (`api` or `retention`), why,
@@ -103,9 +107,10 @@ enum Command {
     Audit {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Admin API address of the running instance (default: the configured listen address).
+        /// Admin API address of the running instance, HOST:PORT (default: the configured
+        /// listen address).
         #[arg(long)]
-        url: Option<SocketAddr>,
+        url: Option<String>,
         /// How many deletions to list.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -117,13 +122,14 @@ enum Command {
     Du {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Admin API address of the running instance, HOST:PORT.
         #[arg(long)]
-        url: Option<SocketAddr>,
+        url: Option<String>,
         /// Only this repository.
         repository: Option<String>,
-        /// Sort by `exclusive` (default), `referenced` or `name`.
-        #[arg(long, default_value = "exclusive")]
-        sort: String,
+        /// How to sort the table.
+        #[arg(long, value_enum, default_value_t = bosun::cli::DuSort::Exclusive)]
+        sort: bosun::cli::DuSort,
         /// Print the JSON report.
         #[arg(long)]
         json: bool,
@@ -160,6 +166,17 @@ enum RetentionAction {
 /// `--grace-period`, `--for`: a duration as the configuration writes one.
 fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
     bosun::config::parse_duration(raw).map_err(|e| e.to_string())
+}
+
+/// `bosun restore REPOSITORY:TAG`, checked here so that the error names the wrong part.
+fn restore_target(reference: &str) -> anyhow::Result<(&str, &str)> {
+    if reference.contains('@') {
+        anyhow::bail!("{reference:?}: restore takes a tag (REPOSITORY:TAG), not a digest");
+    }
+    let (repo, tag) = reference.rsplit_once(':').with_context(|| format!("{reference:?}: give REPOSITORY:TAG"))?;
+    repo.parse::<bosun::oci::RepoName>().map_err(|e| anyhow::anyhow!("{repo:?} is no repository name: {e}"))?;
+    tag.parse::<bosun::oci::Tag>().map_err(|e| anyhow::anyhow!("{tag:?} is no tag: {e}"))?;
+    Ok((repo, tag))
 }
 
 /// `--for`: a pause that ends as it begins would pause nothing.
@@ -246,7 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 GcAction::Collect { dry_run, grace_period }
             };
-            bosun::cli::gc(&cfg, url, action)
+            bosun::cli::gc(&cfg, url.as_deref(), action)
         }
         Command::Retention { config, url, action } => {
             let cfg = load(config)?;
@@ -254,8 +271,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (method, path, body) = match action {
                 RetentionAction::Policies => ("GET", "/admin/retention/policies".to_owned(), String::new()),
                 RetentionAction::Put { file } => {
-                    let text = std::fs::read_to_string(&file)?;
-                    let spec: serde_json::Value = serde_json::from_str(&text)?;
+                    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                    let spec: serde_json::Value =
+                        serde_json::from_str(&text).with_context(|| format!("{} is no JSON", file.display()))?;
                     let name =
                         spec["name"].as_str().ok_or_else(|| anyhow::anyhow!("the policy file has no \"name\""))?;
                     ("PUT", format!("/admin/retention/policies/{}", enc(name)), text)
@@ -284,20 +302,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     String::new(),
                 ),
             };
-            println!("{}", bosun::cli::admin(&cfg, url, method, &path, &body)?);
+            println!("{}", bosun::cli::admin(&cfg, url.as_deref(), method, &path, &body)?);
             Ok(())
         }
         Command::Restore { config, url, reference } => {
             let cfg = load(config)?;
-            let (repo, tag) = reference.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("give REPOSITORY:TAG"))?;
+            let (repo, tag) = restore_target(&reference)?;
             let path =
                 format!("/admin/restore?repository={}&tag={}", bosun::cli::encode(repo), bosun::cli::encode(tag));
-            println!("{}", bosun::cli::admin(&cfg, url, "POST", &path, "")?);
+            println!("{}", bosun::cli::admin(&cfg, url.as_deref(), "POST", &path, "")?);
             Ok(())
         }
         Command::Audit { config, url, limit, json } => {
             let cfg = load(config)?;
-            let answer = bosun::cli::admin(&cfg, url, "GET", &format!("/admin/deletions?limit={limit}"), "")?;
+            let answer =
+                bosun::cli::admin(&cfg, url.as_deref(), "GET", &format!("/admin/deletions?limit={limit}"), "")?;
             print!("{}", bosun::cli::audit(&answer, json)?);
             Ok(())
         }
@@ -307,7 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(r) => format!("/admin/du?repository={}", bosun::cli::encode(&r)),
                 None => "/admin/du".to_owned(),
             };
-            print!("{}", bosun::cli::du(&bosun::cli::admin(&cfg, url, "GET", &path, "")?, &sort, json)?);
+            print!("{}", bosun::cli::du(&bosun::cli::admin(&cfg, url.as_deref(), "GET", &path, "")?, sort, json)?);
             Ok(())
         }
     }

@@ -37,8 +37,13 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     let lock_path = dir.join("bosun.lock");
     let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        bail!("another Bosun process is using {}", dir.display());
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!("another Bosun process is using {}", dir.display()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e)
+                .with_context(|| format!("locking {} (does its file system support locks?)", lock_path.display()));
+        }
     }
     let store = FilesystemStore::open(dir, config.sync_writes)
         .with_context(|| format!("opening blob storage in {}", dir.display()))?;

@@ -202,3 +202,44 @@ fn non_loopback_address() -> std::net::Ipv4Addr {
     unsafe { libc::freeifaddrs(list) };
     found.expect("this machine has an IPv4 address that is not loopback")
 }
+
+/// Mistakes are caught where they are made: a data directory that holds no Bosun is not
+/// collected or paused (a typo would pause nothing real, and say it did), a restore names
+/// the part that is wrong, and flags that make no sense together are refused; a host name
+/// is a fine --url.
+#[tokio::test]
+async fn command_line_mistakes_are_refused_and_names_are_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo");
+    for extra in [&[][..], &["--pause"], &["--status"], &["--dry-run"]] {
+        let args = [&["--data-dir", missing.to_str().unwrap(), "--url", "127.0.0.1:1"][..], extra].concat();
+        let (ok, _, err) = bosun_gc(&args);
+        assert!(!ok && err.contains("holds no Bosun data"), "{args:?}: {err}");
+    }
+    assert!(!missing.exists(), "a mistyped data directory was created");
+    let (ok, _, err) = bosun_gc(&["--history", "--dry-run"]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+
+    let refused = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bosun")).args(args).args(["--url", "127.0.0.1:1"]).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    assert!(refused(&["restore", "a/b@sha256:0"]).contains("not a digest"));
+    assert!(refused(&["restore", "A:v1"]).contains("is no repository name"));
+    assert!(refused(&["restore", "a:b:c"]).contains("\"a:b\" is no repository name"));
+    assert!(refused(&["restore", "a:-x"]).contains("is no tag"));
+    assert!(refused(&["du", "--sort", "size"]).contains("invalid value 'size'"));
+
+    let s = Server::start_with(GC_NOW);
+    let port = s.addr.rsplit_once(':').unwrap().1;
+    let (ok, out, err) = bosun_gc(&["--url", &format!("localhost:{port}"), "--status"]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["paused"], false);
+    // A refusal shows the server's message, not its JSON.
+    let (ok, _, err) = bosun_gc(&["--url", &s.addr, "--pause", "--reason", "r"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = bosun_gc(&["--url", &s.addr]);
+    assert!(!ok);
+    assert!(err.contains("answered 409: garbage collection is paused") && !err.contains('{'), "{err}");
+}
