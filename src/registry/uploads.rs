@@ -317,12 +317,12 @@ impl Registry {
             .await;
         if let Err(e) = linked {
             // A collection may have just removed the blob's row without flushing: the
-            // removal is made durable before the bytes go on the strength of it, or a power
-            // loss could bring the row back without them.
+            // removal seen is made durable (the flush after the read) before the bytes go on
+            // the strength of it, or a power loss could bring the row back without them.
             let cleaned = async {
-                self.meta.flush().await?;
                 let d = digest.clone();
                 if !self.meta.read(move |c| crate::metadata::gc::blob_known(c, &d.to_string())).await? {
+                    self.meta.flush().await?;
                     self.store.delete_blob(digest).await?;
                 }
                 Ok::<_, Error>(())
