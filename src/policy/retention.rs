@@ -206,6 +206,27 @@ fn evaluate(
     Ok(RepoPlan { repository: name.to_owned(), policy: policy.spec.name.clone(), tags, untagged })
 }
 
+/// Why an attachment (a signature by tag) that a plan deletes with its image would be kept
+/// now, if it would: a tag the plan leaves points at the image, or the image, absent at
+/// the plan, is there untagged.
+fn attachment_kept_now(
+    c: &rusqlite::Connection,
+    repo: RepoId,
+    now_tags: &HashMap<String, q::TagRow>,
+    deleted: &HashSet<&str>,
+    image: &Digest,
+) -> std::result::Result<Option<String>, MetadataError> {
+    let name = image.to_string();
+    let mut tags = now_tags.values().filter(|o| o.digest == name);
+    if let Some(kept) = tags.clone().find(|o| !deleted.contains(o.name.as_str())) {
+        return Ok(Some(format!("its image {image} is now tagged {}", kept.name)));
+    }
+    if tags.next().is_none() && manifests::id_of(c, repo, image)?.is_some() {
+        return Ok(Some(format!("its image {image} is in the repository now")));
+    }
+    Ok(None)
+}
+
 /// Makes the deletions of `plan` on `c`: tags (recorded with the rule that decided, and
 /// restorable) and untagged manifests. First verifies that nothing the decisions rested
 /// on has changed: every tag of the plan, kept or not, still exists (a kept tag gone would
@@ -231,6 +252,7 @@ fn delete_planned(
             continue;
         };
         let now_tags: HashMap<String, q::TagRow> = q::tags(c, repo)?.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let deleted: HashSet<&str> = rp.tags.iter().filter(|t| !t.keep).map(|t| t.tag.as_str()).collect();
         for t in &rp.tags {
             let at = format!("{}:{}", rp.repository, t.tag);
             match now_tags.get(&t.tag) {
@@ -245,6 +267,15 @@ fn delete_planned(
                 // the change.
                 Some(_) if q::restored_since(c, &rp.repository, &t.tag, plan.created_at)? => {
                     changes.push(format!("{at} was restored since"))
+                }
+                // A signature goes with its image's last tag, or because the image is not
+                // there: an image that gained a tag (a promotion by digest) or arrived since
+                // keeps it now.
+                Some(_)
+                    if let Some(image) = attachment_target(&t.tag)
+                        && let Some(change) = attachment_kept_now(c, repo, &now_tags, &deleted, &image)? =>
+                {
+                    changes.push(format!("{at}: {change}"))
                 }
                 Some(row) => {
                     if let Some(rule) = policies.immutable_rule(&rp.repository, &t.tag) {

@@ -640,7 +640,7 @@ tags_regex = "[0-9]+\\.[0-9]+\\.[0-9]+"
     let attachment = |digest: &str, kind: &str| format!("{}.{kind}", digest.replace(':', "-"));
     // Kept by immutability, not by the rule (it is the oldest): its signature stays too.
     let (_, release) = s.push_image("signed/a", "1.0.0", &[b"release layer"]).await;
-    let (_, v1) = s.push_image("signed/a", "v1", &[b"v1 layer"]).await;
+    let (v1_body, v1) = s.push_image("signed/a", "v1", &[b"v1 layer"]).await;
     s.advance_clock(1000).await;
     let (_, v2) = s.push_image("signed/a", "v2", &[b"v2 layer"]).await;
     let (_, untagged) = s.push_image("signed/a", "", &[b"pushed by digest"]).await;
@@ -674,6 +674,23 @@ tags_regex = "[0-9]+\\.[0-9]+\\.[0-9]+"
     let mut decisions = decisions;
     decisions.sort();
     assert_eq!(decisions, expected, "{plan:#}");
+
+    // v1 promoted by digest before the plan is applied: its signature is no longer one to
+    // delete, and the plan deletes nothing.
+    let promoted = s
+        .http
+        .put(s.url(&format!("/v2/signed/a/manifests/{v1}?tag=prod")))
+        .header("content-type", OCI_MANIFEST)
+        .body(v1_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(promoted.status(), StatusCode::CREATED);
+    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("is now tagged prod"), "{answer}");
+    let signature = attachment(&v1, "sig");
+    assert_eq!(s.head(&format!("/v2/signed/a/manifests/{signature}")).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
