@@ -86,8 +86,11 @@ pub struct TagDeletion<'a> {
 }
 
 /// Records a tag deletion. Called while the tag still exists: its push and pull times are
-/// kept, for a restore to put back.
+/// kept, for a restore to put back. It closes the tag's earlier deletions: only the latest
+/// may be undone, or a restore could bring back a version the tag had moved away from.
 pub fn record_deletion(conn: &Connection, d: &TagDeletion<'_>) -> Result<()> {
+    conn.prepare_cached("UPDATE tag_deletions SET restorable = 0 WHERE repository = ?1 AND tag = ?2 AND restorable = 1")?
+        .execute(params![d.repository, d.tag])?;
     conn.prepare_cached(
         "INSERT INTO tag_deletions (repository, tag, digest, manifest_id, deleted_at, actor, reason, restorable,
                                     pushed_at, pulled_at)
@@ -117,15 +120,17 @@ pub struct Restorable {
     pub pulled_at: Option<i64>,
 }
 
-/// The latest restorable deletion of `repo:tag` since `since`.
+/// The latest deletion of `repo:tag` since `since`, if it can be undone. Only the latest:
+/// an older one that can still be undone would bring back a version the tag had moved
+/// away from (deleted, pushed again elsewhere, then deleted with its manifest).
 pub fn restorable(conn: &Connection, repo: &str, tag: &str, since: i64) -> Result<Option<Restorable>> {
     Ok(conn
         .prepare_cached(
             "SELECT d.id, d.manifest_id, d.digest, d.pushed_at, d.pulled_at
-               FROM tag_deletions d JOIN manifests m ON m.id = d.manifest_id
-              WHERE d.repository = ?1 AND d.tag = ?2 AND d.restorable = 1 AND d.restored_at IS NULL
-                AND d.deleted_at > ?3 AND m.digest = d.digest
-              ORDER BY d.deleted_at DESC LIMIT 1",
+               FROM (SELECT * FROM tag_deletions WHERE repository = ?1 AND tag = ?2 AND deleted_at > ?3
+                      ORDER BY deleted_at DESC, id DESC LIMIT 1) d
+               JOIN manifests m ON m.id = d.manifest_id
+              WHERE d.restorable = 1 AND d.restored_at IS NULL AND m.digest = d.digest",
         )?
         .query_row(params![repo, tag, since], |r| {
             Ok(Restorable {

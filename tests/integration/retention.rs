@@ -281,6 +281,26 @@ async fn restore_within_the_window_and_not_after() {
     assert!(audit[0]["restorable_until"].is_null());
 }
 
+/// Only a tag's latest deletion can be undone: deleted, pushed again to another image,
+/// then deleted with that image, the tag does not come back pointing at the first one.
+#[tokio::test]
+async fn only_the_latest_deletion_of_a_tag_can_be_undone() {
+    let s = Server::start_with(&[
+        ("BOSUN_GC_ENABLED", "false"),
+        ("BOSUN_RESTORE_WINDOW", "1d"),
+        ("BOSUN_TEST_FAILPOINTS", "true"),
+    ]);
+    s.push_image("again", "x", &[b"first image"]).await;
+    assert_eq!(s.delete("/v2/again/manifests/x").await.status(), StatusCode::ACCEPTED);
+    let (_, second) = s.push_image("again", "x", &[b"second image"]).await;
+    assert_eq!(s.delete(&format!("/v2/again/manifests/{second}")).await.status(), StatusCode::ACCEPTED);
+    let (status, answer) = s.admin_post("/admin/restore?repository=again&tag=x").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let audit: Value = s.get("/admin/deletions").await.json().await.unwrap();
+    assert_eq!((&audit[0]["restorable"], &audit[1]["restorable"]), (&json!(false), &json!(false)), "{audit}");
+    assert_eq!(s.get("/v2/again/manifests/x").await.status(), StatusCode::NOT_FOUND);
+}
+
 /// A restored tag is as old as it was: `newest = 1` still keeps the tag pushed after it,
 /// and the audit shows the times it was restored with. (Restored as just pushed, the old
 /// tag ranked first and the plan deleted the newer one.) A plan made before the restore
