@@ -21,9 +21,11 @@ pub struct Cron {
     source: String,
 }
 
-/// How far ahead `next_after` looks: eight years and a day, the longest gap between two
-/// 29ths of February (2096 to 2104).
-const HORIZON_DAYS: i64 = 8 * 366 + 1;
+/// How far ahead `next_after` looks: the Gregorian calendar's whole cycle of 400 years,
+/// after which dates fall on the same weekdays again. A date that must also be a given
+/// weekday can be 40 years away (the 29th of February on a Sunday: 2088, then 2128); any
+/// day that comes at all comes within it. Only a schedule for such a day walks that far.
+const HORIZON_DAYS: i64 = 146_097;
 
 const RANGES: [(u32, u32); 5] = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
 const NAMES: [&str; 5] = ["minute", "hour", "day of month", "month", "day of week"];
@@ -94,8 +96,8 @@ impl Cron {
         day_matches && self.fields[3][month as usize]
     }
 
-    /// The first matching minute strictly after `after_ms`, if any within
-    /// eight years and a day (every date that exists at all comes within it).
+    /// The first matching minute strictly after `after_ms`, if any within 400 years (every
+    /// day that exists at all comes within them).
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
         let start = after_ms.div_euclid(60_000) + 1;
         let first_day = start.div_euclid(1440);
@@ -199,6 +201,11 @@ mod tests {
         let c = Cron::parse("0 0 29 2 *").unwrap();
         let after_2096 = 4_012_416_000_000; // 2097-02-23
         assert_eq!(c.next_after(after_2096).map(day), Some((2104, 2, 29)));
+        // A leap day that must be a Sunday: 2032, 2060, 2088, then 2128 (2100 is no leap
+        // year). It ran once and never again when the search stopped at eight years.
+        let c = Cron::parse("0 0 29 2 */7").unwrap();
+        let after_2088 = 3_793_478_400_001; // 2090-03-18
+        assert_eq!(c.next_after(after_2088).map(day), Some((2128, 2, 29)));
         for never in ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6,9,11 *"] {
             assert!(Cron::parse(never).unwrap_err().contains("matches no date"), "{never}");
         }
