@@ -134,10 +134,10 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
             }
         }
     });
-    let (state, started) = (opened.state.clone(), crate::metadata::now_ms());
+    let state = opened.state.clone();
     every("scheduled retention", config.retention_check_interval, &stopping, move || {
         let s = state.clone();
-        async move { s.retention.run_due(started).await }
+        async move { s.retention.run_due().await }
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/6.sql"),
     include_str!("migrations/7.sql"),
     include_str!("migrations/8.sql"),
+    include_str!("migrations/9.sql"),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 /// A commit that failed, as the error to tell. SQLite reports a full disk as
@@ -874,6 +875,7 @@ mod tests {
         include_str!("migrations/released/5.sql"),
         include_str!("migrations/released/6.sql"),
         include_str!("migrations/released/7.sql"),
+        include_str!("migrations/released/8.sql"),
     ];
 
     /// What a schema is made of, as SQLite sees it: each table's columns, foreign keys and

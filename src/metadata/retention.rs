@@ -89,8 +89,10 @@ pub struct TagDeletion<'a> {
 /// kept, for a restore to put back. It closes the tag's earlier deletions: only the latest
 /// may be undone, or a restore could bring back a version the tag had moved away from.
 pub fn record_deletion(conn: &Connection, d: &TagDeletion<'_>) -> Result<()> {
-    conn.prepare_cached("UPDATE tag_deletions SET restorable = 0 WHERE repository = ?1 AND tag = ?2 AND restorable = 1")?
-        .execute(params![d.repository, d.tag])?;
+    conn.prepare_cached(
+        "UPDATE tag_deletions SET restorable = 0 WHERE repository = ?1 AND tag = ?2 AND restorable = 1",
+    )?
+    .execute(params![d.repository, d.tag])?;
     conn.prepare_cached(
         "INSERT INTO tag_deletions (repository, tag, digest, manifest_id, deleted_at, actor, reason, restorable,
                                     pushed_at, pulled_at)
@@ -248,6 +250,23 @@ pub fn save_plan(conn: &Connection, plan: &str, now: i64) -> Result<i64> {
     let id = conn.last_insert_rowid();
     conn.prepare_cached("DELETE FROM retention_plans WHERE created_at < ?1")?.execute([now - PLAN_KEPT_MS])?;
     Ok(id)
+}
+
+/// When the scheduled policy `policy` last ran, or was first seen.
+pub fn schedule_last_run(conn: &Connection, policy: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT last_run_at FROM retention_schedule WHERE policy = ?1")?
+        .query_row([policy], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn set_schedule_last_run(conn: &Connection, policy: &str, at: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO retention_schedule (policy, last_run_at) VALUES (?1, ?2)
+             ON CONFLICT (policy) DO UPDATE SET last_run_at = excluded.last_run_at",
+    )?
+    .execute(params![policy, at])?;
+    Ok(())
 }
 
 /// A saved plan and whether it was applied already.

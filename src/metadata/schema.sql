@@ -1,4 +1,4 @@
--- Bosun metadata, schema version 8 (`migrations/` upgrades older databases). The single
+-- Bosun metadata, schema version 9 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.
 --
@@ -256,6 +256,14 @@ CREATE TABLE retention_plans (
     plan       TEXT NOT NULL,         -- JSON
     applied_at INTEGER
 );
+
+-- When each scheduled retention policy last ran, or was first seen (`policy/retention.rs`):
+-- kept here, a restart neither skips a run whose time came while Bosun was down nor runs
+-- at once a policy added since its last run.
+CREATE TABLE retention_schedule (
+    policy      TEXT PRIMARY KEY,
+    last_run_at INTEGER NOT NULL
+) WITHOUT ROWID;
 
 -- Quota groups: the repositories a `total` quota counts together, or the one repository
 -- of a per-repository quota, kept by the server from its policies when it opens the data

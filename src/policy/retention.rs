@@ -8,7 +8,7 @@
 //! subtracting what collection would free without them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -331,13 +331,11 @@ fn delete_planned(
 /// Plans and applies retention.
 pub struct Retention {
     collector: Arc<Collector>,
-    /// When each scheduled policy last ran (ms).
-    last_runs: Mutex<HashMap<String, i64>>,
 }
 
 impl Retention {
     pub fn new(collector: Arc<Collector>) -> Retention {
-        Retention { collector, last_runs: Mutex::default() }
+        Retention { collector }
     }
 
     /// Plans retention for every governed repository (or one repository, or one policy's
@@ -444,9 +442,12 @@ impl Retention {
         self.apply(plan.id).await
     }
 
-    /// Runs every scheduled policy that is due; called periodically. While collection is
-    /// paused, none is due (each runs at the first check after the resume).
-    pub async fn run_due(&self, started_at: i64) {
+    /// Runs every scheduled policy that is due; called periodically. When each last ran is
+    /// kept in metadata: a time that came while Bosun was down is caught up (once) at the
+    /// first check, and a policy first seen (new in the config, or added through the API)
+    /// runs at its next time, not at once. While collection is paused, none is due (each
+    /// runs at the first check after the resume).
+    pub async fn run_due(&self) {
         match self.collector.paused().await {
             Ok(None) => {}
             Ok(Some(_)) => return,
@@ -455,21 +456,45 @@ impl Retention {
                 return;
             }
         }
-        let policies = self.collector.registry().policies();
+        let registry = self.collector.registry();
+        let policies = registry.policies();
         let now = now_ms();
         for p in &policies.retention {
             let Some(schedule) = &p.schedule else { continue };
-            let last = *self.last_runs.lock().expect("retention poisoned").get(&p.spec.name).unwrap_or(&started_at);
+            let name = p.spec.name.clone();
+            let set_last = |at: i64| {
+                let name = name.clone();
+                registry.meta.write(move |c| q::set_schedule_last_run(c, &name, at))
+            };
+            let n = name.clone();
+            let last = match registry.meta.read(move |c| q::schedule_last_run(c, &n)).await {
+                Ok(Some(last)) => last,
+                Ok(None) => {
+                    if let Err(e) = set_last(now).await {
+                        tracing::error!(policy = %name, error = %e, "recording a retention policy's schedule failed");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(policy = %name, error = %e, "reading when a retention policy last ran failed");
+                    continue;
+                }
+            };
             if !schedule.due(last, now) {
                 continue;
             }
-            self.last_runs.lock().expect("retention poisoned").insert(p.spec.name.clone(), now);
-            let outcome = self.run(Some(p.spec.name.clone())).await;
+            if let Err(e) = set_last(now).await {
+                tracing::error!(policy = %name, error = %e, "recording a retention policy's run failed; not run");
+                continue;
+            }
+            let outcome = self.run(Some(name.clone())).await;
             if outcome.is_err() {
                 // Due again at the next check rather than a whole period later: paused after
                 // the check above, the registry changed between plan and apply, or a failure
                 // that may pass.
-                self.last_runs.lock().expect("retention poisoned").insert(p.spec.name.clone(), last);
+                if let Err(e) = set_last(last).await {
+                    tracing::error!(policy = %name, error = %e, "recording a retention policy's schedule failed");
+                }
             }
             if outcome.as_ref().is_err_and(|e| !matches!(e, RetentionError::Paused(_))) {
                 Metrics::add(&self.collector.registry().metrics.retention_failures, 1);
