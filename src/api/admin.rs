@@ -87,17 +87,19 @@ fn client(peer: Option<std::net::SocketAddr>) -> String {
     peer.map_or_else(|| "unknown client".to_owned(), |p| p.ip().to_string())
 }
 
-/// Whether a client at `peer` may use the admin API: there is no authentication yet, so
-/// only loopback clients may, unless the operator opened it (`admin_remote`). A request
-/// with no known peer (never the case behind the real listener) is refused.
-pub fn allowed(peer: Option<std::net::SocketAddr>, admin_remote: bool) -> bool {
-    admin_remote || peer.is_some_and(|p| p.ip().is_loopback())
+/// Whether a client at `peer`, connected to `local`, may use the admin API: there is no
+/// authentication yet, so only clients on this host may (loopback, or the address the
+/// server listens on, which `bosun` itself uses when `listen` names one), unless the
+/// operator opened it (`admin_remote`). A request with no known peer (never the case
+/// behind the real listener) is refused.
+pub fn allowed(peer: Option<std::net::SocketAddr>, local: Option<std::net::SocketAddr>, admin_remote: bool) -> bool {
+    admin_remote || peer.is_some_and(|p| p.ip().is_loopback() || local.is_some_and(|l| l.ip() == p.ip()))
 }
 
 pub fn refuse_remote() -> AdminResponse {
     error(
         StatusCode::FORBIDDEN,
-        "the admin API answers loopback clients only (it has no authentication yet); set admin_remote = true to open it",
+        "the admin API answers clients on the server's own host only (it has no authentication yet); set admin_remote = true to open it",
     )
 }
 
@@ -396,14 +398,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_loopback_by_default() {
-        let local: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let remote: std::net::SocketAddr = "192.0.2.7:4000".parse().unwrap();
-        let local6: std::net::SocketAddr = "[::1]:4000".parse().unwrap();
-        assert!(allowed(Some(local), false));
-        assert!(allowed(Some(local6), false));
-        assert!(!allowed(Some(remote), false));
-        assert!(!allowed(None, false));
-        assert!(allowed(Some(remote), true));
+    fn only_this_host_by_default() {
+        let addr = |a: &str| Some(a.parse::<std::net::SocketAddr>().unwrap());
+        let server = addr("192.0.2.1:5000");
+        assert!(allowed(addr("127.0.0.1:4000"), server, false));
+        assert!(allowed(addr("[::1]:4000"), server, false));
+        assert!(!allowed(addr("192.0.2.7:4000"), server, false));
+        assert!(!allowed(None, server, false));
+        assert!(allowed(addr("192.0.2.7:4000"), server, true));
+        // A client on the server's own host, through the address the server listens on
+        // (what `bosun` uses when `listen` names one).
+        assert!(allowed(addr("192.0.2.1:41000"), server, false));
+        assert!(!allowed(addr("192.0.2.1:41000"), None, false));
     }
 }

@@ -108,9 +108,13 @@ pub async fn serve(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
         let router = router.clone();
+        let local = tcp.local_addr().ok().map(LocalAddr);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut request = request.map(|body| axum::body::Body::new(StallLimited::new(body, stall_limit)));
             request.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(local) = local {
+                request.extensions_mut().insert(local);
+            }
             router.clone().call(request)
         });
         let connection = http.serve_connection(TokioIo::new(StallLimited::new(tcp, stall_limit)), service);
@@ -144,6 +148,11 @@ pub async fn serve(
 fn nonzero(limit: Duration) -> Option<Duration> {
     (!limit.is_zero()).then_some(limit)
 }
+
+/// The address a connection was accepted on (the server's end), beside the client's
+/// (`ConnectInfo`): a client whose address is this one runs on the server's own host.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAddr(pub std::net::SocketAddr);
 
 /// How often, at most, the log says that every connection slot is taken.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);

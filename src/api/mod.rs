@@ -74,6 +74,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let local = parts.extensions.get::<connections::LocalAddr>().map(|l| l.0);
     let admin = path.starts_with("/admin/") || path == "/metrics" || path == "/healthz";
     // Parsed once: the router, the access log and the metrics see the same endpoint.
     let endpoint = (!admin).then(|| Endpoint::parse(path));
@@ -81,7 +82,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let entry = access_log::Entry::start(&parts.method, &parts.uri, parsed, peer);
     let timer = state.requests.start(request_metrics::Route::of(path, parsed), &parts.method);
     let (method, uri) = (parts.method.clone(), parts.uri.clone());
-    let refused = path.starts_with("/admin/") && !admin::allowed(peer, state.config.admin_remote);
+    let refused = path.starts_with("/admin/") && !admin::allowed(peer, local, state.config.admin_remote);
     let answer = async {
         match endpoint {
             None if refused => admin::refuse_remote(),
