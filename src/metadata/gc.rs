@@ -109,6 +109,16 @@ pub fn remove_manifest_if_garbage(
         }
     };
     let Some(reason) = garbage else { return Ok(None) };
+    // Its children lose their last parent here, and restart their grace: a client that read
+    // one (a read refreshes only what has no parent) or the index that listed it may be
+    // about to list it in an index of its own. Past this run's cutoff even within its first
+    // millisecond, so that not this run but the next takes them (with no grace at all).
+    // Its blobs and links need nothing: every probe refreshes them, whoever references them.
+    conn.prepare_cached(
+        "UPDATE manifests SET touched_at = MAX(touched_at, ?2)
+          WHERE id IN (SELECT child_id FROM manifest_children WHERE parent_id = ?1)",
+    )?
+    .execute(params![id, super::now_ms().max(judge.cutoff.saturating_add(1))])?;
     let deleted = super::manifests::delete(conn, id, None)?;
     Ok(Some(RemovedManifest { repository, digest, bytes: deleted.bytes, tags: deleted.tags, reason }))
 }

@@ -171,7 +171,8 @@ pub struct Deleted {
 /// reference here (its blobs and their links, its children, its referrers) restarts its
 /// grace period: a user's delete gives clients that still use that content time to say
 /// so. Garbage collection passes `None`: what it deletes had been unreferenced for a
-/// whole grace period already, and what that frees may go in the same collection.
+/// whole grace period already, and what that frees may go in the same collection, except
+/// the children of an index, whose grace it restarts itself (`gc::remove_manifest_if_garbage`).
 pub fn delete(conn: &Connection, id: ManifestId, touch_at: Option<i64>) -> Result<Deleted> {
     if let Some(now) = touch_at {
         conn.prepare_cached(
