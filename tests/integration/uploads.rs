@@ -142,6 +142,13 @@ async fn wrong_digest_stores_nothing() {
     expect_error(resp, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
     let resp = s.http.put(s.url(&location)).body("x").send().await.unwrap();
     expect_error(resp, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    // So is a session announced for one (`digest-algorithm`, spec 1.1), before any byte.
+    let resp = s.http.post(s.url("/v2/verify/blobs/uploads/?digest-algorithm=blake3")).send().await.unwrap();
+    let msg = expect_error(resp, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    assert!(msg.contains("blake3"), "{msg}");
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
+    let resp = s.http.post(s.url("/v2/verify/blobs/uploads/?digest-algorithm=sha512")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
 }
 
 /// A monolithic POST that is refused leaves no session: its client never learned the id,
