@@ -209,7 +209,10 @@ impl Graph {
 /// Accounting for the whole registry (or one repository), from one metadata snapshot.
 pub async fn usage(registry: &Registry, repository: Option<String>) -> crate::metadata::Result<Report> {
     let rows = registry.meta.read(|c| crate::metadata::accounting::graph(c)).await?;
-    let mut report = Graph::new(rows).report();
+    // Linear in the store, and all in memory: not on a thread that serves requests.
+    let mut report = tokio::task::spawn_blocking(move || Graph::new(rows).report())
+        .await
+        .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))?;
     if let Some(r) = repository {
         report.repositories.retain(|u| u.repository == r);
     }

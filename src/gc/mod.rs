@@ -408,58 +408,44 @@ impl Collector {
         let run = InProgress { kind, trigger: trigger.to_owned(), dry_run, started_at: report.run.started_at };
         *self.in_progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
         let in_progress = InProgressGuard(self.in_progress.clone());
+        let started = Instant::now();
         tokio::spawn(async move {
             let _one_at_a_time = one_at_a_time;
             let _in_progress = in_progress;
-            let started = Instant::now();
             let (report, outcome) = body(this.clone(), report).await;
             this.finish(report, outcome, started).await
         })
         .await
         .unwrap_or_else(|e| {
             // A panic: the run's report went with it, so it is neither recorded nor in the
-            // log as a stopped run; say so here, and count it as the failure it is.
+            // log as a stopped run; say so here, and count it as the failed run it is (what
+            // it removed before is counted nowhere, but reconcile finds any bytes it left).
             tracing::error!(kind, trigger, error = %e, "garbage collection stopped: its task failed");
-            let m = &self.registry.metrics;
-            Metrics::add(if kind == "collect" { &m.gc_failures } else { &m.reconcile_failures }, 1);
+            self.count(&Report::new(kind, trigger, dry_run).run, false, started);
             Err(GcError::Task(e.to_string()))
         })
     }
 
     /// Records the run and updates the metrics, whatever the outcome.
     async fn finish(&self, mut report: Report, outcome: Result<()>, started: Instant) -> Result<Report> {
-        let m = &self.registry.metrics;
         report.run.finished_at = now_ms();
         if let Err(e) = &outcome {
             tracing::error!(error = %e, kind = %report.run.kind, "garbage collection stopped");
             report.run.error = Some(e.to_string());
         }
-        if report.run.kind == "collect" {
-            Metrics::add(if report.run.dry_run { &m.gc_dry_runs } else { &m.gc_runs }, 1);
-            Metrics::add(&m.gc_duration_ms, started.elapsed().as_millis() as u64);
-            if outcome.is_err() {
-                Metrics::add(&m.gc_failures, 1);
-            }
-            if !report.run.dry_run {
-                Metrics::add(&m.gc_manifests_removed, report.run.manifests_removed);
-                Metrics::add(&m.gc_links_removed, report.run.links_removed);
-                Metrics::add(&m.gc_blobs_removed, report.run.blobs_removed);
-                Metrics::add(&m.gc_uploads_removed, report.run.uploads_removed);
-                Metrics::add(&m.gc_repositories_removed, report.run.repositories_removed);
-                Metrics::add(&m.gc_bytes_removed, report.run.bytes_removed);
-            }
-        } else if outcome.is_err() {
-            Metrics::add(&m.reconcile_failures, 1);
-        }
         let record = report.run.clone();
-        report.run.id = match self.registry.meta.write(move |c| q::record_run(c, &record)).await {
-            Ok(id) => id,
+        let outcome = match self.registry.meta.write(move |c| q::record_run(c, &record)).await {
+            Ok(id) => {
+                report.run.id = id;
+                outcome
+            }
             Err(e) => {
-                // A scheduled run has nobody to tell but the log.
+                // A scheduled run has nobody to tell but the log; and unrecorded, it failed.
                 tracing::error!(error = %e, kind = %report.run.kind, "recording the garbage collection run failed");
-                return Err(e.into());
+                outcome.and(Err(e.into()))
             }
         };
+        self.count(&report.run, outcome.is_ok(), started);
         tracing::info!(
             kind = %report.run.kind,
             trigger = %report.run.trigger,
@@ -474,6 +460,30 @@ impl Collector {
             "garbage collection finished"
         );
         outcome.map(|()| report)
+    }
+
+    /// Counts a run in the metrics once its outcome is final (its record written or not).
+    fn count(&self, run: &RunRecord, succeeded: bool, started: Instant) {
+        let m = &self.registry.metrics;
+        if run.kind == "collect" {
+            Metrics::add(if run.dry_run { &m.gc_dry_runs } else { &m.gc_runs }, 1);
+            Metrics::add(&m.gc_duration_ms, started.elapsed().as_millis() as u64);
+            if !succeeded {
+                Metrics::add(&m.gc_failures, 1);
+            }
+            if !run.dry_run {
+                Metrics::add(&m.gc_manifests_removed, run.manifests_removed);
+                Metrics::add(&m.gc_links_removed, run.links_removed);
+                Metrics::add(&m.gc_blobs_removed, run.blobs_removed);
+                Metrics::add(&m.gc_uploads_removed, run.uploads_removed);
+                Metrics::add(&m.gc_repositories_removed, run.repositories_removed);
+                Metrics::add(&m.gc_bytes_removed, run.bytes_removed);
+            }
+        } else if !succeeded {
+            Metrics::add(&m.reconcile_failures, 1);
+        } else if !run.dry_run {
+            Metrics::add(&m.reconcile_runs, 1);
+        }
     }
 
     /// The real run: transactions that give way to pushes, candidates re-checked at

@@ -133,7 +133,6 @@ impl Collector {
         // Last: housekeeping, which must not keep the repair from running.
         if !report.run.dry_run {
             self.prune_history().await?;
-            Metrics::add(&reg.metrics.reconcile_runs, 1);
         }
         Ok(())
     }
