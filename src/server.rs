@@ -263,13 +263,22 @@ where
     });
 }
 
+/// Waits for SIGINT or SIGTERM. From then on, a second one stops the process at once, in
+/// the drain or while background work ends: an operator who presses Ctrl-C again means it,
+/// and a stop cut short is a crash, which Bosun is built to survive. (Tokio's handlers stay
+/// installed for the life of the process, and would swallow it.)
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
-    tracing::info!("shutting down");
+    // SAFETY: restores the default action of two signals; no handler of ours is involved.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+    }
+    tracing::info!("shutting down (a second SIGINT or SIGTERM stops at once)");
 }
 
 #[cfg(test)]

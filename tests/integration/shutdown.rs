@@ -71,6 +71,26 @@ async fn a_request_in_flight_at_shutdown_finishes_before_the_server_exits() {
     assert_eq!(s.get(&format!("/v2/stop/blobs/{digest}")).await.bytes().await.unwrap(), body);
 }
 
+/// A second SIGTERM stops the server at once, even while a request holds up the drain;
+/// the chunk it cut off is left to be resumed, as after a crash.
+#[tokio::test]
+async fn a_second_signal_stops_the_server_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), &[("BOSUN_HTTP_DRAIN_TIMEOUT", "60s")]);
+    let location = header(&s.http.post(s.url("/v2/stop/blobs/uploads/")).send().await.unwrap(), "location");
+    let mut tcp = start_chunk(&s, &location, (0, 199_999)).await;
+    tcp.write_all(&random_bytes(21, 100_000)).await.unwrap();
+    s.terminate();
+    wait_refusing(&s.addr).await;
+    // Still draining: the request is in flight and may take the whole minute.
+    assert!(s.exited_within(Duration::from_millis(500)).await.is_none(), "the first signal did not wait for the drain");
+    s.terminate();
+    let status = s.exited_within(Duration::from_secs(5)).await.expect("still running after a second SIGTERM");
+    assert!(!status.success(), "{status}");
+    let s = Server::start_in(dir.path(), &[]);
+    assert_eq!(header(&s.get(&location).await, "range"), "0-0", "the cut-off chunk was kept");
+}
+
 /// At the connection cap the accept loop waits for a slot; a signal must end that wait
 /// too, not only a wait for a connection. The one connection held is idle between
 /// requests, which the drain closes at once.
