@@ -163,6 +163,9 @@ enum RetentionAction {
     },
 }
 
+/// How long background work may take to end once the server has stopped serving.
+const RUNTIME_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `--grace-period`, `--for`: a duration as the configuration writes one.
 fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
     bosun::config::parse_duration(raw).map_err(|e| e.to_string())
@@ -229,8 +232,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let lock = runtime.block_on(bosun::server::serve(cfg))?;
             // Whatever the runtime still runs ends (blocking work to its end, tasks at their
-            // next await) before the data directory is released.
-            drop(runtime);
+            // next await) before the data directory is released. Work that outlasts
+            // RUNTIME_STOP_LIMIT (a reconcile walking a huge or hung store) is left to the
+            // process's exit, which releases the directory only as it ends that work, as
+            // for a crash: a supervisor's SIGKILL would otherwise come first.
+            let stopping = std::time::Instant::now();
+            runtime.shutdown_timeout(RUNTIME_STOP_LIMIT);
+            if stopping.elapsed() >= RUNTIME_STOP_LIMIT {
+                tracing::warn!(limit = ?RUNTIME_STOP_LIMIT, "background work did not end in time: left to the exit, as after a crash (the metadata log holds the last commits)");
+                std::mem::forget(lock);
+                return Ok(());
+            }
             drop(lock);
             tracing::info!("stopped");
             Ok(())
