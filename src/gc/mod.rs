@@ -620,9 +620,14 @@ impl Collector {
             let (_guards, known) = checked?;
             let doomed: Vec<&(Digest, u64)> = batch.iter().zip(known).filter(|(_, k)| !k).map(|(b, _)| b).collect();
             let digests: Vec<Digest> = doomed.iter().map(|(d, _)| d.clone()).collect();
-            store.delete_blobs(&digests).await?;
-            for (digest, size) in doomed {
+            // What could not be removed is neither counted nor reported as freed; its bytes
+            // are unknown to metadata now, for reconcile. The first error ends the run.
+            let failed = store.delete_blobs(&digests).await;
+            for (digest, size) in doomed.into_iter().filter(|(d, _)| !failed.iter().any(|(f, _)| f == d)) {
                 report.blob(digest.to_string(), *size);
+            }
+            if let Some((digest, e)) = failed.into_iter().next() {
+                return Err(std::io::Error::new(e.kind(), format!("removing the bytes of {digest}: {e}")).into());
             }
         }
         Ok(())

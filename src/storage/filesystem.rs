@@ -299,18 +299,19 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Unlinks the files of each shard (a missing one is not an error), then prunes the shard's
-/// directory if that left it empty.
-fn unlink_shards(shards: &[Vec<PathBuf>], stop: &Path) -> io::Result<()> {
+/// directory if that left it empty. Returns the blobs it could not unlink.
+fn unlink_shards(shards: &[Vec<(PathBuf, Digest)>], stop: &Path) -> Vec<(Digest, io::Error)> {
+    let mut failed = Vec::new();
     for shard in shards {
-        for path in shard.iter() {
+        for (path, digest) in shard {
             match fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => failed.push((digest.clone(), e)),
                 _ => {}
             }
         }
-        prune_empty_dirs(shard[0].parent().expect("blob path has a parent"), stop);
+        prune_empty_dirs(shard[0].0.parent().expect("blob path has a parent"), stop);
     }
-    Ok(())
+    failed
 }
 
 /// Removes `dir` and then its parents up to (not including) `stop`, while they are empty.
@@ -748,14 +749,14 @@ impl BlobStore for FilesystemStore {
         .await
     }
 
-    async fn delete_blobs(&self, digests: &[Digest]) -> io::Result<()> {
-        let mut paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
+    async fn delete_blobs(&self, digests: &[Digest]) -> Vec<(Digest, io::Error)> {
+        let mut paths: Vec<(PathBuf, Digest)> = digests.iter().map(|d| (self.blob_path(d), d.clone())).collect();
         paths.sort();
         let stop = Arc::new(self.root.join("blobs"));
         // One group per shard directory, so that a directory is pruned once, by the thread
         // that emptied it: a failed `rmdir` of a full shard reads the directory.
-        let mut shards: Vec<Vec<PathBuf>> =
-            paths.chunk_by(|a, b| a.parent() == b.parent()).map(<[PathBuf]>::to_vec).collect();
+        let mut shards: Vec<Vec<(PathBuf, Digest)>> =
+            paths.chunk_by(|a, b| a.0.parent() == b.0.parent()).map(<[(PathBuf, Digest)]>::to_vec).collect();
         // Threads of the blocking pool, which outlive the call: a collection that removes a
         // few blobs, as most do under steady traffic, would otherwise pay more for creating
         // and tearing down threads than for its unlinks.
@@ -764,17 +765,21 @@ impl BlobStore for FilesystemStore {
         let per_thread = shards.len().div_ceil(threads).max(1);
         let mut workers = Vec::with_capacity(threads);
         while !shards.is_empty() {
-            let part: Vec<Vec<PathBuf>> = shards.drain(..per_thread.min(shards.len())).collect();
+            let part: Vec<Vec<(PathBuf, Digest)>> = shards.drain(..per_thread.min(shards.len())).collect();
+            let digests: Vec<Digest> = part.iter().flatten().map(|(_, d)| d.clone()).collect();
             let stop = stop.clone();
-            workers.push(tokio::task::spawn_blocking(move || unlink_shards(&part, &stop)));
+            workers.push((digests, tokio::task::spawn_blocking(move || unlink_shards(&part, &stop))));
         }
-        // Every worker runs to its end; the first failure is reported.
-        let mut outcome = Ok(());
-        for worker in workers {
-            let result = worker.await.unwrap_or_else(|e| Err(io::Error::other(e)));
-            outcome = outcome.and(result);
+        // Every worker runs to its end. One that failed as a whole leaves its blobs unknown:
+        // counted as not removed (reconcile finds whatever bytes stayed).
+        let mut failed = Vec::new();
+        for (digests, worker) in workers {
+            match worker.await {
+                Ok(some) => failed.extend(some),
+                Err(e) => failed.extend(digests.into_iter().map(|d| (d, io::Error::other(e.to_string())))),
+            }
         }
-        outcome
+        failed
     }
 
     async fn list_blobs(&self) -> io::Result<Vec<StoredBlob>> {
@@ -937,12 +942,27 @@ mod tests {
         assert!(store.list_blobs().await.unwrap().is_empty());
     }
 
+    /// A blob that cannot be unlinked (here a directory stands where its file should) is
+    /// returned with its error; the others of the batch go all the same.
+    #[tokio::test]
+    async fn batch_delete_names_what_it_could_not_remove() {
+        let (_dir, store) = open_store();
+        let gone = store_blob(&store, b"goes").await;
+        let stuck = Digest::sha256_of(b"a directory in its place");
+        let path = store.blob_path(&stuck);
+        fs::create_dir_all(&path).unwrap();
+        fs::write(path.join("inside"), b"x").unwrap();
+        let failed = store.delete_blobs(&[stuck.clone(), gone.clone()]).await;
+        assert_eq!(failed.iter().map(|(d, _)| d).collect::<Vec<_>>(), [&stuck]);
+        assert!(!store.blob_path(&gone).exists());
+    }
+
     #[tokio::test]
     async fn batch_delete_tolerates_missing_blobs() {
         let (dir, store) = open_store();
         let mut digests = vec![store_blob(&store, b"one").await, store_blob(&store, b"two").await];
         digests.push(Digest::sha256_of(b"never stored"));
-        store.delete_blobs(&digests).await.unwrap();
+        assert!(store.delete_blobs(&digests).await.is_empty());
         assert!(store.list_blobs().await.unwrap().is_empty());
         assert_eq!(fs::read_dir(dir.path().join("blobs")).unwrap().count(), 0);
     }

@@ -71,16 +71,18 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> io::Result<ByteStream>;
     /// Removes a blob's bytes.
     async fn delete_blob(&self, digest: &Digest) -> io::Result<()>;
-    /// Removes the bytes of several blobs; a missing one is not an error. The first other
-    /// failure is returned (some of the others may be removed by then).
-    async fn delete_blobs(&self, digests: &[Digest]) -> io::Result<()> {
+    /// Removes the bytes of several blobs, as many as it can; a missing one counts as
+    /// removed. Returns those it could not remove, each with its error (for the caller to
+    /// count only what went).
+    async fn delete_blobs(&self, digests: &[Digest]) -> Vec<(Digest, io::Error)> {
+        let mut failed = Vec::new();
         for digest in digests {
             match self.delete_blob(digest).await {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => failed.push((digest.clone(), e)),
                 _ => {}
             }
         }
-        Ok(())
+        failed
     }
     /// Every stored blob. Fails as a whole on any listing error.
     async fn list_blobs(&self) -> io::Result<Vec<StoredBlob>>;
