@@ -44,6 +44,10 @@ pub struct ParsedManifest {
     pub media_type: String,
     /// Blobs that must exist in the repository: the config and the distributable layers.
     pub blobs: Vec<Descriptor>,
+    /// Non-distributable layers: their bytes live elsewhere (`urls`), so they need not be
+    /// in the repository; but one that is there (a client that pushes them anyway, as
+    /// Docker with `allow-nondistributable-artifacts` does) is referenced like any layer.
+    pub foreign: Vec<Descriptor>,
     /// Manifests that must exist in the repository: the entries of an index.
     pub children: Vec<Descriptor>,
     pub subject: Option<Descriptor>,
@@ -136,12 +140,15 @@ impl ParsedManifest {
                 }
                 let config_type = Some(config.media_type.clone()).filter(|t| !t.is_empty());
                 let artifact_type = raw.artifact_type.clone().or(config_type);
+                let (foreign, layers): (Vec<_>, Vec<_>) =
+                    layers.into_iter().partition(|l| is_non_distributable(&l.media_type));
                 let mut blobs = vec![config];
-                blobs.extend(layers.into_iter().filter(|l| !is_non_distributable(&l.media_type)));
+                blobs.extend(layers);
                 ParsedManifest {
                     kind,
                     media_type,
                     blobs,
+                    foreign,
                     children: Vec::new(),
                     subject: raw.subject,
                     artifact_type,
@@ -158,6 +165,7 @@ impl ParsedManifest {
                     kind,
                     media_type,
                     blobs: Vec::new(),
+                    foreign: Vec::new(),
                     children,
                     subject: raw.subject,
                     artifact_type: raw.artifact_type,

@@ -89,7 +89,7 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&payload),
         };
-        let parsed = ParsedManifest::parse(&payload, content_type).map_err(|e| match e {
+        let mut parsed = ParsedManifest::parse(&payload, content_type).map_err(|e| match e {
             ManifestError::Json(_)
             | ManifestError::Schema1
             | ManifestError::UnknownMediaType(_)
@@ -120,6 +120,13 @@ impl Registry {
                         return Err(Error::Denied(format!(
                             "tag {n}:{tag} is immutable ({rule}); it points at {current} and cannot be moved"
                         )));
+                    }
+                }
+                // A non-distributable layer the repository holds is referenced, so that
+                // collection keeps it; one it does not hold is fetched from elsewhere.
+                for layer in std::mem::take(&mut parsed.foreign) {
+                    if blobs::linked_size(c, repo, &layer.digest)?.is_some() {
+                        parsed.blobs.push(layer);
                     }
                 }
                 for blob in &parsed.blobs {

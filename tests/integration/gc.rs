@@ -750,3 +750,37 @@ async fn a_pause_waits_for_the_run_in_progress_and_stops_retention() {
     assert_eq!((status, &applied["tags_deleted"]), (StatusCode::OK, &json!(1)), "{applied}");
     assert_eq!(s.get("/v2/pause/b/manifests/old").await.status(), StatusCode::NOT_FOUND);
 }
+
+/// A non-distributable layer need not be in the repository (its bytes live at `urls`);
+/// but one a client pushed anyway (Docker with `allow-nondistributable-artifacts`) is
+/// part of the image: collection keeps it while the image lives.
+#[tokio::test]
+async fn a_pushed_non_distributable_layer_lives_with_its_image() {
+    let s = Server::start_with(GC_NOW);
+    let config = b"{}";
+    let (foreign, absent) = (random_bytes(130, 5_000), random_bytes(131, 5_000));
+    let config_digest = s.push_blob("foreign/a", config).await;
+    let foreign_digest = s.push_blob("foreign/a", &foreign).await;
+    let layer = |digest: &str, size: usize| {
+        json!({"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "digest": digest,
+               "size": size, "urls": ["https://example.com/layer"]})
+    };
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": [layer(&foreign_digest, foreign.len()), layer(&sha256(&absent), absent.len())],
+    }))
+    .unwrap();
+    assert_eq!(s.put_manifest("foreign/a", "v1", OCI_MANIFEST, &manifest).await.status(), StatusCode::CREATED);
+    for _ in 0..2 {
+        let report = s.gc(false).await;
+        assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    }
+    let got = s.get(&format!("/v2/foreign/a/blobs/{foreign_digest}")).await;
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.unwrap(), foreign);
+    // Untagged, the image goes, and the layer with it.
+    s.delete("/v2/foreign/a/manifests/v1").await;
+    let report = s.gc(false).await;
+    assert_eq!(count(&report, "blob"), 2, "the config and the pushed foreign layer: {report}");
+}
