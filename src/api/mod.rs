@@ -132,9 +132,10 @@ async fn route(registry: &Arc<Registry>, endpoint: Result<Endpoint, PathError>, 
     let method = request.method.clone();
     match (&endpoint, &method) {
         (Base, &Method::GET | &Method::HEAD) => Ok(handlers::listing::base()),
-        (Catalog, &Method::GET) => handlers::listing::catalog(registry, &request).await,
-        (Tags { name }, &Method::GET) => handlers::listing::tags(registry, name, &request).await,
-        (Referrers { name, digest }, &Method::GET) => {
+        // HEAD as GET; hyper sends no body after the head of an answer to a HEAD.
+        (Catalog, &Method::GET | &Method::HEAD) => handlers::listing::catalog(registry, &request).await,
+        (Tags { name }, &Method::GET | &Method::HEAD) => handlers::listing::tags(registry, name, &request).await,
+        (Referrers { name, digest }, &Method::GET | &Method::HEAD) => {
             handlers::listing::referrers(registry, name, digest, &request).await
         }
         (Manifest { name, reference }, &Method::GET | &Method::HEAD) => {

@@ -15,6 +15,11 @@ async fn tags_paginate_in_lexical_order() {
     let all: Value = s.get("/v2/list/tags/tags/list").await.json().await.unwrap();
     assert_eq!(all["name"], "list/tags");
     assert_eq!(all["tags"], json!(["C", "_z", "a", "b", "v1.10.0", "v1.9.0"]));
+    for path in ["/v2/list/tags/tags/list", "/v2/_catalog"] {
+        let head = s.head(path).await;
+        assert_eq!(head.status(), StatusCode::OK, "HEAD {path}");
+        assert_eq!(header(&head, "content-type"), "application/json", "HEAD {path}");
+    }
 
     let mut seen = Vec::new();
     let mut next = Some("/v2/list/tags/tags/list?n=4".to_owned());

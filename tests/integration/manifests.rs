@@ -208,6 +208,14 @@ async fn subject_header_and_referrers_in_either_order() {
     assert_eq!(only["artifactType"], "application/vnd.example.sbom");
     assert_eq!(only["annotations"]["n"], "2");
     assert_eq!(only["size"], sbom.len());
+    // An empty filter filters nothing.
+    let resp = s.get(&format!("/v2/ref/referrers/{subject}?artifactType=")).await;
+    assert!(resp.headers().get("oci-filters-applied").is_none());
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["manifests"].as_array().unwrap().len(), 2);
+    // HEAD as GET, without the body.
+    let head = s.head(&format!("/v2/ref/referrers/{subject}")).await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(header(&head, "content-type"), OCI_INDEX);
     // No referrers, unknown repository: an empty index, never 404.
     let none: serde_json::Value = s.get(&format!("/v2/nothing/here/referrers/{config}")).await.json().await.unwrap();
     assert_eq!(none["manifests"], json!([]));

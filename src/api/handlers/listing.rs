@@ -63,7 +63,8 @@ pub async fn tags(registry: &Registry, name: &RepoName, request: &Request) -> Ap
 
 pub async fn referrers(registry: &Registry, name: &RepoName, digest: &Digest, request: &Request) -> ApiResult {
     let params = headers::query(request);
-    let filter = headers::param(&params, "artifactType").map(str::to_owned);
+    // An empty filter names no type: no filter (no manifest has an empty artifactType).
+    let filter = headers::param(&params, "artifactType").filter(|t| !t.is_empty()).map(str::to_owned);
     let filtered = filter.is_some();
     let manifests: Vec<Value> = registry
         .referrers(name, digest, filter)

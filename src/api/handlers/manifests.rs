@@ -23,9 +23,15 @@ fn accepts(accept: Option<&str>, media_type: &str) -> bool {
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
         return true;
     };
+    // Media types compare without case (RFC 9110), and a type given `q=0` is refused.
     accept
         .split(',')
-        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .filter_map(|entry| {
+            let mut parts = entry.split(';');
+            let t = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let refused = parts.any(|p| p.trim().strip_prefix("q=").is_some_and(|q| q.trim().parse() == Ok(0.0_f32)));
+            (!refused).then_some(t)
+        })
         .any(|t| t == media_type || t == "*/*" || t == "application/*" || t == "application/json")
 }
 
@@ -121,5 +127,9 @@ mod tests {
         assert!(!accepts(Some(OCI_MANIFEST), OCI_INDEX));
         assert!(accepts(Some(&format!("{OCI_MANIFEST}, {OCI_INDEX};q=0.5")), OCI_INDEX));
         assert!(accepts(Some("*/*"), DOCKER_MANIFEST_LIST));
+        // Without case, and not what the client gave no weight to.
+        assert!(accepts(Some("Application/VND.OCI.Image.Index.v1+JSON"), OCI_INDEX));
+        assert!(!accepts(Some(&format!("{OCI_MANIFEST}, {OCI_INDEX};q=0")), OCI_INDEX));
+        assert!(!accepts(Some(&format!("{OCI_MANIFEST}, {OCI_INDEX}; q=0.0")), OCI_INDEX));
     }
 }
