@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 
@@ -137,14 +137,15 @@ pub struct Timer<'a> {
 impl Timer<'_> {
     pub fn finish(mut self, status: StatusCode) {
         self.done = true;
-        self.metrics.observe(self.route, self.method, (status.as_u16() / 100).clamp(1, 5) as usize - 1, self.started);
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.metrics.observe(self.route, self.method, class, self.started.elapsed());
     }
 }
 
 impl Drop for Timer<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.metrics.observe(self.route, self.method, CLASSES.len() - 1, self.started);
+            self.metrics.observe(self.route, self.method, CLASSES.len() - 1, self.started.elapsed());
         }
     }
 }
@@ -154,8 +155,7 @@ impl RequestMetrics {
         Timer { metrics: self, route, method: method_index(method), started: Instant::now(), done: false }
     }
 
-    fn observe(&self, route: Route, method: usize, class: usize, started: Instant) {
-        let took = started.elapsed();
+    fn observe(&self, route: Route, method: usize, class: usize, took: Duration) {
         self.counts[route as usize][method][class].fetch_add(1, Ordering::Relaxed);
         let histogram = &self.times[route as usize][method];
         let secs = took.as_secs_f64();
@@ -250,11 +250,10 @@ mod tests {
     #[test]
     fn counts_a_cumulative_histogram_and_requests_cut_off() {
         let m = RequestMetrics::default();
-        let back = |by: Duration| Instant::now() - by;
         let get = method_index(&Method::GET);
-        m.observe(Route::Manifest, get, 1, back(Duration::from_millis(3)));
-        m.observe(Route::Manifest, get, 3, back(Duration::from_millis(30)));
-        m.observe(Route::Manifest, get, 1, back(Duration::from_secs(20)));
+        m.observe(Route::Manifest, get, 1, Duration::from_millis(3));
+        m.observe(Route::Manifest, get, 3, Duration::from_millis(30));
+        m.observe(Route::Manifest, get, 1, Duration::from_secs(20));
         m.start(Route::Blob, &Method::from_bytes(b"BREW").unwrap()).finish(StatusCode::INTERNAL_SERVER_ERROR);
         drop(m.start(Route::Upload, &Method::PATCH));
         let mut out = String::new();

@@ -421,14 +421,15 @@ async fn abandoned_uploads_are_collected() {
         ("BOSUN_GC_ENABLED", "false"),
         ("BOSUN_GC_GRACE_PERIOD", "0"),
         ("BOSUN_RESTORE_WINDOW", "0"),
-        ("BOSUN_GC_UPLOAD_MAX_AGE", "200ms"),
+        ("BOSUN_GC_UPLOAD_MAX_AGE", "1h"),
+        ("BOSUN_TEST_FAILPOINTS", "true"),
     ]);
     let resp = s.http.post(s.url("/v2/up/blobs/uploads/")).send().await.unwrap();
     let location = header(&resp, "location");
     s.http.patch(s.url(&location)).body("half a layer").send().await.unwrap();
     let report = s.gc(false).await;
     assert_eq!(count(&report, "upload"), 0, "too young: {report}");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    s.advance_clock(3_600_001).await;
     let report = s.gc(false).await;
     assert_eq!(count(&report, "upload"), 1, "{report}");
     expect_error(s.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
@@ -672,15 +673,16 @@ async fn a_pause_for_a_while_ends_by_itself() {
     let s = Server::start_with(GC_NOW);
     let (_, digest) = s.push_image("window", "v1", &[b"freed after the window"]).await;
     assert_eq!(s.delete(&format!("/v2/window/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
-    let (status, paused) = s.admin_post("/admin/gc/pause?for=1500ms&reason=window").await;
+    let (status, paused) = s.admin_post("/admin/gc/pause?for=2h&reason=window").await;
     assert_eq!(status, StatusCode::OK, "{paused}");
     let until = paused["pause"]["until"].as_i64().expect("an end");
-    assert_eq!(until - paused["pause"]["paused_at"].as_i64().unwrap(), 1500, "{paused}");
+    assert_eq!(until - paused["pause"]["paused_at"].as_i64().unwrap(), 2 * 3_600_000, "{paused}");
     assert_eq!(s.admin_post("/admin/gc").await.0, StatusCode::CONFLICT);
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(sample(&metrics, "bosun_gc_paused"), 1.0);
 
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    // Two hours on (the test clock, which the pause's end is read against).
+    s.advance_clock(2 * 3_600_000).await;
     let status: Value = s.get("/admin/gc/status").await.json().await.unwrap();
     assert_eq!((&status["paused"], &status["pause"]), (&json!(false), &Value::Null), "{status}");
     let metrics = s.get("/metrics").await.text().await.unwrap();
@@ -716,18 +718,26 @@ async fn a_pause_waits_for_the_run_in_progress_and_stops_retention() {
         let s = s.clone();
         tokio::spawn(async move { s.admin_post("/admin/gc/pause").await })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The pause is stored at once, then waits for the run in progress.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut status: Value = s.get("/admin/gc/status").await.json().await.unwrap();
+    while status["paused"] != true {
+        assert!(std::time::Instant::now() < deadline, "the pause was not stored: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        status = s.get("/admin/gc/status").await.json().await.unwrap();
+    }
     assert!(!pause.is_finished(), "the pause returned while a collection was still removing");
     // What the pause waits for is visible, to a person and to an alert on a stuck run.
-    let status: Value = s.get("/admin/gc/status").await.json().await.unwrap();
     assert_eq!(
         (&status["running"]["kind"], &status["running"]["trigger"]),
         (&json!("collect"), &json!("api")),
         "{status}"
     );
     assert_eq!(status["paused"], true, "{status}");
+    // The run has been in progress for at least this long.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let metrics = s.get("/metrics").await.text().await.unwrap();
-    assert!(sample(&metrics, "bosun_gc_run_in_progress_seconds{kind=\"collect\"}") >= 0.3, "{metrics}");
+    assert!(sample(&metrics, "bosun_gc_run_in_progress_seconds{kind=\"collect\"}") >= 0.1, "{metrics}");
     assert_eq!(sample(&metrics, "bosun_gc_run_in_progress_seconds{kind=\"reconcile\"}"), 0.0);
     s.release("gc.before_bytes").await;
     let (status, answer) = pause.await.unwrap();

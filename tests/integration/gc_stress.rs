@@ -58,12 +58,13 @@ pub async fn verify_all_tags(s: &Server) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_push_retag_delete_repush_under_continuous_collection() {
-    // A near-zero grace period: one second is longer than a push takes here, and far
-    // shorter than the test, so content deleted early is collected while pushes go on.
+    // A near-zero grace period: two seconds are longer than a push takes even on a loaded
+    // machine, and far shorter than the test, so content deleted early is collected while
+    // pushes go on.
     // (With no grace at all, back-to-back collections remove every freshly uploaded blob
     // before its manifest arrives and no push can finish; the model-based test below
     // covers zero, with pushes retried.)
-    let s = Arc::new(Server::start_with(&[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "1s")]));
+    let s = Arc::new(Server::start_with(&[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "2s")]));
     let stop = Arc::new(AtomicBool::new(false));
     let collector = collect_continuously(s.clone(), stop.clone());
     let retries = Arc::new(AtomicU64::new(0));
@@ -113,7 +114,7 @@ async fn parallel_push_retag_delete_repush_under_continuous_collection() {
     }
     assert_eq!(verify_all_tags(&s).await, 8);
     // After the grace period, a last collection removes what the workers deleted.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let report = s.gc(false).await;
     assert_eq!(verify_all_tags(&s).await, 8);
     let removed: u64 = s

@@ -755,17 +755,16 @@ schedule = "1s"
     assert_eq!(tags_settled(&s, "sched/a", 1).await, ["new"]);
 }
 
-/// The tags of `repo` once there are `want` of them, or after five seconds.
+/// The tags of `repo` once there are `want` of them, or after 30 seconds.
 async fn tags_settled(s: &Server, repo: &str, want: usize) -> Vec<String> {
-    let mut tags = Vec::new();
-    for _ in 0..50 {
-        tags = tag_list(&s.get(&format!("/v2/{repo}/tags/list")).await.json().await.unwrap());
-        if tags.len() == want {
-            break;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let tags = tag_list(&s.get(&format!("/v2/{repo}/tags/list")).await.json().await.unwrap());
+        if tags.len() == want || std::time::Instant::now() > deadline {
+            return tags;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    tags
 }
 
 /// When each scheduled policy last ran is kept in metadata: a policy added through the API
