@@ -60,49 +60,79 @@ pub fn local_addr(listen: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// The admin API's address: `--url` (`HOST:PORT`; a name is resolved here), or the
+/// Where the admin API is: `--url` (`HOST:PORT`; a name is resolved here, and each of its
+/// addresses is tried in turn, as `localhost` may name `::1` before 127.0.0.1), or the
 /// configured listen address.
-pub fn admin_addr(config: &Config, url: Option<&str>) -> anyhow::Result<SocketAddr> {
-    let Some(url) = url else { return Ok(local_addr(config.listen)) };
-    url.to_socket_addrs()
-        .with_context(|| format!("--url {url:?} is no HOST:PORT"))?
-        .next()
-        .with_context(|| format!("--url {url:?}: the name has no address"))
+pub struct AdminAddr {
+    shown: String,
+    addrs: Vec<SocketAddr>,
 }
 
-/// How long a question (a status, a listing) may take before the server is deemed hung.
-/// Actions get no limit: a collection, a reconcile or a pause may wait for a long run.
+impl AdminAddr {
+    pub fn of(config: &Config, url: Option<&str>) -> anyhow::Result<AdminAddr> {
+        let Some(url) = url else {
+            let addr = local_addr(config.listen);
+            return Ok(AdminAddr { shown: addr.to_string(), addrs: vec![addr] });
+        };
+        let addrs: Vec<SocketAddr> =
+            url.to_socket_addrs().with_context(|| format!("--url {url:?} is no HOST:PORT"))?.collect();
+        if addrs.is_empty() {
+            bail!("--url {url:?}: the name has no address");
+        }
+        Ok(AdminAddr { shown: url.to_owned(), addrs })
+    }
+
+    /// Whether every address is this machine's loopback.
+    fn is_loopback(&self) -> bool {
+        self.addrs.iter().all(|a| a.ip().is_loopback())
+    }
+}
+
+impl std::fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// How long a question (a status, a listing) or a quick action (a resume) may wait for its
+/// answer before the server is deemed hung, per read of it; other actions get no limit, as
+/// a collection, a reconcile or a pause may wait for a long run.
 const QUESTION_PATIENCE: Duration = Duration::from_secs(60);
 
-/// A plain HTTP/1.1 request to the admin API; `Ok(None)` when nothing listens there.
-/// `patience` bounds the wait for the answer.
+/// A plain HTTP/1.1 request to the admin API; `Ok(None)` when nothing listens at any of its
+/// addresses. `patience` bounds each wait for the answer.
 fn request(
-    addr: SocketAddr,
+    admin: &AdminAddr,
     method: &str,
     path: &str,
     body: &str,
     patience: Option<Duration>,
 ) -> anyhow::Result<Option<(u16, String)>> {
-    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("connecting to {addr}")),
-    };
+    let mut connected = None;
+    for addr in &admin.addrs {
+        match TcpStream::connect_timeout(addr, Duration::from_secs(3)) {
+            Ok(s) => {
+                connected = Some(s);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(e).with_context(|| format!("connecting to {addr}")),
+        }
+    }
+    let Some(mut stream) = connected else { return Ok(None) };
     stream.set_read_timeout(patience)?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response).with_context(|| match patience {
-        Some(p) => format!("reading the answer of {addr} (waited at most {p:?})"),
-        None => format!("reading the answer of {addr}"),
+        Some(p) => format!("reading the answer of {admin} (waited {p:?} for a part of it)"),
+        None => format!("reading the answer of {admin}"),
     })?;
     if response.is_empty() {
-        bail!(
-            "{addr} closed the connection without answering (was the server stopping?); what a run it started did is in bosun gc --history"
-        );
+        bail!("{admin} closed the connection without answering (was the server stopping?)");
     }
     let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP answer")?;
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("malformed status line")?;
@@ -110,7 +140,7 @@ fn request(
 }
 
 /// A refusal from the admin API, with the message its JSON body carries.
-fn refused(addr: SocketAddr, status: u16, body: &str) -> anyhow::Error {
+fn refused(addr: &AdminAddr, status: u16, body: &str) -> anyhow::Error {
     let message = serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
@@ -120,28 +150,31 @@ fn refused(addr: SocketAddr, status: u16, body: &str) -> anyhow::Error {
 
 /// Runs `bosun gc`: prints the JSON report (or history) on stdout.
 pub fn gc(config: &Config, url: Option<&str>, action: GcAction) -> anyhow::Result<()> {
-    let addr = admin_addr(config, url)?;
+    let addr = AdminAddr::of(config, url)?;
     let (method, path) = action.http();
     let patience = match action {
         GcAction::History | GcAction::Status | GcAction::Resume => Some(QUESTION_PATIENCE),
         GcAction::Collect { .. } | GcAction::Reconcile { .. } | GcAction::Pause { .. } => None,
     };
-    if let Some((status, body)) = request(addr, method, &path, "", patience)? {
+    let answer = request(&addr, method, &path, "", patience).map_err(|e| {
+        anyhow::anyhow!("{e:#} (a collection or reconcile it started, if any, is in bosun gc --history)")
+    })?;
+    if let Some((status, body)) = answer {
         if status != 200 {
-            return Err(refused(addr, status, &body));
+            return Err(refused(&addr, status, &body));
         }
         println!("{body}");
         return Ok(());
     }
     // Nothing listens: work on the data directory directly (refused if a server holds it),
     // unless --url named another machine, whose data directory this is not.
-    if url.is_some() && !addr.ip().is_loopback() {
+    if url.is_some() && !addr.is_loopback() {
         bail!("no Bosun answered at {addr}; only a local instance's data directory can be worked on directly");
     }
     // Never a new, empty one: a mistyped directory would be "collected" or "paused" while
     // the real instance is not.
     let dir = &config.data_dir;
-    if !dir.join("metadata.sqlite").is_file() {
+    if !dir.join(crate::server::METADATA_FILE).is_file() {
         bail!(
             "no Bosun answered at {addr}, and {} holds no Bosun data (no metadata.sqlite): check --url, -c or --data-dir",
             dir.display()
@@ -175,11 +208,11 @@ pub fn gc(config: &Config, url: Option<&str>, action: GcAction) -> anyhow::Resul
 
 /// Calls the admin API of the running instance; returns the JSON answer.
 pub fn admin(config: &Config, url: Option<&str>, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
-    let addr = admin_addr(config, url)?;
+    let addr = AdminAddr::of(config, url)?;
     let patience = (method == "GET").then_some(QUESTION_PATIENCE);
-    match request(addr, method, path, body, patience)? {
+    match request(&addr, method, path, body, patience)? {
         Some((200, answer)) => Ok(answer),
-        Some((status, answer)) => Err(refused(addr, status, &answer)),
+        Some((status, answer)) => Err(refused(&addr, status, &answer)),
         None => bail!("no Bosun answered at {addr} (this command needs the running instance; --url sets its address)"),
     }
 }

@@ -24,3 +24,12 @@ pub mod server;
 pub mod storage;
 pub mod throttle;
 pub mod time;
+
+/// What a caught panic said (its message, when it gave one), for the log.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}

@@ -29,6 +29,9 @@ pub struct DataDirLock {
     _file: File,
 }
 
+/// The metadata database's file in the data directory.
+pub const METADATA_FILE: &str = "metadata.sqlite";
+
 /// Opens the data directory (blob store and metadata database) for exclusive use, with
 /// every retention policy installed: a collection decides what untagged manifests to keep
 /// by them, whether it runs in a server or from `bosun gc` on a stopped instance.
@@ -47,8 +50,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     }
     let store = FilesystemStore::open(dir, config.sync_writes)
         .with_context(|| format!("opening blob storage in {}", dir.display()))?;
-    let meta =
-        Metadata::open(&dir.join("metadata.sqlite"), config.sync_writes).context("opening the metadata database")?;
+    let meta = Metadata::open(&dir.join(METADATA_FILE), config.sync_writes).context("opening the metadata database")?;
     // The database and its log may have just been created (a first start, or a log removed
     // by hand): their names must be durable before any commit is acknowledged, which
     // SQLite's own flushes of the log data do not make them.

@@ -270,7 +270,10 @@ async fn dispatch(
         }
         (&Method::POST, "/admin/retention/apply") => {
             q.only(&["plan"])?;
-            let id = q.text("plan").and_then(|p| p.parse().ok()).ok_or("apply needs ?plan=<id>")?;
+            let id = match q.text("plan") {
+                None => return Err("apply needs ?plan=<id>".into()),
+                Some(p) => p.parse().map_err(|_| format!("plan={p:?} is not a plan id"))?,
+            };
             retention_response(retention.apply(id).await)
         }
         (&Method::POST, "/admin/retention/run") => {

@@ -103,11 +103,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let response = match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = crate::panic_message(&*panic);
             ApiError(Error::Internal(format!("the handler of {method} {uri} panicked: {what}"))).into_response()
         }
     };

@@ -100,8 +100,11 @@ impl Checkpointer {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run(&conn, &writer, &worker, failure.as_ref())
             }));
-            if ran.is_err() {
-                tracing::error!("the metadata log's background copy stopped on a bug; /healthz fails until a restart");
+            if let Err(panic) = ran {
+                tracing::error!(
+                    panic = crate::panic_message(&*panic),
+                    "the metadata log's background copy stopped on a bug; /healthz fails until a restart"
+                );
             }
         })?;
         Ok(Checkpointer { shared, thread: Some(thread) })

@@ -78,7 +78,7 @@ pub struct ManifestJudge<'a> {
 /// cutoff, no tag deletion inside its restore window, and either it has no subject and its
 /// repository collects untagged manifests, or its subject is not in the repository and
 /// orphaned referrers are collected. A referrer whose subject is present lives as long as
-/// the subject does.
+/// the subject does. The children of a removed index restart their grace.
 pub fn remove_manifest_if_garbage(
     conn: &Connection,
     id: i64,

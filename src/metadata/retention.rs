@@ -1,5 +1,7 @@
 //! Queries of retention, restore and the audit of tag deletions; pull times.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Result;
@@ -122,17 +124,16 @@ pub struct Restorable {
     pub pulled_at: Option<i64>,
 }
 
-/// The latest deletion of `repo:tag` since `since`, if it can be undone. Only the latest:
-/// an older one that can still be undone would bring back a version the tag had moved
-/// away from (deleted, pushed again elsewhere, then deleted with its manifest).
+/// The deletion of `repo:tag` since `since` that can be undone, if any: the latest, as
+/// recording a deletion closes the tag's earlier ones ([`record_deletion`]).
 pub fn restorable(conn: &Connection, repo: &str, tag: &str, since: i64) -> Result<Option<Restorable>> {
     Ok(conn
         .prepare_cached(
             "SELECT d.id, d.manifest_id, d.digest, d.pushed_at, d.pulled_at
-               FROM (SELECT * FROM tag_deletions WHERE repository = ?1 AND tag = ?2 AND deleted_at > ?3
-                      ORDER BY deleted_at DESC, id DESC LIMIT 1) d
-               JOIN manifests m ON m.id = d.manifest_id
-              WHERE d.restorable = 1 AND d.restored_at IS NULL AND m.digest = d.digest",
+               FROM tag_deletions d JOIN manifests m ON m.id = d.manifest_id
+              WHERE d.repository = ?1 AND d.tag = ?2 AND d.restorable = 1 AND d.restored_at IS NULL
+                AND d.deleted_at > ?3 AND m.digest = d.digest
+              ORDER BY d.deleted_at DESC LIMIT 1",
         )?
         .query_row(params![repo, tag, since], |r| {
             Ok(Restorable {
@@ -252,12 +253,17 @@ pub fn save_plan(conn: &Connection, plan: &str, now: i64) -> Result<i64> {
     Ok(id)
 }
 
-/// When the scheduled policy `policy` last ran, or was first seen.
-pub fn schedule_last_run(conn: &Connection, policy: &str) -> Result<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT last_run_at FROM retention_schedule WHERE policy = ?1")?
-        .query_row([policy], |r| r.get(0))
-        .optional()?)
+/// When each policy whose schedule is recorded last ran, or was first seen.
+pub fn schedules(conn: &Connection) -> Result<HashMap<String, i64>> {
+    let mut stmt = conn.prepare_cached("SELECT policy, last_run_at FROM retention_schedule")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Forgets the schedule of a policy that is gone: added again, it starts afresh.
+pub fn forget_schedule(conn: &Connection, policy: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM retention_schedule WHERE policy = ?1")?.execute([policy])?;
+    Ok(())
 }
 
 pub fn set_schedule_last_run(conn: &Connection, policy: &str, at: i64) -> Result<()> {

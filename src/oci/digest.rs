@@ -29,6 +29,18 @@ impl DigestAlgorithm {
     }
 }
 
+impl FromStr for DigestAlgorithm {
+    type Err = DigestError;
+
+    fn from_str(alg: &str) -> Result<Self, DigestError> {
+        match alg {
+            "sha256" => Ok(DigestAlgorithm::Sha256),
+            "sha512" => Ok(DigestAlgorithm::Sha512),
+            _ => Err(DigestError::UnsupportedAlgorithm(alg.to_owned())),
+        }
+    }
+}
+
 /// A validated digest. The encoded part is always lowercase hex of the algorithm's length.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
@@ -86,11 +98,7 @@ impl FromStr for Digest {
         if !alg_ok || !enc_ok {
             return Err(DigestError::Malformed(s.to_owned()));
         }
-        let algorithm = match alg {
-            "sha256" => DigestAlgorithm::Sha256,
-            "sha512" => DigestAlgorithm::Sha512,
-            _ => return Err(DigestError::UnsupportedAlgorithm(alg.to_owned())),
-        };
+        let algorithm: DigestAlgorithm = alg.parse()?;
         let hex_ok = encoded.len() == algorithm.hex_len()
             && encoded.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !hex_ok {

@@ -459,57 +459,56 @@ impl Retention {
         let registry = self.collector.registry();
         let policies = registry.policies();
         let now = now_ms();
+        let recorded = match registry.meta.read(|c| q::schedules(c)).await {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                tracing::error!(error = %e, "reading when retention policies last ran failed; none runs");
+                return;
+            }
+        };
+        let record = |name: &str, at: Option<i64>| {
+            let name = name.to_owned();
+            async move {
+                let written = match at {
+                    Some(at) => registry.meta.write(move |c| q::set_schedule_last_run(c, &name, at)).await,
+                    None => registry.meta.write(move |c| q::forget_schedule(c, &name)).await,
+                };
+                written.inspect_err(|e| tracing::error!(error = %e, "recording a retention policy's schedule failed"))
+            }
+        };
+        // A policy removed, or no longer scheduled, is forgotten: added again, it waits for
+        // its next time like any new one.
+        for gone in
+            recorded.keys().filter(|n| !policies.retention.iter().any(|p| p.schedule.is_some() && p.spec.name == **n))
+        {
+            let _ = record(gone, None).await;
+        }
         for p in &policies.retention {
-            let Some(schedule) = &p.schedule else { continue };
-            let name = p.spec.name.clone();
-            let set_last = |at: i64| {
-                let name = name.clone();
-                registry.meta.write(move |c| q::set_schedule_last_run(c, &name, at))
+            let (Some(schedule), name) = (&p.schedule, &p.spec.name) else { continue };
+            let Some(&last) = recorded.get(name) else {
+                let _ = record(name, Some(now)).await;
+                continue;
             };
-            let n = name.clone();
-            let last = match registry.meta.read(move |c| q::schedule_last_run(c, &n)).await {
-                Ok(Some(last)) => last,
-                Ok(None) => {
-                    if let Err(e) = set_last(now).await {
-                        tracing::error!(policy = %name, error = %e, "recording a retention policy's schedule failed");
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(policy = %name, error = %e, "reading when a retention policy last ran failed");
-                    continue;
-                }
-            };
-            if !schedule.due(last, now) {
+            if !schedule.due(last, now) || record(name, Some(now)).await.is_err() {
                 continue;
             }
-            if let Err(e) = set_last(now).await {
-                tracing::error!(policy = %name, error = %e, "recording a retention policy's run failed; not run");
-                continue;
-            }
-            let outcome = self.run(Some(name.clone())).await;
-            if outcome.is_err() {
-                // Due again at the next check rather than a whole period later: paused after
-                // the check above, the registry changed between plan and apply, or a failure
-                // that may pass.
-                if let Err(e) = set_last(last).await {
-                    tracing::error!(policy = %name, error = %e, "recording a retention policy's schedule failed");
-                }
-            }
-            if outcome.as_ref().is_err_and(|e| !matches!(e, RetentionError::Paused(_))) {
-                Metrics::add(&self.collector.registry().metrics.retention_failures, 1);
-            }
-            match outcome {
-                Err(RetentionError::Paused(_)) => {}
+            match self.run(Some(name.clone())).await {
                 Ok(plan) => tracing::info!(
-                    policy = %p.spec.name,
+                    policy = %name,
                     tags_deleted = plan.tags_deleted,
                     manifests_deleted = plan.manifests_deleted,
                     bytes_freed = plan.bytes_freed,
                     "retention policy ran"
                 ),
                 Err(e) => {
-                    tracing::error!(policy = %p.spec.name, error = %e, "retention policy failed; retried at the next check")
+                    // Due again at the next check rather than a whole period later: paused
+                    // after the check above, the registry changed between plan and apply, or
+                    // a failure that may pass.
+                    let _ = record(name, Some(last)).await;
+                    if !matches!(e, RetentionError::Paused(_)) {
+                        Metrics::add(&registry.metrics.retention_failures, 1);
+                        tracing::error!(policy = %name, error = %e, "retention policy failed; retried at the next check");
+                    }
                 }
             }
         }

@@ -785,7 +785,18 @@ async fn retention_schedules_start_when_added_and_catch_up_after_a_restart() {
     let policy = json!({"name": "daily", "repositories": "daily/*", "keep": {"newest": 1}, "schedule": "0 3 * * *"});
     let put = s.http.put(s.url("/admin/retention/policies/daily")).json(&policy).send().await.unwrap();
     assert_eq!(put.status(), StatusCode::OK);
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    // Once a check has seen the policy (its first sight recorded), a few more checks.
+    let first_seen = || {
+        let db = rusqlite::Connection::open(data.join("metadata.sqlite")).unwrap();
+        db.query_row("SELECT COUNT(*) FROM retention_schedule WHERE policy = 'daily'", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while first_seen() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no check saw the policy");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(tag_list(&s.get("/v2/daily/a/tags/list").await.json().await.unwrap()).len(), 2, "ran when added");
     s.kill();
 

@@ -76,12 +76,10 @@ pub async fn start(registry: &Arc<Registry>, name: &RepoName, request: &Request,
     let digest = headers::param(&params, "digest").map(parse_digest).transpose()?;
     // A client may say which algorithm it will name the blob by (spec 1.1): one that would
     // be refused at the end is refused now, before any byte is sent.
-    if let Some(algorithm) = headers::param(&params, "digest-algorithm")
-        && !matches!(algorithm, "sha256" | "sha512")
-    {
-        return Err(
-            Error::DigestInvalid(format!("digest-algorithm {algorithm:?} is not supported (sha256, sha512)")).into()
-        );
+    if let Some(algorithm) = headers::param(&params, "digest-algorithm") {
+        algorithm
+            .parse::<crate::oci::DigestAlgorithm>()
+            .map_err(|e| Error::DigestInvalid(format!("digest-algorithm: {e}")))?;
     }
     // Checked before a session exists, so a refusal leaves none behind.
     let range = if digest.is_some() { chunk_range(request)? } else { None };
