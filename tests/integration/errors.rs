@@ -93,7 +93,8 @@ async fn a_client_that_disconnects_mid_chunk_leaves_the_upload_as_it_was() {
 /// upload session's lock) is released, and the server goes on serving.
 #[tokio::test]
 async fn a_handler_that_panics_is_answered_500_and_holds_nothing() {
-    let s = Server::start_with(GC_NOW);
+    // (No backtrace of the panic it provokes in the test's output.)
+    let s = Server::start_with(&[GC_NOW, &[("RUST_BACKTRACE", "0")]].concat());
     let armed = s.http.put(s.url("/admin/failpoints/upload.file_before_row?action=panic")).send().await.unwrap();
     assert_eq!(armed.status(), StatusCode::OK);
     let resp = s.http.post(s.url("/v2/panic/a/blobs/uploads/")).send().await.unwrap();
