@@ -1077,8 +1077,9 @@ mod tests {
         // Long enough that the kernel's read-ahead after the first read cannot reach the end.
         let len = 64 * CACHED_CHUNK + 123;
         let (_dir, file, content) = uncached_file(len);
-        // Only the start is cached (with whatever the kernel reads ahead).
-        let mut start = vec![0; 8192];
+        // Only the start is cached: two whole chunks read here, so that the stream's first
+        // chunk is there whether or not the kernel's read-ahead (asynchronous) has landed.
+        let mut start = vec![0; 2 * CACHED_CHUNK];
         (&file).read_exact(&mut start).unwrap();
         let from_disk = read_cached(&file, (len - 4096) as u64, 4096).unwrap();
         assert!(from_disk.is_none(), "the end must still be on the disk only");
