@@ -205,19 +205,21 @@ pub fn delete(conn: &Connection, id: ManifestId, touch_at: Option<i64>) -> Resul
 }
 
 /// The manifests of `repo` whose subject is `subject`, optionally only those of one
-/// artifact type, ordered by digest.
+/// artifact type, ordered by digest: at most `limit`, after the digest `after` if given.
 pub fn referrers(
     conn: &Connection,
     repo: RepoId,
     subject: &Digest,
     artifact_type: Option<&str>,
+    (after, limit): (Option<&str>, usize),
 ) -> Result<Vec<ReferrerRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT digest, media_type, length(payload), artifact_type, annotations FROM manifests
           WHERE repository_id = ?1 AND subject = ?2 AND (?3 IS NULL OR artifact_type = ?3)
-          ORDER BY digest",
+            AND (?4 IS NULL OR digest > ?4)
+          ORDER BY digest LIMIT ?5",
     )?;
-    let rows = stmt.query_map(params![repo, subject.to_string(), artifact_type], |r| {
+    let rows = stmt.query_map(params![repo, subject.to_string(), artifact_type, after, limit as i64], |r| {
         Ok(ReferrerRow {
             digest: r.get(0)?,
             media_type: r.get(1)?,

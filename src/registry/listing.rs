@@ -43,12 +43,13 @@ impl Registry {
         name: &RepoName,
         subject: &Digest,
         artifact_type: Option<String>,
+        (after, limit): (Option<String>, usize),
     ) -> Result<Vec<Referrer>> {
         let (n, s) = (name.clone(), subject.clone());
         let rows = self
             .meta
             .read(move |c| match repositories::find(c, &n)? {
-                Some(repo) => manifests::referrers(c, repo, &s, artifact_type.as_deref()),
+                Some(repo) => manifests::referrers(c, repo, &s, artifact_type.as_deref(), (after.as_deref(), limit)),
                 None => Ok(Vec::new()),
             })
             .await?;

@@ -208,6 +208,17 @@ async fn subject_header_and_referrers_in_either_order() {
     assert_eq!(only["artifactType"], "application/vnd.example.sbom");
     assert_eq!(only["annotations"]["n"], "2");
     assert_eq!(only["size"], sbom.len());
+    // A page at a time (`n`, a thousand at most), the next one named by `Link`.
+    let resp = s.get(&format!("/v2/ref/referrers/{subject}?n=1")).await;
+    let link = header(&resp, "link");
+    let first: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(first["manifests"].as_array().unwrap().len(), 1, "{first}");
+    let next = link.strip_prefix('<').and_then(|l| l.split_once(">; rel=\"next\"")).expect("a next link").0;
+    let resp = s.get(next).await;
+    assert!(resp.headers().get("link").is_none(), "a page after the last");
+    let second: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(second["manifests"].as_array().unwrap().len(), 1, "{second}");
+    assert_ne!(first["manifests"][0]["digest"], second["manifests"][0]["digest"]);
     // An empty filter filters nothing.
     let resp = s.get(&format!("/v2/ref/referrers/{subject}?artifactType=")).await;
     assert!(resp.headers().get("oci-filters-applied").is_none());

@@ -15,21 +15,32 @@ use crate::registry::{Error, Registry};
 
 /// The largest page served; a client asking for more gets this many and a `Link` header.
 const MAX_PAGE: usize = 10_000;
+/// The most referrers in one answer: a thousand descriptors with annotations stay far
+/// under the 4 MiB some clients (oras) accept for an index; more come with a `Link` to the
+/// next page, as the spec asks of a list that does not fit in one.
+const REFERRERS_PAGE: usize = 1_000;
 
 pub fn base() -> Response {
     finish(respond(StatusCode::OK).header(header::CONTENT_TYPE, "application/json"), Body::from("{}"))
 }
 
-/// `n` and `last` from the query: the page size (capped) and where the page starts.
-fn page(request: &Request) -> Result<(usize, Option<String>), Error> {
+/// `n` and `last` from the query: the page size (capped at `max`) and where the page
+/// starts.
+fn page(request: &Request, max: usize) -> Result<(usize, Option<String>), Error> {
     let params = headers::query(request);
     let n = match headers::param(&params, "n") {
-        None => MAX_PAGE,
+        None => max,
         Some(raw) => headers::decimal(raw)
             .ok_or_else(|| Error::PaginationInvalid(format!("n={raw:?} is not a non-negative integer")))?
-            .min(MAX_PAGE as u64) as usize,
+            .min(max as u64) as usize,
     };
     Ok((n, headers::param(&params, "last").map(str::to_owned)))
+}
+
+/// The `Link` to the page after `last`, `n` items long (`extra`: more of the query).
+fn next_link(path: &str, n: usize, last: &str, extra: &str) -> String {
+    let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+    format!("<{path}?n={n}&last={last}{extra}>; rel=\"next\"")
 }
 
 /// A JSON list response, with a `Link` to the next page when `items` had more than `n`.
@@ -38,8 +49,7 @@ fn paged(path: &str, mut items: Vec<String>, n: usize, key: &str, name: Option<&
     if items.len() > n {
         items.truncate(n);
         if let Some(last) = items.last() {
-            let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
-            builder = builder.header(header::LINK, format!("<{path}?n={n}&last={last}>; rel=\"next\""));
+            builder = builder.header(header::LINK, next_link(path, n, last, ""));
         }
     }
     let mut body = json!({ key: items });
@@ -50,13 +60,13 @@ fn paged(path: &str, mut items: Vec<String>, n: usize, key: &str, name: Option<&
 }
 
 pub async fn catalog(registry: &Registry, request: &Request) -> ApiResult {
-    let (n, last) = page(request)?;
+    let (n, last) = page(request, MAX_PAGE)?;
     let repos = registry.catalog(last, n + 1).await?;
     Ok(paged("/v2/_catalog", repos, n, "repositories", None))
 }
 
 pub async fn tags(registry: &Registry, name: &RepoName, request: &Request) -> ApiResult {
-    let (n, last) = page(request)?;
+    let (n, last) = page(request, MAX_PAGE)?;
     let tags = registry.tags(name, last, n + 1).await?;
     Ok(paged(&format!("/v2/{name}/tags/list"), tags, n, "tags", Some(name)))
 }
@@ -66,9 +76,17 @@ pub async fn referrers(registry: &Registry, name: &RepoName, digest: &Digest, re
     // An empty filter names no type: no filter (no manifest has an empty artifactType).
     let filter = headers::param(&params, "artifactType").filter(|t| !t.is_empty()).map(str::to_owned);
     let filtered = filter.is_some();
-    let manifests: Vec<Value> = registry
-        .referrers(name, digest, filter)
-        .await?
+    let (n, last) = page(request, REFERRERS_PAGE)?;
+    let mut referrers = registry.referrers(name, digest, filter.clone(), (last, n + 1)).await?;
+    let next = (referrers.len() > n).then(|| {
+        referrers.truncate(n);
+        let extra = filter
+            .map(|t| format!("&artifactType={}", form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()));
+        referrers
+            .last()
+            .map(|r| next_link(&format!("/v2/{name}/referrers/{digest}"), n, &r.digest, &extra.unwrap_or_default()))
+    });
+    let manifests: Vec<Value> = referrers
         .into_iter()
         .map(|r| {
             let mut d = json!({ "mediaType": r.media_type, "digest": r.digest, "size": r.size });
@@ -85,6 +103,9 @@ pub async fn referrers(registry: &Registry, name: &RepoName, digest: &Digest, re
     let mut builder = respond(StatusCode::OK).header(header::CONTENT_TYPE, OCI_INDEX);
     if filtered {
         builder = builder.header(OCI_FILTERS_APPLIED, "artifactType");
+    }
+    if let Some(Some(link)) = next {
+        builder = builder.header(header::LINK, link);
     }
     Ok(finish(builder, Body::from(body.to_string())))
 }
