@@ -15,9 +15,9 @@ use crate::registry::{Error, Registry};
 
 /// The largest page served; a client asking for more gets this many and a `Link` header.
 const MAX_PAGE: usize = 10_000;
-/// The most referrers in one answer: a thousand descriptors with annotations stay far
-/// under the 4 MiB some clients (oras) accept for an index; more come with a `Link` to the
-/// next page, as the spec asks of a list that does not fit in one.
+/// The most referrers in one answer: a thousand descriptors with annotations make an
+/// index of well under a MiB, whatever size a client accepts for one; more come with a
+/// `Link` to the next page, as the spec asks of a list that does not fit in one.
 const REFERRERS_PAGE: usize = 1_000;
 
 pub fn base() -> Response {
