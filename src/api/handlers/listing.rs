@@ -26,15 +26,14 @@ pub fn base() -> Response {
 
 /// `n` and `last` from the query: the page size (capped at `max`) and where the page
 /// starts.
-fn page(request: &Request, max: usize) -> Result<(usize, Option<String>), Error> {
-    let params = headers::query(request);
-    let n = match headers::param(&params, "n") {
+fn page(params: &[(String, String)], max: usize) -> Result<(usize, Option<String>), Error> {
+    let n = match headers::param(params, "n") {
         None => max,
         Some(raw) => headers::decimal(raw)
             .ok_or_else(|| Error::PaginationInvalid(format!("n={raw:?} is not a non-negative integer")))?
             .min(max as u64) as usize,
     };
-    Ok((n, headers::param(&params, "last").map(str::to_owned)))
+    Ok((n, headers::param(params, "last").map(str::to_owned)))
 }
 
 /// The `Link` to the page after `last`, `n` items long (`extra`: more of the query).
@@ -60,13 +59,13 @@ fn paged(path: &str, mut items: Vec<String>, n: usize, key: &str, name: Option<&
 }
 
 pub async fn catalog(registry: &Registry, request: &Request) -> ApiResult {
-    let (n, last) = page(request, MAX_PAGE)?;
+    let (n, last) = page(&headers::query(request), MAX_PAGE)?;
     let repos = registry.catalog(last, n + 1).await?;
     Ok(paged("/v2/_catalog", repos, n, "repositories", None))
 }
 
 pub async fn tags(registry: &Registry, name: &RepoName, request: &Request) -> ApiResult {
-    let (n, last) = page(request, MAX_PAGE)?;
+    let (n, last) = page(&headers::query(request), MAX_PAGE)?;
     let tags = registry.tags(name, last, n + 1).await?;
     Ok(paged(&format!("/v2/{name}/tags/list"), tags, n, "tags", Some(name)))
 }
@@ -76,7 +75,7 @@ pub async fn referrers(registry: &Registry, name: &RepoName, digest: &Digest, re
     // An empty filter names no type: no filter (no manifest has an empty artifactType).
     let filter = headers::param(&params, "artifactType").filter(|t| !t.is_empty()).map(str::to_owned);
     let filtered = filter.is_some();
-    let (n, last) = page(request, REFERRERS_PAGE)?;
+    let (n, last) = page(&params, REFERRERS_PAGE)?;
     let mut referrers = registry.referrers(name, digest, filter.clone(), (last, n + 1)).await?;
     let next = (referrers.len() > n).then(|| {
         referrers.truncate(n);
