@@ -12,6 +12,15 @@ pub struct StoredManifest {
     pub digest: Digest,
     pub media_type: String,
     pub payload: Bytes,
+    /// What `note_pull` records, once the handler knows the manifest is served.
+    pull: PullNote,
+}
+
+#[derive(Debug, Clone)]
+struct PullNote {
+    manifest: manifests::ManifestId,
+    repo: repositories::RepoId,
+    tag: Option<String>,
 }
 
 /// The outcome of a manifest push.
@@ -22,12 +31,11 @@ pub struct PushedManifest {
 }
 
 impl Registry {
-    /// A manifest by tag or digest. A `pull` (a GET, not a HEAD) is noted for retention's
-    /// "pulled within" rules, in memory (see `pulls`). A manifest that collection could
+    /// A manifest by tag or digest. A manifest that collection could
     /// take (no tag, no parent) is marked as used before it is answered, as a blob probe
     /// is: the client may be about to list it in an index, and one reported present here
     /// is not collected before it can.
-    pub async fn get_manifest(&self, name: &RepoName, reference: &Reference, pull: bool) -> Result<StoredManifest> {
+    pub async fn get_manifest(&self, name: &RepoName, reference: &Reference) -> Result<StoredManifest> {
         let (n, r) = (name.clone(), reference.clone());
         let (repo, found) = self
             .meta
@@ -53,14 +61,19 @@ impl Registry {
                 return Err(Error::ManifestUnknown(reference.to_string()));
             }
         }
-        if pull {
-            let tag = match reference {
-                Reference::Tag(t) => Some(t.to_string()),
-                Reference::Digest(_) => None,
-            };
-            self.pulls.note(found.id, repo, found.digest, tag, now_ms());
-        }
-        Ok(StoredManifest { digest, media_type: found.media_type, payload: Bytes::from(found.payload) })
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.to_string()),
+            Reference::Digest(_) => None,
+        };
+        let pull = PullNote { manifest: found.id, repo, tag };
+        Ok(StoredManifest { digest, media_type: found.media_type, payload: Bytes::from(found.payload), pull })
+    }
+
+    /// Notes that `manifest` was served to a GET (not a HEAD, nor a GET refused by its
+    /// Accept header), for retention's "pulled within" rules, in memory (see `pulls`).
+    pub fn note_pull(&self, manifest: &StoredManifest) {
+        let PullNote { manifest: id, repo, tag } = manifest.pull.clone();
+        self.pulls.note(id, repo, manifest.digest.to_string(), tag, now_ms());
     }
 
     /// Stores a manifest under `reference` (a tag, or the digest it must have), and points

@@ -888,3 +888,36 @@ untagged = "1s"
     assert_eq!(sample(&metrics, "bosun_retention_manifests_deleted_total"), 1.0);
     assert_eq!(sample(&metrics, "bosun_retention_failures_total"), 0.0);
 }
+
+/// A pull is what a client received: an index refused by the GET's Accept header (404)
+/// was not pulled, and does not keep its tag under a "pulled within" rule.
+#[tokio::test]
+async fn a_get_refused_by_its_accept_header_is_not_a_pull() {
+    let config = r#"
+restore_window = "0"
+
+[[retention]]
+name = "used"
+repositories = "apps/*"
+keep = { pulled_within = "3d" }
+"#;
+    let s = Server::start_with_config(config, ENV);
+    for (i, tag) in ["refused", "served"].into_iter().enumerate() {
+        let child = s.push_image("apps/multi", "", &[&random_bytes(40 + i as u64, 2_000)]).await;
+        push_index(&s, "apps/multi", tag, &[child]).await;
+    }
+    s.advance_clock(10 * DAY).await;
+    let get = |tag: &'static str, accept: &'static str| {
+        let request = s.http.get(s.url(&format!("/v2/apps/multi/manifests/{tag}"))).header("accept", accept);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(get("refused", OCI_MANIFEST).await, StatusCode::NOT_FOUND);
+    assert_eq!(get("served", OCI_INDEX).await, StatusCode::OK);
+
+    let (status, plan) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    let keep = |tag: &str| {
+        plan["repositories"][0]["tags"].as_array().unwrap().iter().find(|d| d["tag"] == tag).unwrap()["keep"].clone()
+    };
+    assert_eq!((keep("refused"), keep("served")), (json!(false), json!(true)), "{plan:#}");
+}

@@ -36,7 +36,7 @@ fn accepts(accept: Option<&str>, media_type: &str) -> bool {
 }
 
 pub async fn get(registry: &Registry, name: &RepoName, reference: &Reference, request: &Request) -> ApiResult {
-    let manifest = registry.get_manifest(name, reference, request.method == Method::GET).await?;
+    let manifest = registry.get_manifest(name, reference).await?;
     // Several Accept headers are allowed; join them.
     let accept: Vec<&str> = request.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
     let accept = (!accept.is_empty()).then(|| accept.join(","));
@@ -52,7 +52,12 @@ pub async fn get(registry: &Registry, name: &RepoName, reference: &Reference, re
         .header(header::CONTENT_LENGTH, manifest.payload.len())
         .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
         .header(header::ETAG, format!("\"{}\"", manifest.digest));
-    let body = if request.method == Method::HEAD { Body::empty() } else { Body::from(manifest.payload) };
+    let body = if request.method == Method::HEAD {
+        Body::empty()
+    } else {
+        registry.note_pull(&manifest);
+        Body::from(manifest.payload)
+    };
     Ok(finish(builder, body))
 }
 
