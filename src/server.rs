@@ -112,6 +112,22 @@ async fn load_policies(state: &AppState) -> anyhow::Result<()> {
 /// write of an upload cut off) must end before another process may take the directory.
 pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
     config.check_for_serving()?;
+    // The addresses first: a start that cannot serve must fail before it upgrades the
+    // data directory or starts any background work (which could outlive the lock
+    // released by that failure). Connections wait in the backlog until serving starts.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {} (listen)", config.listen))?;
+    let monitor_listener = match config.http.monitor_listen {
+        Some(addr) => {
+            let monitor = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (http.monitor_listen)"))?;
+            Some((monitor.local_addr()?, monitor))
+        }
+        None => None,
+    };
+    let addr = listener.local_addr()?;
     let opened = open(&config).await?;
     if config.gc.grace_period.is_zero() {
         tracing::warn!(
@@ -141,17 +157,6 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
         let s = state.clone();
         async move { s.retention.run_due().await }
     });
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {} (listen)", config.listen))?;
-    let monitor_listener = match config.http.monitor_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr} (http.monitor_listen)"))?,
-        ),
-        None => None,
-    };
     if config.gc.enabled {
         let collector = opened.state.collector.clone();
         every("scheduled collection", config.gc.interval, &stopping, move || {
@@ -171,11 +176,14 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
     let max_connections =
         connections::connection_cap(config.http.max_connections, connections::raise_open_files_limit());
     let monitoring = match monitor_listener {
-        Some(monitor) => Some(serve_monitoring(monitor, &opened.state, &config, &stopping)?),
+        Some((monitor_addr, monitor)) => {
+            tracing::info!(addr = %monitor_addr, "serving /healthz and /metrics");
+            Some(serve_monitoring(monitor, &opened.state, &config, &stopping))
+        }
         None => None,
     };
     tracing::info!(
-        addr = %listener.local_addr()?,
+        %addr,
         data_dir = %config.data_dir.display(),
         max_connections,
         "bosun is serving"
@@ -219,8 +227,7 @@ fn serve_monitoring(
     state: &Arc<crate::api::AppState>,
     config: &Config,
     stopping: &tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    tracing::info!(addr = %listener.local_addr()?, "serving /healthz and /metrics");
+) -> tokio::task::JoinHandle<()> {
     let patience = |limit: Duration| if limit.is_zero() { MONITOR_PATIENCE } else { limit.min(MONITOR_PATIENCE) };
     let limits = crate::config::HttpConfig {
         header_timeout: patience(config.http.header_timeout),
@@ -230,12 +237,12 @@ fn serve_monitoring(
     let (router, mut stopping) = (crate::api::monitor_router(state.clone()), stopping.clone());
     // Metrics of its own, not exported: the connection gauges describe the API's address.
     let gauges = Arc::new(Metrics::default());
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         let stop = async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
         connections::serve("monitoring", listener, router, &limits, MONITOR_CONNECTIONS, gauges, stop).await;
-    }))
+    })
 }
 
 /// How long the exit waits to record the last pulls.

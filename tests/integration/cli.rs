@@ -243,3 +243,21 @@ async fn command_line_mistakes_are_refused_and_names_are_addresses() {
     assert!(!ok);
     assert!(err.contains("answered 409: garbage collection is paused") && !err.contains('{'), "{err}");
 }
+
+/// A start that cannot take its address fails before it touches the data directory: no
+/// database is created or upgraded, and no background work starts, for a server that
+/// will not serve.
+#[test]
+fn a_start_on_a_busy_address_leaves_the_data_directory_alone() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["serve", "--data-dir", data.to_str().unwrap(), "--listen", &busy.local_addr().unwrap().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(err.contains("listening on"), "{err}");
+    assert!(!data.exists(), "{:?}", std::fs::read_dir(&data).map(|d| d.count()));
+}
