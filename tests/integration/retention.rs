@@ -755,6 +755,62 @@ schedule = "1s"
     assert_eq!(tags_settled(&s, "sched/a", 1).await, ["new"]);
 }
 
+/// A scheduled policy that fails is counted, logged, and due again at the next check (not
+/// a period later): once the cause is gone it runs.
+#[tokio::test]
+async fn a_failing_scheduled_policy_is_counted_and_retried() {
+    let config = r#"
+retention_check_interval = "100ms"
+
+[[retention]]
+name = "hourly"
+repositories = "sched/*"
+keep = { newest = 1 }
+schedule = "1h"
+"#;
+    let s = Server::start_with_config(config, ENV);
+    s.push_image("sched/b", "old", &[b"old"]).await;
+    s.advance_clock(1000).await;
+    s.push_image("sched/b", "new", &[b"new"]).await;
+    // The first check sees the policy; it then waits for its next time.
+    schedule_recorded(&s.data_dir, "hourly").await;
+    s.tamper("CREATE TRIGGER refuse BEFORE DELETE ON tags BEGIN SELECT RAISE(ABORT, 'test: tags stay'); END;");
+    s.advance_clock(3_600_000).await;
+    let metric = |text: &str, name: &str| sample(text, name);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let failures = loop {
+        let text = s.get("/metrics").await.text().await.unwrap();
+        let failures = metric(&text, "bosun_retention_failures_total");
+        if failures >= 2.0 || std::time::Instant::now() > deadline {
+            break failures;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // Twice within seconds of a schedule of an hour: retried at each check.
+    assert!(failures >= 2.0, "{failures}");
+    assert!(!s.logged(&["retention policy failed", "hourly", "test: tags stay"]).await.is_empty());
+    assert_eq!(tag_list(&s.get("/v2/sched/b/tags/list").await.json().await.unwrap()), ["new", "old"]);
+    s.tamper("DROP TRIGGER refuse;");
+    assert_eq!(tags_settled(&s, "sched/b", 1).await, ["new"]);
+    let text = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(metric(&text, "bosun_retention_plans_applied_total"), 1.0);
+    assert_eq!(metric(&text, "bosun_retention_tags_deleted_total"), 1.0);
+}
+
+/// Waits until a check has seen the scheduled `policy` (its first sight recorded).
+async fn schedule_recorded(data_dir: &Path, policy: &str) {
+    let seen = || {
+        let db = rusqlite::Connection::open(data_dir.join("metadata.sqlite")).unwrap();
+        db.query_row("SELECT COUNT(*) FROM retention_schedule WHERE policy = ?1", [policy], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no check saw the policy {policy}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The tags of `repo` once there are `want` of them, or after 30 seconds.
 async fn tags_settled(s: &Server, repo: &str, want: usize) -> Vec<String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -785,17 +841,8 @@ async fn retention_schedules_start_when_added_and_catch_up_after_a_restart() {
     let policy = json!({"name": "daily", "repositories": "daily/*", "keep": {"newest": 1}, "schedule": "0 3 * * *"});
     let put = s.http.put(s.url("/admin/retention/policies/daily")).json(&policy).send().await.unwrap();
     assert_eq!(put.status(), StatusCode::OK);
-    // Once a check has seen the policy (its first sight recorded), a few more checks.
-    let first_seen = || {
-        let db = rusqlite::Connection::open(data.join("metadata.sqlite")).unwrap();
-        db.query_row("SELECT COUNT(*) FROM retention_schedule WHERE policy = 'daily'", [], |r| r.get::<_, i64>(0))
-            .unwrap()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while first_seen() == 0 {
-        assert!(std::time::Instant::now() < deadline, "no check saw the policy");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // Once a check has seen the policy, a few more checks.
+    schedule_recorded(&data, "daily").await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(tag_list(&s.get("/v2/daily/a/tags/list").await.json().await.unwrap()).len(), 2, "ran when added");
     s.kill();
