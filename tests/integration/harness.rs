@@ -20,7 +20,7 @@ pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// A running Bosun server, killed when dropped.
 pub struct Server {
-    child: Child,
+    pub child: Child,
     pub addr: String,
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,

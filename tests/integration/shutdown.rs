@@ -163,3 +163,41 @@ async fn the_pulls_of_the_last_seconds_are_recorded_at_shutdown() {
     assert!(tag.is_some_and(|t| t >= before), "tag pulled_at {tag:?}, pulled at {before} or later");
     assert!(manifest.is_some_and(|t| t >= before), "manifest pulled_at {manifest:?}, pulled at {before} or later");
 }
+
+/// Work that does not end (here a blob read stuck opening a FIFO put in place of the
+/// blob's file, as a hung network file system would leave it) holds the exit for at most
+/// the stop limit (10 s) after the drain, and is named in the log: a supervisor's SIGKILL
+/// would otherwise come first.
+#[tokio::test]
+async fn hung_background_work_holds_the_exit_only_for_the_stop_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), &[("BOSUN_HTTP_DRAIN_TIMEOUT", "500ms")]);
+    let digest = s.push_blob("stuck/a", b"will hang").await;
+    let path = blob_file(dir.path(), &digest);
+    std::fs::remove_file(&path).unwrap();
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let read = tokio::spawn(s.http.get(s.url(&format!("/v2/stuck/a/blobs/{digest}"))).send());
+    // Stuck once a thread of the server waits in the FIFO's open for a writer.
+    let tasks = format!("/proc/{}/task", s.child.id());
+    let stuck = || {
+        std::fs::read_dir(&tasks)
+            .unwrap()
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w == "wait_for_partner"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stuck() {
+        assert!(Instant::now() < deadline && !read.is_finished(), "the read did not hang");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = Instant::now();
+    s.terminate();
+    let status = s.exited_within(Duration::from_secs(30)).await;
+    let took = signalled.elapsed();
+    assert!(status.is_some(), "still running 30 s after SIGTERM");
+    assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(20), "exit after {took:?}");
+    assert!(!s.logged(&["background work did not end in time"]).await.is_empty());
+    read.abort();
+}
