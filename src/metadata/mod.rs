@@ -49,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/7.sql"),
     include_str!("migrations/8.sql"),
     include_str!("migrations/9.sql"),
+    include_str!("migrations/10.sql"),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 /// A commit that failed, as the error to tell. SQLite reports a full disk as
@@ -876,6 +877,7 @@ mod tests {
         include_str!("migrations/released/6.sql"),
         include_str!("migrations/released/7.sql"),
         include_str!("migrations/released/8.sql"),
+        include_str!("migrations/released/9.sql"),
     ];
 
     /// What a schema is made of, as SQLite sees it: each table's columns, foreign keys and
@@ -937,6 +939,11 @@ mod tests {
                          (1, 'sha256:shared', 0), (2, 'sha256:shared', 0), (1, 'sha256:only-a', 0);
                      INSERT INTO manifests (id, repository_id, digest, media_type, payload, created_at, touched_at)
                          VALUES (1, 1, 'sha256:m', 'application/vnd.oci.image.manifest.v1+json', x'7b7d', 0, 0);
+                     INSERT INTO manifests (id, repository_id, digest, media_type, artifact_type, payload, created_at, touched_at)
+                         VALUES (2, 1, 'sha256:empty-type', 'application/vnd.oci.image.manifest.v1+json', '',
+                                 CAST('{\"config\":{\"mediaType\":\"application/x-config\"}}' AS BLOB), 0, 0),
+                                (3, 1, 'sha256:empty-type-index', 'application/vnd.oci.image.index.v1+json', '',
+                                 CAST('{\"manifests\":[]}' AS BLOB), 0, 0);
                      INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES (1, 1, 'sha256:shared');
                      INSERT INTO tag_deletions (repository, tag, digest, manifest_id, deleted_at, actor, reason, restorable)
                          VALUES ('a', 'v1', 'sha256:m', 1, 0, 'api', 'tag deleted through the API', 1);",
@@ -965,6 +972,15 @@ mod tests {
                 .query_row("SELECT pushed_at, pulled_at FROM tag_deletions", [], |r| Ok((r.get(0)?, r.get(1)?)))
                 .unwrap();
             assert_eq!(times, (None, None), "version {version} upgraded");
+            // An empty artifactType became a missing one (version 10).
+            let types: Vec<Option<String>> = conn
+                .prepare("SELECT artifact_type FROM manifests WHERE id IN (2, 3) ORDER BY id")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(types, [Some("application/x-config".to_owned()), None], "version {version} upgraded");
             assert_eq!(conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap(), "ok");
             assert_eq!(
                 conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get::<_, i64>(0)).unwrap(),

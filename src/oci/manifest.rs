@@ -91,12 +91,19 @@ struct RawManifest {
 impl ParsedManifest {
     /// Parses a pushed manifest. `content_type` is the request's Content-Type, if any.
     pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
-        let content_type = content_type.map(|c| c.split(';').next().unwrap_or("").trim()).filter(|c| !c.is_empty());
+        // Media types compare without case (RFC 9110); the body's `mediaType` is JSON, exact.
+        let content_type = content_type
+            .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .filter(|c| !c.is_empty());
+        let content_type = content_type.as_deref();
         if matches!(content_type, Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)) {
             return Err(ManifestError::Schema1);
         }
         check_shape(body)?;
-        let raw: RawManifest = serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let mut raw: RawManifest = serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+        // An empty artifactType is a missing one (the referrers API then gives an image's
+        // config type, and nothing for an index).
+        raw.artifact_type = raw.artifact_type.filter(|t| !t.is_empty());
         if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
             return Err(ManifestError::Schema1);
         }
@@ -106,7 +113,7 @@ impl ParsedManifest {
             None => return Err(ManifestError::Invalid("schemaVersion is missing (it must be 2)".into())),
         }
         if let (Some(ct), Some(body_type)) = (content_type, raw.media_type.as_deref())
-            && ct != body_type
+            && !ct.eq_ignore_ascii_case(body_type)
         {
             return Err(ManifestError::MediaTypeMismatch { content_type: ct.to_owned(), body: body_type.to_owned() });
         }
@@ -234,6 +241,20 @@ mod tests {
         let m = ParsedManifest::parse(image(&extra).as_bytes(), None).unwrap();
         assert_eq!(m.artifact_type.as_deref(), Some("application/x-sig"));
         assert_eq!(m.subject.unwrap().digest.to_string(), D1);
+        // Empty is missing: an image's config type, an index's nothing.
+        let m = ParsedManifest::parse(image(r#","artifactType":"""#).as_bytes(), None).unwrap();
+        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        let index = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","artifactType":"","manifests":[]}}"#);
+        assert_eq!(ParsedManifest::parse(index.as_bytes(), None).unwrap().artifact_type, None);
+    }
+
+    /// Content-Type compares without case and without its parameters (RFC 9110).
+    #[test]
+    fn content_type_without_case() {
+        let shouted = "Application/VND.OCI.Image.Manifest.v1+JSON; charset=utf-8";
+        assert_eq!(ParsedManifest::parse(image("").as_bytes(), Some(shouted)).unwrap().media_type, OCI_MANIFEST);
+        let untyped = image("").replace(&format!(r#""mediaType":"{OCI_MANIFEST}","#), "");
+        assert_eq!(ParsedManifest::parse(untyped.as_bytes(), Some(shouted)).unwrap().media_type, OCI_MANIFEST);
     }
 
     #[test]
