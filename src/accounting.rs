@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::metadata::accounting::GraphRows;
+use crate::oci::RepoName;
 use crate::registry::Registry;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
@@ -207,14 +208,14 @@ impl Graph {
 }
 
 /// Accounting for the whole registry (or one repository), from one metadata snapshot.
-pub async fn usage(registry: &Registry, repository: Option<String>) -> crate::metadata::Result<Report> {
+pub async fn usage(registry: &Registry, repository: Option<RepoName>) -> crate::metadata::Result<Report> {
     let rows = registry.meta.read(|c| crate::metadata::accounting::graph(c)).await?;
     // Linear in the store, and all in memory: not on a thread that serves requests.
     let mut report = tokio::task::spawn_blocking(move || Graph::new(rows).report())
         .await
         .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))?;
     if let Some(r) = repository {
-        report.repositories.retain(|u| u.repository == r);
+        report.repositories.retain(|u| u.repository == r.as_str());
     }
     Ok(report)
 }

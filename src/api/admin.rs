@@ -1,7 +1,7 @@
 //! The admin API (`/admin/...`), Prometheus metrics (`/metrics`) and the health check
 //! (`/healthz`). JSON in and out.
 //!
-//! - `GET /healthz`: 200 while the server can serve, 503 with the reason once it cannot
+//! - `GET /healthz` (HEAD too, as for every GET here): 200 while the server can serve, 503 with the reason once it cannot
 //!   until a restart (a failed flush of the metadata log) or its database does not answer:
 //!   for a supervisor's liveness probe, open to every client like `/metrics`.
 //! - `POST /admin/gc[?dry_run=true][&grace_period=10m]` (a grace period for this run
@@ -31,6 +31,7 @@ use serde::Serialize;
 
 use super::AppState;
 use super::headers;
+use crate::oci::RepoName;
 use crate::policy::RetentionSpec;
 use crate::policy::retention::RetentionError;
 
@@ -46,6 +47,38 @@ fn json(status: StatusCode, value: &impl Serialize) -> AdminResponse {
 
 fn error(status: StatusCode, message: impl Into<String>) -> AdminResponse {
     json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+/// The methods an admin path takes, for the `Allow` of a 405; None: no such path.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/metrics"
+        | "/healthz"
+        | "/admin/gc/status"
+        | "/admin/gc/runs"
+        | "/admin/retention/policies"
+        | "/admin/retention/explain"
+        | "/admin/deletions"
+        | "/admin/du" => "GET, HEAD",
+        "/admin/gc"
+        | "/admin/reconcile"
+        | "/admin/gc/pause"
+        | "/admin/gc/resume"
+        | "/admin/retention/plan"
+        | "/admin/retention/apply"
+        | "/admin/retention/run"
+        | "/admin/restore" => "POST",
+        p if p.starts_with("/admin/retention/policies/") => "PUT, DELETE",
+        _ => return None,
+    })
+}
+
+/// 405 with the `Allow` RFC 9110 asks of it.
+fn not_allowed(method: &Method, path: &str, allow: &'static str) -> AdminResponse {
+    let mut response =
+        error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path} (only {allow})"));
+    response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    response
 }
 
 /// The monitoring address serves nothing but `/healthz` and `/metrics`.
@@ -113,12 +146,25 @@ const MAX_LIMIT: usize = 10_000;
 
 impl Query {
     /// Refuses a parameter that the endpoint does not take.
+    /// Refuses a parameter that the endpoint does not take, and one given twice (which of
+    /// `dry_run=false&dry_run=true` would be meant?).
     fn only(&self, known: &[&str]) -> Result<(), String> {
         match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-            None => Ok(()),
-            Some((k, _)) if known.is_empty() => Err(format!("unknown parameter {k:?}: this endpoint takes none")),
-            Some((k, _)) => Err(format!("unknown parameter {k:?}: this endpoint takes {}", known.join(", "))),
+            None => {}
+            Some((k, _)) if known.is_empty() => {
+                return Err(format!("unknown parameter {k:?}: this endpoint takes none"));
+            }
+            Some((k, _)) => return Err(format!("unknown parameter {k:?}: this endpoint takes {}", known.join(", "))),
         }
+        match self.0.iter().enumerate().find(|(i, (k, _))| self.0[..*i].iter().any(|(earlier, _)| earlier == k)) {
+            Some((_, (k, _))) => Err(format!("parameter {k:?} is given more than once")),
+            None => Ok(()),
+        }
+    }
+
+    /// A repository name, checked as the registry checks one.
+    fn repository(&self) -> Result<Option<RepoName>, String> {
+        self.text("repository").map(|r| r.parse().map_err(|e| format!("repository={r:?}: {e}"))).transpose()
     }
 
     fn text(&self, key: &str) -> Option<String> {
@@ -167,7 +213,9 @@ async fn dispatch(
     let collector = &state.collector;
     let retention = &state.retention;
     let path = request.uri.path();
-    let answer = match (&request.method, path) {
+    // HEAD as GET (RFC 9110: a probe may HEAD /healthz); hyper sends no body to a HEAD.
+    let method = if request.method == Method::HEAD { Method::GET } else { request.method.clone() };
+    let answer = match (&method, path) {
         // Scrapers and probes may add parameters of their own: not refused.
         (&Method::GET, "/metrics") => {
             let (meta, cutoff) = (&state.registry.meta, collector.cutoff());
@@ -261,12 +309,12 @@ async fn dispatch(
         }
         (&Method::GET, "/admin/retention/explain") => {
             q.only(&["repository"])?;
-            let repo = q.text("repository").ok_or("explain needs ?repository=<name>")?;
+            let repo = q.repository()?.ok_or("explain needs ?repository=<name>")?;
             retention_response(retention.explain(repo).await)
         }
         (&Method::POST, "/admin/retention/plan") => {
             q.only(&["repository", "policy"])?;
-            retention_response(retention.plan(q.text("repository"), q.text("policy")).await)
+            retention_response(retention.plan(q.repository()?, q.text("policy")).await)
         }
         (&Method::POST, "/admin/retention/apply") => {
             q.only(&["plan"])?;
@@ -309,7 +357,7 @@ async fn dispatch(
         }
         (&Method::GET, "/admin/du") => {
             q.only(&["repository"])?;
-            ok_or_500(crate::accounting::usage(&state.registry, q.text("repository")).await)
+            ok_or_500(crate::accounting::usage(&state.registry, q.repository()?).await)
         }
         (&Method::POST, "/admin/clock") if state.registry.failpoints.enabled() => {
             q.only(&["advance_ms"])?;
@@ -349,10 +397,13 @@ async fn dispatch(
                     failpoints.release(name);
                     json(StatusCode::OK, &serde_json::json!({ "released": name }))
                 }
-                _ => error(StatusCode::METHOD_NOT_ALLOWED, "PUT, GET or DELETE"),
+                _ => not_allowed(&request.method, p, "PUT, GET, HEAD, DELETE"),
             }
         }
-        (_, p) => error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {} {p}", request.method)),
+        (_, p) => match allowed_methods(p) {
+            Some(allow) => not_allowed(&request.method, p, allow),
+            None => error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {} {p}", request.method)),
+        },
     };
     Ok(answer)
 }

@@ -5,6 +5,8 @@
 //! ...) and everything before it is the name. The name is a prefix, so the rightmost
 //! match is always the endpoint: a repository called `a/manifests` still parses.
 
+use axum::http::Method;
+
 use crate::oci::{Digest, DigestError, Reference, RepoName, RepoNameError, Tag, TagError, UploadId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +66,18 @@ fn percent_decode(segment: &str) -> Option<String> {
 }
 
 impl Endpoint {
+    /// The methods the endpoint takes (`api::route` answers each), for a 405's `Allow`.
+    pub fn methods(&self) -> &'static [Method] {
+        use Endpoint::*;
+        match self {
+            Base | Catalog | Tags { .. } | Referrers { .. } => &[Method::GET, Method::HEAD],
+            Manifest { .. } => &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE],
+            Blob { .. } => &[Method::GET, Method::HEAD, Method::DELETE],
+            UploadStart { .. } => &[Method::POST],
+            Upload { .. } => &[Method::GET, Method::HEAD, Method::PATCH, Method::PUT, Method::DELETE],
+        }
+    }
+
     /// Parses a request path (with its leading `/v2`).
     pub fn parse(path: &str) -> Result<Endpoint, PathError> {
         let not_found = || PathError::NotFound(path.to_owned());

@@ -19,7 +19,7 @@ use axum::Router;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 
@@ -88,10 +88,17 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             None if refused => admin::refuse_remote(),
             None => admin::route(&state, &parts, body, peer).await,
             Some(endpoint) => {
+                let methods = endpoint.as_ref().map(Endpoint::methods).unwrap_or_default();
                 let mut response = match route(&state.registry, endpoint, Request::from_parts(parts, body)).await {
                     Ok(r) => r,
                     Err(e) => e.into_response(),
                 };
+                if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+                    // RFC 9110 asks a 405 to say what is allowed: a wrong method, or one this
+                    // resource refuses now (a delete while deletes are off, or of a blob in use).
+                    let allow: Vec<&str> = methods.iter().filter(|m| **m != method).map(Method::as_str).collect();
+                    response.headers_mut().insert(header::ALLOW, headers::value(allow.join(", ")));
+                }
                 response.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
                 response
             }
@@ -146,7 +153,7 @@ async fn route(registry: &Arc<Registry>, endpoint: Result<Endpoint, PathError>, 
         }
         (Blob { name, digest }, &Method::DELETE) => handlers::blobs::delete(registry, name, digest).await,
         (UploadStart { name }, &Method::POST) => handlers::uploads::start(registry, name, &request, body).await,
-        (Upload { name, id }, &Method::GET) => handlers::uploads::status(registry, name, id).await,
+        (Upload { name, id }, &Method::GET | &Method::HEAD) => handlers::uploads::status(registry, name, id).await,
         (Upload { name, id }, &Method::PATCH) => handlers::uploads::patch(registry, name, id, &request, body).await,
         (Upload { name, id }, &Method::PUT) => handlers::uploads::put(registry, name, id, &request, body).await,
         (Upload { name, id }, &Method::DELETE) => handlers::uploads::cancel(registry, name, id).await,

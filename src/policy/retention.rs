@@ -18,7 +18,7 @@ use crate::gc::{self, Collector};
 use crate::metadata::repositories::RepoId;
 use crate::metadata::{MetadataError, manifests, now_ms, retention as q, tags};
 use crate::metrics::Metrics;
-use crate::oci::{Digest, Tag};
+use crate::oci::{Digest, RepoName, Tag};
 use crate::registry::RegistryOptions;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -340,7 +340,7 @@ impl Retention {
 
     /// Plans retention for every governed repository (or one repository, or one policy's
     /// repositories), and saves the plan so that it can be applied as shown.
-    pub async fn plan(&self, repository: Option<String>, policy: Option<String>) -> Result<Plan> {
+    pub async fn plan(&self, repository: Option<RepoName>, policy: Option<String>) -> Result<Plan> {
         let registry = self.collector.registry();
         registry.pulls.flush(&registry.meta).await?;
         let policies = registry.policies();
@@ -358,7 +358,7 @@ impl Retention {
             .simulate_on_copy(move |c| {
                 let mut repositories = Vec::new();
                 for (id, name) in q::repositories(c)? {
-                    if repository.as_ref().is_some_and(|r| *r != name) {
+                    if repository.as_ref().is_some_and(|r| r.as_str() != name) {
                         continue;
                     }
                     let Some(governing) = policies.retention_for(&name) else { continue };
@@ -515,7 +515,8 @@ impl Retention {
     }
 
     /// Which policies match `repository`, which one governs, and what it decides now.
-    pub async fn explain(&self, repository: String) -> Result<serde_json::Value> {
+    pub async fn explain(&self, repository: RepoName) -> Result<serde_json::Value> {
+        let repository = repository.as_str().to_owned();
         let registry = self.collector.registry();
         registry.pulls.flush(&registry.meta).await?;
         let policies = registry.policies();

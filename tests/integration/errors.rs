@@ -111,3 +111,86 @@ async fn a_handler_that_panics_is_answered_500_and_holds_nothing() {
     assert_eq!(report["uploads_removed"], 1, "{report}");
     assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
 }
+
+/// Every 405 says in `Allow` what the resource takes (RFC 9110), each method it names is
+/// one the server answers there (never 405), and HEAD goes wherever GET does: the
+/// endpoints of the API, an upload's status, and `/healthz`, `/metrics` and the admin API.
+#[tokio::test]
+async fn a_405_names_what_is_allowed_and_head_goes_where_get_does() {
+    let s = Server::start_with(&[("BOSUN_GC_GRACE_PERIOD", "0")]);
+    let (_, manifest) = s.push_image("m/a", "v1", &[b"layer in use"]).await;
+    let layer = sha256(b"layer in use");
+    let upload = header(&s.http.post(s.url("/v2/m/a/blobs/uploads/")).send().await.unwrap(), "location");
+    let allow = |resp: &reqwest::Response| {
+        resp.headers().get("allow").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+    };
+    // A wrong method on each kind of endpoint; then every method its Allow names.
+    let cases = [
+        ("/v2/".to_owned(), Method::POST, "GET, HEAD"),
+        ("/v2/_catalog".to_owned(), Method::DELETE, "GET, HEAD"),
+        ("/v2/m/a/tags/list".to_owned(), Method::PATCH, "GET, HEAD"),
+        (format!("/v2/m/a/referrers/{manifest}"), Method::PUT, "GET, HEAD"),
+        ("/v2/m/a/manifests/nothing".to_owned(), Method::POST, "GET, HEAD, PUT, DELETE"),
+        (format!("/v2/m/a/blobs/{}", sha256(b"absent")), Method::PUT, "GET, HEAD, DELETE"),
+        ("/v2/m/a/blobs/uploads/".to_owned(), Method::GET, "POST"),
+        (upload.clone(), Method::POST, "GET, HEAD, PATCH, PUT, DELETE"),
+    ];
+    for (path, wrong, want) in cases {
+        let resp = s.request(wrong.clone(), &path).await.send().await.unwrap();
+        assert_eq!((resp.status(), allow(&resp)), (StatusCode::METHOD_NOT_ALLOWED, want.to_owned()), "{wrong} {path}");
+        // The upload is cancelled last, once its other methods were tried.
+        for method in want.split(", ").map(|m| Method::from_bytes(m.as_bytes()).unwrap()) {
+            let resp = s.request(method.clone(), &path).await.send().await.unwrap();
+            assert_ne!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is in Allow");
+        }
+    }
+    // An upload's status answers HEAD as GET (the upload was cancelled above: 404 both).
+    let fresh = header(&s.http.post(s.url("/v2/m/a/blobs/uploads/")).send().await.unwrap(), "location");
+    let head = s.request(Method::HEAD, &fresh).await.send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&head, "range"), "0-0");
+    // A delete refused by the resource's state: Allow leaves DELETE out.
+    let resp = s.delete(&format!("/v2/m/a/blobs/{layer}")).await;
+    assert_eq!((resp.status(), allow(&resp)), (StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD".to_owned()));
+
+    // The admin API, /healthz and /metrics.
+    for path in ["/healthz", "/metrics", "/admin/gc/status", "/admin/du"] {
+        let resp = s.head(path).await;
+        assert_eq!(resp.status(), StatusCode::OK, "HEAD {path}");
+        assert!(resp.bytes().await.unwrap().is_empty());
+    }
+    for (method, path, want) in [
+        (Method::GET, "/admin/gc", "POST"),
+        (Method::DELETE, "/healthz", "GET, HEAD"),
+        (Method::GET, "/admin/retention/policies/x", "PUT, DELETE"),
+    ] {
+        let resp = s.request(method.clone(), path).await.send().await.unwrap();
+        assert_eq!((resp.status(), allow(&resp)), (StatusCode::METHOD_NOT_ALLOWED, want.to_owned()), "{method} {path}");
+    }
+    assert_eq!(s.get("/admin/nothing").await.status(), StatusCode::NOT_FOUND);
+}
+
+/// Admin parameters are read strictly: a repeated one is refused (which of
+/// `dry_run=false&dry_run=true` was meant?), and so is a repository name the registry
+/// would refuse; neither runs anything.
+#[tokio::test]
+async fn admin_parameters_repeated_or_naming_no_possible_repository_are_refused() {
+    let s = Server::start_with(&[("BOSUN_GC_GRACE_PERIOD", "0"), ("BOSUN_GC_ENABLED", "false")]);
+    let (_, digest) = s.push_image("adm/a", "v1", &[b"garbage soon"]).await;
+    assert_eq!(s.delete(&format!("/v2/adm/a/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+    for (method, path) in [
+        (Method::POST, "/admin/gc?dry_run=false&dry_run=true"),
+        (Method::POST, "/admin/retention/plan?repository=NOT..VALID"),
+        (Method::GET, "/admin/retention/explain?repository=NOT..VALID"),
+        (Method::GET, "/admin/du?repository=UPPER"),
+        (Method::GET, "/admin/gc/runs?limit=1&limit=2"),
+    ] {
+        let resp = s.request(method.clone(), path).await.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{method} {path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(!body["error"].as_str().unwrap().is_empty(), "{body}");
+    }
+    let runs: serde_json::Value = s.get("/admin/gc/runs").await.json().await.unwrap();
+    assert_eq!(runs, serde_json::json!([]), "a refused request ran a collection");
+    assert_eq!(s.get(&format!("/v2/adm/a/blobs/{}", sha256(b"garbage soon"))).await.status(), StatusCode::OK);
+}
