@@ -5,6 +5,11 @@ use crate::metadata::{blobs, now_ms, repositories};
 use crate::oci::{Digest, RepoName};
 use crate::storage::ByteStream;
 
+/// Storage holds a blob of another size than metadata gives it: its bytes are not the blob.
+fn io_size_mismatch(known: u64, stored: u64) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("storage holds {stored} bytes, metadata says {known}"))
+}
+
 /// A blob opened for reading: the bytes from `offset`, `len` of them, of `size` in all.
 pub struct BlobRead {
     pub size: u64,
@@ -14,12 +19,25 @@ pub struct BlobRead {
 }
 
 impl Registry {
-    /// The size of a blob that `name` may read. A probe is how a client decides to reuse a
-    /// blob instead of uploading it, so it also marks the blob as used (restarting the grace
-    /// period of garbage collection) before answering: a blob reported present here is never
-    /// collected before the client can reference it. The write is skipped when the blob was
-    /// marked recently (see `RegistryOptions::probe_refresh_interval`).
+    /// The size of a blob that `name` may read, whose bytes storage holds. A probe is how a
+    /// client decides to reuse a blob instead of uploading it, so a blob whose bytes were
+    /// lost (a disk fault, a hand edit: metadata knows it, storage does not) is answered
+    /// 404, which makes the client push it again and so repairs the image; it is logged as
+    /// the fault it is, and reconcile reports it until then.
     pub async fn blob_size(&self, name: &RepoName, digest: &Digest) -> Result<u64> {
+        let size = self.linked_blob_size(name, digest).await?;
+        match self.store.blob_size(digest).await {
+            Ok(stored) if stored == size => Ok(size),
+            Ok(stored) => Err(self.bytes_unavailable(name, digest, io_size_mismatch(size, stored)).await),
+            Err(e) => Err(self.bytes_unavailable(name, digest, e).await),
+        }
+    }
+
+    /// The size metadata gives a blob that `name` may read. It also marks the blob as used
+    /// (restarting the grace period of garbage collection) before answering: a blob
+    /// reported present is never collected before the client can reference it. The write
+    /// is skipped when the blob was marked recently (`RegistryOptions::probe_refresh_interval`).
+    async fn linked_blob_size(&self, name: &RepoName, digest: &Digest) -> Result<u64> {
         let (n, d) = (name.clone(), digest.clone());
         let fresh_after = now_ms() - self.options.probe_refresh_interval().as_millis() as i64;
         let seen = self
@@ -49,31 +67,42 @@ impl Registry {
         digest: &Digest,
         resolve: impl FnOnce(u64) -> Result<(u64, u64)>,
     ) -> Result<BlobRead> {
-        let size = self.blob_size(name, digest).await?;
+        let size = self.linked_blob_size(name, digest).await?;
         let (offset, len) = resolve(size)?;
         let body = match self.store.read_blob(digest, offset, len).await {
             Ok(body) => body,
-            Err(e) => {
-                // Collected between the metadata read and the open: a plain 404. (Only if
-                // metadata says so: any other failure of the second look is that failure.)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && let Err(second_look) = self.blob_size(name, digest).await
-                {
-                    return Err(second_look);
-                }
-                // The metadata says the blob exists: missing bytes are a fault to report
-                // loudly, not a 404 that would make a client think it may re-push.
-                tracing::error!(%digest, error = %e, "blob known to metadata cannot be read from storage");
-                return Err(Error::from(e));
-            }
+            Err(e) => return Err(self.bytes_unavailable(name, digest, e).await),
         };
         Ok(BlobRead { size, offset, len, body })
+    }
+
+    /// The answer for a blob whose bytes could not be had (`e`) although metadata said
+    /// `name` may read it. Collected meanwhile (metadata now says so): a plain 404. Lost
+    /// (missing or of the wrong size): logged as the fault it is, and 404, so that a client
+    /// pushes it again, which puts the bytes back. Any other failure is that failure.
+    async fn bytes_unavailable(&self, name: &RepoName, digest: &Digest, e: std::io::Error) -> Error {
+        let lost = matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData);
+        if !lost {
+            tracing::error!(%digest, error = %e, "blob known to metadata cannot be read from storage");
+            return Error::from(e);
+        }
+        if let Err(second_look) = self.linked_blob_size(name, digest).await {
+            return second_look;
+        }
+        tracing::error!(%digest, error = %e, "storage lost the bytes of a blob known to metadata: answered 404, so that clients push it again");
+        Error::BlobUnknown(digest.clone())
     }
 
     /// Links an existing blob into `name` without receiving its bytes: from `from` if that
     /// repository has it, else (with auto-mount) from anywhere in the registry. Returns the
     /// size if mounted, `None` if the client must upload.
     pub async fn mount_blob(&self, name: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Option<u64>> {
+        // Bytes that storage lost are uploaded again rather than linked (see `blob_size`).
+        match self.store.blob_size(digest).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
         let (n, d, f) = (name.clone(), digest.clone(), from.cloned());
         let auto = self.options.auto_mount;
         let policies = self.policies();

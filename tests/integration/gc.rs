@@ -457,12 +457,27 @@ async fn reconcile_removes_unknown_bytes_and_reports_missing_ones() {
     assert_eq!(report["removed"][0]["digest"], d);
     assert_eq!(report["missing_blobs"], 1);
     assert!(!path.exists());
-    // The missing blob is still known (reported, never silently dropped).
-    assert_eq!(s.head(&format!("/v2/rec/blobs/{lost}")).await.status(), StatusCode::OK);
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("bosun_reconcile_missing_blobs 1"), "{metrics}");
     assert!(metrics.contains("bosun_reconcile_orphans_removed_total 1"), "{metrics}");
     s.verify_image("rec", "v1").await.unwrap();
+    // The missing blob is still known (reported, never silently dropped), but a probe or a
+    // read of it is a 404, logged: a client pushes it again, which repairs it. A mount of
+    // it from another repository is an upload too.
+    let blob = format!("/v2/rec/blobs/{lost}");
+    assert_eq!(s.head(&blob).await.status(), StatusCode::NOT_FOUND);
+    expect_error(s.get(&blob).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    assert!(!s.logged(&["storage lost the bytes", &lost]).await.is_empty());
+    let mount = s.mount("rec2", &lost, "rec").await;
+    assert_eq!(mount.status(), StatusCode::ACCEPTED, "mounted bytes that are gone");
+    assert_eq!(s.reconcile(true).await.json::<Value>().await.unwrap()["missing_blobs"], 1, "dropped from metadata");
+    assert_eq!(s.push_blob("rec", b"lost layer").await, lost);
+    assert_eq!(s.get(&blob).await.bytes().await.unwrap().as_ref(), b"lost layer");
+    assert_eq!(s.reconcile(false).await.json::<Value>().await.unwrap()["missing_blobs"], 0);
+    // Bytes cut short are no more the blob than none.
+    let cut = s.push_blob("rec", b"layer cut short").await;
+    std::fs::write(blob_file(&s.data_dir, &cut), b"layer").unwrap();
+    assert_eq!(s.head(&format!("/v2/rec/blobs/{cut}")).await.status(), StatusCode::NOT_FOUND);
 }
 
 /// A reference count made too low behind the server's back (as a bug or a hand edit
