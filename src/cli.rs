@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -62,24 +63,34 @@ pub fn local_addr(listen: SocketAddr) -> SocketAddr {
 
 /// Where the admin API is: `--url` (`HOST:PORT`; a name is resolved here, and each of its
 /// addresses is tried in turn, as `localhost` may name `::1` before 127.0.0.1), or the
-/// configured listen address.
+/// configured listen address. A data directory named to the command (`--data-dir`,
+/// `BOSUN_DATA_DIR`, the file's `data_dir`) goes with each request to a local server, which
+/// refuses it unless that is the directory it serves: `bosun gc --data-dir B` must never
+/// pause or collect A, whose server happens to answer at the configured address.
 pub struct AdminAddr {
     shown: String,
     addrs: Vec<SocketAddr>,
+    data_dir: Option<PathBuf>,
 }
 
 impl AdminAddr {
     pub fn of(config: &Config, url: Option<&str>) -> anyhow::Result<AdminAddr> {
+        let data_dir = match config.data_dir_named {
+            true => Some(std::path::absolute(&config.data_dir).context("the data directory's path")?),
+            false => None,
+        };
         let Some(url) = url else {
             let addr = local_addr(config.listen);
-            return Ok(AdminAddr { shown: addr.to_string(), addrs: vec![addr] });
+            return Ok(AdminAddr { shown: addr.to_string(), addrs: vec![addr], data_dir });
         };
         let addrs: Vec<SocketAddr> =
             url.to_socket_addrs().with_context(|| format!("--url {url:?} is no HOST:PORT"))?.collect();
         if addrs.is_empty() {
             bail!("--url {url:?}: the name has no address");
         }
-        Ok(AdminAddr { shown: url.to_owned(), addrs })
+        // Another machine's server cannot look at this machine's directories.
+        let data_dir = data_dir.filter(|_| addrs.iter().all(|a| a.ip().is_loopback()));
+        Ok(AdminAddr { shown: url.to_owned(), addrs, data_dir })
     }
 
     /// Whether every address is this machine's loopback.
@@ -121,9 +132,13 @@ fn request(
     }
     let Some(mut stream) = connected else { return Ok(None) };
     stream.set_read_timeout(patience)?;
+    let data_dir = match &admin.data_dir {
+        Some(dir) => format!("{}: {}\r\n", crate::api::DATA_DIR_HEADER, encode(&dir.to_string_lossy())),
+        None => String::new(),
+    };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{data_dir}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();

@@ -72,6 +72,11 @@ pub struct Config {
     /// directory's disk (`"2%"`) or a size (`"10GiB"`, or bytes); `0` turns it off. Env:
     /// `BOSUN_MIN_FREE_SPACE`.
     pub min_free_space: MinFreeSpace,
+    /// Whether `data_dir` was named (in the file, by `BOSUN_DATA_DIR` or `--data-dir`)
+    /// rather than left at its default: a command then acts on that directory's server
+    /// only (`cli::AdminAddr`).
+    #[serde(skip)]
+    pub data_dir_named: bool,
 }
 
 /// How log lines are written.
@@ -263,6 +268,7 @@ impl Default for Config {
             admin_remote: false,
             min_free_space: MinFreeSpace::default(),
             audit_retention: Duration::from_secs(365 * 24 * 60 * 60),
+            data_dir_named: false,
         }
     }
 }
@@ -282,7 +288,9 @@ impl Config {
             return Ok(Config::default());
         };
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+        let mut config: Config = toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+        config.data_dir_named = toml::from_str::<toml::Table>(&text)?.contains_key("data_dir");
+        Ok(config)
     }
 
     /// Applies `BOSUN_*` variables, read through `var` (the process environment in
@@ -293,6 +301,7 @@ impl Config {
         }
         if let Some(v) = var("BOSUN_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
+            self.data_dir_named = true;
         }
         if let Some(v) = var("BOSUN_DELETE_ENABLED") {
             self.delete_enabled = parse_bool("BOSUN_DELETE_ENABLED", &v)?;

@@ -195,6 +195,7 @@ fn load(args: ConfigArgs) -> anyhow::Result<Config> {
     cfg.apply_env(|k| std::env::var(k).ok())?;
     if let Some(d) = args.data_dir {
         cfg.data_dir = d;
+        cfg.data_dir_named = true;
     }
     Ok(cfg)
 }

@@ -199,7 +199,32 @@ impl Query {
 
 /// Handles `/admin/...`, `/metrics` and `/healthz`, for a client at `peer`.
 pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<std::net::SocketAddr>) -> AdminResponse {
+    if let Some(named) = request.headers.get(super::DATA_DIR_HEADER) {
+        let (named, served) = (named.as_bytes().to_vec(), state.config.data_dir.clone());
+        let check = tokio::task::spawn_blocking(move || same_data_dir(&named, &served));
+        match check.await.unwrap_or_else(|e| Err(e.to_string())) {
+            Ok(()) => {}
+            Err(message) => return error(StatusCode::CONFLICT, message),
+        }
+    }
     dispatch(state, request, body, peer).await.unwrap_or_else(|message| error(StatusCode::BAD_REQUEST, message))
+}
+
+/// Whether `named` (a percent-encoded path) is the directory `served`: the same file
+/// system object, whatever path names it.
+fn same_data_dir(named: &[u8], served: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let named: String = form_urlencoded::parse(&[b"d=", named].concat()).map(|(_, v)| v.into_owned()).collect();
+    let id = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let served_id = id(served).map_err(|e| format!("reading the served data directory {}: {e}", served.display()))?;
+    match id(std::path::Path::new(&named)) {
+        Ok(named_id) if named_id == served_id => Ok(()),
+        outcome => Err(format!(
+            "this Bosun serves the data directory {}, not {named}{} (the command's --data-dir, BOSUN_DATA_DIR or data_dir): nothing was done",
+            served.display(),
+            outcome.err().map(|e| format!(" ({e})")).unwrap_or_default()
+        )),
+    }
 }
 
 /// The request's answer, or what is wrong with the request (400).

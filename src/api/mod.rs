@@ -68,6 +68,10 @@ async fn monitor_dispatch(State(state): State<Arc<AppState>>, request: Request) 
     }
 }
 
+/// The data directory a command was told to act on (`bosun gc --data-dir`, percent-encoded):
+/// the admin API refuses the request unless it serves that directory (`cli::AdminAddr`).
+pub const DATA_DIR_HEADER: &str = "bosun-data-dir";
+
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {

@@ -261,3 +261,34 @@ fn a_start_on_a_busy_address_leaves_the_data_directory_alone() {
     assert!(err.contains("listening on"), "{err}");
     assert!(!data.exists(), "{:?}", std::fs::read_dir(&data).map(|d| d.count()));
 }
+
+/// A command told which data directory to act on acts on that directory's server only:
+/// the server answering at the address (here another instance's) refuses, and nothing is
+/// paused there. Named rightly, through another path to it, the command goes through.
+#[tokio::test]
+async fn a_command_naming_another_data_directory_is_refused_by_the_server_that_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_in(&dir.path().join("a"), &[]);
+    let other = dir.path().join("b");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("metadata.sqlite"), b"").unwrap();
+    let run =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_bosun")).args(args).args(["--url", &s.addr]).output().unwrap();
+    let other = other.to_str().unwrap();
+    for args in [
+        &["gc", "--pause", "--reason", "maintenance of b", "--data-dir", other][..],
+        &["du", "--data-dir", other],
+        &["audit", "--data-dir", other],
+    ] {
+        let out = run(args);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains("409") && err.contains("not") && err.contains(other), "{args:?}: {err}");
+    }
+    let status: Value = s.get("/admin/gc/status").await.json().await.unwrap();
+    assert_eq!(status["paused"], false, "{status}");
+    // The right directory, named through a path with a detour in it.
+    let detour = dir.path().join("b/../a");
+    let out = run(&["gc", "--status", "--data-dir", detour.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
