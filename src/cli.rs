@@ -174,15 +174,19 @@ pub fn gc(config: &Config, url: Option<&str>, action: GcAction) -> anyhow::Resul
     let answer = request(&addr, method, &path, "", patience).map_err(|e| {
         anyhow::anyhow!("{e:#} (a collection or reconcile it started, if any, is in bosun gc --history)")
     })?;
-    if let Some((status, body)) = answer {
-        if status != 200 {
-            return Err(refused(&addr, status, &body));
+    match answer {
+        Some((200, body)) => {
+            println!("{body}");
+            return Ok(());
         }
-        println!("{body}");
-        return Ok(());
+        // The server that answered serves another directory than the one named.
+        Some((421, body)) => eprintln!("{}", refused(&addr, 421, &body)),
+        Some((status, body)) => return Err(refused(&addr, status, &body)),
+        None => {}
     }
-    // Nothing listens: work on the data directory directly (refused if a server holds it),
-    // unless --url named another machine, whose data directory this is not.
+    // Nothing listens (or not the named directory's server): work on the data directory
+    // directly (refused if a server holds it), unless --url named another machine, whose
+    // data directory this is not.
     if url.is_some() && !addr.is_loopback() {
         bail!("no Bosun answered at {addr}; only a local instance's data directory can be worked on directly");
     }
@@ -195,7 +199,7 @@ pub fn gc(config: &Config, url: Option<&str>, action: GcAction) -> anyhow::Resul
             dir.display()
         );
     }
-    eprintln!("no Bosun answered at {addr}: working on the data directory {}", dir.display());
+    eprintln!("no Bosun of {} answered at {addr}: working on the data directory directly", dir.display());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let out = runtime.block_on(async move {
         let opened = crate::server::open(config)

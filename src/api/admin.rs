@@ -204,7 +204,9 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
         let check = tokio::task::spawn_blocking(move || same_data_dir(&named, &served));
         match check.await.unwrap_or_else(|e| Err(e.to_string())) {
             Ok(()) => {}
-            Err(message) => return error(StatusCode::CONFLICT, message),
+            // 421: "not the server for this request"; `bosun gc` then works on the named
+            // directory directly, if no other process holds it.
+            Err(message) => return error(StatusCode::MISDIRECTED_REQUEST, message),
         }
     }
     dispatch(state, request, body, peer).await.unwrap_or_else(|message| error(StatusCode::BAD_REQUEST, message))

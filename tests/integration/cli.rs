@@ -264,29 +264,38 @@ fn a_start_on_a_busy_address_leaves_the_data_directory_alone() {
 
 /// A command told which data directory to act on acts on that directory's server only:
 /// the server answering at the address (here another instance's) refuses, and nothing is
-/// paused there. Named rightly, through another path to it, the command goes through.
+/// paused there; `bosun gc` works on the named (stopped) directory instead. Named rightly,
+/// through another path to it, the command goes through the server.
 #[tokio::test]
 async fn a_command_naming_another_data_directory_is_refused_by_the_server_that_answers() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_in(&dir.path().join("a"), &[]);
     let other = dir.path().join("b");
-    std::fs::create_dir_all(&other).unwrap();
-    std::fs::write(other.join("metadata.sqlite"), b"").unwrap();
+    // A stopped instance's directory.
+    let out = Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["gc", "--dry-run", "--url", "127.0.0.1:1", "--data-dir", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no Bosun data there yet");
+    drop(Server::start_in(&other, &[]));
     let run =
         |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_bosun")).args(args).args(["--url", &s.addr]).output().unwrap();
     let other = other.to_str().unwrap();
-    for args in [
-        &["gc", "--pause", "--reason", "maintenance of b", "--data-dir", other][..],
-        &["du", "--data-dir", other],
-        &["audit", "--data-dir", other],
-    ] {
+    for args in [&["du", "--data-dir", other][..], &["audit", "--data-dir", other]] {
         let out = run(args);
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(!out.status.success(), "{args:?}");
-        assert!(err.contains("409") && err.contains("not") && err.contains(other), "{args:?}: {err}");
+        assert!(err.contains("421") && err.contains(other), "{args:?}: {err}");
     }
+    let out = run(&["gc", "--pause", "--reason", "maintenance of b", "--data-dir", other]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("421") && err.contains("working on the data directory directly"), "{err}");
     let status: Value = s.get("/admin/gc/status").await.json().await.unwrap();
     assert_eq!(status["paused"], false, "{status}");
+    let out = run(&["gc", "--status", "--data-dir", other]);
+    let b_status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b_status["paused"], true, "{b_status}");
     // The right directory, named through a path with a detour in it.
     let detour = dir.path().join("b/../a");
     let out = run(&["gc", "--status", "--data-dir", detour.to_str().unwrap()]);
