@@ -138,7 +138,39 @@ impl Registry {
 
     pub async fn upload_status(&self, name: &RepoName, id: &UploadId) -> Result<UploadStatus> {
         let size = self.session_size(name, id).await?;
+        if !self.staged_exists(id).await? {
+            // Gone, or being finished right now: under the lock, the session is either
+            // ended here or found finished.
+            let mut guard = self.sessions.lock(id).await;
+            let known = self.session_size(name, id).await;
+            self.forget_if_unknown(id, known).await?;
+            self.end_if_staged_lost(id, &mut guard).await?;
+        }
         Ok(UploadStatus { id: id.clone(), size })
+    }
+
+    /// Whether the session's staged file exists.
+    async fn staged_exists(&self, id: &UploadId) -> Result<bool> {
+        match self.store.read_upload(id, 0).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Ends a session (lock held, as `guard`) whose staged bytes are gone, answering it as
+    /// unknown, so that the client starts its upload again. A crash between an upload's
+    /// commit (the staged file renamed into the blob's place) and its record leaves such a
+    /// session; every step of it would fail otherwise, until its age removed it.
+    async fn end_if_staged_lost(&self, id: &UploadId, guard: &mut Option<HashState>) -> Result<()> {
+        // A session this process wrote to has its staged file (a cached hash state).
+        if guard.is_some() || self.staged_exists(id).await? {
+            return Ok(());
+        }
+        tracing::warn!(upload = %id, "an upload session's staged bytes are gone (a crash while it was being finished): the session ends, and its client starts again");
+        *guard = None;
+        self.cancel_locked(id).await?;
+        Err(Error::UploadUnknown)
     }
 
     /// The hash state of a session's `size` bytes, rebuilt from storage if not in memory.
@@ -176,6 +208,8 @@ impl Registry {
         E: std::fmt::Display,
     {
         let mut guard = self.sessions.lock(id).await;
+        self.forget_if_unknown(id, self.session_size(name, id).await).await?;
+        self.end_if_staged_lost(id, &mut guard).await?;
         let appended = self.append_locked(name, id, &guard, range, body).await;
         let (state, received) = self.forget_if_unknown(id, appended).await?;
         let (i, new_size) = (id.clone(), state.size);
@@ -270,6 +304,8 @@ impl Registry {
         E: std::fmt::Display,
     {
         let mut guard = self.sessions.lock(id).await;
+        self.forget_if_unknown(id, self.session_size(name, id).await).await?;
+        self.end_if_staged_lost(id, &mut guard).await?;
         let appended = self.append_locked(name, id, &guard, range, body).await;
         let (state, received) = self.forget_if_unknown(id, appended).await?;
         let actual = match digest.algorithm() {

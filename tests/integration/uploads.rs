@@ -258,3 +258,35 @@ async fn an_upload_step_ends_stored_when_its_client_hangs_up() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert_eq!(s.get(&format!("/v2/gone/a/blobs/{digest}")).await.bytes().await.unwrap(), data);
 }
+
+/// A crash between an upload's commit (its staged file renamed into the blob's place) and
+/// its record leaves a session without staged bytes. After the restart each step of it
+/// answers "unknown session" (404), so the client starts again, and the session ends;
+/// it used to answer 500 to every step, for a day.
+#[tokio::test]
+async fn a_session_whose_staged_bytes_are_gone_ends_as_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(dir.path(), &[]);
+    let start = || async { header(&s.http.post(s.url("/v2/lost/a/blobs/uploads/")).send().await.unwrap(), "location") };
+    let (written, empty, untouched) = (start().await, start().await, start().await);
+    let body = random_bytes(7, 1000);
+    let patch = s.http.patch(s.url(&written)).header("content-range", "0-999").body(body.clone()).send().await;
+    assert_eq!(patch.unwrap().status(), StatusCode::ACCEPTED);
+    s.kill();
+    let id = |location: &str| location.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    for location in [&written, &empty, &untouched] {
+        std::fs::remove_file(dir.path().join("uploads").join(id(location))).unwrap();
+    }
+    let s = Server::start_in(dir.path(), &[]);
+    let digest = sha256(&body);
+    let separator = if written.contains('?') { '&' } else { '?' };
+    let put = s.http.put(s.url(&format!("{written}{separator}digest={digest}"))).send().await.unwrap();
+    expect_error(put, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    let patch = s.http.patch(s.url(&empty)).header("content-range", "0-999").body(body.clone()).send().await;
+    expect_error(patch.unwrap(), StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    expect_error(s.get(&untouched).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    let db = rusqlite::Connection::open(dir.path().join("metadata.sqlite")).unwrap();
+    assert_eq!(db.query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get::<_, i64>(0)).unwrap(), 0);
+    // The client's new upload goes through.
+    assert_eq!(s.push_blob("lost/a", &body).await, digest);
+}
