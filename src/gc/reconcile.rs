@@ -125,6 +125,12 @@ impl Collector {
             sessions.forget(&upload);
             report.upload(id);
         }
+        if !report.run.dry_run {
+            let pruned = reg.store.prune_empty_dirs().await?;
+            if pruned > 0 {
+                tracing::info!(pruned, "removed empty blob directories (left by a crash during a removal)");
+            }
+        }
         self.sweep_repositories(report).await?;
         // Late: a repair that fails (a full disk) then leaves the removals above done.
         if drifted > 0 && !report.run.dry_run {

@@ -315,6 +315,15 @@ fn unlink_shards(shards: &[Vec<(PathBuf, Digest)>], stop: &Path) -> Vec<(Digest,
 }
 
 /// Removes `dir` and then its parents up to (not including) `stop`, while they are empty.
+/// Removes `dir` if it is an empty directory; whether it did.
+fn removed_if_empty(dir: &Path) -> io::Result<bool> {
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.kind(), io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::NotFound) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn prune_empty_dirs(mut dir: &Path, stop: &Path) {
     while dir != stop && dir.starts_with(stop) {
         if fs::remove_dir(dir).is_err() {
@@ -786,12 +795,15 @@ impl BlobStore for FilesystemStore {
         let blobs = self.root.join("blobs");
         blocking(move || {
             let mut out = Vec::new();
-            for alg in fs::read_dir(&blobs)? {
+            // The path goes with an error: "Not a directory" alone names no culprit.
+            let read_dir =
+                |dir: &Path| fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())));
+            for alg in read_dir(&blobs)? {
                 let alg = alg?;
                 let alg_name = alg.file_name().to_string_lossy().into_owned();
-                let Some(shards) = gone_is_none(fs::read_dir(alg.path()))? else { continue };
+                let Some(shards) = gone_is_none(read_dir(&alg.path()))? else { continue };
                 for shard in shards {
-                    let Some(files) = gone_is_none(fs::read_dir(shard?.path()))? else { continue };
+                    let Some(files) = gone_is_none(read_dir(&shard?.path()))? else { continue };
                     for file in files {
                         let file = file?;
                         let Some(meta) = gone_is_none(file.metadata())? else { continue };
@@ -806,6 +818,25 @@ impl BlobStore for FilesystemStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// A shard directory that a commit is filling meanwhile is not empty, or, emptied
+    /// between its making and the rename, is made again by the commit (`commit_upload`).
+    async fn prune_empty_dirs(&self) -> io::Result<usize> {
+        let blobs = self.root.join("blobs");
+        blocking(move || {
+            let mut pruned = 0;
+            for alg in fs::read_dir(&blobs)? {
+                let alg = alg?.path();
+                let Some(shards) = gone_is_none(fs::read_dir(&alg))? else { continue };
+                for shard in shards {
+                    pruned += usize::from(removed_if_empty(&shard?.path())?);
+                }
+                pruned += usize::from(removed_if_empty(&alg)?);
+            }
+            Ok(pruned)
         })
         .await
     }

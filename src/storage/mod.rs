@@ -86,6 +86,12 @@ pub trait BlobStore: Send + Sync + 'static {
     }
     /// Every stored blob. Fails as a whole on any listing error.
     async fn list_blobs(&self) -> io::Result<Vec<StoredBlob>>;
+    /// Removes the directories that hold no blob, which a crash between a blob's removal
+    /// and its directory's leaves behind; returns how many went. A store without
+    /// directories has none.
+    async fn prune_empty_dirs(&self) -> io::Result<usize> {
+        Ok(0)
+    }
     /// Every staged upload, with when it was last written. Fails as a whole on any error.
     async fn list_uploads(&self) -> io::Result<Vec<(String, SystemTime)>>;
     /// The room left where new bytes go, if the store has such a limit (a local disk does;

@@ -449,6 +449,10 @@ async fn reconcile_removes_unknown_bytes_and_reports_missing_ones() {
     // Bytes metadata knows, gone from storage.
     let lost = s.push_blob("rec", b"lost layer").await;
     std::fs::remove_file(blob_file(&s.data_dir, &lost)).unwrap();
+    // An empty shard directory, as a crash between an unlink and its directory's removal
+    // leaves one.
+    let empty_shard = s.data_dir.join("blobs/sha256/zz");
+    std::fs::create_dir_all(&empty_shard).unwrap();
 
     let dry: Value = s.reconcile(true).await.json().await.unwrap();
     assert_eq!(count(&dry, "blob"), 1);
@@ -457,6 +461,7 @@ async fn reconcile_removes_unknown_bytes_and_reports_missing_ones() {
     assert_eq!(report["removed"][0]["digest"], d);
     assert_eq!(report["missing_blobs"], 1);
     assert!(!path.exists());
+    assert!(!empty_shard.exists(), "an empty shard directory outlived the reconcile");
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("bosun_reconcile_missing_blobs 1"), "{metrics}");
     assert!(metrics.contains("bosun_reconcile_orphans_removed_total 1"), "{metrics}");
