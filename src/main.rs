@@ -376,7 +376,15 @@ fn keep_freed_memory() {}
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // A command's output piped into `head` ends the command quietly, as for any Unix
+        // tool, instead of panicking in `println!` (Rust ignores SIGPIPE by default). The
+        // server keeps ignoring it: a client that hangs up is an error on its socket.
+        // SAFETY: before any thread starts; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bosun: {e:#}");

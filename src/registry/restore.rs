@@ -17,7 +17,7 @@ impl Registry {
                 let now = now_ms();
                 let Some(deleted) = retention::restorable(c, n.as_str(), t.as_str(), since)? else {
                     return Err(Error::ManifestUnknown(format!(
-                        "{n}:{t}: no deletion of this tag within the restore window that can be undone (its manifest is gone, or was deleted since)"
+                        "to put back as {n}:{t} (the tag has no deletion within the restore window that can be undone: its manifest is gone, or was deleted since)"
                     )));
                 };
                 let repo = repositories::find(c, &n)?.ok_or_else(|| Error::NameUnknown(n.clone()))?;

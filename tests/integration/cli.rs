@@ -301,3 +301,22 @@ async fn a_command_naming_another_data_directory_is_refused_by_the_server_that_a
     let out = run(&["gc", "--status", "--data-dir", detour.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A command whose reader went away (`bosun gc --history | head -1`) ends as Unix tools
+/// do, by SIGPIPE, not with a panic and exit code 101.
+#[tokio::test]
+async fn a_command_whose_output_is_closed_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = Server::start();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["gc", "--status", "--url", &s.addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
