@@ -417,6 +417,9 @@ impl Config {
         {
             bail!("http.monitor_listen ({monitor}) must be another address than listen ({})", self.listen);
         }
+        // The file's policies alone, before the data directory is made or opened (those
+        // of the admin API are checked again with them once it is).
+        self.policies(&[]).context("invalid policies")?;
         Ok(())
     }
 

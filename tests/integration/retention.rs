@@ -877,6 +877,8 @@ async fn an_invalid_policy_stops_the_start_and_names_the_rule() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("retention[0] \"x\": keep.all[1].pushed_within"), "{err}");
+    // Refused before the data directory is made: a mistyped --data-dir stays uncreated.
+    assert!(!dir.path().join("data").exists());
 }
 
 #[tokio::test]
