@@ -156,7 +156,7 @@ impl Metrics {
         counter(
             &mut out,
             "bosun_gc_bytes_removed_total",
-            "Blob bytes freed by garbage collection.",
+            "Bytes freed by garbage collection: blobs, and the staged bytes of abandoned uploads.",
             &self.gc_bytes_removed,
         );
         counter(

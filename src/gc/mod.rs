@@ -156,7 +156,10 @@ impl Report {
                 r.blobs_removed += 1;
                 r.bytes_removed += item.bytes;
             }
-            "upload" => r.uploads_removed += 1,
+            "upload" => {
+                r.uploads_removed += 1;
+                r.bytes_removed += item.bytes;
+            }
             "repository" => r.repositories_removed += 1,
             _ => {}
         }
@@ -181,8 +184,9 @@ impl Report {
         self.push(Removed::of("repository", Some(name), None, 0));
     }
 
-    fn upload(&mut self, id: String) {
-        self.push(Removed { id: Some(id), ..Removed::of("upload", None, None, 0) });
+    /// An upload session, or a staged file no session has, with the bytes it held.
+    fn upload(&mut self, id: String, bytes: u64) {
+        self.push(Removed { id: Some(id), ..Removed::of("upload", None, None, bytes) });
     }
 }
 
@@ -644,14 +648,14 @@ impl Collector {
         loop {
             let cursor = after;
             let page = meta.read(move |c| q::stale_uploads(c, before, cursor, BATCH)).await?;
-            let Some((last, _)) = page.last() else { return Ok(()) };
+            let Some((last, _, _)) = page.last() else { return Ok(()) };
             after = *last;
-            let idle: Vec<(String, UploadId, Claim)> = page
+            let idle: Vec<(String, UploadId, u64, Claim)> = page
                 .into_iter()
-                .filter_map(|(_, id)| {
+                .filter_map(|(_, id, size)| {
                     let upload: UploadId = id.parse().ok()?;
                     let claim = sessions.claim(&upload)?;
-                    Some((id, upload, claim))
+                    Some((id, upload, size, claim))
                 })
                 .collect();
             if idle.is_empty() {
@@ -662,9 +666,9 @@ impl Collector {
             let removed = meta
                 .write_unflushed(move |c| {
                     let mut removed = Vec::new();
-                    for (id, upload, claim) in idle {
+                    for (id, upload, size, claim) in idle {
                         if q::remove_upload_if_stale(c, &id, before)? {
-                            removed.push((id, upload, claim));
+                            removed.push((id, upload, size, claim));
                         }
                     }
                     Ok::<_, MetadataError>(removed)
@@ -673,17 +677,17 @@ impl Collector {
             if removed.is_empty() {
                 continue;
             }
-            for (_, upload, _) in &removed {
+            for (_, upload, _, _) in &removed {
                 sessions.forget(upload);
             }
             meta.flush().await?;
             // Each claim is released once its session's file is gone.
-            for (id, upload, _claim) in removed {
+            for (id, upload, size, _claim) in removed {
                 match self.registry.store.delete_upload(&upload).await {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                     _ => {}
                 }
-                report.upload(id);
+                report.upload(id, size);
             }
         }
     }
@@ -713,10 +717,10 @@ impl Collector {
                 let mut after = q::UPLOADS_START;
                 loop {
                     let page = q::stale_uploads(c, upload_before, after, BATCH)?;
-                    let Some((last, _)) = page.last() else { break };
+                    let Some((last, _, _)) = page.last() else { break };
                     after = *last;
-                    for (_, id) in page {
-                        out.upload(id);
+                    for (_, id, size) in page {
+                        out.upload(id, size);
                     }
                 }
                 for name in touched_repositories(&out.removed) {

@@ -99,7 +99,7 @@ impl Collector {
         }
 
         let sessions = reg.sessions();
-        for (id, modified) in uploads {
+        for crate::storage::StoredUpload { name: id, size, modified } in uploads {
             if modified > old_enough {
                 continue;
             }
@@ -123,7 +123,7 @@ impl Collector {
             }
             drop(claim);
             sessions.forget(&upload);
-            report.upload(id);
+            report.upload(id, size);
         }
         if !report.run.dry_run {
             let pruned = reg.store.prune_empty_dirs().await?;

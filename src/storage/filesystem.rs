@@ -841,14 +841,15 @@ impl BlobStore for FilesystemStore {
         .await
     }
 
-    async fn list_uploads(&self) -> io::Result<Vec<(String, std::time::SystemTime)>> {
+    async fn list_uploads(&self) -> io::Result<Vec<super::StoredUpload>> {
         let uploads = self.root.join("uploads");
         blocking(move || {
             let mut out = Vec::new();
             for entry in fs::read_dir(&uploads)? {
                 let entry = entry?;
                 let Some(meta) = gone_is_none(entry.metadata())? else { continue };
-                out.push((entry.file_name().to_string_lossy().into_owned(), meta.modified()?));
+                let name = entry.file_name().to_string_lossy().into_owned();
+                out.push(super::StoredUpload { name, size: meta.len(), modified: meta.modified()? });
             }
             Ok(out)
         })

@@ -43,6 +43,14 @@ pub struct StoredBlob {
     pub modified: SystemTime,
 }
 
+/// A staged upload's file as storage sees it (its name is the session's id, if it is one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUpload {
+    pub name: String,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
 /// Appends bytes to a staged upload. Dropping it without [`UploadWriter::finish`] may lose
 /// bytes written last; the caller then truncates the upload back to its known offset.
 #[async_trait::async_trait]
@@ -92,8 +100,8 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn prune_empty_dirs(&self) -> io::Result<usize> {
         Ok(0)
     }
-    /// Every staged upload, with when it was last written. Fails as a whole on any error.
-    async fn list_uploads(&self) -> io::Result<Vec<(String, SystemTime)>>;
+    /// Every staged upload. Fails as a whole on any error.
+    async fn list_uploads(&self) -> io::Result<Vec<StoredUpload>>;
     /// The room left where new bytes go, if the store has such a limit (a local disk does;
     /// an object store does not, and answers `None`).
     async fn free_space(&self) -> io::Result<Option<space::DiskSpace>>;

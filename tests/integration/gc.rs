@@ -77,6 +77,9 @@ async fn nothing_is_left_behind() {
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     let report = s.gc(false).await;
     assert_eq!(report["uploads_removed"], 1, "{report}");
+    // The session's bytes count among those freed, as the blobs' do.
+    let upload = report["removed"].as_array().unwrap().iter().find(|r| r["kind"] == "upload").unwrap();
+    assert_eq!(upload["bytes"], "abandoned".len(), "{report}");
     let catalog: Value = s.get("/v2/_catalog").await.json().await.unwrap();
     assert_eq!(catalog["repositories"], json!([]));
     for (repo, _) in &digests {

@@ -279,6 +279,7 @@ async fn reconcile_leaves_the_file_of_a_session_being_opened() {
     s.wait_paused("upload.file_before_row").await;
     let report: Value = s.reconcile(false).await.json().await.unwrap();
     assert_eq!(report["uploads_removed"], 1, "the stray file only: {report}");
+    assert_eq!(report["bytes_removed"], "left by a crash".len(), "{report}");
     assert!(!stray.exists());
     s.release("upload.file_before_row").await;
     let resp = post.await.unwrap();
