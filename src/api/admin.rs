@@ -384,7 +384,17 @@ async fn dispatch(
         }
         (&Method::GET, "/admin/du") => {
             q.only(&["repository"])?;
-            ok_or_500(crate::accounting::usage(&state.registry, q.repository()?).await)
+            let repository = q.repository()?;
+            match crate::accounting::usage(&state.registry, repository.clone()).await {
+                // A repository named and not found: a typo must not read as "holds nothing".
+                Ok(report)
+                    if report.repositories.is_empty()
+                        && let Some(name) = repository =>
+                {
+                    error(StatusCode::NOT_FOUND, format!("repository {name} is not known to this registry"))
+                }
+                other => ok_or_500(other),
+            }
         }
         (&Method::POST, "/admin/clock") if state.registry.failpoints.enabled() => {
             q.only(&["advance_ms"])?;

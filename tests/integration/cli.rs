@@ -104,6 +104,11 @@ async fn retention_restore_and_du_commands() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("restore window"));
     run(&["retention", "remove", "only-b"]);
     assert!(run(&["du", "--sort", "name"]).contains("cli/r:b"));
+    assert!(run(&["du", "cli/r"]).contains("cli/r:b"));
+    // A repository that is not there is said so, not shown as holding nothing.
+    let out = Command::new(env!("CARGO_BIN_EXE_bosun")).args(["du", "cli/typo", "--url", &s.addr]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404: repository cli/typo is not known"));
 }
 
 /// Runs a `bosun` command against the running instance `s`; its standard output.
