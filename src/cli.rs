@@ -176,7 +176,7 @@ pub fn gc(config: &Config, url: Option<&str>, action: GcAction) -> anyhow::Resul
     })?;
     match answer {
         Some((200, body)) => {
-            println!("{body}");
+            print(&format!("{body}\n"))?;
             return Ok(());
         }
         // The server that answered serves another directory than the one named.
@@ -221,8 +221,19 @@ pub fn gc(config: &Config, url: Option<&str>, action: GcAction) -> anyhow::Resul
             GcAction::Status => serde_json::to_string_pretty(&collector.status().await?)?,
         })
     })?;
-    println!("{out}");
-    Ok(())
+    print(&format!("{out}\n"))
+}
+
+/// Writes a command's answer on standard output. A reader that went away (`bosun gc |
+/// head -1`) ends nothing: the command did its work, and says so by its exit status.
+/// (SIGPIPE is ignored, as Rust sets it: killed by it, a collection on a stopped
+/// instance, which logs on standard error as it goes, could stop half-way.)
+pub fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => Ok(written?),
+    }
 }
 
 /// Calls the admin API of the running instance; returns the JSON answer.

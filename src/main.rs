@@ -315,23 +315,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     String::new(),
                 ),
             };
-            println!("{}", bosun::cli::admin(&cfg, url.as_deref(), method, &path, &body)?);
-            Ok(())
+            bosun::cli::print(&format!("{}\n", bosun::cli::admin(&cfg, url.as_deref(), method, &path, &body)?))
         }
         Command::Restore { config, url, reference } => {
             let cfg = load(config)?;
             let (repo, tag) = restore_target(&reference)?;
             let path =
                 format!("/admin/restore?repository={}&tag={}", bosun::cli::encode(repo), bosun::cli::encode(tag));
-            println!("{}", bosun::cli::admin(&cfg, url.as_deref(), "POST", &path, "")?);
-            Ok(())
+            bosun::cli::print(&format!("{}\n", bosun::cli::admin(&cfg, url.as_deref(), "POST", &path, "")?))
         }
         Command::Audit { config, url, limit, json } => {
             let cfg = load(config)?;
             let answer =
                 bosun::cli::admin(&cfg, url.as_deref(), "GET", &format!("/admin/deletions?limit={limit}"), "")?;
-            print!("{}", bosun::cli::audit(&answer, json)?);
-            Ok(())
+            bosun::cli::print(&bosun::cli::audit(&answer, json)?)
         }
         Command::Du { config, url, repository, sort, json } => {
             let cfg = load(config)?;
@@ -339,8 +336,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(r) => format!("/admin/du?repository={}", bosun::cli::encode(&r)),
                 None => "/admin/du".to_owned(),
             };
-            print!("{}", bosun::cli::du(&bosun::cli::admin(&cfg, url.as_deref(), "GET", &path, "")?, sort, json)?);
-            Ok(())
+            bosun::cli::print(&bosun::cli::du(&bosun::cli::admin(&cfg, url.as_deref(), "GET", &path, "")?, sort, json)?)
         }
     }
 }
@@ -376,15 +372,7 @@ fn keep_freed_memory() {}
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve { .. }) {
-        // A command's output piped into `head` ends the command quietly, as for any Unix
-        // tool, instead of panicking in `println!` (Rust ignores SIGPIPE by default). The
-        // server keeps ignoring it: a client that hangs up is an error on its socket.
-        // SAFETY: before any thread starts; SIG_DFL is a valid disposition.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    }
-    match run(cli) {
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bosun: {e:#}");

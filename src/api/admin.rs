@@ -145,7 +145,6 @@ struct Query(Vec<(String, String)>);
 const MAX_LIMIT: usize = 10_000;
 
 impl Query {
-    /// Refuses a parameter that the endpoint does not take.
     /// Refuses a parameter that the endpoint does not take, and one given twice (which of
     /// `dry_run=false&dry_run=true` would be meant?).
     fn only(&self, known: &[&str]) -> Result<(), String> {
@@ -199,7 +198,11 @@ impl Query {
 
 /// Handles `/admin/...`, `/metrics` and `/healthz`, for a client at `peer`.
 pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<std::net::SocketAddr>) -> AdminResponse {
-    if let Some(named) = request.headers.get(super::DATA_DIR_HEADER) {
+    // Only where the client was let in as an admin (`/healthz` and `/metrics` answer anyone,
+    // who must not learn the server's paths).
+    if let Some(named) = request.headers.get(super::DATA_DIR_HEADER)
+        && request.uri.path().starts_with("/admin/")
+    {
         let (named, served) = (named.as_bytes().to_vec(), state.config.data_dir.clone());
         let check = tokio::task::spawn_blocking(move || same_data_dir(&named, &served));
         match check.await.unwrap_or_else(|e| Err(e.to_string())) {
@@ -221,10 +224,9 @@ fn same_data_dir(named: &[u8], served: &std::path::Path) -> Result<(), String> {
     let served_id = id(served).map_err(|e| format!("reading the served data directory {}: {e}", served.display()))?;
     match id(std::path::Path::new(&named)) {
         Ok(named_id) if named_id == served_id => Ok(()),
-        outcome => Err(format!(
-            "this Bosun serves the data directory {}, not {named}{} (the command's --data-dir, BOSUN_DATA_DIR or data_dir): nothing was done",
-            served.display(),
-            outcome.err().map(|e| format!(" ({e})")).unwrap_or_default()
+        _ => Err(format!(
+            "this Bosun serves the data directory {}, not {named} (the command's --data-dir, BOSUN_DATA_DIR or data_dir): nothing was done",
+            served.display()
         )),
     }
 }
@@ -385,15 +387,20 @@ async fn dispatch(
         (&Method::GET, "/admin/du") => {
             q.only(&["repository"])?;
             let repository = q.repository()?;
-            match crate::accounting::usage(&state.registry, repository.clone()).await {
-                // A repository named and not found: a typo must not read as "holds nothing".
-                Ok(report)
-                    if report.repositories.is_empty()
-                        && let Some(name) = repository =>
-                {
-                    error(StatusCode::NOT_FOUND, format!("repository {name} is not known to this registry"))
+            let usage = crate::accounting::usage(&state.registry, repository.clone()).await;
+            match (usage, repository) {
+                // Named and in no report: a typo must not read as "holds nothing". (A
+                // repository of blobs and no manifest is in none either, and exists.)
+                (Ok(report), Some(name)) if report.repositories.is_empty() => {
+                    let n = name.clone();
+                    match state.registry.meta.read(move |c| crate::metadata::repositories::find(c, &n)).await {
+                        Ok(None) => {
+                            error(StatusCode::NOT_FOUND, format!("repository {name} is not known to this registry"))
+                        }
+                        known => ok_or_500(known.map(|_| report)),
+                    }
                 }
-                other => ok_or_500(other),
+                (usage, _) => ok_or_500(usage),
             }
         }
         (&Method::POST, "/admin/clock") if state.registry.failpoints.enabled() => {

@@ -683,11 +683,14 @@ impl Collector {
             meta.flush().await?;
             // Each claim is released once its session's file is gone.
             for (id, upload, size, _claim) in removed {
-                match self.registry.store.delete_upload(&upload).await {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
-                }
-                report.upload(id, size);
+                // A session whose file was gone already (see `Registry::end_if_staged_lost`)
+                // frees no bytes here.
+                let freed = match self.registry.store.delete_upload(&upload).await {
+                    Ok(()) => size,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                    Err(e) => return Err(e.into()),
+                };
+                report.upload(id, freed);
             }
         }
     }

@@ -4,11 +4,15 @@
 //!   or between a collection's removal of a blob's row and of its bytes) are removed once
 //!   older than the grace period, each re-checked under its digest lock, logged and
 //!   counted.
-//! - Blobs metadata knows but storage lacks are reported loudly (log, metric, run record)
-//!   and never dropped from metadata: that is data loss to investigate, not to hide.
+//! - Blobs metadata knows but storage lacks (no bytes, or bytes of another size) are
+//!   reported loudly (log, metric, run record) and never dropped from metadata: that is
+//!   data loss to investigate, not to hide. Clients are told 404 for them, so that a push
+//!   puts the bytes back (`Registry::blob_size`).
 //! - Staged upload files without a session are removed once older than the grace period,
 //!   each once its session's lock is taken: a session being opened has its file a moment
 //!   before its row, and holds that lock across both.
+//! - Empty blob directories are removed (a crash between a collection's unlinks and its
+//!   pruning of their directories leaves them).
 //! - Repositories with nothing in them are removed. Collections remove those their own
 //!   removals emptied, and a blob delete the one it empties; this sweep, the only one over
 //!   every repository, catches what neither saw.
@@ -24,7 +28,7 @@
 //! It reads all of storage, so it runs rarely (`gc.reconcile_interval`), unlike
 //! collection, which only visits garbage.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -65,12 +69,21 @@ impl Collector {
         let stored = reg.store.list_blobs().await?;
         let uploads = reg.store.list_uploads().await?;
 
-        let stored_set: HashSet<String> = stored.iter().map(|b| b.digest.to_string()).collect();
-        let missing: Vec<&(String, u64)> = known.iter().filter(|(d, _)| !stored_set.contains(d)).collect();
-        for (digest, size) in &missing {
-            tracing::error!(%digest, size, "metadata knows this blob but storage has no bytes for it");
+        // Bytes of another size than the blob's are no more the blob than none (a blob's
+        // bytes are committed whole, before it is recorded, under one name per digest).
+        let stored_sizes: HashMap<String, u64> = stored.iter().map(|b| (b.digest.to_string(), b.size)).collect();
+        let mut missing = 0;
+        for (digest, size) in &known {
+            match stored_sizes.get(digest) {
+                Some(stored) if stored == size => continue,
+                Some(stored) => {
+                    tracing::error!(%digest, size, stored, "metadata knows this blob but storage holds bytes of another size")
+                }
+                None => tracing::error!(%digest, size, "metadata knows this blob but storage has no bytes for it"),
+            }
+            missing += 1;
         }
-        report.run.missing_blobs = missing.len() as u64;
+        report.run.missing_blobs = missing;
 
         let known_set: HashSet<&str> = known.iter().map(|(d, _)| d.as_str()).collect();
         // Bytes go here because metadata has no row for them: that absence is made durable

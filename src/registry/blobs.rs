@@ -5,11 +5,6 @@ use crate::metadata::{blobs, now_ms, repositories};
 use crate::oci::{Digest, RepoName};
 use crate::storage::ByteStream;
 
-/// Storage holds a blob of another size than metadata gives it: its bytes are not the blob.
-fn io_size_mismatch(known: u64, stored: u64) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("storage holds {stored} bytes, metadata says {known}"))
-}
-
 /// A blob opened for reading: the bytes from `offset`, `len` of them, of `size` in all.
 pub struct BlobRead {
     pub size: u64,
@@ -21,15 +16,26 @@ pub struct BlobRead {
 impl Registry {
     /// The size of a blob that `name` may read, whose bytes storage holds. A probe is how a
     /// client decides to reuse a blob instead of uploading it, so a blob whose bytes were
-    /// lost (a disk fault, a hand edit: metadata knows it, storage does not) is answered
-    /// 404, which makes the client push it again and so repairs the image; it is logged as
-    /// the fault it is, and reconcile reports it until then.
+    /// lost (a disk fault, a hand edit: metadata knows it, storage has no bytes or bytes of
+    /// another size) is answered 404, which makes the client push it again and so repairs
+    /// the image; it is logged as the fault it is, and reconcile reports it until then.
     pub async fn blob_size(&self, name: &RepoName, digest: &Digest) -> Result<u64> {
         let size = self.linked_blob_size(name, digest).await?;
-        match self.store.blob_size(digest).await {
-            Ok(stored) if stored == size => Ok(size),
-            Ok(stored) => Err(self.bytes_unavailable(name, digest, io_size_mismatch(size, stored)).await),
-            Err(e) => Err(self.bytes_unavailable(name, digest, e).await),
+        match self.stored_whole(digest, size).await {
+            Ok(()) => Ok(size),
+            Err(e) => self.bytes_unavailable(name, digest, e).await,
+        }
+    }
+
+    /// Whether storage holds `size` bytes for `digest`: an error of kind NotFound if it
+    /// holds none, InvalidData if it holds another number.
+    async fn stored_whole(&self, digest: &Digest, size: u64) -> std::io::Result<()> {
+        match self.store.blob_size(digest).await? {
+            stored if stored == size => Ok(()),
+            stored => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("storage holds {stored} bytes, metadata says {size}"),
+            )),
         }
     }
 
@@ -67,42 +73,49 @@ impl Registry {
         digest: &Digest,
         resolve: impl FnOnce(u64) -> Result<(u64, u64)>,
     ) -> Result<BlobRead> {
-        let size = self.linked_blob_size(name, digest).await?;
+        let size = self.blob_size(name, digest).await?;
         let (offset, len) = resolve(size)?;
         let body = match self.store.read_blob(digest, offset, len).await {
             Ok(body) => body,
-            Err(e) => return Err(self.bytes_unavailable(name, digest, e).await),
+            // Collected (or replaced) between the look and the open.
+            Err(e) => {
+                self.bytes_unavailable(name, digest, e).await?;
+                self.store.read_blob(digest, offset, len).await?
+            }
         };
         Ok(BlobRead { size, offset, len, body })
     }
 
-    /// The answer for a blob whose bytes could not be had (`e`) although metadata said
-    /// `name` may read it. Collected meanwhile (metadata now says so): a plain 404. Lost
-    /// (missing or of the wrong size): logged as the fault it is, and 404, so that a client
-    /// pushes it again, which puts the bytes back. Any other failure is that failure.
-    async fn bytes_unavailable(&self, name: &RepoName, digest: &Digest, e: std::io::Error) -> Error {
+    /// Answers for a blob whose bytes could not be had whole (`e`) although metadata said
+    /// `name` may read it. A second look at both: collected meanwhile (metadata now says
+    /// so), a plain 404; uploaded again meanwhile (whole now), its size. Lost (missing or of
+    /// the wrong size): logged as the fault it is, and 404, so that a client pushes it
+    /// again, which puts the bytes back. Any other failure is that failure.
+    async fn bytes_unavailable(&self, name: &RepoName, digest: &Digest, e: std::io::Error) -> Result<u64> {
         let lost = matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData);
         if !lost {
             tracing::error!(%digest, error = %e, "blob known to metadata cannot be read from storage");
-            return Error::from(e);
+            return Err(Error::from(e));
         }
-        if let Err(second_look) = self.linked_blob_size(name, digest).await {
-            return second_look;
+        let size = self.linked_blob_size(name, digest).await?;
+        if self.stored_whole(digest, size).await.is_ok() {
+            return Ok(size);
         }
         tracing::error!(%digest, error = %e, "storage lost the bytes of a blob known to metadata: answered 404, so that clients push it again");
-        Error::BlobUnknown(digest.clone())
+        Err(Error::BlobUnknown(digest.clone()))
     }
 
     /// Links an existing blob into `name` without receiving its bytes: from `from` if that
     /// repository has it, else (with auto-mount) from anywhere in the registry. Returns the
     /// size if mounted, `None` if the client must upload.
     pub async fn mount_blob(&self, name: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Option<u64>> {
-        // Bytes that storage lost are uploaded again rather than linked (see `blob_size`).
-        match self.store.blob_size(digest).await {
-            Ok(_) => {}
+        // Bytes that storage lost (none, or of another size than the blob's) are uploaded
+        // again rather than linked (see `blob_size`).
+        let stored = match self.store.blob_size(digest).await {
+            Ok(stored) => stored,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
-        }
+        };
         let (n, d, f) = (name.clone(), digest.clone(), from.cloned());
         let auto = self.options.auto_mount;
         let policies = self.policies();
@@ -120,6 +133,10 @@ impl Registry {
                     None if auto => blobs::size(c, &d)?,
                     None => None,
                 };
+                if size.is_some_and(|size| size != stored) {
+                    tracing::error!(digest = %d, stored, size, "storage holds bytes of another size than a blob known to metadata: not mounted, so that the client uploads it again");
+                    return Ok(None);
+                }
                 if let Some(size) = size {
                     quota::check(c, &policies, &n, &d, size)?;
                     let now = now_ms();

@@ -314,7 +314,6 @@ fn unlink_shards(shards: &[Vec<(PathBuf, Digest)>], stop: &Path) -> Vec<(Digest,
     failed
 }
 
-/// Removes `dir` and then its parents up to (not including) `stop`, while they are empty.
 /// Removes `dir` if it is an empty directory; whether it did.
 fn removed_if_empty(dir: &Path) -> io::Result<bool> {
     match fs::remove_dir(dir) {
@@ -324,6 +323,7 @@ fn removed_if_empty(dir: &Path) -> io::Result<bool> {
     }
 }
 
+/// Removes `dir` and then its parents up to (not including) `stop`, while they are empty.
 fn prune_empty_dirs(mut dir: &Path, stop: &Path) {
     while dir != stop && dir.starts_with(stop) {
         if fs::remove_dir(dir).is_err() {

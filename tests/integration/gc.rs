@@ -482,10 +482,14 @@ async fn reconcile_removes_unknown_bytes_and_reports_missing_ones() {
     assert_eq!(s.push_blob("rec", b"lost layer").await, lost);
     assert_eq!(s.get(&blob).await.bytes().await.unwrap().as_ref(), b"lost layer");
     assert_eq!(s.reconcile(false).await.json::<Value>().await.unwrap()["missing_blobs"], 0);
-    // Bytes cut short are no more the blob than none.
+    // Bytes cut short are no more the blob than none: not probed, read or mounted, and
+    // reported.
     let cut = s.push_blob("rec", b"layer cut short").await;
     std::fs::write(blob_file(&s.data_dir, &cut), b"layer").unwrap();
     assert_eq!(s.head(&format!("/v2/rec/blobs/{cut}")).await.status(), StatusCode::NOT_FOUND);
+    expect_error(s.get(&format!("/v2/rec/blobs/{cut}")).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    assert_eq!(s.mount("rec3", &cut, "rec").await.status(), StatusCode::ACCEPTED, "mounted bytes cut short");
+    assert_eq!(s.reconcile(true).await.json::<Value>().await.unwrap()["missing_blobs"], 1);
 }
 
 /// A reference count made too low behind the server's back (as a bug or a hand edit
