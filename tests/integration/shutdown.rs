@@ -164,21 +164,22 @@ async fn the_pulls_of_the_last_seconds_are_recorded_at_shutdown() {
     assert!(manifest.is_some_and(|t| t >= before), "manifest pulled_at {manifest:?}, pulled at {before} or later");
 }
 
-/// Work that does not end (here a blob read stuck opening a FIFO put in place of the
-/// blob's file, as a hung network file system would leave it) holds the exit for at most
+/// Work that does not end (here an upload step stuck opening a FIFO put in place of the
+/// session's staged file, as a hung network file system would leave it) holds the exit for at most
 /// the stop limit (10 s) after the drain, and is named in the log: a supervisor's SIGKILL
 /// would otherwise come first.
 #[tokio::test]
 async fn hung_background_work_holds_the_exit_only_for_the_stop_limit() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::start_in(dir.path(), &[("BOSUN_HTTP_DRAIN_TIMEOUT", "500ms")]);
-    let digest = s.push_blob("stuck/a", b"will hang").await;
-    let path = blob_file(dir.path(), &digest);
+    let location = header(&s.http.post(s.url("/v2/stuck/a/blobs/uploads/")).send().await.unwrap(), "location");
+    let id = location.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let path = dir.path().join("uploads").join(id);
     std::fs::remove_file(&path).unwrap();
     let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-    let read = tokio::spawn(s.http.get(s.url(&format!("/v2/stuck/a/blobs/{digest}"))).send());
+    let read = tokio::spawn(s.http.patch(s.url(&location)).body("will hang").send());
     // Stuck once a thread of the server waits in the FIFO's open for a writer.
     let tasks = format!("/proc/{}/task", s.child.id());
     let stuck = || {
