@@ -142,9 +142,7 @@ impl Registry {
             // Gone, or being finished right now: under the lock, the session is either
             // ended here or found finished.
             let mut guard = self.sessions.lock(id).await;
-            let known = self.session_size(name, id).await;
-            self.forget_if_unknown(id, known).await?;
-            self.end_if_staged_lost(id, &mut guard).await?;
+            self.usable_session(name, id, &mut guard).await?;
         }
         Ok(UploadStatus { id: id.clone(), size })
     }
@@ -156,6 +154,13 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether `name` may go on with the session whose lock the caller holds (as `guard`):
+    /// it is `name`'s, and its staged bytes are there (else it ends, as unknown).
+    async fn usable_session(&self, name: &RepoName, id: &UploadId, guard: &mut Option<HashState>) -> Result<()> {
+        self.forget_if_unknown(id, self.session_size(name, id).await).await?;
+        self.end_if_staged_lost(id, guard).await
     }
 
     /// Ends a session (lock held, as `guard`) whose staged bytes are gone, answering it as
@@ -208,8 +213,7 @@ impl Registry {
         E: std::fmt::Display,
     {
         let mut guard = self.sessions.lock(id).await;
-        self.forget_if_unknown(id, self.session_size(name, id).await).await?;
-        self.end_if_staged_lost(id, &mut guard).await?;
+        self.usable_session(name, id, &mut guard).await?;
         let appended = self.append_locked(name, id, &guard, range, body).await;
         let (state, received) = self.forget_if_unknown(id, appended).await?;
         let (i, new_size) = (id.clone(), state.size);
@@ -304,8 +308,7 @@ impl Registry {
         E: std::fmt::Display,
     {
         let mut guard = self.sessions.lock(id).await;
-        self.forget_if_unknown(id, self.session_size(name, id).await).await?;
-        self.end_if_staged_lost(id, &mut guard).await?;
+        self.usable_session(name, id, &mut guard).await?;
         let appended = self.append_locked(name, id, &guard, range, body).await;
         let (state, received) = self.forget_if_unknown(id, appended).await?;
         let actual = match digest.algorithm() {
