@@ -1,9 +1,10 @@
 //! The admin API (`/admin/...`), Prometheus metrics (`/metrics`) and the health check
 //! (`/healthz`). JSON in and out.
 //!
-//! - `GET /healthz` (HEAD too, as for every GET here): 200 while the server can serve, 503 with the reason once it cannot
-//!   until a restart (a failed flush of the metadata log) or its database does not answer:
-//!   for a supervisor's liveness probe, open to every client like `/metrics`.
+//! - `GET /healthz` (HEAD too, as for every GET here): 200 while the server can serve,
+//!   503 with the reason once it cannot until a restart (a failed flush of the metadata
+//!   log) or its database does not answer: for a supervisor's liveness probe, open to
+//!   every client like `/metrics`.
 //! - `POST /admin/gc[?dry_run=true][&grace_period=10m]` (a grace period for this run
 //!   only), `POST /admin/reconcile[?dry_run=true]`,
 //!   `GET /admin/gc/runs[?limit=N]`, `POST /admin/gc/pause[?reason=TEXT][&for=2h]`,
