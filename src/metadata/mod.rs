@@ -130,6 +130,9 @@ struct Inner {
     /// Makes every copy for a simulation fail (tests of the fallback).
     #[cfg(test)]
     fail_copies: std::sync::atomic::AtomicBool,
+    /// The log's index file as `reserve` opened it, closed after every connection (fields
+    /// drop in order, after `Drop::drop`): see `reserve::reserve_log_room`.
+    _index_file: Option<std::fs::File>,
 }
 
 impl Drop for Inner {
@@ -421,7 +424,7 @@ impl Metadata {
             group.flush_blocking()?;
         }
         remove_stale_copies(path);
-        reserve::reserve_log_room(&real_path, LOG_KEPT_BYTES);
+        let index_file = reserve::reserve_log_room(&real_path, LOG_KEPT_BYTES);
         let writer = WriterLock::new(writer);
         Ok(Metadata {
             inner: Arc::new(Inner {
@@ -432,6 +435,7 @@ impl Metadata {
                 group,
                 #[cfg(test)]
                 fail_copies: std::sync::atomic::AtomicBool::new(false),
+                _index_file: index_file,
             }),
         })
     }

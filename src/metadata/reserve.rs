@@ -34,7 +34,7 @@
 //! the writes clients repeat most on a full disk, stop earlier, under `min_free_space`
 //! (`storage/space.rs`).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -44,20 +44,30 @@ use std::path::Path;
 const INDEX_RESERVE_BYTES: i64 = 256 << 10;
 
 /// Allocates `log_bytes` of the log's blocks, and room for its index, beside the database
-/// at `database` (the files SQLite made when it opened it).
-pub(super) fn reserve_log_room(database: &Path, log_bytes: i64) {
+/// at `database` (the files SQLite made when it opened it). Returns the index file, which
+/// the caller must keep open until SQLite's connections have closed: on Linux, closing any
+/// descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+/// included, and without SQLite's lock on the index another process opening the database
+/// (a backup, a query) takes the index for unused and rebuilds it under the running
+/// connections, which then read a truncated mapping (SIGBUS) or a wrong index.
+pub(super) fn reserve_log_room(database: &Path, log_bytes: i64) -> Option<File> {
+    let mut index = None;
     for (suffix, bytes) in [("-wal", log_bytes), ("-shm", INDEX_RESERVE_BYTES)] {
         let mut name = database.as_os_str().to_owned();
         name.push(suffix);
-        if let Err(e) = allocate(Path::new(&name), bytes) {
-            tracing::warn!(
+        match allocate(Path::new(&name), bytes) {
+            // SQLite locks the index file, not the log.
+            Ok(file) if suffix == "-shm" => index = file,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
                 file = %Path::new(&name).display(),
                 bytes,
                 error = %e,
                 "could not reserve disk space for the metadata log; on a full disk, deletions may then fail until space is freed by other means"
-            );
+            ),
         }
     }
+    index
 }
 
 /// Makes `conn` leave the log and its index in place, with their blocks, when it closes.
@@ -112,17 +122,18 @@ fn checkpoint(conn: &rusqlite::Connection, mode: &str) -> rusqlite::Result<()> {
     }
 }
 
-/// Allocates the first `bytes` of the file's blocks, keeping its size. A missing file is
+/// Allocates the first `bytes` of the file's blocks, keeping its size; returns the file,
+/// open (closing it may drop SQLite's locks: see [`reserve_log_room`]). A missing file is
 /// no error (SQLite makes the index only when it needs it).
-fn allocate(path: &Path, bytes: i64) -> std::io::Result<()> {
+fn allocate(path: &Path, bytes: i64) -> std::io::Result<Option<File>> {
     let file = match OpenOptions::new().write(true).open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     // SAFETY: fallocate(2) on a descriptor this function owns; no pointers.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, bytes) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 { Ok(Some(file)) } else { Err(std::io::Error::last_os_error()) }
 }
 
 #[cfg(test)]

@@ -45,3 +45,44 @@ async fn the_health_check_fails_once_the_metadata_log_cannot_be_flushed_until_a_
     s.verify_image("kept", "v1").await.unwrap();
     s.push_image("kept", "v2", &[b"a layer pushed after the restart"]).await;
 }
+
+/// Another process reading the database while the server runs (the README's backup with
+/// `sqlite3 .backup`, a monitoring query) leaves the server unharmed, also after a restart
+/// on an existing database. SQLite's locks on the log's index file tell other processes
+/// that its content is in use; closing any other descriptor of that file drops them all
+/// (POSIX locks are per process), after which the other process's open rebuilt the index
+/// under the server, whose next read of it died of SIGBUS.
+#[tokio::test]
+async fn another_process_reading_the_database_leaves_the_server_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Server::start_in(dir.path(), &[]);
+    first.push_image("shared/db", "v1", &[b"a layer"]).await;
+    first.terminate();
+    first.exited_within(std::time::Duration::from_secs(30)).await.expect("a clean stop");
+    assert!(dir.path().join("metadata.sqlite-shm").exists(), "the index file is kept across a clean stop");
+    let mut s = Server::start_in(dir.path(), &[]);
+    s.push_image("shared/db", "t0", &[b"layer 0"]).await;
+    // The server holds its lock on the index file (what tells others it is in use).
+    use std::os::unix::fs::MetadataExt;
+    let index = std::fs::metadata(dir.path().join("metadata.sqlite-shm")).unwrap().ino();
+    let pid = s.child.id().to_string();
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    let held = locks.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(4) == Some(&pid.as_str()) && f.get(5).is_some_and(|id| id.ends_with(&format!(":{index}")))
+    });
+    assert!(held, "the server holds no lock on its index file:\n{locks}");
+    for i in 1..40 {
+        let other = rusqlite::Connection::open_with_flags(
+            dir.path().join("metadata.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let tags: i64 = other.query_row("SELECT COUNT(*) FROM tags", [], |r| r.get(0)).unwrap();
+        assert_eq!(tags, 1 + i);
+        drop(other);
+        s.push_image("shared/db", &format!("t{i}"), &[format!("layer {i}").as_bytes()]).await;
+        s.verify_image("shared/db", "v1").await.unwrap();
+    }
+    assert!(s.exited_within(std::time::Duration::ZERO).await.is_none(), "the server died");
+}
