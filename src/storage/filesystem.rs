@@ -1078,7 +1078,9 @@ mod tests {
         assert_eq!(on_disk[DIRECT_FROM as usize..], [&block[..], b"tail"].concat());
     }
 
-    /// A file of `len` patterned bytes, flushed and then dropped from the page cache.
+    /// A file of `len` patterned bytes, flushed and then dropped from the page cache. The
+    /// kernel may keep a page the advice found busy (on a loaded machine, one still in a
+    /// per-CPU list): the advice is repeated until no page of the file is resident.
     fn uncached_file(len: usize) -> (tempfile::TempDir, File, Vec<u8>) {
         let dir = disk_dir();
         let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
@@ -1086,11 +1088,32 @@ mod tests {
         fs::write(&path, &content).unwrap();
         let file = File::open(&path).unwrap();
         file.sync_all().unwrap();
-        // SAFETY: advice on a descriptor this function owns; no memory is passed.
-        let advised =
-            unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(advised, 0);
-        (dir, file, content)
+        for _ in 0..100 {
+            // SAFETY: advice on a descriptor this function owns; no memory is passed.
+            let advised =
+                unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(advised, 0);
+            if resident_pages(&file, len) == 0 {
+                return (dir, file, content);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the kernel kept {} pages of the file in its cache", resident_pages(&file, len));
+    }
+
+    /// How many of the first `len` bytes' pages are in the page cache (mincore(2)).
+    fn resident_pages(file: &File, len: usize) -> usize {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+        // SAFETY: a private read-only mapping of `len` bytes of a file this test owns, read
+        // by mincore into a vector of one byte per page, and unmapped before returning.
+        unsafe {
+            let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+            assert_ne!(map, libc::MAP_FAILED);
+            let mut pages = vec![0u8; len.div_ceil(4096)];
+            assert_eq!(libc::mincore(map, len, pages.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+            pages.iter().filter(|p| **p & 1 == 1).count()
+        }
     }
 
     #[test]
