@@ -157,10 +157,12 @@ impl Registry {
     }
 
     /// Whether `name` may go on with the session whose lock the caller holds (as `guard`):
-    /// it is `name`'s, and its staged bytes are there (else it ends, as unknown).
-    async fn usable_session(&self, name: &RepoName, id: &UploadId, guard: &mut Option<HashState>) -> Result<()> {
-        self.forget_if_unknown(id, self.session_size(name, id).await).await?;
-        self.end_if_staged_lost(id, guard).await
+    /// it is `name`'s, and its staged bytes are there (else it ends, as unknown). Returns
+    /// the bytes it holds.
+    async fn usable_session(&self, name: &RepoName, id: &UploadId, guard: &mut Option<HashState>) -> Result<u64> {
+        let size = self.forget_if_unknown(id, self.session_size(name, id).await).await?;
+        self.end_if_staged_lost(id, guard).await?;
+        Ok(size)
     }
 
     /// Ends a session (lock held, as `guard`) whose staged bytes are gone, answering it as
@@ -213,9 +215,8 @@ impl Registry {
         E: std::fmt::Display,
     {
         let mut guard = self.sessions.lock(id).await;
-        self.usable_session(name, id, &mut guard).await?;
-        let appended = self.append_locked(name, id, &guard, range, body).await;
-        let (state, received) = self.forget_if_unknown(id, appended).await?;
+        let size = self.usable_session(name, id, &mut guard).await?;
+        let (state, received) = self.append_locked(id, &guard, size, range, body).await?;
         let (i, new_size) = (id.clone(), state.size);
         self.meta.write(move |c| uploads::set_size(c, &i, new_size, now_ms()).map_err(Error::from)).await?;
         // Counted once the step is the session's: a chunk rolled back, or lost with a
@@ -225,13 +226,13 @@ impl Registry {
         Ok(UploadStatus { id: id.clone(), size: new_size })
     }
 
-    /// Appends to a session whose lock the caller holds (`cached` is its hash state);
-    /// returns the new state and how many bytes this step added.
+    /// Appends to a session whose lock the caller holds (`cached` is its hash state, `size`
+    /// the bytes it holds); returns the new state and how many bytes this step added.
     async fn append_locked<S, E>(
         &self,
-        name: &RepoName,
         id: &UploadId,
         cached: &Option<HashState>,
+        size: u64,
         range: Option<ChunkRange>,
         mut body: S,
     ) -> Result<(HashState, u64)>
@@ -239,7 +240,6 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let size = self.session_size(name, id).await?;
         let state = self.hash_state(id, cached, size).await?;
         if let Some(r) = range {
             if r.start != state.size {
@@ -308,9 +308,8 @@ impl Registry {
         E: std::fmt::Display,
     {
         let mut guard = self.sessions.lock(id).await;
-        self.usable_session(name, id, &mut guard).await?;
-        let appended = self.append_locked(name, id, &guard, range, body).await;
-        let (state, received) = self.forget_if_unknown(id, appended).await?;
+        let size = self.usable_session(name, id, &mut guard).await?;
+        let (state, received) = self.append_locked(id, &guard, size, range, body).await?;
         let actual = match digest.algorithm() {
             DigestAlgorithm::Sha256 => state.hasher.clone().finish(),
             other => self.rehash(id, state.size, other).await?.finish(),
