@@ -210,29 +210,14 @@ impl Server {
         reference: &str,
         layers: &[&[u8]],
     ) -> Result<(Vec<u8>, String), String> {
-        // The config names its layers, as a real one does, so images differ in config too.
-        let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
-        let config =
-            json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}})
-                .to_string();
-        let mut descs = Vec::new();
-        for blob in std::iter::once(config.as_bytes()).chain(layers.iter().copied()) {
-            let d = sha256(blob);
+        let (blobs, body) = image(layers);
+        for blob in &blobs {
             // "Layer already exists": skip what the repository has, as clients do.
-            let head = self.head(&format!("/v2/{repo}/blobs/{d}")).await;
+            let head = self.head(&format!("/v2/{repo}/blobs/{}", sha256(blob))).await;
             if head.status() != StatusCode::OK {
                 self.push_blob(repo, blob).await;
             }
-            descs.push(json!({"mediaType": OCI_LAYER, "digest": d, "size": blob.len()}));
         }
-        let config_desc = json!({"mediaType": OCI_CONFIG, "digest": sha256(config.as_bytes()), "size": config.len()});
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": config_desc,
-            "layers": descs[1..],
-        });
-        let body = serde_json::to_vec(&manifest).unwrap();
         let digest = sha256(&body);
         let reference = if reference.is_empty() { digest.as_str() } else { reference };
         let resp = self.put_manifest(repo, reference, OCI_MANIFEST, &body).await;
@@ -241,6 +226,25 @@ impl Server {
         }
         Ok((body, digest))
     }
+}
+
+/// A small image of `layers`: its blobs (the config first) and its manifest's bytes. The
+/// config names its layers, as a real one does, so images differ in config too.
+pub fn image(layers: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
+    let config = json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}})
+        .to_string()
+        .into_bytes();
+    let descriptor =
+        |media_type: &str, blob: &[u8]| json!({"mediaType": media_type, "digest": sha256(blob), "size": blob.len()});
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, &config),
+        "layers": layers.iter().map(|l| descriptor(OCI_LAYER, l)).collect::<Vec<_>>(),
+    });
+    let blobs = std::iter::once(config).chain(layers.iter().map(|l| l.to_vec())).collect();
+    (blobs, serde_json::to_vec(&manifest).unwrap())
 }
 
 impl Drop for Server {
