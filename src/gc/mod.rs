@@ -648,14 +648,14 @@ impl Collector {
         loop {
             let cursor = after;
             let page = meta.read(move |c| q::stale_uploads(c, before, cursor, BATCH)).await?;
-            let Some((last, _, _)) = page.last() else { return Ok(()) };
+            let Some((last, _)) = page.last() else { return Ok(()) };
             after = *last;
-            let idle: Vec<(String, UploadId, u64, Claim)> = page
+            let idle: Vec<IdleSession> = page
                 .into_iter()
-                .filter_map(|(_, id, size)| {
+                .filter_map(|(_, id)| {
                     let upload: UploadId = id.parse().ok()?;
                     let claim = sessions.claim(&upload)?;
-                    Some((id, upload, size, claim))
+                    Some(IdleSession { id, upload, _claim: claim })
                 })
                 .collect();
             if idle.is_empty() {
@@ -666,9 +666,9 @@ impl Collector {
             let removed = meta
                 .write_unflushed(move |c| {
                     let mut removed = Vec::new();
-                    for (id, upload, size, claim) in idle {
-                        if q::remove_upload_if_stale(c, &id, before)? {
-                            removed.push((id, upload, size, claim));
+                    for session in idle {
+                        if q::remove_upload_if_stale(c, &session.id, before)? {
+                            removed.push(session);
                         }
                     }
                     Ok::<_, MetadataError>(removed)
@@ -677,21 +677,29 @@ impl Collector {
             if removed.is_empty() {
                 continue;
             }
-            for (_, upload, _, _) in &removed {
-                sessions.forget(upload);
+            for session in &removed {
+                sessions.forget(&session.upload);
             }
             meta.flush().await?;
-            // Each claim is released once its session's file is gone.
-            for (id, upload, size, _claim) in removed {
-                // A session whose file was gone already (see `Registry::end_if_staged_lost`)
-                // frees no bytes here.
-                let freed = match self.registry.store.delete_upload(&upload).await {
-                    Ok(()) => size,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-                    Err(e) => return Err(e.into()),
-                };
-                report.upload(id, freed);
+            // Each claim is released once its session's file is gone (the session dropped).
+            for session in removed {
+                let freed = self.staged_bytes(&session.upload).await?;
+                match self.registry.store.delete_upload(&session.upload).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => report.upload(session.id, freed),
+                }
             }
+        }
+    }
+
+    /// The bytes a session has staged (its file's, which a chunk cut off may have left
+    /// longer than the session's acknowledged size); none if its file is gone, as a crash
+    /// between an upload's commit and its record leaves it (`Registry::end_if_staged_lost`).
+    async fn staged_bytes(&self, upload: &UploadId) -> Result<u64> {
+        match self.registry.store.upload_size(upload).await {
+            Ok(size) => Ok(size),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -720,10 +728,10 @@ impl Collector {
                 let mut after = q::UPLOADS_START;
                 loop {
                     let page = q::stale_uploads(c, upload_before, after, BATCH)?;
-                    let Some((last, _, _)) = page.last() else { break };
+                    let Some((last, _)) = page.last() else { break };
                     after = *last;
-                    for (_, id, size) in page {
-                        out.upload(id, size);
+                    for (_, id) in page {
+                        out.upload(id, 0);
                     }
                 }
                 for name in touched_repositories(&out.removed) {
@@ -732,12 +740,19 @@ impl Collector {
                 Ok::<_, MetadataError>(out.removed)
             })
             .await?;
-        // A real run leaves a session that a request is using (see `uploads`).
+        // A real run leaves a session that a request is using (see `uploads`), and frees
+        // what each other one has staged.
         let sessions = self.registry.sessions();
-        let in_use = |r: &Removed| {
-            r.kind == "upload" && r.id.as_deref().and_then(|id| id.parse().ok()).is_some_and(|id| sessions.in_use(&id))
-        };
-        removed.into_iter().filter(|r| !in_use(r)).for_each(|r| report.push(r));
+        for mut r in removed {
+            if r.kind == "upload" {
+                let Some(upload) = r.id.as_deref().and_then(|id| id.parse::<UploadId>().ok()) else { continue };
+                if sessions.in_use(&upload) {
+                    continue;
+                }
+                r.bytes = self.staged_bytes(&upload).await?;
+            }
+            report.push(r);
+        }
         Ok(())
     }
 
@@ -745,6 +760,14 @@ impl Collector {
     pub async fn history(&self, limit: usize) -> Result<Vec<RunRecord>> {
         Ok(self.registry.meta.read(move |c| q::list_runs(c, limit)).await?)
     }
+}
+
+/// An upload session idle past `upload_max_age`, claimed so that no request uses it while
+/// a collection removes it.
+struct IdleSession {
+    id: String,
+    upload: UploadId,
+    _claim: Claim,
 }
 
 /// Per repository, given a run's cutoff: untagged manifests touched at or before the

@@ -224,9 +224,8 @@ pub fn known_blobs(conn: &Connection, digests: &[String]) -> Result<Vec<bool>> {
 /// Where a walk over stale uploads stands: `(updated_at, rowid)` of the last one seen.
 pub type UploadCursor = (i64, i64);
 
-/// Up to `limit` upload sessions not written to since `before`, after `after`, with the
-/// cursor and the bytes received of each, in the `uploads_updated` index's own order
-/// (`updated_at`, then rowid).
+/// Up to `limit` upload sessions not written to since `before`, after `after`, each with
+/// its cursor, in the `uploads_updated` index's own order (`updated_at`, then rowid).
 /// The sessions that share the cursor's timestamp are read first, by an equality seek, so
 /// a page costs its size even inside a long run of equal timestamps.
 pub fn stale_uploads(
@@ -234,11 +233,11 @@ pub fn stale_uploads(
     before: i64,
     after: UploadCursor,
     limit: usize,
-) -> Result<Vec<(UploadCursor, String, u64)>> {
-    let row = |r: &rusqlite::Row<'_>| Ok(((r.get(0)?, r.get(1)?), r.get(2)?, r.get::<_, i64>(3)? as u64));
-    let mut page: Vec<(UploadCursor, String, u64)> = conn
+) -> Result<Vec<(UploadCursor, String)>> {
+    let row = |r: &rusqlite::Row<'_>| Ok(((r.get(0)?, r.get(1)?), r.get(2)?));
+    let mut page: Vec<(UploadCursor, String)> = conn
         .prepare_cached(
-            "SELECT updated_at, rowid, id, size FROM uploads
+            "SELECT updated_at, rowid, id FROM uploads
               WHERE updated_at = ?1 AND updated_at <= ?2 AND rowid > ?3
               ORDER BY rowid LIMIT ?4",
         )?
@@ -247,7 +246,7 @@ pub fn stale_uploads(
     if page.len() < limit {
         let rest = conn
             .prepare_cached(
-                "SELECT updated_at, rowid, id, size FROM uploads
+                "SELECT updated_at, rowid, id FROM uploads
                   WHERE updated_at > ?1 AND updated_at <= ?2
                   ORDER BY updated_at, rowid LIMIT ?3",
             )?
@@ -471,9 +470,9 @@ mod tests {
                 let mut after = UPLOADS_START;
                 loop {
                     let page = stale_uploads(c, 300, after, 1000)?;
-                    let Some((last, _, _)) = page.last() else { return Ok(seen) };
+                    let Some((last, _)) = page.last() else { return Ok(seen) };
                     after = *last;
-                    seen.extend(page.into_iter().map(|(_, id, _)| id));
+                    seen.extend(page.into_iter().map(|(_, id)| id));
                 }
             })
             .await

@@ -149,7 +149,7 @@ impl Registry {
 
     /// Whether the session's staged file exists.
     async fn staged_exists(&self, id: &UploadId) -> Result<bool> {
-        match self.store.read_upload(id, 0).await {
+        match self.store.upload_size(id).await {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),

@@ -736,6 +736,11 @@ impl BlobStore for FilesystemStore {
         blocking(move || fs::remove_file(path)).await
     }
 
+    async fn upload_size(&self, id: &UploadId) -> io::Result<u64> {
+        let path = self.upload_path(id);
+        blocking(move || Ok(fs::metadata(path)?.len())).await
+    }
+
     async fn blob_size(&self, digest: &Digest) -> io::Result<u64> {
         let path = self.blob_path(digest);
         blocking(move || Ok(fs::metadata(path)?.len())).await

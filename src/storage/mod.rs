@@ -73,6 +73,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn commit_upload(&self, id: &UploadId, digest: &Digest) -> io::Result<()>;
     /// Removes a staged upload.
     async fn delete_upload(&self, id: &UploadId) -> io::Result<()>;
+    /// The bytes staged for an upload; `NotFound` if it has none (a crash can leave a
+    /// session whose staged file is gone).
+    async fn upload_size(&self, id: &UploadId) -> io::Result<u64>;
     /// The size of a stored blob.
     async fn blob_size(&self, digest: &Digest) -> io::Result<u64>;
     /// Reads `len` bytes of a blob from `offset`.

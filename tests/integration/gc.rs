@@ -427,15 +427,28 @@ async fn abandoned_uploads_are_collected() {
         ("BOSUN_GC_UPLOAD_MAX_AGE", "1h"),
         ("BOSUN_TEST_FAILPOINTS", "true"),
     ]);
-    let resp = s.http.post(s.url("/v2/up/blobs/uploads/")).send().await.unwrap();
-    let location = header(&resp, "location");
-    s.http.patch(s.url(&location)).body("half a layer").send().await.unwrap();
+    let mut locations = Vec::new();
+    for _ in 0..2 {
+        let resp = s.http.post(s.url("/v2/up/blobs/uploads/")).send().await.unwrap();
+        locations.push(header(&resp, "location"));
+        s.http.patch(s.url(locations.last().unwrap())).body("half a layer").send().await.unwrap();
+    }
+    // The second session's staged file is gone, as a crash between an upload's commit and
+    // its record leaves it: removing the session frees nothing, and a dry run says so.
+    let lost = locations[1].rsplit('/').next().unwrap();
+    std::fs::remove_file(s.data_dir.join("uploads").join(lost)).unwrap();
     let report = s.gc(false).await;
     assert_eq!(count(&report, "upload"), 0, "too young: {report}");
     s.advance_clock(3_600_001).await;
+    let dry = s.gc(true).await;
     let report = s.gc(false).await;
-    assert_eq!(count(&report, "upload"), 1, "{report}");
-    expect_error(s.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert_eq!(count(&report, "upload"), 2, "{report}");
+    for run in [&dry, &report] {
+        assert_eq!(run["bytes_removed"], "half a layer".len(), "{run}");
+    }
+    for location in &locations {
+        expect_error(s.get(location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    }
     assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
 }
 
