@@ -202,7 +202,7 @@ pub fn gc(config: &Config, url: Option<&str>, action: GcAction) -> anyhow::Resul
     eprintln!("no Bosun of {} answered at {addr}: working on the data directory directly", dir.display());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let out = runtime.block_on(async move {
-        let opened = crate::server::open(config)
+        let opened = crate::server::open(config, crate::metadata::Upgrade::Refused)
             .await
             .with_context(|| format!("no Bosun answered at {addr}, and its data directory could not be opened"))?;
         let collector = opened.state.collector.clone();

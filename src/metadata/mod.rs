@@ -23,6 +23,7 @@ pub mod repositories;
 mod reserve;
 pub mod retention;
 pub mod tags;
+mod upgrade;
 pub mod uploads;
 
 use std::path::Path;
@@ -50,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/8.sql"),
     include_str!("migrations/9.sql"),
     include_str!("migrations/10.sql"),
+    include_str!("migrations/11.sql"),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 /// A commit that failed, as the error to tell. SQLite reports a full disk as
@@ -110,6 +112,21 @@ pub enum MetadataError {
     Corrupt(String),
     #[error("metadata database has schema version {found}, this Bosun knows {expected}")]
     SchemaVersion { found: i64, expected: i64 },
+    /// An older database opened with [`Upgrade::Refused`].
+    #[error(
+        "metadata database has schema version {found}, older than this Bosun's {expected}: `bosun serve` upgrades \
+         it (the release that wrote it cannot open it afterwards); a command on a stopped instance does not"
+    )]
+    NotUpgraded { found: i64, expected: i64 },
+}
+
+/// Whether opening a database of an older schema version upgrades it. Only a server's start
+/// does: a command on a stopped instance (`bosun gc --dry-run`, `--status`) must not make the
+/// data directory unreadable to the release that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    Allowed,
+    Refused,
 }
 
 pub type Result<T> = std::result::Result<T, MetadataError>;
@@ -337,66 +354,15 @@ fn apply_read_tuning(conn: &Connection, cache_kib: i64) -> rusqlite::Result<()> 
     Ok(())
 }
 
-/// Takes a database from version `from` to [`SCHEMA_VERSION`], all steps in one
-/// transaction: a failed upgrade leaves the old version intact.
-fn upgrade(writer: &mut Connection, from: i64) -> Result<()> {
-    // A step may rebuild a table that others reference, which SQLite allows only with
-    // foreign keys off, and they cannot be switched inside a transaction. Every foreign
-    // key is checked before the commit instead.
-    writer.pragma_update(None, "foreign_keys", "OFF")?;
-    // Rebuilding a table sorts every row of its indexes: on disk, not in memory, as
-    // temporary files would be anywhere else (set back to memory below).
-    writer.pragma_update(None, "temp_store", "DEFAULT")?;
-    // A step may rewrite a table and the check reads every reference: on a database of
-    // millions of rows the server is minutes from listening, and the log says why.
-    let started = std::time::Instant::now();
-    tracing::info!(from, to = SCHEMA_VERSION, "upgrading the metadata schema; the server starts when it is done");
-    let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // A step must not count quota groups that the next start rebuilds anyway.
-    quota::stop_counting(&tx)?;
-    for (step, version) in MIGRATIONS[from as usize - 1..].iter().zip(from + 1..) {
-        tx.execute_batch(step)?;
-        tracing::info!(version, elapsed_ms = started.elapsed().as_millis() as u64, "metadata schema step done");
-    }
-    // The link -> blob and reference -> link references are kept by triggers, not
-    // foreign keys, so they are checked here too. The operator is shown the count and the
-    // first few, to find the damage.
-    const BROKEN: &str = "SELECT \"table\" || ' row ' || IFNULL(rowid, '(no rowid)') || ' -> ' || parent
-                            FROM pragma_foreign_key_check
-                          UNION ALL
-                          SELECT 'repository_blobs (repository ' || l.repository_id || ', ' || l.digest || ') -> blobs'
-                            FROM repository_blobs l WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = l.digest)
-                          UNION ALL
-                          SELECT 'manifest_blobs (manifest ' || r.manifest_id || ', ' || r.digest || ') -> repository_blobs'
-                            FROM manifest_blobs r WHERE NOT EXISTS
-                                 (SELECT 1 FROM repository_blobs l WHERE l.repository_id = r.repository_id AND l.digest = r.digest)";
-    let count: i64 = tx.query_row(&format!("SELECT COUNT(*) FROM ({BROKEN})"), [], |r| r.get(0))?;
-    if count > 0 {
-        let first: Vec<String> =
-            tx.prepare(&format!("{BROKEN} LIMIT 5"))?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-        return Err(MetadataError::Corrupt(format!(
-            "upgrading the schema from version {from} found {count} broken reference(s) ({}{}); nothing was changed",
-            first.join("; "),
-            if count > 5 { "; ..." } else { "" }
-        )));
-    }
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    tx.commit()?;
-    writer.pragma_update(None, "foreign_keys", "ON")?;
-    writer.pragma_update(None, "temp_store", "MEMORY")?;
-    tracing::info!(
-        from,
-        to = SCHEMA_VERSION,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "metadata schema upgraded; every reference checked"
-    );
-    Ok(())
-}
-
 impl Metadata {
     /// Opens (creating if needed) the database at `path`; `sync` makes every commit
     /// durable against power loss before it returns.
     pub fn open(path: &Path, sync: bool) -> Result<Metadata> {
+        Metadata::open_with(path, sync, Upgrade::Allowed)
+    }
+
+    /// [`Metadata::open`], upgrading an older database only if `upgrade` allows.
+    pub fn open_with(path: &Path, sync: bool, upgrade: Upgrade) -> Result<Metadata> {
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
         reserve::keep_log_on_close(&writer)?;
@@ -412,7 +378,10 @@ impl Metadata {
                 tx.commit()?;
             }
             SCHEMA_VERSION => {}
-            older @ 1..SCHEMA_VERSION => upgrade(&mut writer, older)?,
+            older @ 1..SCHEMA_VERSION if upgrade == Upgrade::Refused => {
+                return Err(MetadataError::NotUpgraded { found: older, expected: SCHEMA_VERSION });
+            }
+            older @ 1..SCHEMA_VERSION => upgrade::upgrade(&mut writer, older)?,
             found => {
                 return Err(MetadataError::SchemaVersion { found, expected: SCHEMA_VERSION });
             }
@@ -871,17 +840,23 @@ mod tests {
         panic!("4 MiB were written under a 1 MiB file size limit");
     }
 
-    /// The schemas released versions created, oldest first.
-    const RELEASED: &[&str] = &[
-        include_str!("migrations/released/1.sql"),
-        include_str!("migrations/released/2.sql"),
-        include_str!("migrations/released/3.sql"),
-        include_str!("migrations/released/4.sql"),
-        include_str!("migrations/released/5.sql"),
-        include_str!("migrations/released/6.sql"),
-        include_str!("migrations/released/7.sql"),
-        include_str!("migrations/released/8.sql"),
-        include_str!("migrations/released/9.sql"),
+    /// The schemas released versions created, oldest first; and those that some versions
+    /// had on main before their migration was changed (which version 11 sets right).
+    const RELEASED: &[(i64, &str)] = &[
+        (1, include_str!("migrations/released/1.sql")),
+        (2, include_str!("migrations/released/2.sql")),
+        (3, include_str!("migrations/released/3.sql")),
+        (4, include_str!("migrations/released/4.sql")),
+        (5, include_str!("migrations/released/5.sql")),
+        (6, include_str!("migrations/released/6-0dfb3ec.sql")),
+        (6, include_str!("migrations/released/6.sql")),
+        (7, include_str!("migrations/released/7-65e7827.sql")),
+        (7, include_str!("migrations/released/7.sql")),
+        (8, include_str!("migrations/released/8-ea71fd7.sql")),
+        (8, include_str!("migrations/released/8.sql")),
+        (9, include_str!("migrations/released/9-597d8f4.sql")),
+        (9, include_str!("migrations/released/9.sql")),
+        (10, include_str!("migrations/released/10.sql")),
     ];
 
     /// What a schema is made of, as SQLite sees it: each table's columns, foreign keys and
@@ -928,9 +903,8 @@ mod tests {
         let fresh = dir.path().join("fresh.sqlite");
         drop(Metadata::open(&fresh, false).unwrap());
         let want = shape(&Connection::open(&fresh).unwrap());
-        for (i, released) in RELEASED.iter().enumerate() {
-            let version = i as i64 + 1;
-            let path = dir.path().join(format!("v{version}.sqlite"));
+        for (i, &(version, released)) in RELEASED.iter().enumerate() {
+            let path = dir.path().join(format!("{i}-v{version}.sqlite"));
             {
                 let conn = Connection::open(&path).unwrap();
                 conn.pragma_update(None, "foreign_keys", "ON").unwrap();
@@ -950,8 +924,26 @@ mod tests {
                                  CAST('{\"manifests\":[]}' AS BLOB), 0, 0);
                      INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES (1, 1, 'sha256:shared');
                      INSERT INTO tag_deletions (repository, tag, digest, manifest_id, deleted_at, actor, reason, restorable)
-                         VALUES ('a', 'v1', 'sha256:m', 1, 0, 'api', 'tag deleted through the API', 1);",
+                         VALUES ('a', 'v1', 'sha256:m', 1, 0, 'api', 'tag deleted through the API', 1),
+                                ('a', 'v1', 'sha256:m', 1, 1, 'api', 'tag deleted through the API', 1);",
                 )
+                .unwrap();
+                // An image with a non-distributable layer that its client pushed anyway: the
+                // repository holds it, but versions before 11 did not reference it.
+                let (c, f) = ("c".repeat(64), "f".repeat(64));
+                let foreign = format!(
+                    r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+                        "config":{{"mediaType":"application/x-config","digest":"sha256:{c}","size":1}},
+                        "layers":[{{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                                    "digest":"sha256:{f}","size":2}}]}}"#
+                );
+                conn.execute_batch(&format!(
+                    "INSERT INTO blobs (digest, size, created_at, touched_at) VALUES ('sha256:{c}', 1, 0, 0), ('sha256:{f}', 2, 0, 0);
+                     INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (2, 'sha256:{c}', 0), (2, 'sha256:{f}', 0);
+                     INSERT INTO manifests (id, repository_id, digest, media_type, payload, created_at, touched_at)
+                         VALUES (4, 2, 'sha256:foreign', 'application/vnd.oci.image.manifest.v1+json', CAST('{foreign}' AS BLOB), 0, 0);
+                     INSERT INTO manifest_blobs (manifest_id, repository_id, digest) VALUES (4, 2, 'sha256:{c}');"
+                ))
                 .unwrap();
                 if version == 1 {
                     conn.execute("INSERT INTO blobs (digest, size, created_at, touched_at, state) VALUES ('sha256:marked', 4, 0, 0, 1)", [])
@@ -969,14 +961,39 @@ mod tests {
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
                 .unwrap();
-            let expected = [("sha256:only-a", 0, 1), ("sha256:shared", 1, 2), ("sha256:unlinked", 0, 0)];
+            let (config, layer) = (format!("sha256:{}", "c".repeat(64)), format!("sha256:{}", "f".repeat(64)));
+            let expected = [
+                (config.as_str(), 1, 1),
+                (layer.as_str(), 1, 1),
+                ("sha256:only-a", 0, 1),
+                ("sha256:shared", 1, 2),
+                ("sha256:unlinked", 0, 0),
+            ];
             assert_eq!(blobs, expected.map(|(d, r, l)| (d.to_owned(), r, l)), "version {version} upgraded");
+            // Only the tag's latest deletion can still be undone (version 9, and 11 for a
+            // database made before 9.sql closed the others).
+            let open: Vec<i64> = conn
+                .prepare("SELECT deleted_at FROM tag_deletions WHERE restorable = 1")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(open, [1], "version {version} upgraded");
+            // A quota group's bytes are a cache that a recount sets right: no CHECK may stop
+            // the write that takes them below zero (version 6 had one at first).
+            conn.execute_batch(
+                "INSERT INTO quota_groups (key, bytes) VALUES ('g', 0); UPDATE quota_groups SET bytes = -1",
+            )
+            .unwrap_or_else(|e| panic!("version {version} upgraded: {e}"));
+            conn.execute_batch("DELETE FROM quota_groups").unwrap();
             // A deletion recorded before version 5 does not know the tag's times.
             let times: (Option<i64>, Option<i64>) = conn
                 .query_row("SELECT pushed_at, pulled_at FROM tag_deletions", [], |r| Ok((r.get(0)?, r.get(1)?)))
                 .unwrap();
             assert_eq!(times, (None, None), "version {version} upgraded");
-            // An empty artifactType became a missing one (version 10).
+            // An empty artifactType became a missing one (version 10; from version 10 on
+            // none is stored).
             let types: Vec<Option<String>> = conn
                 .prepare("SELECT artifact_type FROM manifests WHERE id IN (2, 3) ORDER BY id")
                 .unwrap()
@@ -984,7 +1001,9 @@ mod tests {
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
                 .unwrap();
-            assert_eq!(types, [Some("application/x-config".to_owned()), None], "version {version} upgraded");
+            if version < 10 {
+                assert_eq!(types, [Some("application/x-config".to_owned()), None], "version {version} upgraded");
+            }
             assert_eq!(conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap(), "ok");
             assert_eq!(
                 conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get::<_, i64>(0)).unwrap(),
@@ -1093,7 +1112,7 @@ mod tests {
         let path = dir.path().join("metadata.sqlite");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(RELEASED[1]).unwrap();
+            conn.execute_batch(RELEASED[1].1).unwrap();
             // Version 2's foreign keys would have refused this; a damaged file need not.
             conn.execute_batch(
                 "PRAGMA foreign_keys = OFF;
@@ -1126,7 +1145,7 @@ mod tests {
         let path = dir.path().join("metadata.sqlite");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(RELEASED[2]).unwrap();
+            conn.execute_batch(RELEASED[2].1).unwrap();
             conn.execute_batch(
                 "PRAGMA foreign_keys = OFF;
                  INSERT INTO repositories (id, name, created_at) VALUES (1, 'a', 0);
@@ -1148,6 +1167,28 @@ mod tests {
     }
 
     /// A database from a newer Bosun is refused, not guessed at.
+    /// An upgrade that would leave a column of the current schema missing (a step changed
+    /// after the database was made) refuses, and leaves the database as it was.
+    #[test]
+    fn an_upgrade_that_leaves_a_column_missing_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(RELEASED.last().unwrap().1).unwrap();
+            conn.execute_batch("ALTER TABLE tag_deletions DROP COLUMN pulled_at").unwrap();
+            conn.pragma_update(None, "user_version", 10).unwrap();
+        }
+        match Metadata::open(&path, false) {
+            Err(MetadataError::Corrupt(message)) => {
+                assert!(message.contains("columns missing (tag_deletions.pulled_at)"), "{message}")
+            }
+            other => panic!("opened: {:?}", other.map(|_| ())),
+        }
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).unwrap(), 10);
+    }
+
     #[test]
     fn a_newer_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();

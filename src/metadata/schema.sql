@@ -1,4 +1,4 @@
--- Bosun metadata, schema version 10 (`migrations/` upgrades older databases). The single
+-- Bosun metadata, schema version 11 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.
 --

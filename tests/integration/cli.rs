@@ -330,3 +330,30 @@ async fn a_command_whose_output_is_closed_ends_quietly() {
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A command on a stopped instance of an older release leaves its data directory as it
+/// is: upgrading it would make it unreadable to that release, which the operator did not
+/// ask for. The server's start upgrades it.
+#[tokio::test]
+async fn a_command_on_a_stopped_older_instance_does_not_upgrade_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let db = dir.path().join("metadata.sqlite");
+    let version = |db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(db).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
+    };
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(include_str!("../../src/metadata/migrations/released/10.sql")).unwrap();
+        conn.pragma_update(None, "user_version", 10).unwrap();
+    }
+    for args in [&["--dry-run"][..], &["--status"], &["--history"], &[]] {
+        let (ok, _, err) = bosun_gc(&[&["--data-dir", &data, "--url", "127.0.0.1:1"], args].concat());
+        assert!(!ok, "{args:?} worked on an older database");
+        assert!(err.contains("schema version 10, older than this Bosun's") && err.contains("bosun serve"), "{err}");
+        assert_eq!(version(&db), 10, "{args:?} upgraded the data directory");
+    }
+    let s = Server::start_in(dir.path(), GC_NOW);
+    assert!(version(&db) > 10, "the server's start did not upgrade it");
+    assert_eq!(s.gc(true).await["blobs_removed"], 0);
+}
