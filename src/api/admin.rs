@@ -87,10 +87,12 @@ pub fn not_found(path: &str) -> AdminResponse {
     error(StatusCode::NOT_FOUND, format!("{path} is not served here: this address serves /healthz and /metrics only"))
 }
 
-/// A run's report; a run refused because collection is paused is a 409, not a failure.
+/// A run's report; a run refused because collection is paused is a 409, and one a full
+/// disk stopped a 507, not failures of the registry.
 fn run_report(r: crate::gc::Result<crate::gc::Report>) -> AdminResponse {
     match r {
         Err(e @ crate::gc::GcError::Paused(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) if e.is_storage_full() => error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
         other => ok_or_500(other),
     }
 }

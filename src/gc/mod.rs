@@ -131,6 +131,17 @@ pub enum GcError {
     Paused(Pause),
 }
 
+impl GcError {
+    /// A full disk stopped the run: not a bug (the admin API answers 507, as for a push).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            GcError::Metadata(e) => e.is_full(),
+            GcError::Storage(e) => crate::metadata::is_full(e),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, GcError>;
 
 impl Report {

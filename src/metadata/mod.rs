@@ -120,6 +120,22 @@ pub enum MetadataError {
     NotUpgraded { found: i64, expected: i64 },
 }
 
+impl MetadataError {
+    /// The disk (or the volume's quota) is full: not a bug, and freeing space ends it.
+    pub fn is_full(&self) -> bool {
+        match self {
+            MetadataError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => f.code == rusqlite::ErrorCode::DiskFull,
+            MetadataError::Io(io) => is_full(io),
+            _ => false,
+        }
+    }
+}
+
+/// No space left: the disk is full, or the user's quota on it is used up.
+pub fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
 /// Whether opening a database of an older schema version upgrades it. Only a server's start
 /// does: a command on a stopped instance (`bosun gc --dry-run`, `--status`) must not make the
 /// data directory unreadable to the release that wrote it.
@@ -329,6 +345,12 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// database opens (`reserve.rs`), so that deleting works on a full disk.
 const LOG_KEPT_BYTES: i64 = 64 << 20;
 
+/// The free space a write that adds rows needs ([`Metadata::room_to_add`]): room for the
+/// checkpoints to grow the database by what was added since the last one (a manifest push
+/// adds a few pages of 4 KiB, and a checkpoint follows a quarter second after the last
+/// commit). Small, so that a disk is "full" for metadata only when it is full.
+pub const ROOM_TO_ADD: u64 = 1 << 20;
+
 /// Page cache per connection, KiB: the writer walks indexes of the whole registry during
 /// collections; readers mostly fetch single rows.
 const WRITER_CACHE_KIB: i64 = 32 * 1024;
@@ -473,6 +495,20 @@ impl Metadata {
     /// filesystem storage, the blobs): for `/metrics`.
     pub fn disk_space(&self) -> std::io::Result<DiskSpace> {
         disk_space(database_dir(&self.inner.path))
+    }
+
+    /// Whether the database's disk has room for a write that adds rows (a manifest, a tag,
+    /// a mount, a new upload session): `Err((available, floor))` if it has less than
+    /// [`ROOM_TO_ADD`]. Below that, a checkpoint may find no room to grow the database
+    /// into; the log then grows into the room allocated ahead for it (`reserve.rs`), and
+    /// every added row eats that room until deletes and collections, which need it to free
+    /// space, fail too. Those are never held to it. A disk whose space cannot be read is
+    /// taken to have room (a full one still answers `SQLITE_FULL`).
+    pub fn room_to_add(&self) -> std::result::Result<(), (u64, u64)> {
+        match self.disk_space() {
+            Ok(space) if space.available < ROOM_TO_ADD => Err((space.available, ROOM_TO_ADD)),
+            _ => Ok(()),
+        }
     }
 
     /// Whether a flush of the log has failed: from then on no write is acknowledged, and

@@ -109,6 +109,7 @@ impl Registry {
     /// repository has it, else (with auto-mount) from anywhere in the registry. Returns the
     /// size if mounted, `None` if the client must upload.
     pub async fn mount_blob(&self, name: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Option<u64>> {
+        self.check_room_to_add()?;
         // Bytes that storage lost (none, or of another size than the blob's) are uploaded
         // again rather than linked (see `blob_size`).
         let stored = match self.store.blob_size(digest).await {

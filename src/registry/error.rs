@@ -1,7 +1,7 @@
 //! What can go wrong in a registry operation, in domain terms. The HTTP layer maps each
 //! variant to its OCI error code and status in exactly one place (`api::error`).
 
-use crate::metadata::MetadataError;
+use crate::metadata::{MetadataError, is_full};
 use crate::oci::{Digest, RepoName};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,25 +74,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl From<MetadataError> for Error {
     fn from(e: MetadataError) -> Self {
-        match &e {
-            MetadataError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull => {
-                Error::StorageFull(e.to_string())
-            }
-            MetadataError::Io(io) if full(io) => Error::StorageFull(e.to_string()),
-            _ => Error::Internal(e.to_string()),
-        }
+        if e.is_full() { Error::StorageFull(e.to_string()) } else { Error::Internal(e.to_string()) }
     }
 }
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        if full(&e) { Error::StorageFull(format!("storage: {e}")) } else { Error::Internal(format!("storage: {e}")) }
+        if is_full(&e) { Error::StorageFull(format!("storage: {e}")) } else { Error::Internal(format!("storage: {e}")) }
     }
-}
-
-/// No space left: the disk is full, or the user's quota on it is used up.
-fn full(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 #[cfg(test)]

@@ -89,6 +89,7 @@ impl Registry {
         content_type: Option<&str>,
         payload: Bytes,
     ) -> Result<PushedManifest> {
+        self.check_room_to_add()?;
         let limit = self.options.max_manifest_bytes;
         if payload.len() as u64 > limit {
             return Err(Error::ManifestTooLarge { size: payload.len() as u64, limit });

@@ -125,6 +125,18 @@ impl Registry {
         &self.options
     }
 
+    /// Refuses a write that adds to metadata while its disk is full (507), so that the
+    /// room kept for the metadata log stays for deletes and collections, which free space
+    /// (`Metadata::room_to_add`).
+    fn check_room_to_add(&self) -> Result<()> {
+        self.meta.room_to_add().map_err(|(available, floor)| {
+            Error::StorageFull(format!(
+                "{available} bytes free on the metadata database's disk, under the {floor} that writes adding to \
+                 it need; deletes and collections go on (and free space)"
+            ))
+        })
+    }
+
     fn check_delete_enabled(&self) -> Result<()> {
         if self.options.delete_enabled { Ok(()) } else { Err(Error::DeleteDisabled) }
     }

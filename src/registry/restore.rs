@@ -10,6 +10,7 @@ impl Registry {
     /// Restores `name:tag` to the manifest it pointed at when it was deleted; returns that
     /// manifest's digest.
     pub async fn restore_tag(&self, name: &RepoName, tag: &Tag) -> Result<String> {
+        self.check_room_to_add()?;
         let (n, t) = (name.clone(), tag.clone());
         let since = self.options.restore_since(now_ms());
         self.meta

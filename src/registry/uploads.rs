@@ -87,6 +87,7 @@ pub struct ChunkRange {
 
 impl Registry {
     pub async fn start_upload(&self, name: &RepoName) -> Result<UploadStatus> {
+        self.check_room_to_add()?;
         self.check_room_for_uploads().await?;
         let id = UploadId::random();
         // The file comes before the row (a crash between leaves a file reconcile removes,
