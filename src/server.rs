@@ -93,7 +93,8 @@ pub async fn open(config: &Config, upgrade: Upgrade) -> anyhow::Result<Opened> {
 }
 
 /// Loads the retention policies managed through the admin API and installs every policy;
-/// an invalid one stops the start with a message naming it.
+/// an invalid one stops the start with a message naming it. A stored one that a policy of
+/// the configuration file shadows is not in force, which is logged as an error.
 async fn load_policies(state: &AppState) -> anyhow::Result<()> {
     let stored = state.registry.meta.read(|c| crate::metadata::retention::api_policies(c)).await?;
     let specs = stored
@@ -101,7 +102,16 @@ async fn load_policies(state: &AppState) -> anyhow::Result<()> {
         .map(|json| serde_json::from_str::<RetentionSpec>(json))
         .collect::<Result<Vec<_>, _>>()
         .context("a retention policy stored through the admin API is unreadable")?;
-    state.registry.set_policies(state.config.policies(&specs).context("invalid policies")?);
+    let policies = state.config.policies(&specs).context("invalid policies")?;
+    for s in &policies.shadowed {
+        tracing::error!(
+            policy = %s.spec.name,
+            config_policy = %s.by,
+            "a retention policy stored through the admin API is not in force: the configuration file's policy has \
+             its name or selects the same repositories; remove it (bosun retention remove NAME) or the file's"
+        );
+    }
+    state.registry.set_policies(policies);
     Ok(())
 }
 

@@ -313,14 +313,13 @@ async fn dispatch(
         }
         (&Method::GET, "/admin/retention/policies") => {
             q.only(&[])?;
-            let list: Vec<serde_json::Value> = state
-                .registry
-                .policies()
-                .retention
-                .iter()
-                .map(|p| serde_json::json!({ "source": p.source, "policy": p.spec }))
-                .collect();
-            json(StatusCode::OK, &list)
+            let policies = state.registry.policies();
+            let in_force =
+                policies.retention.iter().map(|p| serde_json::json!({ "source": p.source, "policy": p.spec }));
+            let shadowed = policies.shadowed.iter().map(
+                |s| serde_json::json!({ "source": "api", "policy": s.spec, "in_force": false, "shadowed_by": s.by }),
+            );
+            json(StatusCode::OK, &in_force.chain(shadowed).collect::<Vec<_>>())
         }
         (method @ (&Method::PUT | &Method::DELETE), p) if p.starts_with("/admin/retention/policies/") => {
             q.only(&[])?;
@@ -464,7 +463,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Stri
 /// after validating the whole set with the change; then installs the new set.
 async fn set_api_policy(state: &AppState, name: &str, spec: Option<RetentionSpec>) -> Result<(), (StatusCode, String)> {
     let internal = |e: crate::metadata::MetadataError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    if state.config.retention.iter().any(|p| p.name == name) {
+    // Removing is allowed: what goes is a stored policy of that name, which the file's
+    // keeps out of force (`Policies::shadowed`).
+    if spec.is_some() && state.config.retention.iter().any(|p| p.name == name) {
         return Err((StatusCode::CONFLICT, format!("policy {name:?} is declared in the config file; change it there")));
     }
     let _one_at_a_time = state.policy_changes.lock().await;
@@ -480,6 +481,15 @@ async fn set_api_policy(state: &AppState, name: &str, spec: Option<RetentionSpec
     }
     specs.extend(spec.clone());
     let policies = state.config.policies(&specs).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    if let Some(s) = spec.as_ref().and_then(|spec| policies.shadowed.iter().find(|s| s.spec.name == spec.name)) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "policy {:?} has the name or the repositories of the configuration file's policy {:?}; change that one in the file",
+                s.spec.name, s.by
+            ),
+        ));
+    }
     let (name, json) = (name.to_owned(), spec.map(|s| serde_json::to_string(&s).expect("specs serialize")));
     state
         .registry

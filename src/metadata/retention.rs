@@ -275,11 +275,13 @@ pub fn set_schedule_last_run(conn: &Connection, policy: &str, at: i64) -> Result
     Ok(())
 }
 
-/// A saved plan and whether it was applied already.
-pub fn load_plan(conn: &Connection, id: i64) -> Result<Option<(String, Option<i64>)>> {
+/// A saved plan no older than [`PLAN_KEPT_MS`] at `now`, and whether it was applied
+/// already. An older one is as gone as those `save_plan` forgot: what it showed is a
+/// week stale.
+pub fn load_plan(conn: &Connection, id: i64, now: i64) -> Result<Option<(String, Option<i64>)>> {
     Ok(conn
-        .prepare_cached("SELECT plan, applied_at FROM retention_plans WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached("SELECT plan, applied_at FROM retention_plans WHERE id = ?1 AND created_at >= ?2")?
+        .query_row(params![id, now - PLAN_KEPT_MS], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }
 

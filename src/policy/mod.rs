@@ -97,8 +97,20 @@ pub struct Quota {
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
     pub retention: Vec<RetentionPolicy>,
+    /// Policies stored through the admin API that are not in force because a policy of
+    /// the configuration file has their name or selects the same repositories (the file
+    /// wins: moving a policy from the API into the file must not stop the next start).
+    pub shadowed: Vec<Shadowed>,
     pub immutable: Vec<ImmutableRule>,
     pub quotas: Vec<Quota>,
+}
+
+/// A stored policy that a policy of the configuration file keeps out of force.
+#[derive(Debug, Clone)]
+pub struct Shadowed {
+    pub spec: RetentionSpec,
+    /// The configuration file's policy.
+    pub by: String,
 }
 
 impl RetentionSpec {
@@ -108,7 +120,8 @@ impl RetentionSpec {
         if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             return Err(format!("{at}: name must be letters, digits, '-', '_' or '.'"));
         }
-        let repositories = Pattern::glob(&self.repositories).map_err(|e| format!("{at}.repositories: {e}"))?;
+        let repositories =
+            Pattern::repository_glob(&self.repositories).map_err(|e| format!("{at}.repositories: {e}"))?;
         let keep = self.keep.compile("keep").map_err(|e| format!("{at}: {e}"))?;
         let untagged = match self.untagged.as_deref() {
             None => Untagged::Gc,
@@ -136,6 +149,11 @@ impl Policies {
             out.retention.push(spec.compile(&format!("retention[{i}]"), "config")?);
         }
         for spec in api_retention {
+            let file = retention.iter().find(|f| f.name == spec.name || f.repositories == spec.repositories);
+            if let Some(file) = file {
+                out.shadowed.push(Shadowed { spec: spec.clone(), by: file.name.clone() });
+                continue;
+            }
             out.retention.push(spec.compile("retention (admin API)", "api")?);
         }
         for (i, a) in out.retention.iter().enumerate() {
@@ -153,9 +171,10 @@ impl Policies {
         }
         for (i, spec) in immutable.iter().enumerate() {
             let at = format!("immutable[{i}]");
-            let repositories = Pattern::glob(&spec.repositories).map_err(|e| format!("{at}.repositories: {e}"))?;
+            let repositories =
+                Pattern::repository_glob(&spec.repositories).map_err(|e| format!("{at}.repositories: {e}"))?;
             let tags = match (&spec.tags, &spec.tags_regex) {
-                (Some(g), None) => Pattern::glob(g).map_err(|e| format!("{at}.tags: {e}"))?,
+                (Some(g), None) => Pattern::tag_glob(g).map_err(|e| format!("{at}.tags: {e}"))?,
                 (None, Some(r)) => Pattern::regex(r).map_err(|e| format!("{at}.tags_regex: {e}"))?,
                 _ => return Err(format!("{at}: give exactly one of tags or tags_regex")),
             };
@@ -163,7 +182,7 @@ impl Policies {
         }
         for (i, spec) in quotas.iter().enumerate() {
             let repositories =
-                Pattern::glob(&spec.repositories).map_err(|e| format!("quota[{i}].repositories: {e}"))?;
+                Pattern::repository_glob(&spec.repositories).map_err(|e| format!("quota[{i}].repositories: {e}"))?;
             out.quotas.push(Quota { index: i, spec: spec.clone(), repositories });
         }
         Ok(out)
@@ -238,6 +257,49 @@ mod tests {
         assert!(Policies::compile(&[bad], &[], &[], &[]).unwrap_err().contains(".schedule"));
         let imm = ImmutableSpec { repositories: "prod/**".into(), tags: None, tags_regex: None };
         assert!(Policies::compile(&[], &[], &[imm], &[]).unwrap_err().contains("immutable[0]"));
+    }
+
+    /// A pattern that no repository name (or tag) can match is refused where it is read,
+    /// with the reason: it would govern nothing.
+    #[test]
+    fn patterns_that_match_nothing_are_refused() {
+        for repositories in ["Prod/**", "team//*", "/team/*", "team/web/", "a b/*", "["] {
+            let err = Policies::compile(&[spec("p", repositories)], &[], &[], &[]).unwrap_err();
+            assert!(err.contains(".repositories") && err.contains("matches nothing"), "{repositories}: {err}");
+            let imm = ImmutableSpec { repositories: repositories.into(), tags: Some("v*".into()), tags_regex: None };
+            assert!(
+                Policies::compile(&[], &[], &[imm], &[]).unwrap_err().contains("matches nothing"),
+                "{repositories}"
+            );
+        }
+        let imm = ImmutableSpec { repositories: "prod/**".into(), tags: Some("v1 *".into()), tags_regex: None };
+        assert!(Policies::compile(&[], &[], &[imm], &[]).unwrap_err().contains("immutable[0].tags"));
+        let mut tags = spec("t", "**");
+        tags.keep = RuleSpec::Matching("release/*".into());
+        assert!(Policies::compile(&[tags], &[], &[], &[]).unwrap_err().contains("matches nothing"));
+        for fine in ["**", "team/*", "team/web-?", "a.b_c/**/x"] {
+            Policies::compile(&[spec("p", fine)], &[], &[], &[]).unwrap();
+        }
+    }
+
+    /// A policy of the configuration file wins over a stored one (of the admin API) with
+    /// its name or its repositories: the stored one is kept out of force, not a reason to
+    /// refuse the start. Two stored ones cannot clash (the API refuses the second).
+    #[test]
+    fn the_configuration_file_shadows_stored_policies() {
+        let p = Policies::compile(
+            &[spec("zz", "x/*")],
+            &[spec("zz", "y/*"), spec("other", "x/*"), spec("ok", "z/*")],
+            &[],
+            &[],
+        )
+        .unwrap();
+        let shadowed: Vec<(&str, &str)> = p.shadowed.iter().map(|s| (s.spec.name.as_str(), s.by.as_str())).collect();
+        assert_eq!(shadowed, [("zz", "zz"), ("other", "zz")]);
+        let names: Vec<&str> = p.retention.iter().map(|r| r.spec.name.as_str()).collect();
+        assert_eq!(names, ["zz", "ok"]);
+        assert_eq!(p.retention_for("y/a").map(|r| r.spec.name.as_str()), None);
+        assert!(Policies::compile(&[], &[spec("a", "x/*"), spec("b", "x/*")], &[], &[]).is_err());
     }
 
     #[test]

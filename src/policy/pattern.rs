@@ -22,6 +22,35 @@ impl Pattern {
         Ok(Pattern::Glob(raw.to_owned()))
     }
 
+    /// A glob over repository names, refused if no valid name can match it: a character
+    /// no name has (a capital, a space) or an empty segment (a leading, trailing or doubled
+    /// `/`). Such a typo would govern nothing, silently: an immutability rule that
+    /// protects no tag, a quota that limits nothing.
+    pub fn repository_glob(raw: &str) -> Result<Pattern, String> {
+        let pattern = Pattern::glob(raw)?;
+        if let Some(c) = raw.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*?".contains(*c)))
+        {
+            return Err(format!(
+                "{c:?} is in no repository name (lowercase letters, digits, '.', '_', '-' and '/'), so {raw:?} matches nothing"
+            ));
+        }
+        if raw.split('/').any(str::is_empty) {
+            return Err(format!(
+                "{raw:?} has an empty segment (a leading, trailing or doubled '/'), which no repository name has, so it matches nothing"
+            ));
+        }
+        Ok(pattern)
+    }
+
+    /// A glob over tags, refused if no valid tag can match it (a character no tag has).
+    pub fn tag_glob(raw: &str) -> Result<Pattern, String> {
+        let pattern = Pattern::glob(raw)?;
+        if let Some(c) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-*?".contains(*c))) {
+            return Err(format!("{c:?} is in no tag (letters, digits, '.', '_' and '-'), so {raw:?} matches nothing"));
+        }
+        Ok(pattern)
+    }
+
     pub fn regex(raw: &str) -> Result<Pattern, String> {
         let invalid = |e: regex::Error| format!("invalid regular expression: {e}");
         // Alone first: `a)|(b` is no expression, but wrapped it would be one, unanchored.

@@ -408,17 +408,17 @@ impl Retention {
             .meta
             .write(move |c| {
                 // Checked in the deleting transaction: no apply after a pause deletes.
-                if let Some(pause) = crate::metadata::gc_pause::get(c, now_ms())? {
+                let now = now_ms();
+                if let Some(pause) = crate::metadata::gc_pause::get(c, now)? {
                     return Err(RetentionError::Paused(pause));
                 }
-                let (json, applied) = q::load_plan(c, id)?.ok_or(RetentionError::PlanUnknown(id))?;
+                let (json, applied) = q::load_plan(c, id, now)?.ok_or(RetentionError::PlanUnknown(id))?;
                 if applied.is_some() {
                     return Err(RetentionError::AlreadyApplied(id));
                 }
                 let mut plan: Plan = serde_json::from_str(&json)
                     .map_err(|e| RetentionError::Invalid(format!("stored plan {id}: {e}")))?;
                 plan.id = id;
-                let now = now_ms();
                 let changes = delete_planned(c, &policies, &plan, now, options.restore_since(now))?;
                 if !changes.is_empty() {
                     return Err(RetentionError::Changed { id, changes });
@@ -448,14 +448,16 @@ impl Retention {
     /// runs at its next time, not at once. While collection is paused, none is due (each
     /// runs at the first check after the resume).
     pub async fn run_due(&self) {
-        match self.collector.paused().await {
-            Ok(None) => {}
-            Ok(Some(_)) => return,
+        // Paused, no policy runs; but a policy seen for the first time is recorded even
+        // then, so that a time of it that comes during the pause is run after it, as for
+        // any other policy (it was first seen after the resume, and that time skipped).
+        let paused = match self.collector.paused().await {
+            Ok(pause) => pause.is_some(),
             Err(e) => {
                 tracing::error!(error = %e, "reading whether collection is paused failed; no retention policy runs");
                 return;
             }
-        }
+        };
         let registry = self.collector.registry();
         let policies = registry.policies();
         let now = now_ms();
@@ -489,7 +491,7 @@ impl Retention {
                 let _ = record(name, Some(now)).await;
                 continue;
             };
-            if !schedule.due(last, now) || record(name, Some(now)).await.is_err() {
+            if paused || !schedule.due(last, now) || record(name, Some(now)).await.is_err() {
                 continue;
             }
             match self.run(Some(name.clone())).await {

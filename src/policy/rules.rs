@@ -72,7 +72,7 @@ pub enum Rule {
 fn pattern(glob: Option<&String>, regex: Option<&String>, path: &str) -> Result<Option<Pattern>, String> {
     match (glob, regex) {
         (Some(_), Some(_)) => Err(format!("{path}: give matching or matching_regex, not both")),
-        (Some(g), None) => Pattern::glob(g).map(Some).map_err(|e| format!("{path}.matching: {e}")),
+        (Some(g), None) => Pattern::tag_glob(g).map(Some).map_err(|e| format!("{path}.matching: {e}")),
         (None, Some(r)) => Pattern::regex(r).map(Some).map_err(|e| format!("{path}.matching_regex: {e}")),
         (None, None) => Ok(None),
     }
@@ -112,7 +112,7 @@ impl RuleSpec {
                 let (count, among) = count(c, "highest_semver")?;
                 Rule::HighestSemver { count, among }
             }
-            RuleSpec::Matching(g) => Rule::Matching(Pattern::glob(g).map_err(|e| format!("{path}.matching: {e}"))?),
+            RuleSpec::Matching(g) => Rule::Matching(Pattern::tag_glob(g).map_err(|e| format!("{path}.matching: {e}"))?),
             RuleSpec::MatchingRegex(r) => {
                 Rule::Matching(Pattern::regex(r).map_err(|e| format!("{path}.matching_regex: {e}"))?)
             }

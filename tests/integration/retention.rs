@@ -191,7 +191,7 @@ keep = { newest = 1 }
 }
 
 /// Plans are kept for a week: a newer plan forgets older ones, and applying one of those
-/// says so.
+/// says so; so does applying the newest plan once it is a week old, forgotten or not.
 #[tokio::test]
 async fn plans_older_than_a_week_are_forgotten() {
     let config = r#"
@@ -209,7 +209,14 @@ keep = { newest = 1 }
     let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", old["id"])).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("kept for 7 days"), "{answer}");
+    let (_, stale) = s.admin_post("/admin/retention/plan").await;
+    s.advance_clock(8 * DAY).await;
+    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", stale["id"])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
     let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", new["id"])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let (_, fresh) = s.admin_post("/admin/retention/plan").await;
+    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", fresh["id"])).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
 
@@ -469,6 +476,52 @@ max_bytes = 10000
     }
     // A new repository of the group starts empty.
     s.push_blob("team/three", &over).await;
+}
+
+/// Moving a policy from the admin API into the configuration file (same name, or the same
+/// repositories under another) must not stop the next start: the file's policy is in force,
+/// the stored one is listed as not in force and logged, and can be removed through the API.
+#[tokio::test]
+async fn a_stored_policy_shadowed_by_the_configuration_file_does_not_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let s = Server::start_in(&data, ENV);
+        for (name, repositories) in [("zz", "y/*"), ("moved", "x/*")] {
+            let policy = json!({"name": name, "repositories": repositories, "keep": {"newest": 1}});
+            let put = s.http.put(s.url(&format!("/admin/retention/policies/{name}"))).json(&policy).send();
+            assert_eq!(put.await.unwrap().status(), StatusCode::OK);
+        }
+    }
+    let config = "[[retention]]\nname = \"zz\"\nrepositories = \"x/*\"\nkeep = { newest = 2 }\n";
+    let s = Server::start_in_with_config(&data, config, ENV);
+    let listed: Value = s.get("/admin/retention/policies").await.json().await.unwrap();
+    let summary: Vec<(String, String, bool)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let in_force = p.get("in_force").is_none_or(|f| f.as_bool().unwrap());
+            (
+                p["source"].as_str().unwrap().to_owned(),
+                p["policy"]["repositories"].as_str().unwrap().to_owned(),
+                in_force,
+            )
+        })
+        .collect();
+    let want = [("config", "x/*", true), ("api", "x/*", false), ("api", "y/*", false)];
+    assert_eq!(summary, want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c)), "{listed:#}");
+    assert_eq!(s.logged(&["is not in force", "zz"]).await.len(), 2, "one error per shadowed policy");
+    // A new stored policy that the file would shadow is refused; the shadowed ones go.
+    let clash = json!({"name": "again", "repositories": "x/*", "keep": {"newest": 1}});
+    let put = s.http.put(s.url("/admin/retention/policies/again")).json(&clash).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::BAD_REQUEST);
+    for name in ["zz", "moved"] {
+        let resp = s.http.delete(s.url(&format!("/admin/retention/policies/{name}"))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let listed: Value = s.get("/admin/retention/policies").await.json().await.unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
 }
 
 #[tokio::test]
@@ -856,6 +909,30 @@ async fn retention_schedules_start_when_added_and_catch_up_after_a_restart() {
     drop(db);
     let s = Server::start_in_with_config(&data, config, env);
     assert_eq!(tags_settled(&s, "daily/a", 1).await, ["new"]);
+}
+
+/// A policy added while collection is paused is seen (recorded) all the same: its time
+/// that comes during the pause runs after the resume, as any other policy's does, instead
+/// of being skipped for a whole period.
+#[tokio::test]
+async fn a_policy_added_during_a_pause_runs_its_time_after_the_resume() {
+    let env = &[("BOSUN_GC_ENABLED", "false"), ("BOSUN_TEST_FAILPOINTS", "true")];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start_in_with_config(&data, "retention_check_interval = \"100ms\"\n", env);
+    s.push_image("paused/a", "old", &[b"old"]).await;
+    s.advance_clock(1000).await;
+    s.push_image("paused/a", "new", &[b"new"]).await;
+    assert_eq!(s.admin_post("/admin/gc/pause?reason=window").await.0, StatusCode::OK);
+    let policy = json!({"name": "daily", "repositories": "paused/*", "keep": {"newest": 1}, "schedule": "0 3 * * *"});
+    let put = s.http.put(s.url("/admin/retention/policies/daily")).json(&policy).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    schedule_recorded(&data, "daily").await;
+    s.advance_clock(DAY).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(tag_list(&s.get("/v2/paused/a/tags/list").await.json().await.unwrap()).len(), 2, "ran while paused");
+    assert_eq!(s.admin_post("/admin/gc/resume").await.0, StatusCode::OK);
+    assert_eq!(tags_settled(&s, "paused/a", 1).await, ["new"]);
 }
 
 #[tokio::test]
