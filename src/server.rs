@@ -93,8 +93,9 @@ pub async fn open(config: &Config, upgrade: Upgrade) -> anyhow::Result<Opened> {
 }
 
 /// Loads the retention policies managed through the admin API and installs every policy;
-/// an invalid one stops the start with a message naming it. A stored one that a policy of
-/// the configuration file shadows is not in force, which is logged as an error.
+/// an invalid one of the configuration file stops the start with a message naming it. A
+/// stored one that is invalid, or that a policy of the file shadows, is not in force, which
+/// is logged as an error.
 async fn load_policies(state: &AppState) -> anyhow::Result<()> {
     let stored = state.registry.meta.read(|c| crate::metadata::retention::api_policies(c)).await?;
     let specs = stored
@@ -103,12 +104,12 @@ async fn load_policies(state: &AppState) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .context("a retention policy stored through the admin API is unreadable")?;
     let policies = state.config.policies(&specs).context("invalid policies")?;
-    for s in &policies.shadowed {
+    for p in &policies.inactive {
         tracing::error!(
-            policy = %s.spec.name,
-            config_policy = %s.by,
-            "a retention policy stored through the admin API is not in force: the configuration file's policy has \
-             its name or selects the same repositories; remove it (bosun retention remove NAME) or the file's"
+            policy = %p.spec.name,
+            why = %p.why,
+            "a retention policy stored through the admin API is not in force; remove it (bosun retention remove NAME) \
+             or put it right"
         );
     }
     state.registry.set_policies(policies);

@@ -316,10 +316,11 @@ async fn dispatch(
             let policies = state.registry.policies();
             let in_force =
                 policies.retention.iter().map(|p| serde_json::json!({ "source": p.source, "policy": p.spec }));
-            let shadowed = policies.shadowed.iter().map(
-                |s| serde_json::json!({ "source": "api", "policy": s.spec, "in_force": false, "shadowed_by": s.by }),
-            );
-            json(StatusCode::OK, &in_force.chain(shadowed).collect::<Vec<_>>())
+            let inactive = policies
+                .inactive
+                .iter()
+                .map(|p| serde_json::json!({ "source": "api", "policy": p.spec, "in_force": false, "why": p.why }));
+            json(StatusCode::OK, &in_force.chain(inactive).collect::<Vec<_>>())
         }
         (method @ (&Method::PUT | &Method::DELETE), p) if p.starts_with("/admin/retention/policies/") => {
             q.only(&[])?;
@@ -464,7 +465,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Stri
 async fn set_api_policy(state: &AppState, name: &str, spec: Option<RetentionSpec>) -> Result<(), (StatusCode, String)> {
     let internal = |e: crate::metadata::MetadataError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     // Removing is allowed: what goes is a stored policy of that name, which the file's
-    // keeps out of force (`Policies::shadowed`).
+    // keeps out of force (`Policies::inactive`).
     if spec.is_some() && state.config.retention.iter().any(|p| p.name == name) {
         return Err((StatusCode::CONFLICT, format!("policy {name:?} is declared in the config file; change it there")));
     }
@@ -481,14 +482,8 @@ async fn set_api_policy(state: &AppState, name: &str, spec: Option<RetentionSpec
     }
     specs.extend(spec.clone());
     let policies = state.config.policies(&specs).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e:#}")))?;
-    if let Some(s) = spec.as_ref().and_then(|spec| policies.shadowed.iter().find(|s| s.spec.name == spec.name)) {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            format!(
-                "policy {:?} has the name or the repositories of the configuration file's policy {:?}; change that one in the file",
-                s.spec.name, s.by
-            ),
-        ));
+    if let Some(p) = spec.as_ref().and_then(|spec| policies.inactive.iter().find(|p| p.spec.name == spec.name)) {
+        return Err((StatusCode::BAD_REQUEST, format!("policy {:?}: {}", p.spec.name, p.why)));
     }
     let (name, json) = (name.to_owned(), spec.map(|s| serde_json::to_string(&s).expect("specs serialize")));
     state

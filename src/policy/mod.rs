@@ -97,20 +97,21 @@ pub struct Quota {
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
     pub retention: Vec<RetentionPolicy>,
-    /// Policies stored through the admin API that are not in force because a policy of
-    /// the configuration file has their name or selects the same repositories (the file
-    /// wins: moving a policy from the API into the file must not stop the next start).
-    pub shadowed: Vec<Shadowed>,
+    /// Policies stored through the admin API that are not in force: a policy of the
+    /// configuration file has their name or selects the same repositories (the file wins:
+    /// moving a policy from the API into the file must not stop the next start), or they
+    /// are invalid under this version's rules. Listed and logged, never a reason to refuse
+    /// the start: a stored policy can only be removed through a running server.
+    pub inactive: Vec<Inactive>,
     pub immutable: Vec<ImmutableRule>,
     pub quotas: Vec<Quota>,
 }
 
-/// A stored policy that a policy of the configuration file keeps out of force.
+/// A stored policy that is not in force, and why.
 #[derive(Debug, Clone)]
-pub struct Shadowed {
+pub struct Inactive {
     pub spec: RetentionSpec,
-    /// The configuration file's policy.
-    pub by: String,
+    pub why: String,
 }
 
 impl RetentionSpec {
@@ -150,11 +151,17 @@ impl Policies {
         }
         for spec in api_retention {
             let file = retention.iter().find(|f| f.name == spec.name || f.repositories == spec.repositories);
-            if let Some(file) = file {
-                out.shadowed.push(Shadowed { spec: spec.clone(), by: file.name.clone() });
-                continue;
+            let compiled = match file {
+                Some(file) => Err(format!(
+                    "the configuration file's policy {:?} has its name or selects the same repositories",
+                    file.name
+                )),
+                None => spec.compile("retention (admin API)", "api"),
+            };
+            match compiled {
+                Ok(policy) => out.retention.push(policy),
+                Err(why) => out.inactive.push(Inactive { spec: spec.clone(), why }),
             }
-            out.retention.push(spec.compile("retention (admin API)", "api")?);
         }
         for (i, a) in out.retention.iter().enumerate() {
             for b in &out.retention[i + 1..] {
@@ -283,10 +290,11 @@ mod tests {
     }
 
     /// A policy of the configuration file wins over a stored one (of the admin API) with
-    /// its name or its repositories: the stored one is kept out of force, not a reason to
-    /// refuse the start. Two stored ones cannot clash (the API refuses the second).
+    /// its name or its repositories, and a stored one invalid under today's rules is out of
+    /// force too: neither is a reason to refuse the start. Two stored ones cannot clash
+    /// (the API refuses the second).
     #[test]
-    fn the_configuration_file_shadows_stored_policies() {
+    fn stored_policies_out_of_force_do_not_stop_the_start() {
         let p = Policies::compile(
             &[spec("zz", "x/*")],
             &[spec("zz", "y/*"), spec("other", "x/*"), spec("ok", "z/*")],
@@ -294,12 +302,15 @@ mod tests {
             &[],
         )
         .unwrap();
-        let shadowed: Vec<(&str, &str)> = p.shadowed.iter().map(|s| (s.spec.name.as_str(), s.by.as_str())).collect();
-        assert_eq!(shadowed, [("zz", "zz"), ("other", "zz")]);
+        let inactive: Vec<&str> = p.inactive.iter().map(|s| s.spec.name.as_str()).collect();
+        assert_eq!(inactive, ["zz", "other"]);
+        assert!(p.inactive.iter().all(|s| s.why.contains("the configuration file's policy \"zz\"")));
         let names: Vec<&str> = p.retention.iter().map(|r| r.spec.name.as_str()).collect();
         assert_eq!(names, ["zz", "ok"]);
         assert_eq!(p.retention_for("y/a").map(|r| r.spec.name.as_str()), None);
         assert!(Policies::compile(&[], &[spec("a", "x/*"), spec("b", "x/*")], &[], &[]).is_err());
+        let p = Policies::compile(&[], &[spec("Typo", "Team/*")], &[], &[]).unwrap();
+        assert!(p.retention.is_empty() && p.inactive[0].why.contains("matches nothing"), "{:?}", p.inactive);
     }
 
     #[test]
