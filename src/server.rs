@@ -164,6 +164,15 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
             }
         }
     });
+    // glibc keeps what a burst of requests freed (the read-ahead buffers of hundreds of
+    // stalled downloads, say) in its arenas: the resident size stayed at the burst's peak
+    // (295 MB after 200 stalled downloads of a 1 GiB blob, 1.4 GB after 800), which reads as
+    // a leak. Trimming hands the free pages back; every 10 s it costs a few milliseconds.
+    #[cfg(target_env = "gnu")]
+    every("returning freed memory", Duration::from_secs(10), &stopping, || async {
+        // SAFETY: malloc_trim takes no pointers; it only releases free heap memory.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+    });
     let state = opened.state.clone();
     every("scheduled retention", config.retention_check_interval, &stopping, move || {
         let s = state.clone();

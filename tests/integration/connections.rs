@@ -168,3 +168,49 @@ async fn the_monitoring_address_answers_while_the_api_is_at_its_cap() {
         assert_eq!(monitored(path).await.unwrap().status(), StatusCode::NOT_FOUND, "{path}");
     }
 }
+
+/// The server's resident memory (kB).
+fn resident_kb(s: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Memory that a burst of stalled downloads held (each holds its read-ahead) is handed
+/// back once they are gone: glibc kept it in its arenas, and the resident size stayed near
+/// the burst's peak, which looks like a leak to whoever watches it.
+#[tokio::test]
+async fn memory_held_by_stalled_downloads_is_given_back() {
+    let s = Server::start_with(LIMITS);
+    let blob = random_bytes(77, 24 << 20);
+    let digest = s.push_blob("mem/a", &blob).await;
+    // Out of the page cache, as a blob not read lately is: its downloads then read ahead
+    // into memory of their own.
+    let file = std::fs::File::open(blob_file(&s.data_dir, &digest)).unwrap();
+    file.sync_all().unwrap();
+    // SAFETY: posix_fadvise takes the descriptor of a file this test holds open.
+    unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let before = resident_kb(&s);
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut tcp = sock.connect(s.addr.parse().unwrap()).await.unwrap();
+        let request = format!("GET /v2/mem/a/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        stalled.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let peak = resident_kb(&s);
+    drop(stalled);
+    // The stall limit closes them (1 s), then the next trim (every 10 s) gives back.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut now = resident_kb(&s);
+    while now > before + (peak - before) / 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        now = resident_kb(&s);
+    }
+    eprintln!("resident: {before} kB before, {peak} kB with 50 stalled downloads, {now} kB after");
+    assert!(peak > before + 20 * 1024, "the downloads held too little to tell: {before} -> {peak} kB");
+    assert!(now <= before + (peak - before) / 4, "still {now} kB resident ({before} before, {peak} at the peak)");
+}
