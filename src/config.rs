@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::gc::GcOptions;
 use crate::metadata::gc::ManifestRules;
-use crate::policy::{ImmutableSpec, Policies, QuotaSpec, RetentionSpec};
+use crate::policy::{ImmutableSpec, Policies, QuotaSpec, RetentionSpec, StoredPolicy};
 use crate::registry::RegistryOptions;
 use crate::storage::space::MinFreeSpace;
 
@@ -423,9 +423,9 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration's policies with the ones managed through the admin API, validated.
-    pub fn policies(&self, api_retention: &[RetentionSpec]) -> anyhow::Result<Policies> {
-        Policies::compile(&self.retention, api_retention, &self.immutable, &self.quota).map_err(anyhow::Error::msg)
+    /// The configuration's policies with the ones stored through the admin API, validated.
+    pub fn policies(&self, stored: &[StoredPolicy]) -> anyhow::Result<Policies> {
+        Policies::compile(&self.retention, stored, &self.immutable, &self.quota).map_err(anyhow::Error::msg)
     }
 
     pub fn gc_options(&self) -> GcOptions {

@@ -138,7 +138,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RetentionAction {
-    /// List the policies in force.
+    /// List the policies: those in force, and stored ones out of force with why.
     Policies,
     /// Add or replace a policy managed through the API, from a JSON file (same fields as
     /// a `[[retention]]` table).

@@ -12,7 +12,7 @@ use crate::failpoints::Failpoints;
 use crate::gc::Collector;
 use crate::metadata::{Metadata, Upgrade};
 use crate::metrics::Metrics;
-use crate::policy::{Retention, RetentionSpec};
+use crate::policy::Retention;
 use crate::registry::Registry;
 use crate::storage::FilesystemStore;
 
@@ -98,15 +98,10 @@ pub async fn open(config: &Config, upgrade: Upgrade) -> anyhow::Result<Opened> {
 /// is logged as an error.
 async fn load_policies(state: &AppState) -> anyhow::Result<()> {
     let stored = state.registry.meta.read(|c| crate::metadata::retention::api_policies(c)).await?;
-    let specs = stored
-        .iter()
-        .map(|json| serde_json::from_str::<RetentionSpec>(json))
-        .collect::<Result<Vec<_>, _>>()
-        .context("a retention policy stored through the admin API is unreadable")?;
-    let policies = state.config.policies(&specs).context("invalid policies")?;
+    let policies = state.config.policies(&stored).context("invalid policies")?;
     for p in &policies.inactive {
         tracing::error!(
-            policy = %p.spec.name,
+            policy = %p.name,
             why = %p.why,
             "a retention policy stored through the admin API is not in force; remove it (bosun retention remove NAME) \
              or put it right"

@@ -33,8 +33,8 @@ use serde::Serialize;
 use super::AppState;
 use super::headers;
 use crate::oci::RepoName;
-use crate::policy::RetentionSpec;
 use crate::policy::retention::RetentionError;
+use crate::policy::{RetentionSpec, StoredPolicy};
 
 type AdminResponse = axum::response::Response;
 
@@ -113,6 +113,7 @@ fn retention_response<T: Serialize>(r: Result<T, RetentionError>) -> AdminRespon
         Err(e @ RetentionError::PlanUnknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ RetentionError::Paused(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e @ RetentionError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(RetentionError::Metadata(e)) if e.is_full() => error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -314,8 +315,10 @@ async fn dispatch(
         (&Method::GET, "/admin/retention/policies") => {
             q.only(&[])?;
             let policies = state.registry.policies();
-            let in_force =
-                policies.retention.iter().map(|p| serde_json::json!({ "source": p.source, "policy": p.spec }));
+            let in_force = policies
+                .retention
+                .iter()
+                .map(|p| serde_json::json!({ "source": p.source, "policy": p.spec, "in_force": true }));
             let inactive = policies
                 .inactive
                 .iter()
@@ -471,19 +474,32 @@ async fn set_api_policy(state: &AppState, name: &str, spec: Option<RetentionSpec
     }
     let _one_at_a_time = state.policy_changes.lock().await;
     let stored = state.registry.meta.read(|c| crate::metadata::retention::api_policies(c)).await.map_err(internal)?;
-    // An unreadable stored policy is an error here as at start-up, never silently dropped.
-    let stored: Vec<RetentionSpec> =
-        stored.iter().map(|j| serde_json::from_str(j)).collect::<Result<_, _>>().map_err(|e| {
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("a stored retention policy is unreadable: {e}"))
-        })?;
-    let mut specs: Vec<RetentionSpec> = stored.iter().filter(|s| s.name != name).cloned().collect();
-    if spec.is_none() && specs.len() == stored.len() {
+    // The others as stored (unreadable ones included: they stay listed, out of force),
+    // with the change.
+    let mut rows: Vec<StoredPolicy> = stored.iter().filter(|(n, _)| n != name).cloned().collect();
+    if spec.is_none() && rows.len() == stored.len() {
         return Err((StatusCode::NOT_FOUND, format!("no policy {name:?} managed through the API")));
     }
-    specs.extend(spec.clone());
-    let policies = state.config.policies(&specs).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e:#}")))?;
-    if let Some(p) = spec.as_ref().and_then(|spec| policies.inactive.iter().find(|p| p.spec.name == spec.name)) {
-        return Err((StatusCode::BAD_REQUEST, format!("policy {:?}: {}", p.spec.name, p.why)));
+    if let Some(spec) = &spec {
+        // Two stored policies on the same repositories: the second would be out of force
+        // only at a start where the first comes first; refused instead.
+        let same = rows.iter().find(|(_, json)| {
+            serde_json::from_str::<RetentionSpec>(json).is_ok_and(|other| other.repositories == spec.repositories)
+        });
+        if let Some((other, _)) = same {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the stored policy {other:?} selects the same repositories {:?}: merge them",
+                    spec.repositories
+                ),
+            ));
+        }
+        rows.push((name.to_owned(), serde_json::to_string(spec).expect("specs serialize")));
+    }
+    let policies = state.config.policies(&rows).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    if let Some(p) = policies.inactive.iter().find(|p| spec.is_some() && p.name == name) {
+        return Err((StatusCode::BAD_REQUEST, format!("policy {name:?}: {}", p.why)));
     }
     let (name, json) = (name.to_owned(), spec.map(|s| serde_json::to_string(&s).expect("specs serialize")));
     state

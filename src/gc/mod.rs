@@ -897,6 +897,19 @@ mod tests {
     use crate::metadata::{Metadata, blobs, manifests, repositories, tags};
     use crate::oci::ParsedManifest;
 
+    /// A run a full disk stopped is told apart (the admin API answers 507, not 500); a
+    /// failed flush of the log is not a full disk (only a restart helps then).
+    #[test]
+    fn a_full_disk_is_told_apart() {
+        let sqlite_full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+        assert!(GcError::Metadata(MetadataError::Sqlite(sqlite_full)).is_storage_full());
+        assert!(GcError::Storage(std::io::Error::from_raw_os_error(libc::ENOSPC)).is_storage_full());
+        assert!(GcError::Storage(std::io::Error::from_raw_os_error(libc::EDQUOT)).is_storage_full());
+        assert!(!GcError::Storage(std::io::Error::from_raw_os_error(libc::EIO)).is_storage_full());
+        let flush = MetadataError::LogFlush(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(!GcError::Metadata(flush).is_storage_full());
+    }
+
     /// A store of `images` tagged images, `per_repository` to a repository; each image has
     /// a config, three layers of its own and a base layer its repository shares.
     fn store(path: &Path, images: usize, per_repository: usize) {

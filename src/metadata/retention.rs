@@ -219,9 +219,9 @@ pub fn record_pulls(conn: &Connection, pulls: &[Pull]) -> Result<()> {
     Ok(())
 }
 
-pub fn api_policies(conn: &Connection) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT spec FROM retention_policies ORDER BY name")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
+pub fn api_policies(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached("SELECT name, spec FROM retention_policies ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 

@@ -25,16 +25,20 @@ pub(super) fn upgrade(writer: &mut Connection, from: i64) -> Result<()> {
     quota::stop_counting(&tx)?;
     for (step, version) in MIGRATIONS[from as usize - 1..].iter().zip(from + 1..) {
         tx.execute_batch(step)?;
-        if version == 11 {
-            for table in ["gc_runs", "gc_pause", "quota_groups"] {
-                remake_as_defined(&tx, table)?;
-            }
-            let added = reference_held_foreign_layers(&tx)?;
-            tracing::info!(added, "non-distributable layers their repositories hold are referenced");
-        }
         tracing::info!(version, elapsed_ms = started.elapsed().as_millis() as u64, "metadata schema step done");
     }
-    let missing = missing_columns(&tx)?;
+    let defined = defined()?;
+    // What version 11 repairs in a database made before it (`migrations/11.sql`). After
+    // every SQL step, not inside step 11: the tables are made as the current schema
+    // defines them, which a later step may have changed.
+    if from < 11 {
+        for table in ["gc_runs", "gc_pause", "quota_groups"] {
+            remake_as_defined(&tx, &defined, table)?;
+        }
+        let added = reference_held_foreign_layers(&tx)?;
+        tracing::info!(added, "non-distributable layers their repositories hold are referenced");
+    }
+    let missing = missing_columns(&tx, &defined)?;
     if !missing.is_empty() {
         return Err(MetadataError::Corrupt(format!(
             "upgrading the schema from version {from} left columns missing ({}): an upgrade step was changed after \
@@ -84,12 +88,13 @@ fn defined() -> Result<Connection> {
     Ok(conn)
 }
 
-/// Makes `table` again exactly as the current schema defines it (its CHECKs, its columns in
-/// their order), with its rows: the columns both have are copied, a column it lacked gets
-/// its default. Its indexes and triggers are made again too. For small tables only: every
-/// row is copied. Foreign keys must be off (the upgrade turns them off).
-fn remake_as_defined(tx: &Connection, table: &str) -> Result<()> {
-    let defined = defined()?;
+/// Makes `table` again exactly as the current schema (`defined`) defines it (its CHECKs,
+/// its columns in their order), with its rows: the columns both have are copied, a column
+/// it lacked gets its default. Its indexes and triggers are made again too. For small
+/// tables only: every row is copied. Foreign keys must be off (the upgrade turns them off),
+/// and no trigger of another table may name it (the rename would fail on that trigger: the
+/// quota counting triggers are dropped before the steps).
+fn remake_as_defined(tx: &Connection, defined: &Connection, table: &str) -> Result<()> {
     let definitions = |kind: &str| -> Result<Vec<String>> {
         let mut stmt = defined.prepare(
             "SELECT sql FROM sqlite_schema WHERE tbl_name = ?1 AND type = ?2 AND sql IS NOT NULL ORDER BY name",
@@ -105,11 +110,13 @@ fn remake_as_defined(tx: &Connection, table: &str) -> Result<()> {
     };
     let had = columns(tx)?;
     let kept: Vec<String> =
-        columns(&defined)?.into_iter().filter(|c| had.contains(c)).map(|c| format!("\"{c}\"")).collect();
+        columns(defined)?.into_iter().filter(|c| had.contains(c)).map(|c| format!("\"{c}\"")).collect();
     let kept = kept.join(", ");
     let new = format!("{table}_remade");
     let create_new = create.replacen(&format!("CREATE TABLE {table} "), &format!("CREATE TABLE {new} "), 1);
-    debug_assert_ne!(create_new, create, "schema.sql writes CREATE TABLE {table} (");
+    if create_new == create {
+        return Err(MetadataError::Corrupt(format!("the schema does not write \"CREATE TABLE {table} (\"")));
+    }
     tx.execute_batch(&format!(
         "{create_new};
          INSERT INTO {new} ({kept}) SELECT {kept} FROM {table};
@@ -150,9 +157,9 @@ fn reference_held_foreign_layers(tx: &Connection) -> Result<usize> {
     Ok(added)
 }
 
-/// The columns the current schema defines that the database lacks, as `table.column`.
-fn missing_columns(tx: &Connection) -> Result<Vec<String>> {
-    let defined = defined()?;
+/// The columns the current schema (`defined`) has that the database lacks, as
+/// `table.column`.
+fn missing_columns(tx: &Connection, defined: &Connection) -> Result<Vec<String>> {
     let mut stmt = defined.prepare(
         "SELECT t.name, c.name FROM sqlite_schema t, pragma_table_info(t.name) c WHERE t.type = 'table' ORDER BY 1, 2",
     )?;

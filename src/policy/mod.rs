@@ -97,11 +97,12 @@ pub struct Quota {
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
     pub retention: Vec<RetentionPolicy>,
-    /// Policies stored through the admin API that are not in force: a policy of the
-    /// configuration file has their name or selects the same repositories (the file wins:
-    /// moving a policy from the API into the file must not stop the next start), or they
-    /// are invalid under this version's rules. Listed and logged, never a reason to refuse
-    /// the start: a stored policy can only be removed through a running server.
+    /// Policies stored through the admin API that are not in force: unreadable or invalid
+    /// under this version's rules, or a policy of the configuration file has their name or
+    /// selects the same repositories (the file wins: moving a policy from the API into the
+    /// file must not stop the next start), or another stored policy selects them already.
+    /// Listed and logged, never a reason to refuse the start: a stored policy can only be
+    /// removed through a running server.
     pub inactive: Vec<Inactive>,
     pub immutable: Vec<ImmutableRule>,
     pub quotas: Vec<Quota>,
@@ -110,9 +111,14 @@ pub struct Policies {
 /// A stored policy that is not in force, and why.
 #[derive(Debug, Clone)]
 pub struct Inactive {
-    pub spec: RetentionSpec,
+    pub name: String,
+    /// As stored (JSON, or the text itself if it is not JSON).
+    pub spec: serde_json::Value,
     pub why: String,
 }
+
+/// A retention policy as stored through the admin API: its name and its JSON.
+pub type StoredPolicy = (String, String);
 
 impl RetentionSpec {
     /// Validates the policy; `at` names it in errors (`retention[2] "team"`).
@@ -138,10 +144,11 @@ impl RetentionSpec {
 }
 
 impl Policies {
-    /// Compiles the configuration's policies and the API-managed retention policies.
+    /// Compiles the configuration's policies and the retention policies stored through the
+    /// admin API (those not in force go to `inactive`; an error is the file's).
     pub fn compile(
         retention: &[RetentionSpec],
-        api_retention: &[RetentionSpec],
+        stored: &[StoredPolicy],
         immutable: &[ImmutableSpec],
         quotas: &[QuotaSpec],
     ) -> Result<Policies, String> {
@@ -149,18 +156,26 @@ impl Policies {
         for (i, spec) in retention.iter().enumerate() {
             out.retention.push(spec.compile(&format!("retention[{i}]"), "config")?);
         }
-        for spec in api_retention {
-            let file = retention.iter().find(|f| f.name == spec.name || f.repositories == spec.repositories);
-            let compiled = match file {
-                Some(file) => Err(format!(
-                    "the configuration file's policy {:?} has its name or selects the same repositories",
-                    file.name
-                )),
-                None => spec.compile("retention (admin API)", "api"),
-            };
+        for (name, json) in stored {
+            let compiled =
+                serde_json::from_str::<RetentionSpec>(json).map_err(|e| format!("unreadable: {e}")).and_then(|spec| {
+                    let taken =
+                        |p: &RetentionPolicy| p.spec.name == spec.name || p.spec.repositories == spec.repositories;
+                    match out.retention.iter().find(|p| taken(p)) {
+                        Some(p) if p.source == "config" => Err(format!(
+                            "the configuration file's policy {:?} has its name or selects the same repositories",
+                            p.spec.name
+                        )),
+                        Some(p) => Err(format!("the stored policy {:?} selects the same repositories", p.spec.name)),
+                        None => spec.compile("retention (admin API)", "api"),
+                    }
+                });
             match compiled {
                 Ok(policy) => out.retention.push(policy),
-                Err(why) => out.inactive.push(Inactive { spec: spec.clone(), why }),
+                Err(why) => {
+                    let spec = serde_json::from_str(json).unwrap_or_else(|_| serde_json::Value::String(json.clone()));
+                    out.inactive.push(Inactive { name: name.clone(), spec, why });
+                }
             }
         }
         for (i, a) in out.retention.iter().enumerate() {
@@ -290,27 +305,37 @@ mod tests {
     }
 
     /// A policy of the configuration file wins over a stored one (of the admin API) with
-    /// its name or its repositories, and a stored one invalid under today's rules is out of
-    /// force too: neither is a reason to refuse the start. Two stored ones cannot clash
-    /// (the API refuses the second).
+    /// its name or its repositories, the first of two stored ones with the same repositories
+    /// wins, and a stored one unreadable or invalid under today's rules is out of force
+    /// too: none of these is a reason to refuse the start.
     #[test]
     fn stored_policies_out_of_force_do_not_stop_the_start() {
+        let stored = |specs: &[RetentionSpec]| -> Vec<StoredPolicy> {
+            specs.iter().map(|s| (s.name.clone(), serde_json::to_string(s).unwrap())).collect()
+        };
         let p = Policies::compile(
             &[spec("zz", "x/*")],
-            &[spec("zz", "y/*"), spec("other", "x/*"), spec("ok", "z/*")],
+            &stored(&[spec("zz", "y/*"), spec("other", "x/*"), spec("ok", "z/*"), spec("again", "z/*")]),
             &[],
             &[],
         )
         .unwrap();
-        let inactive: Vec<&str> = p.inactive.iter().map(|s| s.spec.name.as_str()).collect();
-        assert_eq!(inactive, ["zz", "other"]);
-        assert!(p.inactive.iter().all(|s| s.why.contains("the configuration file's policy \"zz\"")));
+        let inactive: Vec<(&str, &str)> = p.inactive.iter().map(|s| (s.name.as_str(), s.why.as_str())).collect();
+        let file = "the configuration file's policy \"zz\" has its name or selects the same repositories";
+        assert_eq!(
+            inactive,
+            [("zz", file), ("other", file), ("again", "the stored policy \"ok\" selects the same repositories")]
+        );
         let names: Vec<&str> = p.retention.iter().map(|r| r.spec.name.as_str()).collect();
         assert_eq!(names, ["zz", "ok"]);
         assert_eq!(p.retention_for("y/a").map(|r| r.spec.name.as_str()), None);
-        assert!(Policies::compile(&[], &[spec("a", "x/*"), spec("b", "x/*")], &[], &[]).is_err());
-        let p = Policies::compile(&[], &[spec("Typo", "Team/*")], &[], &[]).unwrap();
-        assert!(p.retention.is_empty() && p.inactive[0].why.contains("matches nothing"), "{:?}", p.inactive);
+        let mut unreadable = stored(&[spec("Typo", "Team/*")]);
+        unreadable
+            .push(("old".into(), r#"{"name": "old", "repositories": "**", "keep": {"newest": 1}, "gone": 1}"#.into()));
+        let p = Policies::compile(&[], &unreadable, &[], &[]).unwrap();
+        assert!(p.retention.is_empty(), "{:?}", p.inactive);
+        assert!(p.inactive[0].why.contains("matches nothing"), "{:?}", p.inactive);
+        assert!(p.inactive[1].why.starts_with("unreadable: unknown field `gone`"), "{:?}", p.inactive);
     }
 
     #[test]

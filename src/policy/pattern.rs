@@ -22,10 +22,10 @@ impl Pattern {
         Ok(Pattern::Glob(raw.to_owned()))
     }
 
-    /// A glob over repository names, refused if no valid name can match it: a character
-    /// no name has (a capital, a space) or an empty segment (a leading, trailing or doubled
-    /// `/`). Such a typo would govern nothing, silently: an immutability rule that
-    /// protects no tag, a quota that limits nothing.
+    /// A glob over repository names, refused if it has a character no name has (a capital,
+    /// a space) or an empty segment (a leading, trailing or doubled `/`): such a typo would
+    /// govern nothing, silently (an immutability rule that protects no tag, a quota that
+    /// limits nothing). Rarer patterns that match nothing (`team/-web`) get through.
     pub fn repository_glob(raw: &str) -> Result<Pattern, String> {
         let pattern = Pattern::glob(raw)?;
         if let Some(c) = raw.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*?".contains(*c)))
@@ -42,7 +42,7 @@ impl Pattern {
         Ok(pattern)
     }
 
-    /// A glob over tags, refused if no valid tag can match it (a character no tag has).
+    /// A glob over tags, refused if it has a character no tag has (a space, a `/`).
     pub fn tag_glob(raw: &str) -> Result<Pattern, String> {
         let pattern = Pattern::glob(raw)?;
         if let Some(c) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-*?".contains(*c))) {

@@ -173,7 +173,7 @@ impl Client {
     }
 
     /// Pushes an image as `push_image` does, retrying a manifest refused for a blob that a
-    /// collection (with no grace period) took between its upload and the manifest.
+    /// collection (its grace period as short as the soak's) took between its upload and the manifest.
     async fn push(&self, repo: &str, tag: &str, blobs: &[Vec<u8>], body: &[u8]) -> Step<()> {
         for _ in 0..20 {
             for blob in blobs {
@@ -328,7 +328,7 @@ const SOAK: &[(&str, &str)] =
     &[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "100ms"), ("BOSUN_RESTORE_WINDOW", "0")];
 
 /// The crash soak: clients push, tag, untag and delete while collections and reconciles
-/// run back to back with no grace period, and the server is killed with SIGKILL at a
+/// run back to back with a grace period of 100 ms, and the server is killed with SIGKILL at a
 /// random moment, again and again. After each restart every acknowledged image is intact;
 /// at the end counts, references and bytes agree, and once everything is deleted and
 /// collected nothing is left in the data directory.

@@ -481,7 +481,7 @@ max_bytes = 10000
 /// Moving a policy from the admin API into the configuration file (same name, or the same
 /// repositories under another) must not stop the next start: the file's policy is in force,
 /// the stored one is listed as not in force and logged, and can be removed through the API.
-/// The same for a stored policy that today's rules refuse.
+/// The same for a stored policy that today's rules refuse, or cannot read.
 #[tokio::test]
 async fn stored_policies_out_of_force_do_not_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -496,11 +496,18 @@ async fn stored_policies_out_of_force_do_not_stop_the_start() {
     }
     // And one stored by an older version whose pattern this one refuses (it matches
     // nothing): out of force too, not a reason to refuse the start.
+    // And one this version cannot read (a field it does not know): the same.
     let typo = json!({"name": "typo", "repositories": "Team/*", "keep": {"newest": 1}});
-    rusqlite::Connection::open(data.join("metadata.sqlite"))
-        .unwrap()
-        .execute("INSERT INTO retention_policies (name, spec, updated_at) VALUES ('typo', ?1, 0)", [typo.to_string()])
+    let unknown = json!({"name": "unknown", "repositories": "u/*", "keep": {"newest": 1}, "future": true});
+    let db = rusqlite::Connection::open(data.join("metadata.sqlite")).unwrap();
+    for (name, spec) in [("typo", typo), ("unknown", unknown)] {
+        db.execute(
+            "INSERT INTO retention_policies (name, spec, updated_at) VALUES (?1, ?2, 0)",
+            [name, &spec.to_string()],
+        )
         .unwrap();
+    }
+    drop(db);
     let config = "[[retention]]\nname = \"zz\"\nrepositories = \"x/*\"\nkeep = { newest = 2 }\n";
     let s = Server::start_in_with_config(&data, config, ENV);
     let listed: Value = s.get("/admin/retention/policies").await.json().await.unwrap();
@@ -509,7 +516,7 @@ async fn stored_policies_out_of_force_do_not_stop_the_start() {
         .unwrap()
         .iter()
         .map(|p| {
-            let in_force = p.get("in_force").is_none_or(|f| f.as_bool().unwrap());
+            let in_force = p["in_force"].as_bool().unwrap();
             (
                 p["source"].as_str().unwrap().to_owned(),
                 p["policy"]["repositories"].as_str().unwrap().to_owned(),
@@ -517,14 +524,25 @@ async fn stored_policies_out_of_force_do_not_stop_the_start() {
             )
         })
         .collect();
-    let want = [("config", "x/*", true), ("api", "x/*", false), ("api", "Team/*", false), ("api", "y/*", false)];
+    let want = [
+        ("config", "x/*", true),
+        ("api", "x/*", false),
+        ("api", "Team/*", false),
+        ("api", "u/*", false),
+        ("api", "y/*", false),
+    ];
     assert_eq!(summary, want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c)), "{listed:#}");
-    assert_eq!(s.logged(&["is not in force"]).await.len(), 3, "one error per policy out of force");
+    assert_eq!(s.logged(&["is not in force"]).await.len(), 4, "one error per policy out of force");
     // A new stored policy that the file would shadow is refused; the shadowed ones go.
     let clash = json!({"name": "again", "repositories": "x/*", "keep": {"newest": 1}});
     let put = s.http.put(s.url("/admin/retention/policies/again")).json(&clash).send().await.unwrap();
     assert_eq!(put.status(), StatusCode::BAD_REQUEST);
-    for name in ["zz", "moved", "typo"] {
+    // Nor may a second stored policy take the repositories of a stored one, in force or
+    // not: at a start without the file's policy, one of the two would be out of force.
+    let twin = json!({"name": "twin", "repositories": "y/*", "keep": {"newest": 1}});
+    let put = s.http.put(s.url("/admin/retention/policies/twin")).json(&twin).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::BAD_REQUEST);
+    for name in ["zz", "moved", "typo", "unknown"] {
         let resp = s.http.delete(s.url(&format!("/admin/retention/policies/{name}"))).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
     }

@@ -3,9 +3,10 @@
 -- the new text: 6.sql lost quota_groups' CHECK (bytes >= 0), 7.sql gained
 -- gc_runs.dangling_references, 8.sql gained gc_runs.grace_period_ms and gc_pause.until,
 -- and 9.sql gained the closing of superseded tag deletions below. The three tables are made
--- again as schema.sql defines them, with their rows (`metadata/upgrade.rs`, after this
--- file); and a manifest stored before a non-distributable layer that its repository holds
--- counted as a reference gets that reference (same place).
+-- again as schema.sql defines them, with their rows, and a manifest stored before a
+-- non-distributable layer that its repository holds counted as a reference gets that
+-- reference: both in code (`metadata/upgrade.rs`), after every step of an upgrade from
+-- a version before 11.
 --
 -- Only a tag's latest deletion can be undone: close the earlier ones still open.
 UPDATE tag_deletions SET restorable = 0

@@ -1,3 +1,5 @@
+-- FROZEN: the complete schema of version 10 exactly as Bosun created it, for the upgrade
+-- tests in metadata/mod.rs. Never edit; a new version adds a file.
 -- Bosun metadata, schema version 10 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.

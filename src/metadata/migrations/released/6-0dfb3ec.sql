@@ -1,3 +1,6 @@
+-- FROZEN: the complete schema of version 6 as Bosun created it at commit 0dfb3ec, before
+-- its migration was changed (version 11 repairs such databases), for the upgrade tests in
+-- metadata/mod.rs. Never edit.
 -- Bosun metadata, schema version 6 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.

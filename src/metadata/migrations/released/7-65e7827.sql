@@ -1,3 +1,6 @@
+-- FROZEN: the complete schema of version 7 as Bosun created it at commit 65e7827, before
+-- its migration was changed (version 11 repairs such databases), for the upgrade tests in
+-- metadata/mod.rs. Never edit.
 -- Bosun metadata, schema version 7 (`migrations/` upgrades older databases). The single
 -- source of truth for repositories, tags, manifests, blobs and every reference between
 -- them. Storage holds bytes only.
