@@ -28,6 +28,12 @@ pub fn get(request: &Parts, name: HeaderName) -> Result<Option<&str>, String> {
     }
 }
 
+/// The body's length the request declares, if it declares one (the HTTP layer has already
+/// refused a Content-Length that is not a number).
+pub fn content_length(request: &Parts) -> Option<u64> {
+    get(request, axum::http::header::CONTENT_LENGTH).ok().flatten().and_then(|v| v.parse().ok())
+}
+
 /// The decoded query parameters of a request.
 pub fn query(request: &Parts) -> Vec<(String, String)> {
     form_urlencoded::parse(request.uri.query().unwrap_or("").as_bytes())

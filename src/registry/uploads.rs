@@ -128,6 +128,14 @@ impl Registry {
         Ok(())
     }
 
+    /// Refuses linking a blob of `size` bytes into `name` if a quota would be exceeded (a
+    /// blob the quota's group holds already counts nothing). Also asked before the body of a
+    /// monolithic upload is read: a client is not made to send a layer for nothing.
+    pub async fn check_quota(&self, name: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        let (policies, n, d) = (self.policies(), name.clone(), digest.clone());
+        self.meta.read(move |c| Ok(quota::check(c, &policies, &n, &d, size))).await?
+    }
+
     async fn session_size(&self, name: &RepoName, id: &UploadId) -> Result<u64> {
         let i = id.clone();
         let row = self.meta.read(move |c| uploads::get(c, &i)).await?;
@@ -327,8 +335,7 @@ impl Registry {
         let size = state.size;
         // A quota refusal stores nothing: checked before the bytes are committed, and again
         // in the linking transaction (where a refusal removes bytes nobody else knows).
-        let (policies, n, d) = (self.policies(), name.clone(), digest.clone());
-        if let Err(e) = self.meta.read(move |c| Ok(quota::check(c, &policies, &n, &d, size))).await? {
+        if let Err(e) = self.check_quota(name, digest, size).await {
             *guard = None;
             self.cancel_locked(id).await?;
             return Err(e);

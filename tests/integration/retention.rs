@@ -404,6 +404,19 @@ total = true
     assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
     // Outside the group, no quota.
     s.push_blob("other", &random_bytes(963, 20_000)).await;
+    // A monolithic upload whose declared length the quota refuses is refused before its
+    // body: the client is not made to send a layer for nothing. Here the body never comes.
+    let mut tcp = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    let digest = sha256(b"never sent");
+    let head = format!(
+        "POST /v2/team/one/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut tcp, &mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer[..read.expect("no answer before the body").unwrap()]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("quota[0] exceeded"), "{answer}");
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
 }
 
 /// What a group quota counts follows every link and unlink at once, and is the same after

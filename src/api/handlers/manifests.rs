@@ -69,9 +69,7 @@ pub async fn put(
     body: RequestBody,
 ) -> ApiResult {
     let limit = registry.options().max_manifest_bytes;
-    // The HTTP layer has already refused a Content-Length that is not a number.
-    let declared = headers::get(request, header::CONTENT_LENGTH).ok().flatten().and_then(|v| v.parse::<u64>().ok());
-    if let Some(size) = declared
+    if let Some(size) = headers::content_length(request)
         && size > limit
     {
         return Err(Error::ManifestTooLarge { size, limit }.into());

@@ -83,6 +83,9 @@ pub async fn start(registry: &Arc<Registry>, name: &RepoName, request: &Request,
     }
     // Checked before a session exists, so a refusal leaves none behind.
     let range = if digest.is_some() { chunk_range(request)? } else { None };
+    if let (Some(digest), Some(size)) = (&digest, headers::content_length(request)) {
+        registry.check_quota(name, digest, size).await?;
+    }
     let status = registry.start_upload(name).await?;
     match digest {
         // Monolithic upload in one POST: the body is the whole blob.
