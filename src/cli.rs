@@ -105,9 +105,9 @@ impl std::fmt::Display for AdminAddr {
     }
 }
 
-/// How long a question (a status, a listing) or a quick action (a resume) may wait for its
-/// answer before the server is deemed hung, per read of it; other actions get no limit, as
-/// a collection, a reconcile or a pause may wait for a long run.
+/// How long a question (a status, a listing) or a quick action (a resume, a restore) may
+/// wait for its answer before the server is deemed hung, per read of it; other actions get
+/// no limit, as a collection, a reconcile, a pause or a retention run may wait for a long run.
 const QUESTION_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A plain HTTP/1.1 request to the admin API; `Ok(None)` when nothing listens at any of its
@@ -154,6 +154,16 @@ fn request(
     Ok(Some((status, body.to_owned())))
 }
 
+/// A 200's body, if it is what Bosun answers (JSON): a web server or a proxy at a mistyped
+/// address answers 200 too, and a command must not report as done what nobody did.
+fn bosun_answer(addr: &AdminAddr, body: String) -> anyhow::Result<String> {
+    if serde_json::from_str::<serde_json::Value>(&body).is_err() {
+        let start: String = body.trim().chars().take(120).collect();
+        bail!("what answered at {addr} is not Bosun (its answer is no JSON): {start}");
+    }
+    Ok(body)
+}
+
 /// A refusal from the admin API, with the message its JSON body carries.
 fn refused(addr: &AdminAddr, status: u16, body: &str) -> anyhow::Error {
     let message = serde_json::from_str::<serde_json::Value>(body)
@@ -176,7 +186,7 @@ pub fn gc(config: &Config, url: Option<&str>, action: GcAction) -> anyhow::Resul
     })?;
     match answer {
         Some((200, body)) => {
-            print(&format!("{body}\n"))?;
+            print(&format!("{}\n", bosun_answer(&addr, body)?))?;
             return Ok(());
         }
         // The server that answered serves another directory than the one named.
@@ -239,9 +249,12 @@ pub fn print(text: &str) -> anyhow::Result<()> {
 /// Calls the admin API of the running instance; returns the JSON answer.
 pub fn admin(config: &Config, url: Option<&str>, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
     let addr = AdminAddr::of(config, url)?;
-    let patience = (method == "GET").then_some(QUESTION_PATIENCE);
+    // Retention plans and runs may take long on a large registry; the rest (listings, a
+    // restore, a policy change) are questions or quick actions.
+    let long = ["/admin/retention/plan", "/admin/retention/apply", "/admin/retention/run"];
+    let patience = (!long.iter().any(|p| path.starts_with(p))).then_some(QUESTION_PATIENCE);
     match request(&addr, method, path, body, patience)? {
-        Some((200, answer)) => Ok(answer),
+        Some((200, answer)) => bosun_answer(&addr, answer),
         Some((status, answer)) => Err(refused(&addr, status, &answer)),
         None => bail!("no Bosun answered at {addr} (this command needs the running instance; --url sets its address)"),
     }

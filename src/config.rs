@@ -172,7 +172,7 @@ pub struct HttpConfig {
     /// `BOSUN_HTTP_STALL_TIMEOUT`.
     #[serde(deserialize_with = "de_duration")]
     pub stall_timeout: Duration,
-    /// On SIGTERM or SIGINT, how long the requests in flight get to finish once no new
+    /// On SIGTERM, SIGINT or SIGHUP, how long the requests in flight get to finish once no new
     /// connection is accepted; those still running then are cut off as by a crash (an
     /// upload's session resumes from its last finished chunk after the restart). Shorter
     /// than the supervisor's wait before SIGKILL (10 s for `docker stop`, 30 s in
@@ -293,92 +293,117 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies `BOSUN_*` variables, read through `var` (the process environment in
-    /// production, a map in tests).
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-        if let Some(v) = var("BOSUN_LISTEN") {
+    /// Applies the `BOSUN_*` variables of `vars` (the process environment in production);
+    /// returns the names of those it does not know.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> anyhow::Result<Vec<String>> {
+        let env: std::collections::BTreeMap<String, std::ffi::OsString> = vars
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
+            .filter(|(k, _)| k.starts_with("BOSUN_"))
+            .collect();
+        let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        // A value that is not UTF-8 is refused, never taken as "not set" (the defaults then
+        // made a new registry on every interface).
+        let var = |key: &'static str| -> anyhow::Result<Option<String>> {
+            read.borrow_mut().insert(key);
+            env.get(key)
+                .map(|v| v.clone().into_string().map_err(|v| anyhow::anyhow!("{key}={v:?} is not valid UTF-8")))
+                .transpose()
+        };
+        if let Some(v) = var("BOSUN_LISTEN")? {
             self.listen = v.parse().with_context(|| format!("BOSUN_LISTEN={v:?}"))?;
         }
-        if let Some(v) = var("BOSUN_DATA_DIR") {
+        // A path, taken as given (it need not be UTF-8).
+        read.borrow_mut().insert("BOSUN_DATA_DIR");
+        if let Some(v) = env.get("BOSUN_DATA_DIR") {
+            if v.is_empty() {
+                bail!("BOSUN_DATA_DIR is empty: give the data directory's path");
+            }
             self.data_dir = PathBuf::from(v);
             self.data_dir_named = true;
         }
-        if let Some(v) = var("BOSUN_DELETE_ENABLED") {
+        if let Some(v) = var("BOSUN_DELETE_ENABLED")? {
             self.delete_enabled = parse_bool("BOSUN_DELETE_ENABLED", &v)?;
         }
-        if let Some(v) = var("BOSUN_AUTO_MOUNT") {
+        if let Some(v) = var("BOSUN_AUTO_MOUNT")? {
             self.auto_mount = parse_bool("BOSUN_AUTO_MOUNT", &v)?;
         }
-        if let Some(v) = var("BOSUN_MAX_MANIFEST_BYTES") {
+        if let Some(v) = var("BOSUN_MAX_MANIFEST_BYTES")? {
             self.max_manifest_bytes = v.parse().with_context(|| format!("BOSUN_MAX_MANIFEST_BYTES={v:?}"))?;
         }
-        if let Some(v) = var("BOSUN_SYNC_WRITES") {
+        if let Some(v) = var("BOSUN_SYNC_WRITES")? {
             self.sync_writes = parse_bool("BOSUN_SYNC_WRITES", &v)?;
         }
-        if let Some(v) = var("BOSUN_LOG") {
+        if let Some(v) = var("BOSUN_LOG")? {
             self.log = v;
         }
-        if let Some(v) = var("BOSUN_LOG_FORMAT") {
+        if let Some(v) = var("BOSUN_LOG_FORMAT")? {
             self.log_format =
                 v.parse().map_err(anyhow::Error::msg).with_context(|| format!("BOSUN_LOG_FORMAT={v:?}"))?;
         }
         let duration = |key: &str, v: String| parse_duration(&v).with_context(|| format!("{key}={v:?}"));
-        if let Some(v) = var("BOSUN_GC_ENABLED") {
+        if let Some(v) = var("BOSUN_GC_ENABLED")? {
             self.gc.enabled = parse_bool("BOSUN_GC_ENABLED", &v)?;
         }
-        if let Some(v) = var("BOSUN_GC_INTERVAL") {
+        if let Some(v) = var("BOSUN_GC_INTERVAL")? {
             self.gc.interval = duration("BOSUN_GC_INTERVAL", v)?;
         }
-        if let Some(v) = var("BOSUN_GC_GRACE_PERIOD") {
+        if let Some(v) = var("BOSUN_GC_GRACE_PERIOD")? {
             self.gc.grace_period = duration("BOSUN_GC_GRACE_PERIOD", v)?;
         }
-        if let Some(v) = var("BOSUN_GC_UNTAGGED") {
+        if let Some(v) = var("BOSUN_GC_UNTAGGED")? {
             self.gc.untagged = parse_bool("BOSUN_GC_UNTAGGED", &v)?;
         }
-        if let Some(v) = var("BOSUN_GC_ORPHAN_REFERRERS") {
+        if let Some(v) = var("BOSUN_GC_ORPHAN_REFERRERS")? {
             self.gc.orphan_referrers = parse_bool("BOSUN_GC_ORPHAN_REFERRERS", &v)?;
         }
-        if let Some(v) = var("BOSUN_GC_UPLOAD_MAX_AGE") {
+        if let Some(v) = var("BOSUN_GC_UPLOAD_MAX_AGE")? {
             self.gc.upload_max_age = duration("BOSUN_GC_UPLOAD_MAX_AGE", v)?;
         }
-        if let Some(v) = var("BOSUN_GC_RECONCILE_INTERVAL") {
+        if let Some(v) = var("BOSUN_GC_RECONCILE_INTERVAL")? {
             self.gc.reconcile_interval = duration("BOSUN_GC_RECONCILE_INTERVAL", v)?;
         }
-        if let Some(v) = var("BOSUN_GC_HISTORY_RETENTION") {
+        if let Some(v) = var("BOSUN_GC_HISTORY_RETENTION")? {
             self.gc.history_retention = duration("BOSUN_GC_HISTORY_RETENTION", v)?;
         }
-        if let Some(v) = var("BOSUN_AUDIT_RETENTION") {
+        if let Some(v) = var("BOSUN_AUDIT_RETENTION")? {
             self.audit_retention = duration("BOSUN_AUDIT_RETENTION", v)?;
         }
-        if let Some(v) = var("BOSUN_HTTP_HEADER_TIMEOUT") {
+        if let Some(v) = var("BOSUN_HTTP_HEADER_TIMEOUT")? {
             self.http.header_timeout = duration("BOSUN_HTTP_HEADER_TIMEOUT", v)?;
         }
-        if let Some(v) = var("BOSUN_HTTP_STALL_TIMEOUT") {
+        if let Some(v) = var("BOSUN_HTTP_STALL_TIMEOUT")? {
             self.http.stall_timeout = duration("BOSUN_HTTP_STALL_TIMEOUT", v)?;
         }
-        if let Some(v) = var("BOSUN_HTTP_DRAIN_TIMEOUT") {
+        if let Some(v) = var("BOSUN_HTTP_DRAIN_TIMEOUT")? {
             self.http.drain_timeout = duration("BOSUN_HTTP_DRAIN_TIMEOUT", v)?;
         }
-        if let Some(v) = var("BOSUN_HTTP_MAX_CONNECTIONS") {
+        if let Some(v) = var("BOSUN_HTTP_MAX_CONNECTIONS")? {
             self.http.max_connections = v.parse().with_context(|| format!("BOSUN_HTTP_MAX_CONNECTIONS={v:?}"))?;
         }
-        if let Some(v) = var("BOSUN_HTTP_MONITOR_LISTEN") {
+        if let Some(v) = var("BOSUN_HTTP_MONITOR_LISTEN")? {
             self.http.monitor_listen = Some(v.parse().with_context(|| format!("BOSUN_HTTP_MONITOR_LISTEN={v:?}"))?);
         }
-        if let Some(v) = var("BOSUN_RESTORE_WINDOW") {
+        if let Some(v) = var("BOSUN_RESTORE_WINDOW")? {
             self.restore_window = duration("BOSUN_RESTORE_WINDOW", v)?;
         }
-        if let Some(v) = var("BOSUN_MIN_FREE_SPACE") {
+        if let Some(v) = var("BOSUN_MIN_FREE_SPACE")? {
             self.min_free_space =
                 v.parse().map_err(anyhow::Error::msg).with_context(|| format!("BOSUN_MIN_FREE_SPACE={v:?}"))?;
         }
-        if let Some(v) = var("BOSUN_ADMIN_REMOTE") {
+        if let Some(v) = var("BOSUN_ADMIN_REMOTE")? {
             self.admin_remote = parse_bool("BOSUN_ADMIN_REMOTE", &v)?;
         }
-        if let Some(v) = var("BOSUN_TEST_FAILPOINTS") {
+        if let Some(v) = var("BOSUN_TEST_FAILPOINTS")? {
             self.test_failpoints = parse_bool("BOSUN_TEST_FAILPOINTS", &v)?;
         }
-        Ok(())
+        // Unknown ones are told (a typo would otherwise change nothing, silently), not
+        // refused: the environment is shared with whatever else runs.
+        let read = read.into_inner();
+        Ok(env.into_keys().filter(|k| !read.contains(k.as_str())).collect())
     }
 
     /// Refuses what a server cannot run with (checked once the command line's `--listen`
@@ -462,6 +487,33 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn env(vars: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        vars.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    /// A value that is not UTF-8 is refused, naming the variable, except the data
+    /// directory's, a path taken as given; unknown `BOSUN_*` variables are returned (to be
+    /// told), others ignored; an empty data directory is refused.
+    #[test]
+    fn the_environment_is_read_whole() {
+        use std::os::unix::ffi::OsStringExt;
+        let odd = |prefix: &str| std::ffi::OsString::from_vec([prefix.as_bytes(), b"\xfe"].concat());
+        let err = Config::default().apply_env([("BOSUN_LISTEN".into(), odd("127.0.0.1:6050"))]).unwrap_err();
+        assert!(err.to_string().contains("BOSUN_LISTEN") && err.to_string().contains("not valid UTF-8"), "{err}");
+        let mut config = Config::default();
+        let unknown = config
+            .apply_env([
+                ("BOSUN_DATA_DIR".into(), odd("/srv/x")),
+                ("BOSUN_GC_GRACE_PERIODS".into(), "0s".into()),
+                ("HOME".into(), "/root".into()),
+            ])
+            .unwrap();
+        assert_eq!(config.data_dir, std::path::PathBuf::from(odd("/srv/x")));
+        assert_eq!(unknown, ["BOSUN_GC_GRACE_PERIODS"]);
+        let err = Config::default().apply_env(env(&[("BOSUN_DATA_DIR", "")])).unwrap_err();
+        assert!(err.to_string().contains("BOSUN_DATA_DIR is empty"), "{err}");
+    }
+
     #[test]
     fn file_then_env() {
         let dir = tempfile::tempdir().unwrap();
@@ -470,7 +522,7 @@ mod tests {
         let mut config = Config::from_file(Some(&path)).unwrap();
         assert_eq!(config.listen.port(), 6000);
         assert!(!config.delete_enabled);
-        config.apply_env(|k| (k == "BOSUN_DELETE_ENABLED").then(|| "true".to_owned())).unwrap();
+        config.apply_env(env(&[("BOSUN_DELETE_ENABLED", "true")])).unwrap();
         assert!(config.delete_enabled);
         assert_eq!(config.max_manifest_bytes, 4 * 1024 * 1024);
         assert_eq!(config.min_free_space, MinFreeSpace::Share(200));
@@ -532,9 +584,9 @@ mod tests {
         let err = parse("min_free_space = \"lots\"").unwrap_err().to_string();
         assert!(err.contains("lots"), "{err}");
         let mut config = Config::default();
-        config.apply_env(|k| (k == "BOSUN_MIN_FREE_SPACE").then(|| "0".to_owned())).unwrap();
+        config.apply_env(env(&[("BOSUN_MIN_FREE_SPACE", "0")])).unwrap();
         assert!(config.min_free_space.is_off());
-        let err = Config::default().apply_env(|k| (k == "BOSUN_MIN_FREE_SPACE").then(|| "9x".to_owned())).unwrap_err();
+        let err = Config::default().apply_env(env(&[("BOSUN_MIN_FREE_SPACE", "9x")])).unwrap_err();
         assert!(err.to_string().contains("BOSUN_MIN_FREE_SPACE"), "{err}");
     }
 
@@ -546,7 +598,7 @@ mod tests {
         let mut config = Config::from_file(Some(&path)).unwrap();
         assert_eq!(config.gc.grace_period, Duration::from_secs(30));
         assert!(!config.gc.untagged);
-        config.apply_env(|k| (k == "BOSUN_GC_GRACE_PERIOD").then(|| "0".to_owned())).unwrap();
+        config.apply_env(env(&[("BOSUN_GC_GRACE_PERIOD", "0")])).unwrap();
         assert_eq!(config.gc.grace_period, Duration::ZERO);
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
@@ -569,9 +621,9 @@ mod tests {
         std::fs::write(&path, "delete_enable = false\n").unwrap();
         let err = format!("{:#}", Config::from_file(Some(&path)).unwrap_err());
         assert!(err.contains("delete_enable"), "{err}");
-        let err = Config::default().apply_env(|k| (k == "BOSUN_AUTO_MOUNT").then(|| "maybe".to_owned())).unwrap_err();
+        let err = Config::default().apply_env(env(&[("BOSUN_AUTO_MOUNT", "maybe")])).unwrap_err();
         assert!(err.to_string().contains("BOSUN_AUTO_MOUNT"));
-        let err = Config::default().apply_env(|k| (k == "BOSUN_LOG_FORMAT").then(|| "xml".to_owned())).unwrap_err();
+        let err = Config::default().apply_env(env(&[("BOSUN_LOG_FORMAT", "xml")])).unwrap_err();
         assert!(err.to_string().contains("BOSUN_LOG_FORMAT"));
         assert_eq!(toml::from_str::<Config>("log_format = \"json\"").unwrap().log_format, LogFormat::Json);
         assert_eq!(toml::from_str::<Config>("log_format = \"JSON\"").unwrap().log_format, LogFormat::Json);

@@ -190,14 +190,26 @@ fn parse_pause_length(raw: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-fn load(args: ConfigArgs) -> anyhow::Result<Config> {
+/// The configuration (file, then environment, then flags), and the `BOSUN_*` variables
+/// it does not know, to be told once logging is set up.
+fn load(args: ConfigArgs) -> anyhow::Result<(Config, Vec<String>)> {
     let mut cfg = Config::from_file(args.config.as_deref())?;
-    cfg.apply_env(|k| std::env::var(k).ok())?;
+    let unknown = cfg.apply_env(std::env::vars_os())?;
     if let Some(d) = args.data_dir {
         cfg.data_dir = d;
         cfg.data_dir_named = true;
     }
-    Ok(cfg)
+    if cfg.data_dir.as_os_str().is_empty() {
+        anyhow::bail!("data_dir is empty: give the data directory's path");
+    }
+    Ok((cfg, unknown))
+}
+
+/// Tells of `BOSUN_*` variables that set nothing (a typo, or a setting with no variable).
+fn warn_unknown(unknown: &[String]) {
+    for name in unknown {
+        tracing::warn!(variable = %name, "an environment variable that Bosun does not know is ignored (see the README's table)");
+    }
 }
 
 /// Logs to standard output for the server; to standard error for a command whose answer
@@ -211,7 +223,10 @@ fn init_logging(cfg: &Config, to_stderr: bool) -> anyhow::Result<()> {
         (BoxMakeWriter::new(std::io::stdout), std::io::stdout().is_terminal())
     };
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log)?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cfg.log)
+                .map_err(|e| anyhow::anyhow!("log (BOSUN_LOG) {:?}: {e}", cfg.log))?,
+        )
         .with_writer(writer);
     match cfg.log_format {
         LogFormat::Text => logs.with_ansi(terminal).init(),
@@ -225,11 +240,12 @@ fn init_logging(cfg: &Config, to_stderr: bool) -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, listen } => {
-            let mut cfg = load(config)?;
+            let (mut cfg, unknown) = load(config)?;
             if let Some(l) = listen {
                 cfg.listen = l;
             }
             init_logging(&cfg, false)?;
+            warn_unknown(&unknown);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let lock = runtime.block_on(bosun::server::serve(cfg))?;
             // Whatever the runtime still runs ends (blocking work to its end, tasks at their
@@ -261,8 +277,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             status,
             url,
         } => {
-            let cfg = load(config)?;
+            let (cfg, unknown) = load(config)?;
             init_logging(&cfg, true)?;
+            warn_unknown(&unknown);
             let action = if pause {
                 GcAction::Pause { reason: reason.unwrap_or_default(), duration: pause_for }
             } else if resume {
@@ -279,7 +296,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bosun::cli::gc(&cfg, url.as_deref(), action)
         }
         Command::Retention { config, url, action } => {
-            let cfg = load(config)?;
+            // A client: unknown variables are the server's business.
+            let (cfg, _) = load(config)?;
             let enc = bosun::cli::encode;
             let (method, path, body) = match action {
                 RetentionAction::Policies => ("GET", "/admin/retention/policies".to_owned(), String::new()),
@@ -318,20 +336,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bosun::cli::print(&format!("{}\n", bosun::cli::admin(&cfg, url.as_deref(), method, &path, &body)?))
         }
         Command::Restore { config, url, reference } => {
-            let cfg = load(config)?;
+            let (cfg, _) = load(config)?;
             let (repo, tag) = restore_target(&reference)?;
             let path =
                 format!("/admin/restore?repository={}&tag={}", bosun::cli::encode(repo), bosun::cli::encode(tag));
             bosun::cli::print(&format!("{}\n", bosun::cli::admin(&cfg, url.as_deref(), "POST", &path, "")?))
         }
         Command::Audit { config, url, limit, json } => {
-            let cfg = load(config)?;
+            let (cfg, _) = load(config)?;
             let answer =
                 bosun::cli::admin(&cfg, url.as_deref(), "GET", &format!("/admin/deletions?limit={limit}"), "")?;
             bosun::cli::print(&bosun::cli::audit(&answer, json)?)
         }
         Command::Du { config, url, repository, sort, json } => {
-            let cfg = load(config)?;
+            let (cfg, _) = load(config)?;
             let path = match repository {
                 Some(r) => format!("/admin/du?repository={}", bosun::cli::encode(&r)),
                 None => "/admin/du".to_owned(),

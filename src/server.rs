@@ -111,7 +111,7 @@ async fn load_policies(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves the API until SIGINT or SIGTERM, then finishes the requests in flight (for
+/// Serves the API until SIGINT, SIGTERM or SIGHUP, then finishes the requests in flight (for
 /// `http.drain_timeout` at most) and records the last pulls. Garbage collection, reconcile
 /// and retention run in the background on their intervals, and start no new run once the
 /// signal has come. Returns the data directory's lock, for the caller to release only once
@@ -288,22 +288,38 @@ where
     });
 }
 
-/// Waits for SIGINT or SIGTERM. From then on, a second one stops the process at once, in
+/// Waits for SIGINT, SIGTERM or SIGHUP. From then on, a second one stops the process at once, in
 /// the drain or while background work ends: an operator who presses Ctrl-C again means it,
 /// and a stop cut short is a crash, which Bosun is built to survive. (Tokio's handlers stay
 /// installed for the life of the process, and would swallow it.)
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    use tokio::signal::unix::{SignalKind, signal};
+    // SIGHUP (the terminal closed, or an operator who expects a reload, which Bosun has
+    // not) stops as SIGTERM does: its default action ended the process at once, as a crash.
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hangup = signal(SignalKind::hangup()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        _ = received(term.as_mut()) => {}
+        _ = received(hangup.as_mut()) => {}
     }
-    // SAFETY: restores the default action of two signals; no handler of ours is involved.
+    // SAFETY: restores the default action of three signals; no handler of ours is involved.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_DFL);
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::signal(libc::SIGHUP, libc::SIG_DFL);
     }
-    tracing::info!("shutting down (a second SIGINT or SIGTERM stops at once)");
+    tracing::info!("shutting down (a second SIGINT, SIGTERM or SIGHUP stops at once)");
+}
+
+/// Waits for `signal`, or for ever if its handler could not be installed.
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

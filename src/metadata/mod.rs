@@ -386,6 +386,14 @@ impl Metadata {
     /// [`Metadata::open`], upgrading an older database only if `upgrade` allows.
     pub fn open_with(path: &Path, sync: bool, upgrade: Upgrade) -> Result<Metadata> {
         let mut writer = Connection::open(path)?;
+        // SQLite opens a file it may not write read-only, without a word: every write
+        // would then fail (a database left owned by root when the service runs as a user).
+        if writer.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(MetadataError::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is read-only for this process: the whole data directory must be writable", path.display()),
+            )));
+        }
         configure(&writer)?;
         reserve::keep_log_on_close(&writer)?;
         // The log is named after the database's real path (SQLite resolves links).

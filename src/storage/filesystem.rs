@@ -47,6 +47,7 @@ impl FilesystemStore {
     pub fn open(root: &Path, sync: bool) -> io::Result<FilesystemStore> {
         fs::create_dir_all(root.join("blobs"))?;
         fs::create_dir_all(root.join("uploads"))?;
+        writable_dirs(root)?;
         if sync {
             File::open(root)?.sync_all()?;
         }
@@ -61,6 +62,34 @@ impl FilesystemStore {
     fn upload_path(&self, id: &UploadId) -> PathBuf {
         self.root.join("uploads").join(id.as_str())
     }
+}
+
+/// Refuses a store whose directories this process cannot write in (a data directory made
+/// by root, then only its top handed to the service's user): the server started, answered
+/// healthy, and failed every push with a 500. The blob directories go two levels deep
+/// (`blobs/<alg>/<2 hex>`), a few hundred checks at most.
+fn writable_dirs(root: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut dirs = vec![root.join("uploads"), root.join("blobs")];
+    for alg in fs::read_dir(root.join("blobs"))? {
+        let alg = alg?.path();
+        if alg.is_dir() {
+            dirs.extend(fs::read_dir(&alg)?.filter_map(|d| d.ok().map(|d| d.path())).filter(|d| d.is_dir()));
+            dirs.push(alg);
+        }
+    }
+    for dir in dirs {
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: a NUL-terminated path that outlives the call.
+        if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{} is not writable by this process ({e}): the whole data directory must be", dir.display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {

@@ -270,6 +270,65 @@ fn a_start_on_a_busy_address_leaves_the_data_directory_alone() {
     assert!(!data.exists(), "{:?}", std::fs::read_dir(&data).map(|d| d.count()));
 }
 
+/// A data directory that the server's user cannot write in is refused at start, naming
+/// what is not writable: made by root (a first start), then only its top handed to the
+/// service's user, it started, answered healthy, and failed every write with a 500. Runs
+/// as root, to start the server as `nobody` (CI does; elsewhere it says so and does nothing).
+#[tokio::test]
+async fn a_data_directory_the_server_cannot_write_in_is_refused_at_start() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI must run as root to start the server as another user");
+        eprintln!("skipped: not root, so the server cannot be started as another user");
+        return;
+    }
+    use std::os::unix::fs::{PermissionsExt, chown};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    Server::start_in(&data, &[]).push_blob("made/by-root", b"a blob").await;
+    const NOBODY: u32 = 65534;
+    // Its error, once it has exited (a server that starts instead is stopped, and fails
+    // the test).
+    let start = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bosun"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("BOSUN_MIN_FREE_SPACE", "0")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the server started on a data directory it cannot write in");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    for top in [data.clone(), data.join("bosun.lock")] {
+        chown(&top, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let err = start();
+    assert!(err.contains("uploads is not writable by this process"), "{err}");
+    // The blob directories handed over too, the database not.
+    let mut dirs = vec![data.join("uploads"), data.join("blobs")];
+    while let Some(d) = dirs.pop() {
+        chown(&d, Some(NOBODY), Some(NOBODY)).unwrap();
+        dirs.extend(std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()));
+    }
+    let err = start();
+    assert!(err.contains("metadata.sqlite is read-only for this process"), "{err}");
+}
+
 /// A command told which data directory to act on acts on that directory's server only:
 /// the server answering at the address (here another instance's) refuses, and nothing is
 /// paused there; `bosun gc` works on the named (stopped) directory instead. Named rightly,
@@ -356,4 +415,35 @@ async fn a_command_on_a_stopped_older_instance_does_not_upgrade_it() {
     let s = Server::start_in(dir.path(), GC_NOW);
     assert!(version(&db) > 10, "the server's start did not upgrade it");
     assert_eq!(s.gc(true).await["blobs_removed"], 0);
+}
+
+/// A command sent to something that answers 200 but is not Bosun (a web server or a proxy
+/// at a mistyped address) fails and says so; it printed the page and exited 0, as if the
+/// restore or the removal had been done.
+#[test]
+fn a_command_answered_by_something_else_fails() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let page = "<html><body>It works!</body></html>";
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
+            // Read what the client sent before closing, or the close would reset the
+            // connection under the answer.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
+        }
+    });
+    for args in [&["restore", "team/web:v1"][..], &["retention", "remove", "old"], &["gc", "--dry-run"], &["du"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bosun")).args(args).args(["--url", &addr]).output().unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains("is not Bosun") && err.contains("It works!"), "{args:?}: {err}");
+    }
 }
