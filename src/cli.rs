@@ -133,7 +133,15 @@ fn request(
     let Some(mut stream) = connected else { return Ok(None) };
     stream.set_read_timeout(patience)?;
     let data_dir = match &admin.data_dir {
-        Some(dir) => format!("{}: {}\r\n", crate::api::DATA_DIR_HEADER, encode(&dir.to_string_lossy())),
+        // Its bytes, percent-encoded: a path need not be UTF-8.
+        Some(dir) => format!(
+            "{}: {}\r\n",
+            crate::api::DATA_DIR_HEADER,
+            percent_encoding::percent_encode(
+                std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()),
+                percent_encoding::NON_ALPHANUMERIC
+            )
+        ),
         None => String::new(),
     };
     write!(

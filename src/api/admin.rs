@@ -219,18 +219,21 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
     dispatch(state, request, body, peer).await.unwrap_or_else(|message| error(StatusCode::BAD_REQUEST, message))
 }
 
-/// Whether `named` (a percent-encoded path) is the directory `served`: the same file
-/// system object, whatever path names it.
+/// Whether `named` (a path's bytes, percent-encoded) is the directory `served`: the same
+/// file system object, whatever path names it.
 fn same_data_dir(named: &[u8], served: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStringExt;
     use std::os::unix::fs::MetadataExt;
-    let named: String = form_urlencoded::parse(&[b"d=", named].concat()).map(|(_, v)| v.into_owned()).collect();
+    let named =
+        std::path::PathBuf::from(std::ffi::OsString::from_vec(percent_encoding::percent_decode(named).collect()));
     let id = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
     let served_id = id(served).map_err(|e| format!("reading the served data directory {}: {e}", served.display()))?;
-    match id(std::path::Path::new(&named)) {
+    match id(&named) {
         Ok(named_id) if named_id == served_id => Ok(()),
         _ => Err(format!(
-            "this Bosun serves the data directory {}, not {named} (the command's --data-dir, BOSUN_DATA_DIR or data_dir): nothing was done",
-            served.display()
+            "this Bosun serves the data directory {}, not {} (the command's --data-dir, BOSUN_DATA_DIR or data_dir): nothing was done",
+            served.display(),
+            named.display()
         )),
     }
 }

@@ -447,3 +447,23 @@ fn a_command_answered_by_something_else_fails() {
         assert!(err.contains("is not Bosun") && err.contains("It works!"), "{args:?}: {err}");
     }
 }
+
+/// A data directory whose path is not UTF-8 is named to its server as it is: the command
+/// reaches that server (it was told 421, another directory, and then that the directory
+/// was busy).
+#[tokio::test]
+async fn a_command_names_a_data_directory_whose_path_is_not_utf8() {
+    use std::os::unix::ffi::OsStringExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join(std::ffi::OsString::from_vec(b"odd\xffname+x y".to_vec()));
+    let s = Server::start_in(&data, &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["gc", "--status", "--url", &s.addr, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status.get("paused").is_some(), "{status}");
+}
