@@ -297,19 +297,32 @@ async fn shutdown_signal() {
     // SIGHUP (the terminal closed, or an operator who expects a reload, which Bosun has
     // not) stops as SIGTERM does: its default action ended the process at once, as a crash.
     let mut term = signal(SignalKind::terminate()).ok();
-    let mut hangup = signal(SignalKind::hangup()).ok();
+    // Left alone when the process was told to ignore it (`nohup`).
+    let mut hangup = if hangup_ignored() { None } else { signal(SignalKind::hangup()).ok() };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = received(term.as_mut()) => {}
         _ = received(hangup.as_mut()) => {}
     }
-    // SAFETY: restores the default action of three signals; no handler of ours is involved.
+    // SAFETY: sets the action of three signals; no handler of ours is involved. A second
+    // SIGHUP (a closed terminal may send two) is ignored rather than fatal.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_DFL);
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
-        libc::signal(libc::SIGHUP, libc::SIG_DFL);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
-    tracing::info!("shutting down (a second SIGINT, SIGTERM or SIGHUP stops at once)");
+    tracing::info!("shutting down (a second SIGINT or SIGTERM stops at once)");
+}
+
+/// Whether SIGHUP was set to be ignored when the process started (`nohup`).
+fn hangup_ignored() -> bool {
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: with a null new action, sigaction only writes the current one into `old`,
+    // which is read only if the call succeeded.
+    unsafe {
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), old.as_mut_ptr()) == 0
+            && old.assume_init().sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// Waits for `signal`, or for ever if its handler could not be installed.

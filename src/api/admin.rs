@@ -224,8 +224,10 @@ pub async fn route(state: &AppState, request: &Parts, body: Body, peer: Option<s
 fn same_data_dir(named: &[u8], served: &std::path::Path) -> Result<(), String> {
     use std::os::unix::ffi::OsStringExt;
     use std::os::unix::fs::MetadataExt;
+    // A bare '+' is a space, as older commands encoded it (this one sends '+' as %2B).
+    let named: Vec<u8> = named.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
     let named =
-        std::path::PathBuf::from(std::ffi::OsString::from_vec(percent_encoding::percent_decode(named).collect()));
+        std::path::PathBuf::from(std::ffi::OsString::from_vec(percent_encoding::percent_decode(&named).collect()));
     let id = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
     let served_id = id(served).map_err(|e| format!("reading the served data directory {}: {e}", served.display()))?;
     match id(&named) {

@@ -339,10 +339,14 @@ impl Registry {
         let size = state.size;
         // A quota refusal stores nothing: checked before the bytes are committed, and again
         // in the linking transaction (where a refusal removes bytes nobody else knows).
-        if let Err(e) = self.check_quota(name, digest, size).await {
-            *guard = None;
-            self.cancel_locked(id).await?;
-            return Err(e);
+        // Only a refusal ends the session; a failed read leaves it to be finished again.
+        match self.check_quota(name, digest, size).await {
+            Err(e @ Error::Denied(_)) => {
+                *guard = None;
+                self.cancel_locked(id).await?;
+                return Err(e);
+            }
+            other => other?,
         }
         if let Err(e) = self.store.commit_upload(id, digest).await {
             // The staged file may be gone already (renamed before a later step failed): the

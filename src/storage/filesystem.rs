@@ -80,8 +80,9 @@ fn writable_dirs(root: &Path) -> io::Result<()> {
     }
     for dir in dirs {
         let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // With the effective ids, as the writes will be made.
         // SAFETY: a NUL-terminated path that outlives the call.
-        if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        if unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK | libc::X_OK, libc::AT_EACCESS) } != 0 {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(
                 e.kind(),

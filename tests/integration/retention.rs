@@ -405,16 +405,19 @@ total = true
     // Outside the group, no quota.
     s.push_blob("other", &random_bytes(963, 20_000)).await;
     // A monolithic upload whose declared length the quota refuses is refused before its
-    // body: the client is not made to send a layer for nothing. Here the body never comes.
+    // body when the client waits for 100 Continue: it is not made to send a layer for
+    // nothing. Here the body never comes.
     let mut tcp = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
     let digest = sha256(b"never sent");
     let head = format!(
-        "POST /v2/team/one/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n"
+        "POST /v2/team/one/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 50000\r\n\r\n"
     );
     tokio::io::AsyncWriteExt::write_all(&mut tcp, head.as_bytes()).await.unwrap();
-    let mut answer = vec![0u8; 4096];
-    let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut tcp, &mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer[..read.expect("no answer before the body").unwrap()]).into_owned();
+    // The whole answer, however it is cut into segments (the server closes after it).
+    let mut answer = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut answer);
+    tokio::time::timeout(Duration::from_secs(5), read).await.expect("no answer before the body").unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
     assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("quota[0] exceeded"), "{answer}");
     assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
 }

@@ -83,7 +83,14 @@ pub async fn start(registry: &Arc<Registry>, name: &RepoName, request: &Request,
     }
     // Checked before a session exists, so a refusal leaves none behind.
     let range = if digest.is_some() { chunk_range(request)? } else { None };
-    if let (Some(digest), Some(size)) = (&digest, headers::content_length(request)) {
+    // A client that waits for `100 Continue` before its body hears a quota's refusal
+    // before sending it. (One that sends at once is refused at the end: a refusal with
+    // its body unread would reach it as a reset connection.)
+    let expects = headers::get(request, axum::http::header::EXPECT)
+        .ok()
+        .flatten()
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    if let (true, Some(digest), Some(size)) = (expects, &digest, headers::content_length(request)) {
         registry.check_quota(name, digest, size).await?;
     }
     let status = registry.start_upload(name).await?;
