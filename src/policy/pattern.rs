@@ -15,7 +15,9 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    pub fn glob(raw: &str) -> Result<Pattern, String> {
+    /// A glob over anything: callers say over what (`repository_glob`, `tag_glob`), so
+    /// that a pattern nothing can match is refused.
+    fn glob(raw: &str) -> Result<Pattern, String> {
         if raw.is_empty() {
             return Err("an empty pattern matches nothing; use \"*\" or \"**\"".into());
         }
