@@ -105,6 +105,13 @@ fn attachment_target(tag: &str) -> Option<Digest> {
     format!("sha256:{}", base.strip_prefix("sha256-")?).parse().ok()
 }
 
+/// The manifest an attachment tag names, as the repository has it.
+struct Target {
+    digest: String,
+    present: bool,
+    parent: Option<String>,
+}
+
 /// Decides every tag and untagged manifest of one repository under `policy`.
 ///
 /// A tag attached to a manifest (a signature, attestation or SBOM by tag, see
@@ -123,11 +130,15 @@ fn evaluate(
 ) -> std::result::Result<RepoPlan, MetadataError> {
     let restore_since = options.restore_since(now);
     let rows = q::tags(c, repo)?;
-    // Each attachment's target, and whether the repository has that manifest.
-    let mut targets: Vec<Option<(String, bool)>> = Vec::with_capacity(rows.len());
+    // Each attachment's target: whether the repository has that manifest, and an index
+    // that lists it (which keeps it whatever happens to its own tags).
+    let mut targets: Vec<Option<Target>> = Vec::with_capacity(rows.len());
     for row in &rows {
         targets.push(match attachment_target(&row.name) {
-            Some(d) => Some((d.to_string(), manifests::id_of(c, repo, &d)?.is_some())),
+            Some(d) => Some(match manifests::id_of(c, repo, &d)? {
+                Some(id) => Target { digest: d.to_string(), present: true, parent: manifests::parent_of(c, id)? },
+                None => Target { digest: d.to_string(), present: false, parent: None },
+            }),
             None => None,
         });
     }
@@ -152,10 +163,14 @@ fn evaluate(
         .iter()
         .zip(&targets)
         .map(|(row, target)| {
-            let Some((t, present)) = target else { return (row, own_decisions[row.name.as_str()].clone()) };
+            let Some(Target { digest: t, present, parent }) = target else {
+                return (row, own_decisions[row.name.as_str()].clone());
+            };
             let decision = match policies.immutable_rule(name, &row.name) {
                 Some(rule) => (true, format!("{rule}")),
                 None if kept.contains(t.as_str()) => (true, format!("attached to {t}, which a kept tag points at")),
+                // A platform manifest signed on its own stays while its index does.
+                None if let Some(index) = parent => (true, format!("attached to {t}, which index {index} lists")),
                 None if tagged.contains(t.as_str()) => (false, format!("attached to {t}, whose every tag goes")),
                 None if *present => (true, format!("attached to {t}, which no tag points at")),
                 None => (false, format!("attached to {t}, which is not in the repository")),
@@ -207,8 +222,8 @@ fn evaluate(
 }
 
 /// Why an attachment (a signature by tag) that a plan deletes with its image would be kept
-/// now, if it would: a tag the plan leaves points at the image, or the image, absent at
-/// the plan, is there untagged.
+/// now, if it would: a tag the plan leaves points at the image, an index lists it, or the
+/// image, absent at the plan, is there untagged.
 fn attachment_kept_now(
     c: &rusqlite::Connection,
     repo: RepoId,
@@ -221,7 +236,11 @@ fn attachment_kept_now(
     if let Some(kept) = tags.clone().find(|o| !deleted.contains(o.name.as_str())) {
         return Ok(Some(format!("its image {image} is now tagged {}", kept.name)));
     }
-    if tags.next().is_none() && manifests::id_of(c, repo, image)?.is_some() {
+    let Some(id) = manifests::id_of(c, repo, image)? else { return Ok(None) };
+    if let Some(index) = manifests::parent_of(c, id)? {
+        return Ok(Some(format!("its image {image} is now listed by index {index}")));
+    }
+    if tags.next().is_none() {
         return Ok(Some(format!("its image {image} is in the repository now")));
     }
     Ok(None)

@@ -756,15 +756,26 @@ tags_regex = "[0-9]+\\.[0-9]+\\.[0-9]+"
     // Kept by immutability, not by the rule (it is the oldest): its signature stays too.
     let (_, release) = s.push_image("signed/a", "1.0.0", &[b"release layer"]).await;
     let (v1_body, v1) = s.push_image("signed/a", "v1", &[b"v1 layer"]).await;
+    // A platform manifest with a tag of its own that goes, listed by a kept index: the
+    // manifest stays, and so does its signature.
+    let platform = s.push_image("signed/a", "amd64", &[b"platform layer"]).await;
+    let platform_digest = platform.1.clone();
+    push_index(&s, "signed/a", "2.0.0", &[platform]).await;
     s.advance_clock(1000).await;
     let (_, v2) = s.push_image("signed/a", "v2", &[b"v2 layer"]).await;
     let (_, untagged) = s.push_image("signed/a", "", &[b"pushed by digest"]).await;
     let absent = format!("sha256:{}", "0".repeat(64));
     s.advance_clock(1000).await;
     // Signed after the push, so newer than every image tag.
-    for (target, kind) in
-        [(&v1, "sig"), (&v2, "sig"), (&v2, "att"), (&untagged, "sbom"), (&absent, "sig"), (&release, "sig")]
-    {
+    for (target, kind) in [
+        (&v1, "sig"),
+        (&v2, "sig"),
+        (&v2, "att"),
+        (&untagged, "sbom"),
+        (&absent, "sig"),
+        (&release, "sig"),
+        (&platform_digest, "sig"),
+    ] {
         s.push_image("signed/a", &attachment(target, kind), &[format!("{kind} of {target}").as_bytes()]).await;
     }
     let (_, plan) = s.admin_post("/admin/retention/plan").await;
@@ -778,6 +789,9 @@ tags_regex = "[0-9]+\\.[0-9]+\\.[0-9]+"
         ("v1".to_owned(), false),
         ("v2".to_owned(), true),
         ("1.0.0".to_owned(), true),
+        ("amd64".to_owned(), false),
+        ("2.0.0".to_owned(), true),
+        (attachment(&platform_digest, "sig"), true),
         (attachment(&v1, "sig"), false),
         (attachment(&v2, "sig"), true),
         (attachment(&v2, "att"), true),
