@@ -285,7 +285,19 @@ mod tests {
     /// with the reason: it would govern nothing.
     #[test]
     fn patterns_that_match_nothing_are_refused() {
-        for repositories in ["Prod/**", "team//*", "/team/*", "team/web/", "a b/*", "["] {
+        for repositories in [
+            "Prod/**",
+            "team//*",
+            "/team/*",
+            "team/web/",
+            "a b/*",
+            "[",
+            "team/-web",
+            "team/web-",
+            "a..b/*",
+            "a___b",
+            "*./x",
+        ] {
             let err = Policies::compile(&[spec("p", repositories)], &[], &[], &[]).unwrap_err();
             assert!(err.contains(".repositories") && err.contains("matches nothing"), "{repositories}: {err}");
             let imm = ImmutableSpec { repositories: repositories.into(), tags: Some("v*".into()), tags_regex: None };
@@ -299,7 +311,9 @@ mod tests {
         let mut tags = spec("t", "**");
         tags.keep = RuleSpec::Matching("release/*".into());
         assert!(Policies::compile(&[tags], &[], &[], &[]).unwrap_err().contains("matches nothing"));
-        for fine in ["**", "team/*", "team/web-?", "a.b_c/**/x"] {
+        let imm = ImmutableSpec { repositories: "prod/**".into(), tags: Some("-rc*".into()), tags_regex: None };
+        assert!(Policies::compile(&[], &[], &[imm], &[]).unwrap_err().contains("immutable[0].tags"));
+        for fine in ["**", "team/*", "team/web-?", "a.b_c/**/x", "a__b--c/*-*", "**/x", "*", "?", "a/**", "*_*/?.?"] {
             Policies::compile(&[spec("p", fine)], &[], &[], &[]).unwrap();
         }
     }

@@ -24,10 +24,11 @@ impl Pattern {
         Ok(Pattern::Glob(raw.to_owned()))
     }
 
-    /// A glob over repository names, refused if it has a character no name has (a capital,
-    /// a space) or an empty segment (a leading, trailing or doubled `/`): such a typo would
+    /// A glob over repository names, refused if no name can match it: a character no name
+    /// has (a capital, a space), an empty segment (a leading, trailing or doubled `/`), or
+    /// separators where names cannot have them (`team/-web`, `a..b`). Such a typo would
     /// govern nothing, silently (an immutability rule that protects no tag, a quota that
-    /// limits nothing). Rarer patterns that match nothing (`team/-web`) get through.
+    /// limits nothing).
     pub fn repository_glob(raw: &str) -> Result<Pattern, String> {
         let pattern = Pattern::glob(raw)?;
         if let Some(c) = raw.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*?".contains(*c)))
@@ -41,14 +42,24 @@ impl Pattern {
                 "{raw:?} has an empty segment (a leading, trailing or doubled '/'), which no repository name has, so it matches nothing"
             ));
         }
+        if !matches_some_repository_name(&tokens(raw.as_bytes())) {
+            return Err(format!(
+                "no repository name matches {raw:?} (each '/'-separated part is lowercase letters and digits, \
+                 joined by one '.', one or two '_' or dashes), so it matches nothing"
+            ));
+        }
         Ok(pattern)
     }
 
-    /// A glob over tags, refused if it has a character no tag has (a space, a `/`).
+    /// A glob over tags, refused if it has a character no tag has (a space, a `/`), or
+    /// starts with one no tag starts with.
     pub fn tag_glob(raw: &str) -> Result<Pattern, String> {
         let pattern = Pattern::glob(raw)?;
         if let Some(c) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-*?".contains(*c))) {
             return Err(format!("{c:?} is in no tag (letters, digits, '.', '_' and '-'), so {raw:?} matches nothing"));
+        }
+        if let Some(c) = raw.chars().next().filter(|c| ".-".contains(*c)) {
+            return Err(format!("no tag starts with {c:?}, so {raw:?} matches nothing"));
         }
         Ok(pattern)
     }
@@ -122,6 +133,70 @@ fn tokens(pattern: &[u8]) -> Vec<Token> {
         i += 1;
     }
     out
+}
+
+/// Where a repository name's grammar is after some characters: each `/`-separated
+/// component is runs of lowercase letters and digits joined by one `.`, one or two `_`, or
+/// any number of `-`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum NameAt {
+    /// At the start of a component, or after `.` or `__`: a letter or digit must follow.
+    NeedAlnum,
+    /// After a letter or digit: the only place a name (or a component) may end.
+    Alnum,
+    /// After one `_`.
+    Underscore,
+    /// After one or more `-`.
+    Dash,
+}
+
+impl NameAt {
+    fn next(self, c: u8) -> Option<NameAt> {
+        use NameAt::*;
+        match (self, c) {
+            (_, b'a'..=b'z' | b'0'..=b'9') => Some(Alnum),
+            (Alnum, b'.') | (Underscore, b'_') => Some(NeedAlnum),
+            (Alnum, b'_') => Some(Underscore),
+            (Alnum | Dash, b'-') => Some(Dash),
+            (Alnum, b'/') => Some(NeedAlnum),
+            _ => None,
+        }
+    }
+}
+
+/// Whether some repository name matches the glob: a search over (position in the glob,
+/// place in the name grammar, whether the wildcard at that position has matched anything
+/// yet), where a wildcard may stand for any character of its class. Letters and digits all
+/// lead to the same place, so `a` stands for them all.
+fn matches_some_repository_name(t: &[Token]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![(0, NameAt::NeedAlnum, false)];
+    while let Some(state @ (i, at, consumed)) = todo.pop() {
+        if !seen.insert(state) {
+            continue;
+        }
+        let Some(token) = t.get(i) else {
+            if at == NameAt::Alnum {
+                return true;
+            }
+            continue;
+        };
+        let mut step = |i: usize, c: u8, consumed: bool| todo.extend(at.next(c).map(|at| (i, at, consumed)));
+        match *token {
+            Token::Literal(c) => step(i + 1, c, false),
+            Token::One => b"a._-".iter().for_each(|&c| step(i + 1, c, false)),
+            Token::Star => b"a._-".iter().for_each(|&c| step(i, c, true)),
+            Token::DoubleStar => b"a._-/".iter().for_each(|&c| step(i, c, true)),
+        }
+        if matches!(token, Token::Star | Token::DoubleStar) {
+            todo.push((i + 1, at, false));
+        }
+        // `**/` may match no segment at all, but only as a whole (as `glob_match` has it).
+        if *token == Token::DoubleStar && !consumed && t.get(i + 1) == Some(&Token::Literal(b'/')) {
+            todo.push((i + 2, at, false));
+        }
+    }
+    false
 }
 
 /// Whether `name` matches the glob, in time proportional to the pattern's length times the
@@ -224,6 +299,35 @@ mod tests {
                     String::from_utf8_lossy(n)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_glob_matches_some_repository_name_exactly_when_one_exists() {
+        // Every pattern of up to 3 elements against every valid name of up to 7 characters
+        // (long enough for a witness of any such pattern).
+        let parts = ["a", "-", "_", ".", "/", "*", "**", "?"];
+        let mut patterns = vec![String::new()];
+        for _ in 0..3 {
+            let longer: Vec<String> =
+                patterns.iter().flat_map(|p| parts.iter().map(move |x| format!("{p}{x}"))).collect();
+            patterns.extend(longer);
+        }
+        let mut names = vec![String::new()];
+        for _ in 0..7 {
+            let longer: Vec<String> = names
+                .iter()
+                .filter(|n| n.len() < 7)
+                .flat_map(|n| "a-_./".chars().map(move |c| format!("{n}{c}")))
+                .collect();
+            names.extend(longer);
+        }
+        names.sort();
+        names.dedup();
+        names.retain(|n| n.parse::<crate::oci::RepoName>().is_ok());
+        for p in &patterns {
+            let exists = names.iter().any(|n| glob_match(p.as_bytes(), n.as_bytes()));
+            assert_eq!(matches_some_repository_name(&tokens(p.as_bytes())), exists, "{p:?}");
         }
     }
 
