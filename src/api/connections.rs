@@ -51,6 +51,15 @@ use crate::metrics::Metrics;
 /// connections at once, until `shutdown` completes, then stops accepting and waits for the
 /// connections to finish their requests, for `limits.drain_timeout` at most. Returns with
 /// those still running left to the caller, whose exit cuts them off.
+/// A 204 or 304 says no length (RFC 9110 §8.6, §15.4.5): axum writes one on every answer,
+/// and hyper removes it from a 204 to a GET but not to a HEAD.
+fn without_length_when_bodiless(mut response: axum::response::Response) -> axum::response::Response {
+    if matches!(response.status(), axum::http::StatusCode::NO_CONTENT | axum::http::StatusCode::NOT_MODIFIED) {
+        response.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
+    }
+    response
+}
+
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
@@ -115,7 +124,8 @@ pub async fn serve(
             if let Some(local) = local {
                 request.extensions_mut().insert(local);
             }
-            router.clone().call(request)
+            let answer = router.clone().call(request);
+            async move { answer.await.map(without_length_when_bodiless) }
         });
         let connection = http.serve_connection(TokioIo::new(StallLimited::new(tcp, stall_limit)), service);
         let connection = graceful.watch(connection);

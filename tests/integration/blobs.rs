@@ -36,6 +36,72 @@ async fn head_and_ranges() {
     assert_eq!(clamped.bytes().await.unwrap(), data[4000..]);
 }
 
+/// Conditional requests (RFC 9110 §13): the ETag is the digest, whose bytes never change.
+#[tokio::test]
+async fn conditional_requests() {
+    let s = Server::start();
+    let data = random_bytes(12, 4096);
+    let digest = s.push_blob("r/cond", &data).await;
+    let (body, manifest) = s.push_image("r/cond", "v1", &[&data]).await;
+    let etag = format!("\"{digest}\"");
+    let get =
+        |path: String, headers: &'static [(&'static str, &'static str)], extra: Option<(&'static str, String)>| {
+            let mut request = s.http.get(s.url(&path));
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            if let Some((k, v)) = extra {
+                request = request.header(k, v);
+            }
+            request.send()
+        };
+    let blob = format!("/v2/r/cond/blobs/{digest}");
+    for matching in [etag.clone(), format!("W/{etag}"), format!("\"x\", {etag}"), "*".into()] {
+        let answer = get(blob.clone(), &[], Some(("if-none-match", matching.clone()))).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_MODIFIED, "{matching}");
+        assert_eq!(header(&answer, "etag"), etag);
+        assert!(answer.bytes().await.unwrap().is_empty());
+        let head = s.http.head(s.url(&blob)).header("if-none-match", matching).send().await.unwrap();
+        assert_eq!(head.status(), StatusCode::NOT_MODIFIED);
+        assert!(head.headers().get("content-length").is_none(), "{:?}", head.headers());
+    }
+    let other = get(blob.clone(), &[("if-none-match", "\"sha256:other\"")], None).await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(other.bytes().await.unwrap(), data);
+    // If-Match: strong comparison only.
+    for failing in ["\"nope\"".to_owned(), format!("W/{etag}")] {
+        let answer = get(blob.clone(), &[], Some(("if-match", failing.clone()))).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::PRECONDITION_FAILED, "{failing}");
+    }
+    assert_eq!(get(blob.clone(), &[], Some(("if-match", etag.clone()))).await.unwrap().status(), StatusCode::OK);
+    // If-Range: the range only for the same bytes, the whole blob otherwise.
+    let ranged = get(blob.clone(), &[("range", "bytes=0-3")], Some(("if-range", etag.clone()))).await.unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    for stale in ["\"nope\"", "Sun, 06 Dec 2026 10:00:00 GMT"] {
+        let whole = get(blob.clone(), &[("range", "bytes=0-3")], Some(("if-range", stale.to_owned()))).await.unwrap();
+        assert_eq!(whole.status(), StatusCode::OK, "{stale}");
+        assert_eq!(whole.bytes().await.unwrap(), data);
+    }
+    // An unknown blob is a 404 whatever the conditions say.
+    let unknown = format!("/v2/r/cond/blobs/sha256:{}", "0".repeat(64));
+    expect_error(get(unknown, &[("if-none-match", "*")], None).await.unwrap(), StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+        .await;
+
+    // Manifests, by tag and by digest.
+    let manifest_etag = format!("\"{manifest}\"");
+    for reference in ["v1".to_owned(), manifest.clone()] {
+        let path = format!("/v2/r/cond/manifests/{reference}");
+        let answer = get(path.clone(), &[], Some(("if-none-match", manifest_etag.clone()))).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(header(&answer, "docker-content-digest"), manifest);
+        let failed = get(path.clone(), &[("if-match", "\"nope\"")], None).await.unwrap();
+        assert_eq!(failed.status(), StatusCode::PRECONDITION_FAILED);
+        let changed = get(path, &[("if-none-match", "\"sha256:old\"")], None).await.unwrap();
+        assert_eq!(changed.status(), StatusCode::OK);
+        assert_eq!(changed.bytes().await.unwrap(), body);
+    }
+}
+
 #[tokio::test]
 async fn a_repository_sees_only_its_blobs() {
     let s = Server::start();

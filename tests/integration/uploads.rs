@@ -74,6 +74,11 @@ async fn chunked_upload_with_out_of_order_and_status() {
     assert_eq!(status.status(), StatusCode::NO_CONTENT);
     assert_eq!(header(&status, "range"), "0-9999");
     assert_eq!(header(&status, "location"), location);
+    // A 204 says no length (RFC 9110 §8.6), HEAD included.
+    let head = s.head(&location).await;
+    assert_eq!(head.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&head, "range"), "0-9999");
+    assert!(head.headers().get("content-length").is_none(), "{:?}", head.headers());
 
     let resp = patch("10000-19999".into(), data[10_000..20_000].to_vec()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);

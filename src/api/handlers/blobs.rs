@@ -1,4 +1,4 @@
-//! `/v2/<name>/blobs/<digest>`: GET (with `Range`), HEAD, DELETE.
+//! `/v2/<name>/blobs/<digest>`: GET (with `Range` and conditions), HEAD, DELETE.
 
 use axum::body::Body;
 use axum::http::request::Parts as Request;
@@ -6,25 +6,40 @@ use axum::http::{Method, StatusCode, header};
 
 use super::{finish, respond};
 use crate::api::ApiResult;
-use crate::api::headers::{self, DOCKER_CONTENT_DIGEST};
+use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, Precondition};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 use crate::registry::Registry;
 
 pub async fn get(registry: &Registry, name: &RepoName, digest: &Digest, request: &Request) -> ApiResult {
+    let etag = format!("\"{digest}\"");
     let common = |status| {
         respond(status)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(DOCKER_CONTENT_DIGEST, digest.to_string())
-            .header(header::ETAG, format!("\"{digest}\""))
+            .header(header::ETAG, &etag)
             .header(header::ACCEPT_RANGES, "bytes")
     };
-    if request.method == Method::HEAD {
+    let conditional =
+        request.headers.contains_key(header::IF_MATCH) || request.headers.contains_key(header::IF_NONE_MATCH);
+    if request.method == Method::HEAD || conditional {
+        // Preconditions are judged on a blob that exists: an unknown one is still a 404.
         let size = registry.blob_size(name, digest).await?;
-        return Ok(finish(common(StatusCode::OK).header(header::CONTENT_LENGTH, size), Body::empty()));
+        match headers::precondition(request, &etag) {
+            Precondition::NotModified => return Ok(finish(common(StatusCode::NOT_MODIFIED), Body::empty())),
+            Precondition::Failed => return Ok(finish(respond(StatusCode::PRECONDITION_FAILED), Body::empty())),
+            Precondition::Proceed if request.method == Method::HEAD => {
+                return Ok(finish(common(StatusCode::OK).header(header::CONTENT_LENGTH, size), Body::empty()));
+            }
+            Precondition::Proceed => {}
+        }
     }
     // An unreadable Range is ignored, which RFC 9110 allows for any Range: the whole blob.
-    let range = headers::get(request, header::RANGE).ok().flatten().map(str::to_owned);
+    let range = headers::get(request, header::RANGE)
+        .ok()
+        .flatten()
+        .filter(|_| headers::range_applies(request, &etag))
+        .map(str::to_owned);
     let mut partial = false;
     let read = registry
         .read_blob(name, digest, |size| {

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 
 use super::{finish, respond};
 use crate::api::ApiResult;
-use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG};
+use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG, Precondition};
 use crate::oci::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 use crate::oci::{Reference, RepoName, Tag};
 use crate::registry::{Error, Registry};
@@ -47,17 +47,25 @@ pub async fn get(registry: &Registry, name: &RepoName, reference: &Reference, re
         ))
         .into());
     }
-    let builder = respond(StatusCode::OK)
-        .header(header::CONTENT_TYPE, &manifest.media_type)
-        .header(header::CONTENT_LENGTH, manifest.payload.len())
-        .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
-        .header(header::ETAG, format!("\"{}\"", manifest.digest));
-    let body = if request.method == Method::HEAD {
-        Body::empty()
-    } else {
-        registry.note_pull(&manifest);
-        Body::from(manifest.payload)
+    let etag = format!("\"{}\"", manifest.digest);
+    let status = match headers::precondition(request, &etag) {
+        Precondition::Proceed => StatusCode::OK,
+        Precondition::NotModified => StatusCode::NOT_MODIFIED,
+        Precondition::Failed => return Ok(finish(respond(StatusCode::PRECONDITION_FAILED), Body::empty())),
     };
+    let builder = respond(status)
+        .header(header::CONTENT_TYPE, &manifest.media_type)
+        .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
+        .header(header::ETAG, etag);
+    if request.method == Method::GET {
+        // A 304 too: the client polled the tag and uses what it points at.
+        registry.note_pull(&manifest);
+    }
+    if status == StatusCode::NOT_MODIFIED {
+        return Ok(finish(builder, Body::empty()));
+    }
+    let builder = builder.header(header::CONTENT_LENGTH, manifest.payload.len());
+    let body = if request.method == Method::HEAD { Body::empty() } else { Body::from(manifest.payload) };
     Ok(finish(builder, body))
 }
 

@@ -15,7 +15,9 @@ use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID};
 use crate::oci::{Digest, RepoName, UploadId};
 use crate::registry::{ChunkRange, Error, Registry, UploadStatus};
 
-/// `202 Accepted` for a session in progress, with where it stands.
+/// `202 Accepted` (or the status's `204 No Content`) for a session in progress, with where
+/// it stands. Its `Content-Length: 0` comes from axum (and goes from a 204, see
+/// `api::connections`).
 fn in_progress(name: &RepoName, status: &UploadStatus, code: StatusCode) -> Response {
     // The spec's inclusive range of bytes received; distribution answers `0-0` for none.
     let range = format!("0-{}", status.size.saturating_sub(1));
@@ -23,8 +25,7 @@ fn in_progress(name: &RepoName, status: &UploadStatus, code: StatusCode) -> Resp
         respond(code)
             .header(header::LOCATION, format!("/v2/{name}/blobs/uploads/{}", status.id))
             .header(header::RANGE, range)
-            .header(DOCKER_UPLOAD_UUID, status.id.to_string())
-            .header(header::CONTENT_LENGTH, 0),
+            .header(DOCKER_UPLOAD_UUID, status.id.to_string()),
         Body::empty(),
     )
 }
