@@ -151,8 +151,8 @@ impl Registry {
 
     pub async fn upload_status(&self, name: &RepoName, id: &UploadId) -> Result<UploadStatus> {
         let size = self.session_size(name, id).await?;
-        if !self.staged_exists(id).await? {
-            // Gone, or being finished right now: under the lock, the session is either
+        if !self.staged_holds(id, size).await? {
+            // Lost, or being finished right now: under the lock, the session is either
             // ended here or found finished.
             let mut guard = self.sessions.lock(id).await;
             self.usable_session(name, id, &mut guard).await?;
@@ -160,10 +160,11 @@ impl Registry {
         Ok(UploadStatus { id: id.clone(), size })
     }
 
-    /// Whether the session's staged file exists.
-    async fn staged_exists(&self, id: &UploadId) -> Result<bool> {
+    /// Whether the session's staged file holds the `size` bytes its record says it has (a
+    /// longer one is a chunk cut off before it was recorded, which the next one overwrites).
+    async fn staged_holds(&self, id: &UploadId, size: u64) -> Result<bool> {
         match self.store.upload_size(id).await {
-            Ok(_) => Ok(true),
+            Ok(staged) => Ok(staged >= size),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
         }
@@ -174,20 +175,22 @@ impl Registry {
     /// the bytes it holds.
     async fn usable_session(&self, name: &RepoName, id: &UploadId, guard: &mut Option<HashState>) -> Result<u64> {
         let size = self.forget_if_unknown(id, self.session_size(name, id).await).await?;
-        self.end_if_staged_lost(id, guard).await?;
+        self.end_if_staged_lost(id, size, guard).await?;
         Ok(size)
     }
 
-    /// Ends a session (lock held, as `guard`) whose staged bytes are gone, answering it as
-    /// unknown, so that the client starts its upload again. A crash between an upload's
-    /// commit (the staged file renamed into the blob's place) and its record leaves such a
-    /// session; every step of it would fail otherwise, until its age removed it.
-    async fn end_if_staged_lost(&self, id: &UploadId, guard: &mut Option<HashState>) -> Result<()> {
+    /// Ends a session (lock held, as `guard`) whose staged bytes are gone or fewer than its
+    /// recorded `size`, answering it as unknown, so that the client starts its upload again.
+    /// A crash between an upload's commit (the staged file renamed into the blob's place)
+    /// and its record leaves such a session, and so can a power loss without `sync_writes`
+    /// (the record survived, the last bytes did not); every step of it would fail otherwise,
+    /// until its age removed it.
+    async fn end_if_staged_lost(&self, id: &UploadId, size: u64, guard: &mut Option<HashState>) -> Result<()> {
         // A session this process wrote to has its staged file (a cached hash state).
-        if guard.is_some() || self.staged_exists(id).await? {
+        if guard.is_some() || self.staged_holds(id, size).await? {
             return Ok(());
         }
-        tracing::warn!(upload = %id, "an upload session's staged bytes are gone (a crash while it was being finished): the session ends, and its client starts again");
+        tracing::warn!(upload = %id, recorded = size, "an upload session's staged bytes are gone or short (a crash while it was being finished, or a power loss): the session ends, and its client starts again");
         *guard = None;
         self.cancel_locked(id).await?;
         Err(Error::UploadUnknown)
