@@ -204,29 +204,49 @@ pub fn delete(conn: &Connection, id: ManifestId, touch_at: Option<i64>) -> Resul
     Ok(Deleted { tags: tags as u64, bytes: bytes as u64 })
 }
 
+/// A page of referrers, and whether more follow it.
+pub struct ReferrerPage {
+    pub rows: Vec<ReferrerRow>,
+    pub more: bool,
+}
+
+/// What a referrer's descriptor adds to an answer besides its annotations, artifact and
+/// media types: the digest, size and JSON punctuation.
+const DESCRIPTOR_BYTES: usize = 160;
+
 /// The manifests of `repo` whose subject is `subject`, optionally only those of one
-/// artifact type, ordered by digest: at most `limit`, after the digest `after` if given.
+/// artifact type, ordered by digest, after the digest `after` if given: at most `limit`,
+/// and no more than about `max_bytes` of descriptors (always at least one), for
+/// annotations can make each one as large as a manifest.
 pub fn referrers(
     conn: &Connection,
     repo: RepoId,
     subject: &Digest,
     artifact_type: Option<&str>,
-    (after, limit): (Option<&str>, usize),
-) -> Result<Vec<ReferrerRow>> {
+    (after, limit, max_bytes): (Option<&str>, usize, usize),
+) -> Result<ReferrerPage> {
     let mut stmt = conn.prepare_cached(
         "SELECT digest, media_type, length(payload), artifact_type, annotations FROM manifests
           WHERE repository_id = ?1 AND subject = ?2 AND (?3 IS NULL OR artifact_type = ?3)
             AND (?4 IS NULL OR digest > ?4)
           ORDER BY digest LIMIT ?5",
     )?;
-    let rows = stmt.query_map(params![repo, subject.to_string(), artifact_type, after, limit as i64], |r| {
-        Ok(ReferrerRow {
+    let mut found = stmt.query(params![repo, subject.to_string(), artifact_type, after, limit as i64 + 1])?;
+    let (mut rows, mut bytes) = (Vec::new(), 0);
+    while let Some(r) = found.next()? {
+        let row = ReferrerRow {
             digest: r.get(0)?,
             media_type: r.get(1)?,
             size: r.get::<_, i64>(2)? as u64,
             artifact_type: r.get(3)?,
             annotations: r.get(4)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        };
+        let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        bytes += DESCRIPTOR_BYTES + row.media_type.len() + len(&row.artifact_type) + len(&row.annotations);
+        if rows.len() == limit || (!rows.is_empty() && bytes > max_bytes) {
+            return Ok(ReferrerPage { rows, more: true });
+        }
+        rows.push(row);
+    }
+    Ok(ReferrerPage { rows, more: false })
 }

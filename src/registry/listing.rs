@@ -43,17 +43,21 @@ impl Registry {
         name: &RepoName,
         subject: &Digest,
         artifact_type: Option<String>,
-        (after, limit): (Option<String>, usize),
-    ) -> Result<Vec<Referrer>> {
+        (after, limit, max_bytes): (Option<String>, usize, usize),
+    ) -> Result<(Vec<Referrer>, bool)> {
         let (n, s) = (name.clone(), subject.clone());
-        let rows = self
+        let page = self
             .meta
             .read(move |c| match repositories::find(c, &n)? {
-                Some(repo) => manifests::referrers(c, repo, &s, artifact_type.as_deref(), (after.as_deref(), limit)),
-                None => Ok(Vec::new()),
+                Some(repo) => {
+                    manifests::referrers(c, repo, &s, artifact_type.as_deref(), (after.as_deref(), limit, max_bytes))
+                }
+                None => Ok(manifests::ReferrerPage { rows: Vec::new(), more: false }),
             })
             .await?;
-        rows.into_iter()
+        let referrers = page
+            .rows
+            .into_iter()
             .map(|r| {
                 let annotations = r
                     .annotations
@@ -68,6 +72,7 @@ impl Registry {
                     annotations,
                 })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((referrers, page.more))
     }
 }

@@ -233,6 +233,50 @@ async fn subject_header_and_referrers_in_either_order() {
     expect_error(s.get("/v2/ref/referrers/sha256:bad").await, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
 }
 
+/// Annotations can make each referrer as large as a manifest: a page holds about 1 MiB of
+/// them (it held a thousand, 4 GB of answer built in memory), and the pages still list
+/// every referrer once.
+#[tokio::test]
+async fn referrers_with_large_annotations_come_in_pages_of_a_mebibyte() {
+    let s = Server::start();
+    let (subject_body, subject) = s.push_image("big/ref", "v1", &[b"layer"]).await;
+    let config = s.push_blob("big/ref", b"{}").await;
+    let mut pushed = Vec::new();
+    for i in 0..12 {
+        let body = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.example.big",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_body.len()},
+            "annotations": {"n": i.to_string(), "blob": "x".repeat(300 << 10)},
+        }))
+        .unwrap();
+        pushed.push(sha256(&body));
+        assert_eq!(s.put_manifest("big/ref", &sha256(&body), OCI_MANIFEST, &body).await.status(), StatusCode::CREATED);
+    }
+    let mut listed = Vec::new();
+    let mut next = Some(format!("/v2/big/ref/referrers/{subject}?artifactType=application/vnd.example.big"));
+    while let Some(page) = next.take() {
+        let resp = s.get(&page).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        next = resp.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            l.strip_prefix('<').and_then(|l| l.split_once(">; rel=\"next\"")).expect("a next link").0.to_owned()
+        });
+        let body = resp.bytes().await.unwrap();
+        assert!(body.len() <= (1 << 20) + (300 << 10), "a page of {} bytes", body.len());
+        let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let manifests = index["manifests"].as_array().unwrap();
+        assert!(!manifests.is_empty() && manifests.len() <= 4, "{} referrers in a page", manifests.len());
+        listed.extend(manifests.iter().map(|m| m["digest"].as_str().unwrap().to_owned()));
+        if let Some(next) = &next {
+            assert!(next.contains("artifactType=application%2Fvnd.example.big"), "the filter carries on: {next}");
+        }
+    }
+    pushed.sort();
+    assert_eq!(listed, pushed);
+}
+
 #[tokio::test]
 async fn deletes_by_tag_and_by_digest() {
     let s = Server::start();

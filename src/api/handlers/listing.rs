@@ -15,10 +15,12 @@ use crate::registry::{Error, Registry};
 
 /// The largest page served; a client asking for more gets this many and a `Link` header.
 const MAX_PAGE: usize = 10_000;
-/// The most referrers in one answer: a thousand descriptors with annotations make an
-/// index of well under a MiB, whatever size a client accepts for one; more come with a
-/// `Link` to the next page, as the spec asks of a list that does not fit in one.
+/// The most referrers in one answer, and about the most bytes of it (annotations can make
+/// each descriptor as large as a manifest): an index of at most 1 MiB (or one referrer),
+/// well within the 4 MiB clients accept for one. More come with a `Link` to the next
+/// page, as the spec asks of a list that does not fit in one.
 const REFERRERS_PAGE: usize = 1_000;
+const REFERRERS_PAGE_BYTES: usize = 1 << 20;
 
 pub fn base() -> Response {
     finish(respond(StatusCode::OK).header(header::CONTENT_TYPE, "application/json"), Body::from("{}"))
@@ -76,9 +78,8 @@ pub async fn referrers(registry: &Registry, name: &RepoName, digest: &Digest, re
     let filter = headers::param(&params, "artifactType").filter(|t| !t.is_empty()).map(str::to_owned);
     let filtered = filter.is_some();
     let (n, last) = page(&params, REFERRERS_PAGE)?;
-    let mut referrers = registry.referrers(name, digest, filter.clone(), (last, n + 1)).await?;
-    let next = (referrers.len() > n).then(|| {
-        referrers.truncate(n);
+    let (referrers, more) = registry.referrers(name, digest, filter.clone(), (last, n, REFERRERS_PAGE_BYTES)).await?;
+    let next = more.then(|| {
         let extra = filter
             .map(|t| format!("&artifactType={}", form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()));
         referrers
