@@ -295,16 +295,30 @@ async fn a_data_directory_the_server_cannot_write_in_is_refused_at_start() {
     // Its error, once it has exited (a server that starts instead is stopped, and fails
     // the test).
     let start = || {
-        let mut child = Command::new(&binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .env("BOSUN_MIN_FREE_SPACE", "0")
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let spawn = || {
+            Command::new(&binary)
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(&data)
+                .env("BOSUN_MIN_FREE_SPACE", "0")
+                .uid(NOBODY)
+                .gid(NOBODY)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        };
+        // Another test's child, forked while the copy was being written, may still hold
+        // it open for an instant (ETXTBSY).
+        let mut child = spawn();
+        for _ in 0..50 {
+            match &child {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    child = spawn();
+                }
+                _ => break,
+            }
+        }
+        let mut child = child.unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while child.try_wait().unwrap().is_none() {
             if std::time::Instant::now() > deadline {
