@@ -305,6 +305,26 @@ impl<T> StallLimited<T> {
     }
 }
 
+/// A body's error as `io::Error`: `ConnectionAborted` when the client hung up before the
+/// body's end (which `registry::Error::body` tells from a client's mistake).
+fn body_error(e: hyper::Error) -> io::Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut hung_up = e.is_incomplete_message();
+    while let Some(c) = cause {
+        hung_up |= c.downcast_ref::<io::Error>().is_some_and(|c| {
+            matches!(
+                c.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            )
+        });
+        cause = c.source();
+    }
+    io::Error::new(if hung_up { io::ErrorKind::ConnectionAborted } else { io::ErrorKind::Other }, e)
+}
+
 impl Body for StallLimited<Incoming> {
     type Data = Bytes;
     type Error = io::Error;
@@ -312,7 +332,7 @@ impl Body for StallLimited<Incoming> {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match ready!(self.check(polled, cx, "sent")) {
-            Ok(frame) => Poll::Ready(frame.map(|f| f.map_err(io::Error::other))),
+            Ok(frame) => Poll::Ready(frame.map(|f| f.map_err(body_error))),
             Err(stalled) => Poll::Ready(Some(Err(stalled))),
         }
     }

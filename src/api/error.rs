@@ -14,6 +14,11 @@ use super::endpoint::PathError;
 use crate::registry::Error;
 use crate::throttle::Throttle;
 
+/// Marks the answer to a request whose client hung up before sending its whole body: the
+/// access log and the request metrics count it as cut off, not by its status.
+#[derive(Clone, Copy, Debug)]
+pub struct CutOff;
+
 /// An error on its way to the client.
 #[derive(Debug)]
 pub struct ApiError(pub Error);
@@ -51,6 +56,8 @@ fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
         UploadUnknown => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
         UploadInvalid(_) | BodyRead(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+        // Nobody reads this answer; the response carries `CutOff`.
+        ClientGone(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
         ChunkOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
         // The spec's codes are a closed list with none for a read range; the status, the
         // message and `Content-Range: bytes */<size>` say what is wrong. Not BLOB_UNKNOWN:
@@ -120,6 +127,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::CONTENT_RANGE, super::headers::value(format!("bytes */{size}")));
             }
             _ => {}
+        }
+        if matches!(self.0, Error::ClientGone(_)) {
+            response.extensions_mut().insert(CutOff);
         }
         response
     }

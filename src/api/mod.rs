@@ -118,8 +118,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             ApiError(Error::Internal(format!("the handler of {method} {uri} panicked: {what}"))).into_response()
         }
     };
-    entry.finish(response.status());
-    timer.finish(response.status());
+    // A client that hung up mid-body is not answered: dropped unfinished, both count the
+    // request as cut off.
+    if response.extensions().get::<error::CutOff>().is_none() {
+        entry.finish(response.status());
+        timer.finish(response.status());
+    }
     response
 }
 

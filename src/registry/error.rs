@@ -57,6 +57,10 @@ pub enum Error {
     NotFound(String),
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
+    /// The client hung up before sending its whole body: no one reads the answer, and the
+    /// request counts as cut off, not as the client's mistake.
+    #[error("the client hung up before sending the whole body: {0}")]
+    ClientGone(String),
     /// The disk (or the database) is full: not the client's mistake, and not a bug either.
     #[error("the registry's storage is full; retry once its operator has freed space")]
     StorageFull(String),
@@ -81,6 +85,22 @@ impl From<MetadataError> for Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         if is_full(&e) { Error::StorageFull(format!("storage: {e}")) } else { Error::Internal(format!("storage: {e}")) }
+    }
+}
+
+impl Error {
+    /// A request body that could not be read: the client hung up (which the HTTP layer
+    /// reports as `ConnectionAborted`, see `api::connections`), or it stalled or sent
+    /// something unreadable.
+    pub fn body(e: &(dyn std::error::Error + 'static)) -> Error {
+        let mut cause = Some(e);
+        while let Some(e) = cause {
+            if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionAborted) {
+                return Error::ClientGone(e.to_string());
+            }
+            cause = e.source();
+        }
+        Error::BodyRead(e.to_string())
     }
 }
 

@@ -228,7 +228,7 @@ impl Registry {
     ) -> Result<UploadStatus>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
-        E: std::fmt::Display,
+        E: std::error::Error + 'static,
     {
         let mut guard = self.sessions.lock(id).await;
         let size = self.usable_session(name, id, &mut guard).await?;
@@ -254,7 +254,7 @@ impl Registry {
     ) -> Result<(HashState, u64)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
-        E: std::fmt::Display,
+        E: std::error::Error + 'static,
     {
         let state = self.hash_state(id, cached, size).await?;
         if let Some(r) = range {
@@ -270,7 +270,7 @@ impl Registry {
         let mut writer = self.store.upload_writer(id, state.size).await?;
         let outcome: Result<()> = async {
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| Error::BodyRead(e.to_string()))?;
+                let chunk = chunk.map_err(|e| Error::body(&e))?;
                 size += chunk.len() as u64;
                 hasher.update(chunk.clone()).await;
                 writer.write(chunk).await?;
@@ -321,7 +321,7 @@ impl Registry {
     ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
-        E: std::fmt::Display,
+        E: std::error::Error + 'static,
     {
         let mut guard = self.sessions.lock(id).await;
         let size = self.usable_session(name, id, &mut guard).await?;

@@ -75,11 +75,23 @@ async fn a_client_that_disconnects_mid_chunk_leaves_the_upload_as_it_was() {
     sock.write_all(head.as_bytes()).await.unwrap();
     sock.write_all(&[2u8; 10_000]).await.unwrap();
     drop(sock);
-    // The server noticed the body end short and refused the chunk (an answer nobody
-    // reads), rolling it back: the session is as it was.
-    s.wait_counted("upload", "PATCH", "4xx").await;
+    // The server noticed the body end short and rolled the chunk back: the session is as
+    // it was. The request counts as cut off, not as a client's mistake (4xx).
+    s.wait_cut_off("upload", "PATCH").await;
+    assert_eq!(s.requests_counted("upload", "PATCH", "4xx").await, 0);
     let range = header(&s.get(&location).await, "range");
     assert_eq!(range, "0-999");
+    // So does a manifest cut off, and nothing of it is stored.
+    let mut sock = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    let head = format!(
+        "PUT /v2/cut/manifests/v1 HTTP/1.1\r\nHost: {}\r\nContent-Type: {OCI_MANIFEST}\r\nContent-Length: 5000\r\n\r\n{{\"schemaVersion\": 2,",
+        s.addr
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    drop(sock);
+    s.wait_cut_off("manifest", "PUT").await;
+    assert_eq!(s.requests_counted("manifest", "PUT", "4xx").await, 0);
+    assert_eq!(s.get("/v2/cut/manifests/v1").await.status(), StatusCode::NOT_FOUND);
     let mut data = vec![1u8; 1000];
     data.extend_from_slice(&[3u8; 500]);
     let digest = sha256(&data);

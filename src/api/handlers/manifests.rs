@@ -90,7 +90,10 @@ pub async fn put(
         .await
         .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
             Ok(_) => Error::ManifestTooLarge { size: limit + 1, limit },
-            Err(e) => Error::ManifestInvalid(format!("the manifest could not be read whole: {e}")),
+            Err(e) => match Error::body(&*e) {
+                gone @ Error::ClientGone(_) => gone,
+                _ => Error::ManifestInvalid(format!("the manifest could not be read whole: {e}")),
+            },
         })?
         .to_bytes();
     // A push by digest may name tags to point at it too (`?tag=`, spec 1.2); each accepted
