@@ -27,7 +27,12 @@ impl std::fmt::Display for Pause {
             write!(f, ", until {} UTC", crate::time::utc(until))?;
         }
         if !self.reason.is_empty() {
-            write!(f, ": {}", self.reason)?;
+            // A client wrote the reason: its control characters are shown escaped, so that
+            // it cannot start a forged line in a log or drive the operator's terminal.
+            f.write_str(": ")?;
+            for c in self.reason.chars() {
+                if c.is_control() { write!(f, "{}", c.escape_default())? } else { write!(f, "{c}")? }
+            }
         }
         Ok(())
     }
@@ -87,6 +92,12 @@ mod tests {
         let second = Pause { paused_at: 2 * day, paused_by: "cli".into(), reason: String::new(), until: None };
         assert_eq!(set(&conn, &second).unwrap(), Some(first.clone()), "a second pause replaced the first");
         assert_eq!(first.to_string(), "since 1970-01-02 00:00:00 UTC, by 127.0.0.1: migration");
+        // A reason cannot forge a line of the log it is written to, nor color it.
+        let forged = Pause { reason: "x\n2026-12-06T13:40:00Z ERROR forged \u{1b}[31mred".into(), ..first.clone() };
+        assert_eq!(
+            forged.to_string(),
+            "since 1970-01-02 00:00:00 UTC, by 127.0.0.1: x\\n2026-12-06T13:40:00Z ERROR forged \\u{1b}[31mred"
+        );
         assert_eq!(clear(&conn, 2 * day).unwrap(), Some(first.clone()));
         assert_eq!(get(&conn, 2 * day).unwrap(), None);
         assert_eq!(clear(&conn, 2 * day).unwrap(), None);
