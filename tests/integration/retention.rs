@@ -681,6 +681,12 @@ untagged = "1d"
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("was pushed or probed since"), "{answer}");
     s.verify_image("probe/a", &digest).await.unwrap();
+    // Unused for the age again, it goes, and the log names it (the audit lists tags only).
+    s.advance_clock(2 * DAY).await;
+    let (status, run) = s.admin_post("/admin/retention/run").await;
+    assert_eq!((status, &run["manifests_deleted"]), (StatusCode::OK, &json!(1)), "{run}");
+    let lines = s.logged(&[" INFO ", "retention deleted an untagged manifest", "probe/a", &digest, "age"]).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
 }
 
 /// The bytes a plan reports as freed count what collections free once the policy's
