@@ -19,7 +19,8 @@ use super::Endpoint;
 /// A request being served, for its line in the log once answered (or dropped).
 pub struct Entry {
     method: Method,
-    /// The path, and for an admin action its query (which names what the action is on);
+    /// The path, and for an admin action or a manifest push its query (which names what
+    /// the action is on, or the tags the push moves);
     /// only kept when the line will be written, and taken when it is.
     target: Option<String>,
     peer: Option<SocketAddr>,
@@ -35,9 +36,11 @@ impl Entry {
         let change = is_change(method, path, endpoint);
         let written =
             if change { tracing::enabled!(tracing::Level::INFO) } else { tracing::enabled!(tracing::Level::DEBUG) };
-        // Queries of `/v2/` are left out: an upload's digest says nothing about who did what.
+        // Queries of `/v2/` are left out (an upload's digest says nothing about who did
+        // what), except a manifest push's: its `?tag=` moves tags.
+        let manifest_push = *method == Method::PUT && matches!(endpoint, Some(Endpoint::Manifest { .. }));
         let target = written.then(|| match uri.query() {
-            Some(query) if path.starts_with("/admin/") => format!("{path}?{query}"),
+            Some(query) if path.starts_with("/admin/") || manifest_push => format!("{path}?{query}"),
             _ => path.to_owned(),
         });
         Entry { method: method.clone(), target, peer, change, started: Instant::now() }

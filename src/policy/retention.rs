@@ -452,12 +452,25 @@ impl Retention {
                 // "where did my image go?" (tags are in the audit too, restorable).
                 for rp in &plan.repositories {
                     for t in rp.tags.iter().filter(|t| !t.keep) {
-                        tracing::info!(repository = rp.repository, tag = t.tag, digest = t.digest, policy = rp.policy,
-                            reason = t.reason, plan = id, "retention deleted a tag");
+                        tracing::info!(
+                            repository = rp.repository,
+                            tag = t.tag,
+                            digest = t.digest,
+                            policy = rp.policy,
+                            reason = t.reason,
+                            plan = id,
+                            "retention deleted a tag"
+                        );
                     }
                     for u in rp.untagged.iter().filter(|u| !u.keep) {
-                        tracing::info!(repository = rp.repository, digest = u.digest, policy = rp.policy,
-                            reason = u.reason, plan = id, "retention deleted an untagged manifest");
+                        tracing::info!(
+                            repository = rp.repository,
+                            digest = u.digest,
+                            policy = rp.policy,
+                            reason = u.reason,
+                            plan = id,
+                            "retention deleted an untagged manifest"
+                        );
                     }
                 }
                 let m = &registry.metrics;

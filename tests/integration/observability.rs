@@ -10,12 +10,20 @@ use crate::harness::*;
 #[tokio::test]
 async fn changes_are_in_the_access_log_with_the_clients_address() {
     let s = Server::start();
-    let (_, digest) = s.push_image("logged", "v1", &[b"layer"]).await;
+    let (body, digest) = s.push_image("logged", "v1", &[b"layer"]).await;
     assert_eq!(s.get("/v2/logged/manifests/v1").await.status(), StatusCode::OK);
+    // A push by digest that moves tags (`?tag=`) names them.
+    let by_digest = format!("/v2/logged/manifests/{digest}?tag=prod&tag=v1");
+    assert_eq!(
+        s.put_manifest("logged", &format!("{digest}?tag=prod&tag=v1"), OCI_MANIFEST, &body).await.status(),
+        StatusCode::CREATED
+    );
     assert_eq!(s.delete(&format!("/v2/logged/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
     let deleted = format!("path=\"/v2/logged/manifests/{digest}\"");
+    let tagged = format!("path=\"{by_digest}\"");
     for words in [
         &["method=\"PUT\"", "path=\"/v2/logged/manifests/v1\"", "status=201"][..],
+        &["method=\"PUT\"", &tagged, "status=201"],
         &["method=\"DELETE\"", &deleted, "status=202"],
     ] {
         let lines = s.logged(&[&[" INFO ", "request", "peer=\"127.0.0.1:"], words].concat()).await;
