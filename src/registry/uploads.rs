@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
 
 use super::hashing::PipelinedHasher;
 use super::{Error, Registry, Result, quota};
@@ -32,7 +33,32 @@ struct HashState {
     hasher: Hasher,
 }
 
-type SessionSlot = Arc<tokio::sync::Mutex<Option<HashState>>>;
+/// One session's lock, and the signal that its client cancelled it.
+#[derive(Clone, Default)]
+struct SessionSlot {
+    state: Arc<tokio::sync::Mutex<Option<HashState>>>,
+    cancelled: CancellationToken,
+}
+
+/// A session's lock, held by one request; derefs to the session's hash state.
+struct SessionGuard {
+    state: tokio::sync::OwnedMutexGuard<Option<HashState>>,
+    /// Fires when the client cancels the session (DELETE) while this request holds it.
+    cancelled: CancellationToken,
+}
+
+impl std::ops::Deref for SessionGuard {
+    type Target = Option<HashState>;
+    fn deref(&self) -> &Option<HashState> {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for SessionGuard {
+    fn deref_mut(&mut self) -> &mut Option<HashState> {
+        &mut self.state
+    }
+}
 
 /// A session's lock, held by collection while it removes the session ([`Sessions::claim`]).
 pub(crate) struct Claim {
@@ -54,27 +80,36 @@ impl Sessions {
 
     /// Whether a request is using the session right now (a collection would leave it).
     pub(crate) fn in_use(&self, id: &UploadId) -> bool {
-        self.0.lock().expect("sessions poisoned").get(id).is_some_and(|slot| slot.try_lock().is_err())
+        self.0.lock().expect("sessions poisoned").get(id).is_some_and(|slot| slot.state.try_lock().is_err())
+    }
+
+    /// Stops the request that holds the session, if one does (a chunk still being sent):
+    /// its client cancelled the session, and the cancel need not wait for the chunk's end.
+    fn cancel_in_flight(&self, id: &UploadId) {
+        if let Some(slot) = self.0.lock().expect("sessions poisoned").get(id) {
+            slot.cancelled.cancel();
+        }
     }
 
     /// The session's lock, for one request. One that must wait says so (at debug): a
     /// client's second request on the same session, or a collection removing it, holds it.
-    async fn lock(&self, id: &UploadId) -> tokio::sync::OwnedMutexGuard<Option<HashState>> {
+    async fn lock(&self, id: &UploadId) -> SessionGuard {
         let slot = self.slot(id);
-        match slot.clone().try_lock_owned() {
+        let state = match slot.state.clone().try_lock_owned() {
             Ok(guard) => guard,
             Err(_) => {
                 tracing::debug!(upload = %id, "waiting for the upload session, which another request or a collection holds");
-                slot.lock_owned().await
+                slot.state.clone().lock_owned().await
             }
-        }
+        };
+        SessionGuard { state, cancelled: slot.cancelled }
     }
 
     /// The session's lock, unless a request holds it. Collection removes a session only
     /// while holding it, so a request that arrives meanwhile waits, then finds the session
     /// gone (404) instead of writing to a file being deleted.
     pub(crate) fn claim(&self, id: &UploadId) -> Option<Claim> {
-        self.slot(id).try_lock_owned().ok().map(|lock| Claim { _lock: lock })
+        self.slot(id).state.try_lock_owned().ok().map(|lock| Claim { _lock: lock })
     }
 }
 
@@ -242,12 +277,13 @@ impl Registry {
         Ok(UploadStatus { id: id.clone(), size: new_size })
     }
 
-    /// Appends to a session whose lock the caller holds (`cached` is its hash state, `size`
-    /// the bytes it holds); returns the new state and how many bytes this step added.
+    /// Appends to a session whose lock the caller holds (`session`, with its hash state;
+    /// `size` the bytes it holds); returns the new state and how many bytes this step
+    /// added. A cancel of the session stops it (rolled back, as unknown).
     async fn append_locked<S, E>(
         &self,
         id: &UploadId,
-        cached: &Option<HashState>,
+        session: &SessionGuard,
         size: u64,
         range: Option<ChunkRange>,
         mut body: S,
@@ -256,7 +292,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::error::Error + 'static,
     {
-        let state = self.hash_state(id, cached, size).await?;
+        let state = self.hash_state(id, session, size).await?;
         if let Some(r) = range {
             if r.start != state.size {
                 return Err(Error::ChunkOutOfOrder { got: r.start, have: state.size });
@@ -269,7 +305,13 @@ impl Registry {
         let mut size = state.size;
         let mut writer = self.store.upload_writer(id, state.size).await?;
         let outcome: Result<()> = async {
-            while let Some(chunk) = body.next().await {
+            loop {
+                let chunk = tokio::select! {
+                    biased;
+                    () = session.cancelled.cancelled() => return Err(Error::UploadUnknown),
+                    chunk = body.next() => chunk,
+                };
+                let Some(chunk) = chunk else { break };
                 let chunk = chunk.map_err(|e| Error::body(&e))?;
                 size += chunk.len() as u64;
                 hasher.update(chunk.clone()).await;
@@ -400,11 +442,20 @@ impl Registry {
 
     /// Cancels an upload session and removes its staged bytes.
     pub async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<()> {
+        // No session of this repository: answered at once, not after the lock, which a
+        // request of the session's own repository may hold for long.
+        self.session_size(name, id).await?;
+        // A chunk still coming (a slow client's) is stopped, not waited for.
+        self.sessions.cancel_in_flight(id);
         let mut guard = self.sessions.lock(id).await;
         let known = self.session_size(name, id).await;
         self.forget_if_unknown(id, known).await?;
         *guard = None;
-        self.cancel_locked(id).await
+        let cancelled = self.cancel_locked(id).await;
+        // A cancel that failed leaves the session to go on, in a fresh slot: this one's
+        // signal has fired.
+        self.sessions.forget(id);
+        cancelled
     }
 
     /// Passes `result` on; if it says the session is unknown and no session has that id at

@@ -1,7 +1,7 @@
 //! Blob uploads: monolithic, single-POST, chunked (with its 416 rules), status, cancel,
 //! mounts, and digest verification.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use tokio::io::AsyncWriteExt;
@@ -187,6 +187,37 @@ async fn cancel_removes_the_session() {
     let location = header(&resp, "location");
     let other = location.replace("/v2/cancel/", "/v2/other/");
     expect_error(s.get(&other).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+}
+
+/// A cancel while a chunk is still being sent (a slow client, a stalled one within the
+/// stall limit) stops that chunk instead of waiting for its end, which a trickling client
+/// could put off forever; a cancel of another repository's session stops nothing.
+#[tokio::test]
+async fn a_cancel_stops_a_chunk_still_being_sent() {
+    use tokio::io::AsyncReadExt;
+    let s = Server::start();
+    let location = header(&s.http.post(s.url("/v2/slow/a/blobs/uploads/")).send().await.unwrap(), "location");
+    let mut sock = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    let head = format!("PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&[7u8; 1000]).await.unwrap();
+    // The chunk holds the session; another repository's cancel neither waits nor stops it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = location.replace("/v2/slow/a/", "/v2/slow/b/");
+    let started = Instant::now();
+    expect_error(s.delete(&other).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert!(started.elapsed() < Duration::from_secs(10), "another repository's cancel waited {:?}", started.elapsed());
+    sock.write_all(&[7u8; 1000]).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(s.delete(&location).await.status(), StatusCode::NO_CONTENT);
+    assert!(started.elapsed() < Duration::from_secs(10), "the cancel waited {:?}", started.elapsed());
+    // The chunk's request ends as the session: unknown.
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 404") && answer.contains("BLOB_UPLOAD_UNKNOWN"), "{answer}");
+    expect_error(s.get(&location).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
 }
 
 #[tokio::test]
