@@ -205,6 +205,14 @@ impl Registry {
         }
     }
 
+    /// The lock of `name`'s session `id`. No session of this repository is answered at once,
+    /// not after the lock, which a request of the session's own repository (a slow chunk)
+    /// may hold for long; the caller checks again under the lock (`usable_session`).
+    async fn lock_session(&self, name: &RepoName, id: &UploadId) -> Result<SessionGuard> {
+        self.session_size(name, id).await?;
+        Ok(self.sessions.lock(id).await)
+    }
+
     /// Whether `name` may go on with the session whose lock the caller holds (as `guard`):
     /// it is `name`'s, and its staged bytes are there (else it ends, as unknown). Returns
     /// the bytes it holds.
@@ -265,7 +273,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::error::Error + 'static,
     {
-        let mut guard = self.sessions.lock(id).await;
+        let mut guard = self.lock_session(name, id).await?;
         let size = self.usable_session(name, id, &mut guard).await?;
         let (state, received) = self.append_locked(id, &guard, size, range, body).await?;
         let (i, new_size) = (id.clone(), state.size);
@@ -365,7 +373,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: std::error::Error + 'static,
     {
-        let mut guard = self.sessions.lock(id).await;
+        let mut guard = self.lock_session(name, id).await?;
         let size = self.usable_session(name, id, &mut guard).await?;
         let (state, received) = self.append_locked(id, &guard, size, range, body).await?;
         let actual = match digest.algorithm() {
@@ -442,10 +450,9 @@ impl Registry {
 
     /// Cancels an upload session and removes its staged bytes.
     pub async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<()> {
-        // No session of this repository: answered at once, not after the lock, which a
-        // request of the session's own repository may hold for long.
+        // Checked first, as by `lock_session`: only the session's own repository stops a
+        // chunk still coming (a slow client's), which is not waited for.
         self.session_size(name, id).await?;
-        // A chunk still coming (a slow client's) is stopped, not waited for.
         self.sessions.cancel_in_flight(id);
         let mut guard = self.sessions.lock(id).await;
         let known = self.session_size(name, id).await;

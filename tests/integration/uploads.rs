@@ -191,7 +191,8 @@ async fn cancel_removes_the_session() {
 
 /// A cancel while a chunk is still being sent (a slow client, a stalled one within the
 /// stall limit) stops that chunk instead of waiting for its end, which a trickling client
-/// could put off forever; a cancel of another repository's session stops nothing.
+/// could put off forever; another repository's steps naming the session neither stop it nor
+/// wait for it.
 #[tokio::test]
 async fn a_cancel_stops_a_chunk_still_being_sent() {
     use tokio::io::AsyncReadExt;
@@ -206,7 +207,11 @@ async fn a_cancel_stops_a_chunk_still_being_sent() {
     let other = location.replace("/v2/slow/a/", "/v2/slow/b/");
     let started = Instant::now();
     expect_error(s.delete(&other).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
-    assert!(started.elapsed() < Duration::from_secs(10), "another repository's cancel waited {:?}", started.elapsed());
+    let patch = s.http.patch(s.url(&other)).body("x").send().await.unwrap();
+    expect_error(patch, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    let put = s.http.put(s.url(&format!("{other}?digest={}", sha256(b"x")))).body("x").send().await.unwrap();
+    expect_error(put, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert!(started.elapsed() < Duration::from_secs(10), "another repository's steps waited {:?}", started.elapsed());
     sock.write_all(&[7u8; 1000]).await.unwrap();
     let started = Instant::now();
     assert_eq!(s.delete(&location).await.status(), StatusCode::NO_CONTENT);
