@@ -47,10 +47,6 @@ use tower_service::Service;
 use crate::config::HttpConfig;
 use crate::metrics::Metrics;
 
-/// Serves `router` on `listener` (called `name` in the log), at most `max_connections`
-/// connections at once, until `shutdown` completes, then stops accepting and waits for the
-/// connections to finish their requests, for `limits.drain_timeout` at most. Returns with
-/// those still running left to the caller, whose exit cuts them off.
 /// A 204 or 304 says no length (RFC 9110 §8.6, §15.4.5): axum writes one on every answer,
 /// and hyper removes it from a 204 to a GET but not to a HEAD.
 fn without_length_when_bodiless(mut response: axum::response::Response) -> axum::response::Response {
@@ -60,6 +56,10 @@ fn without_length_when_bodiless(mut response: axum::response::Response) -> axum:
     response
 }
 
+/// Serves `router` on `listener` (called `name` in the log), at most `max_connections`
+/// connections at once, until `shutdown` completes, then stops accepting and waits for the
+/// connections to finish their requests, for `limits.drain_timeout` at most. Returns with
+/// those still running left to the caller, whose exit cuts them off.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,

@@ -27,11 +27,13 @@ impl std::fmt::Display for Pause {
             write!(f, ", until {} UTC", crate::time::utc(until))?;
         }
         if !self.reason.is_empty() {
-            // A client wrote the reason: its control characters are shown escaped, so that
-            // it cannot start a forged line in a log or drive the operator's terminal.
+            // A client wrote the reason: its control characters, line separators and
+            // direction overrides are shown escaped, so that it cannot start a forged line
+            // in a log, drive the operator's terminal or reorder what it shows.
             f.write_str(": ")?;
             for c in self.reason.chars() {
-                if c.is_control() { write!(f, "{}", c.escape_default())? } else { write!(f, "{c}")? }
+                let hidden = matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+                if c.is_control() || hidden { write!(f, "{}", c.escape_default())? } else { write!(f, "{c}")? }
             }
         }
         Ok(())
@@ -93,10 +95,13 @@ mod tests {
         assert_eq!(set(&conn, &second).unwrap(), Some(first.clone()), "a second pause replaced the first");
         assert_eq!(first.to_string(), "since 1970-01-02 00:00:00 UTC, by 127.0.0.1: migration");
         // A reason cannot forge a line of the log it is written to, nor color it.
-        let forged = Pause { reason: "x\n2026-12-06T13:40:00Z ERROR forged \u{1b}[31mred".into(), ..first.clone() };
+        let forged = Pause {
+            reason: "x\n2026-12-06T13:40:00Z ERROR forged \u{1b}[31mred\u{2028}\u{202e}é".into(),
+            ..first.clone()
+        };
         assert_eq!(
             forged.to_string(),
-            "since 1970-01-02 00:00:00 UTC, by 127.0.0.1: x\\n2026-12-06T13:40:00Z ERROR forged \\u{1b}[31mred"
+            "since 1970-01-02 00:00:00 UTC, by 127.0.0.1: x\\n2026-12-06T13:40:00Z ERROR forged \\u{1b}[31mred\\u{2028}\\u{202e}é"
         );
         assert_eq!(clear(&conn, 2 * day).unwrap(), Some(first.clone()));
         assert_eq!(get(&conn, 2 * day).unwrap(), None);

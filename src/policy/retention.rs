@@ -116,7 +116,8 @@ struct Target {
 ///
 /// A tag attached to a manifest (a signature, attestation or SBOM by tag, see
 /// [`attachment_target`]) goes with that manifest: kept while a kept (or immutable) tag
-/// points at it, deleted with its last tag, kept while the manifest is there untagged
+/// points at it or an index lists it, deleted with its last tag, kept while the manifest
+/// is there untagged
 /// (its own rules decide), and deleted once the manifest is gone (restorable, like every
 /// tag deletion, should the manifest arrive after all). It takes no place among the tags
 /// the rules rank, so that signing an image does not push it out of "the newest N".

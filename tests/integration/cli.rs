@@ -289,7 +289,8 @@ async fn a_data_directory_the_server_cannot_write_in_is_refused_at_start() {
     let data = dir.path().join("data");
     Server::start_in(&data, &[]).push_blob("made/by-root", b"a blob").await;
     const NOBODY: u32 = 65534;
-    // A copy nobody can reach: the build's may be under a home directory only root enters.
+    // A copy the user `nobody` can run: the build's may be under a home directory only
+    // root enters.
     let binary = dir.path().join("bosun");
     std::fs::copy(env!("CARGO_BIN_EXE_bosun"), &binary).unwrap();
     // Its error, once it has exited (a server that starts instead is stopped, and fails

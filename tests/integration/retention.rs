@@ -828,6 +828,43 @@ tags_regex = "[0-9]+\\.[0-9]+\\.[0-9]+"
     assert_eq!(s.head(&format!("/v2/signed/a/manifests/{signature}")).await.status(), StatusCode::OK);
 }
 
+/// A plan that deletes an image's last tag and its signature, applied after an index came
+/// to list the image (which now stays, and keeps its signature): refused as changed.
+#[tokio::test]
+async fn a_plan_is_refused_when_its_image_became_an_index_child() {
+    let config = r#"
+[[retention]]
+name = "newest"
+repositories = "late/**"
+keep = { newest = 1 }
+"#;
+    let s = Server::start_with_config(config, ENV);
+    let platform = s.push_image("late/a", "amd64", &[b"platform layer"]).await;
+    let digest = platform.1.clone();
+    let signature = format!("{}.sig", digest.replace(':', "-"));
+    s.push_image("late/a", &signature, &[b"signature"]).await;
+    s.advance_clock(1000).await;
+    s.push_image("late/a", "v2", &[b"v2 layer"]).await;
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    let deleted: Vec<&str> = plan["repositories"][0]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["keep"] == false)
+        .map(|t| t["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted.len(), 2, "{plan:#}");
+    assert!(deleted.contains(&"amd64") && deleted.contains(&signature.as_str()), "{plan:#}");
+    push_index(&s, "late/a", "multi", &[platform]).await;
+    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains(&format!("its image {digest} is now listed by index")),
+        "{answer}"
+    );
+    assert_eq!(s.head(&format!("/v2/late/a/manifests/{signature}")).await.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn storage_accounting() {
     let s = Server::start_with(ENV);

@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::request::Parts as Request;
 use axum::http::{Method, StatusCode, header};
 
-use super::{finish, respond};
+use super::{finish, not_modified, respond};
 use crate::api::ApiResult;
 use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, Precondition};
 use crate::metrics::Metrics;
@@ -26,7 +26,7 @@ pub async fn get(registry: &Registry, name: &RepoName, digest: &Digest, request:
         // Preconditions are judged on a blob that exists: an unknown one is still a 404.
         let size = registry.blob_size(name, digest).await?;
         match headers::precondition(request, &etag) {
-            Precondition::NotModified => return Ok(finish(common(StatusCode::NOT_MODIFIED), Body::empty())),
+            Precondition::NotModified => return Ok(not_modified(digest, &etag)),
             Precondition::Failed => return Ok(finish(respond(StatusCode::PRECONDITION_FAILED), Body::empty())),
             Precondition::Proceed if request.method == Method::HEAD => {
                 return Ok(finish(common(StatusCode::OK).header(header::CONTENT_LENGTH, size), Body::empty()));

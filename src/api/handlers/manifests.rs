@@ -6,7 +6,7 @@ use axum::http::request::Parts as Request;
 use axum::http::{Method, StatusCode, header};
 use http_body_util::BodyExt;
 
-use super::{finish, respond};
+use super::{finish, not_modified, respond};
 use crate::api::ApiResult;
 use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG, Precondition};
 use crate::oci::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX};
@@ -48,23 +48,22 @@ pub async fn get(registry: &Registry, name: &RepoName, reference: &Reference, re
         .into());
     }
     let etag = format!("\"{}\"", manifest.digest);
-    let status = match headers::precondition(request, &etag) {
-        Precondition::Proceed => StatusCode::OK,
-        Precondition::NotModified => StatusCode::NOT_MODIFIED,
-        Precondition::Failed => return Ok(finish(respond(StatusCode::PRECONDITION_FAILED), Body::empty())),
-    };
-    let builder = respond(status)
-        .header(header::CONTENT_TYPE, &manifest.media_type)
-        .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
-        .header(header::ETAG, etag);
+    let precondition = headers::precondition(request, &etag);
+    if precondition == Precondition::Failed {
+        return Ok(finish(respond(StatusCode::PRECONDITION_FAILED), Body::empty()));
+    }
     if request.method == Method::GET {
         // A 304 too: the client polled the tag and uses what it points at.
         registry.note_pull(&manifest);
     }
-    if status == StatusCode::NOT_MODIFIED {
-        return Ok(finish(builder, Body::empty()));
+    if precondition == Precondition::NotModified {
+        return Ok(not_modified(&manifest.digest, &etag));
     }
-    let builder = builder.header(header::CONTENT_LENGTH, manifest.payload.len());
+    let builder = respond(StatusCode::OK)
+        .header(header::CONTENT_TYPE, &manifest.media_type)
+        .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
+        .header(header::ETAG, etag)
+        .header(header::CONTENT_LENGTH, manifest.payload.len());
     let body = if request.method == Method::HEAD { Body::empty() } else { Body::from(manifest.payload) };
     Ok(finish(builder, body))
 }

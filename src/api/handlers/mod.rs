@@ -7,7 +7,10 @@ pub mod manifests;
 pub mod uploads;
 
 use axum::body::Body;
-use axum::http::{Response, StatusCode};
+use axum::http::{Response, StatusCode, header};
+
+use crate::api::headers::DOCKER_CONTENT_DIGEST;
+use crate::oci::Digest;
 
 /// A response builder with a status.
 fn respond(status: StatusCode) -> axum::http::response::Builder {
@@ -17,4 +20,13 @@ fn respond(status: StatusCode) -> axum::http::response::Builder {
 /// Finishes a builder whose headers all came from validated values.
 fn finish(builder: axum::http::response::Builder, body: Body) -> axum::response::Response {
     builder.body(body).expect("response built from validated parts")
+}
+
+/// A 304 (the client has this content, addressed by `digest`): the validator and the
+/// digest, none of the content's own fields (RFC 9110 §15.4.5).
+fn not_modified(digest: &Digest, etag: &str) -> axum::response::Response {
+    finish(
+        respond(StatusCode::NOT_MODIFIED).header(header::ETAG, etag).header(DOCKER_CONTENT_DIGEST, digest.to_string()),
+        Body::empty(),
+    )
 }
