@@ -18,6 +18,8 @@ pub const GC_BEFORE_BYTES: &str = "gc.before_bytes";
 /// In a collection, once it holds the locks of a page of stale upload sessions, before it
 /// removes them.
 pub const GC_UPLOADS_CLAIMED: &str = "gc.uploads_claimed";
+/// In a retention run (scheduled or on demand), between its plan and its apply.
+pub const RETENTION_BEFORE_APPLY: &str = "retention.before_apply";
 /// In an upload step, after its body has been received and before it is flushed.
 pub const UPLOAD_BEFORE_FLUSH: &str = "upload.before_flush";
 /// In the opening of an upload session, once its file exists and before its row does.

@@ -484,6 +484,7 @@ impl Retention {
     /// Plans and applies at once (a scheduled run, or `run` on demand).
     pub async fn run(&self, policy: Option<String>) -> Result<Plan> {
         let plan = self.plan(None, policy).await?;
+        self.collector.registry().failpoints.hit(crate::failpoints::RETENTION_BEFORE_APPLY).await;
         self.apply(plan.id).await
     }
 
@@ -536,22 +537,28 @@ impl Retention {
                 let _ = record(name, Some(now)).await;
                 continue;
             };
-            if paused || !schedule.due(last, now) || record(name, Some(now)).await.is_err() {
+            if paused || !schedule.due(last, now) {
                 continue;
             }
             match self.run(Some(name.clone())).await {
-                Ok(plan) => tracing::info!(
-                    policy = %name,
-                    tags_deleted = plan.tags_deleted,
-                    manifests_deleted = plan.manifests_deleted,
-                    bytes_freed = plan.bytes_freed,
-                    "retention policy ran"
-                ),
+                Ok(plan) => {
+                    // Recorded once applied: a run cut off by a crash is due again at the
+                    // first check after the start, not a whole period later. (A crash
+                    // between the apply and this record runs it again, which plans from
+                    // what is there and so deletes only what is due anyway.)
+                    let _ = record(name, Some(now)).await;
+                    tracing::info!(
+                        policy = %name,
+                        tags_deleted = plan.tags_deleted,
+                        manifests_deleted = plan.manifests_deleted,
+                        bytes_freed = plan.bytes_freed,
+                        "retention policy ran"
+                    )
+                }
                 Err(e) => {
                     // Due again at the next check rather than a whole period later: paused
                     // after the check above, the registry changed between plan and apply, or
                     // a failure that may pass.
-                    let _ = record(name, Some(last)).await;
                     if !matches!(e, RetentionError::Paused(_)) {
                         Metrics::add(&registry.metrics.retention_failures, 1);
                         tracing::error!(policy = %name, error = %e, "retention policy failed; retried at the next check");

@@ -354,18 +354,18 @@ impl Server {
         assert_eq!(resp.status(), StatusCode::OK);
     }
 
-    /// Waits until the server stopped at the pause point.
+    /// Waits (up to 30 s) until the server stopped at the pause point.
     pub async fn wait_paused(&self, failpoint: &str) {
-        let v: Value = self
-            .http
-            .get(self.url(&format!("/admin/failpoints/{failpoint}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v["reached"], true, "the server never reached {failpoint}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let url = self.url(&format!("/admin/failpoints/{failpoint}"));
+            let v: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
+            if v["reached"] == true {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the server never reached {failpoint}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until the server dropped a `method` request to `route` whose client went

@@ -1010,6 +1010,39 @@ async fn retention_schedules_start_when_added_and_catch_up_after_a_restart() {
     assert_eq!(tags_settled(&s, "daily/a", 1).await, ["new"]);
 }
 
+/// A scheduled run cut off by a crash (between its plan and its apply) is due again at the
+/// first check after the start: its time was recorded before it ran, so it waited for the
+/// next one, a whole period later.
+#[tokio::test]
+async fn a_scheduled_run_cut_off_by_a_crash_runs_after_the_start() {
+    let env = &[("BOSUN_GC_ENABLED", "false"), ("BOSUN_TEST_FAILPOINTS", "true")];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = r#"
+retention_check_interval = "100ms"
+
+[[retention]]
+name = "daily"
+repositories = "crashed/*"
+keep = { newest = 1 }
+schedule = "0 3 * * *"
+"#;
+    let mut s = Server::start_in_with_config(&data, config, env);
+    s.push_image("crashed/a", "old", &[b"old"]).await;
+    s.advance_clock(1000).await;
+    s.push_image("crashed/a", "new", &[b"new"]).await;
+    schedule_recorded(&data, "daily").await;
+    s.arm("retention.before_apply").await;
+    s.advance_clock(2 * DAY).await;
+    s.wait_paused("retention.before_apply").await;
+    s.kill();
+    // The clock starts over at the restart; two days on again, the time is due.
+    let s = Server::start_in_with_config(&data, config, env);
+    assert_eq!(tag_list(&s.get("/v2/crashed/a/tags/list").await.json().await.unwrap()).len(), 2, "applied");
+    s.advance_clock(2 * DAY).await;
+    assert_eq!(tags_settled(&s, "crashed/a", 1).await, ["new"]);
+}
+
 /// A policy added while collection is paused is seen (recorded) all the same: its time
 /// that comes during the pause runs after the resume, as any other policy's does, instead
 /// of being skipped for a whole period.
