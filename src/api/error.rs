@@ -79,6 +79,8 @@ fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         // delete, and the message says what to delete first.
         BlobReferenced { .. } | ManifestReferenced { .. } => (StatusCode::METHOD_NOT_ALLOWED, "DENIED"),
         Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+        // The spec's codes are a closed list; the write was refused, as by a rule.
+        PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "DENIED"),
         PaginationInvalid(_) => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
         MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
         Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),

@@ -3,7 +3,7 @@
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 
-use crate::registry::Error;
+use crate::registry::{Condition, EntityTags, Error};
 
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
@@ -57,28 +57,25 @@ pub fn parse_content_range(raw: &str) -> Result<(u64, u64), Error> {
     Ok((start.trim().parse().map_err(|_| bad())?, end.trim().parse().map_err(|_| bad())?))
 }
 
-/// What the preconditions of a GET or HEAD decide (RFC 9110 §13.2.2).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Precondition {
-    Proceed,
-    /// `If-None-Match` matched: 304, the client has these bytes.
-    NotModified,
-    /// `If-Match` did not match: 412.
-    Failed,
-}
-
-/// Evaluates `If-Match` and `If-None-Match` against `etag`, the quoted strong validator
-/// of a representation that exists. Content is addressed by digest, so its bytes never
-/// change and its validator is its digest. Dates (`If-Modified-Since`, ...) are ignored,
-/// as RFC 9110 says for a resource without a modification date.
-pub fn precondition(request: &Parts, etag: &str) -> Precondition {
-    if any_etag_matches(request, axum::http::header::IF_MATCH, etag, false) == Some(false) {
-        return Precondition::Failed;
-    }
-    if any_etag_matches(request, axum::http::header::IF_NONE_MATCH, etag, true) == Some(true) {
-        return Precondition::NotModified;
-    }
-    Precondition::Proceed
+/// The preconditions a request states (RFC 9110 §13.1): `If-Match` and `If-None-Match`,
+/// every line of each. Dates (`If-Modified-Since`, ...) are ignored, as RFC 9110 says for a
+/// resource without a modification date. An unreadable value names no tag (so an
+/// `If-Match` of only that fails).
+pub fn condition(request: &Parts) -> Condition {
+    let tags = |name: HeaderName| {
+        let mut values = request.headers.get_all(&name).iter().peekable();
+        values.peek()?;
+        Some(EntityTags::new(
+            values
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        ))
+    };
+    Condition { if_match: tags(axum::http::header::IF_MATCH), if_none_match: tags(axum::http::header::IF_NONE_MATCH) }
 }
 
 /// Whether a GET's `Range` applies: not when `If-Range` names another validator (or a
@@ -87,24 +84,9 @@ pub fn precondition(request: &Parts, etag: &str) -> Precondition {
 pub fn range_applies(request: &Parts, etag: &str) -> bool {
     match request.headers.get(axum::http::header::IF_RANGE) {
         None => true,
-        Some(v) => v.to_str().is_ok_and(|v| strong_match(v.trim(), etag)),
+        // A strong comparison: a weak tag (`W/`) never equals a quoted one.
+        Some(v) => v.to_str().is_ok_and(|v| v.trim() == etag),
     }
-}
-
-/// Whether any entity tag listed in the `name` headers matches `etag` (`*` matches any),
-/// `None` without such a header. Weak comparison ignores `W/`; strong comparison never
-/// matches a weak tag. An unreadable value matches nothing.
-fn any_etag_matches(request: &Parts, name: HeaderName, etag: &str, weak: bool) -> Option<bool> {
-    let mut values = request.headers.get_all(&name).iter().peekable();
-    values.peek()?;
-    Some(values.filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).any(|candidate| {
-        candidate == "*"
-            || if weak { candidate.trim_start_matches("W/") == etag } else { strong_match(candidate, etag) }
-    }))
-}
-
-fn strong_match(candidate: &str, etag: &str) -> bool {
-    candidate == etag
 }
 
 /// Resolves a `Range: bytes=...` request header against a blob of `size` bytes into

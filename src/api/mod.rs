@@ -155,11 +155,13 @@ async fn route(registry: &Arc<Registry>, endpoint: Result<Endpoint, PathError>, 
         (Manifest { name, reference }, &Method::PUT) => {
             handlers::manifests::put(registry, name, reference, &request, body).await
         }
-        (Manifest { name, reference }, &Method::DELETE) => handlers::manifests::delete(registry, name, reference).await,
+        (Manifest { name, reference }, &Method::DELETE) => {
+            handlers::manifests::delete(registry, name, reference, &request).await
+        }
         (Blob { name, digest }, &Method::GET | &Method::HEAD) => {
             handlers::blobs::get(registry, name, digest, &request).await
         }
-        (Blob { name, digest }, &Method::DELETE) => handlers::blobs::delete(registry, name, digest).await,
+        (Blob { name, digest }, &Method::DELETE) => handlers::blobs::delete(registry, name, digest, &request).await,
         (UploadStart { name }, &Method::POST) => handlers::uploads::start(registry, name, &request, body).await,
         (Upload { name, id }, &Method::GET | &Method::HEAD) => handlers::uploads::status(registry, name, id).await,
         (Upload { name, id }, &Method::PATCH) => handlers::uploads::patch(registry, name, id, &request, body).await,

@@ -1,6 +1,6 @@
 //! Reading, mounting and deleting blobs of a repository.
 
-use super::{Error, Registry, Result, quota};
+use super::{Condition, Error, Registry, Result, quota};
 use crate::metadata::{blobs, now_ms, repositories};
 use crate::oci::{Digest, RepoName};
 use crate::storage::ByteStream;
@@ -152,14 +152,19 @@ impl Registry {
 
     /// Removes `name`'s link to a blob, and `name` itself if that was all it held. Refused
     /// while a manifest of `name` references the blob: a delete never breaks an image.
-    pub async fn delete_blob(&self, name: &RepoName, digest: &Digest) -> Result<()> {
+    pub async fn delete_blob(&self, name: &RepoName, digest: &Digest, condition: &Condition) -> Result<()> {
         self.check_delete_enabled()?;
-        let (n, d) = (name.clone(), digest.clone());
+        let (n, d, condition) = (name.clone(), digest.clone(), condition.clone());
         self.meta
             .write(move |c| {
                 let repo = repositories::find(c, &n)?.ok_or_else(|| Error::BlobUnknown(d.clone()))?;
                 if let Some(manifest) = blobs::referencing_manifest(c, repo, &d)? {
                     return Err(Error::BlobReferenced { digest: d, manifest });
+                }
+                if !condition.is_empty() {
+                    // Preconditions of a blob the repository does not have give way to its 404.
+                    blobs::linked_size(c, repo, &d)?.ok_or_else(|| Error::BlobUnknown(d.clone()))?;
+                    condition.write(&format!("blob {d}"), Some(&d.to_string()))?;
                 }
                 if !blobs::unlink(c, repo, &d)? {
                     return Err(Error::BlobUnknown(d));

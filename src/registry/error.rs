@@ -57,6 +57,9 @@ pub enum Error {
     NotFound(String),
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
+    /// A condition of the request (`If-Match`, `If-None-Match`) does not hold.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
     /// The client hung up before sending its whole body: no one reads the answer, and the
     /// request counts as cut off, not as the client's mistake.
     #[error("the client hung up before sending the whole body: {0}")]

@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 
-use super::{Error, Registry, Result};
+use super::{Condition, Error, Registry, Result};
+use crate::metadata::repositories::RepoId;
 use crate::metadata::{blobs, manifests, now_ms, repositories, retention, tags};
 use crate::oci::{Digest, ManifestError, ParsedManifest, Reference, RepoName, Tag};
 
@@ -88,6 +89,7 @@ impl Registry {
         also_tag: &[Tag],
         content_type: Option<&str>,
         payload: Bytes,
+        condition: &Condition,
     ) -> Result<PushedManifest> {
         self.check_room_to_add()?;
         let limit = self.options.max_manifest_bytes;
@@ -122,10 +124,14 @@ impl Registry {
         .iter()
         .map(|t| (t.clone(), policies.immutable_rule(name.as_str(), t.as_str()).map(|r| r.to_string())))
         .collect();
+        let (r, condition) = (reference.clone(), condition.clone());
         self.meta
             .write(move |c| {
                 let now = now_ms();
                 let repo = repositories::ensure(c, &n, now)?;
+                if !condition.is_empty() {
+                    condition.write(&format!("{n}:{r}"), current(c, repo, &r)?.as_deref())?;
+                }
                 for (tag, rule) in &tagged {
                     if let Some(rule) = rule
                         && let Some((_, current)) = retention::tag_target(c, repo, tag.as_str())?
@@ -180,9 +186,9 @@ impl Registry {
     /// Deletes a tag (the manifest stays), or a manifest by digest with every tag that
     /// points at it. A manifest that an index of the repository lists is refused: deleting
     /// it would break the index.
-    pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> Result<()> {
+    pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference, condition: &Condition) -> Result<()> {
         self.check_delete_enabled()?;
-        let (n, r) = (name.clone(), reference.clone());
+        let (n, r, condition) = (name.clone(), reference.clone(), condition.clone());
         let policies = self.policies();
         self.meta
             .write(move |c| {
@@ -194,6 +200,11 @@ impl Registry {
                     }
                     None => Ok(()),
                 };
+                if !condition.is_empty() {
+                    // Preconditions of something that does not exist give way to its 404.
+                    let now = current(c, repo, &r)?.ok_or_else(|| Error::ManifestUnknown(r.to_string()))?;
+                    condition.write(&format!("{n}:{r}"), Some(&now))?;
+                }
                 match &r {
                     Reference::Tag(t) => {
                         check_mutable(t.as_str())?;
@@ -220,6 +231,15 @@ impl Registry {
             })
             .await
     }
+}
+
+/// The digest of the manifest `reference` names in `repo` now, if any (what a condition of
+/// the request is about).
+fn current(c: &rusqlite::Connection, repo: RepoId, reference: &Reference) -> Result<Option<String>> {
+    Ok(match reference {
+        Reference::Tag(t) => retention::tag_target(c, repo, t.as_str())?.map(|(_, digest)| digest),
+        Reference::Digest(d) => manifests::id_of(c, repo, d)?.map(|_| d.to_string()),
+    })
 }
 
 /// The audit record of a tag deleted through the API (`restorable` unless the manifest

@@ -12,6 +12,7 @@
 //!   counts that garbage collection reads.
 
 mod blobs;
+mod condition;
 mod digest_locks;
 mod error;
 mod hashing;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use blobs::BlobRead;
+pub use condition::{Condition, EntityTags, ReadOutcome};
 pub use error::{Error, Result};
 pub use listing::Referrer;
 pub use manifests::{PushedManifest, StoredManifest};

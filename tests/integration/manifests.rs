@@ -277,6 +277,59 @@ async fn referrers_with_large_annotations_come_in_pages_of_a_mebibyte() {
     assert_eq!(listed, pushed);
 }
 
+/// Conditional writes (RFC 9110 §13.1), checked in the writing transaction: If-None-Match
+/// `*` pushes a tag only if it does not exist, If-Match moves or deletes one only from the
+/// manifest the client saw (compare and swap); a failed one is a 412 and changes nothing.
+#[tokio::test]
+async fn conditional_pushes_and_deletes() {
+    let s = Server::start();
+    let (first_body, first) = s.push_image("cas/a", "v1", &[b"first"]).await;
+    let (second_body, second) = s.push_image("cas/a", "", &[b"second"]).await;
+    let put = |tag: &'static str, body: Vec<u8>, header: &'static str, value: String| {
+        s.http
+            .put(s.url(&format!("/v2/cas/a/manifests/{tag}")))
+            .header("content-type", OCI_MANIFEST)
+            .header(header, value)
+            .body(body)
+            .send()
+    };
+    let quoted = |d: &str| format!("\"{d}\"");
+    // Create only.
+    let refused = put("v1", second_body.clone(), "if-none-match", "*".into()).await.unwrap();
+    let msg = expect_error(refused, StatusCode::PRECONDITION_FAILED, "DENIED").await;
+    assert!(msg.contains("cas/a:v1") && msg.contains(&first), "{msg}");
+    assert_eq!(
+        put("fresh", second_body.clone(), "if-none-match", "*".into()).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    // Compare and swap: only from the manifest the client saw.
+    let stale = put("v1", second_body.clone(), "if-match", quoted(&second)).await.unwrap();
+    expect_error(stale, StatusCode::PRECONDITION_FAILED, "DENIED").await;
+    assert_eq!(header(&s.head("/v2/cas/a/manifests/v1").await, "docker-content-digest"), first);
+    let swapped = put("v1", second_body.clone(), "if-match", quoted(&first)).await.unwrap();
+    assert_eq!(swapped.status(), StatusCode::CREATED);
+    assert_eq!(header(&s.head("/v2/cas/a/manifests/v1").await, "docker-content-digest"), second);
+    let missing = put("absent", first_body.clone(), "if-match", "*".into()).await.unwrap();
+    expect_error(missing, StatusCode::PRECONDITION_FAILED, "DENIED").await;
+    assert_eq!(s.get("/v2/cas/a/manifests/absent").await.status(), StatusCode::NOT_FOUND);
+    // Deletes: of the manifest the client saw; an unknown one is still a 404.
+    let delete = |path: String, value: String| s.http.delete(s.url(&path)).header("if-match", value).send();
+    let stale = delete("/v2/cas/a/manifests/v1".into(), quoted(&first)).await.unwrap();
+    expect_error(stale, StatusCode::PRECONDITION_FAILED, "DENIED").await;
+    assert_eq!(s.get("/v2/cas/a/manifests/v1").await.status(), StatusCode::OK);
+    assert_eq!(delete("/v2/cas/a/manifests/v1".into(), quoted(&second)).await.unwrap().status(), StatusCode::ACCEPTED);
+    let gone = delete("/v2/cas/a/manifests/v1".into(), quoted(&second)).await.unwrap();
+    expect_error(gone, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    let loose = s.push_blob("cas/a", b"loose").await;
+    let stale = delete(format!("/v2/cas/a/blobs/{loose}"), quoted(&first)).await.unwrap();
+    expect_error(stale, StatusCode::PRECONDITION_FAILED, "DENIED").await;
+    assert_eq!(s.head(&format!("/v2/cas/a/blobs/{loose}")).await.status(), StatusCode::OK);
+    assert_eq!(
+        delete(format!("/v2/cas/a/blobs/{loose}"), quoted(&loose)).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+}
+
 #[tokio::test]
 async fn deletes_by_tag_and_by_digest() {
     let s = Server::start();

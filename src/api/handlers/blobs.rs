@@ -6,10 +6,10 @@ use axum::http::{Method, StatusCode, header};
 
 use super::{finish, not_modified, respond};
 use crate::api::ApiResult;
-use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, Precondition};
+use crate::api::headers::{self, DOCKER_CONTENT_DIGEST};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::registry::Registry;
+use crate::registry::{ReadOutcome, Registry};
 
 pub async fn get(registry: &Registry, name: &RepoName, digest: &Digest, request: &Request) -> ApiResult {
     let etag = format!("\"{digest}\"");
@@ -25,13 +25,13 @@ pub async fn get(registry: &Registry, name: &RepoName, digest: &Digest, request:
     if request.method == Method::HEAD || conditional {
         // Preconditions are judged on a blob that exists: an unknown one is still a 404.
         let size = registry.blob_size(name, digest).await?;
-        match headers::precondition(request, &etag) {
-            Precondition::NotModified => return Ok(not_modified(digest, &etag)),
-            Precondition::Failed => return Ok(finish(respond(StatusCode::PRECONDITION_FAILED), Body::empty())),
-            Precondition::Proceed if request.method == Method::HEAD => {
+        match headers::condition(request).read(&digest.to_string()) {
+            ReadOutcome::NotModified => return Ok(not_modified(digest, &etag)),
+            ReadOutcome::Failed => return Ok(finish(respond(StatusCode::PRECONDITION_FAILED), Body::empty())),
+            ReadOutcome::Proceed if request.method == Method::HEAD => {
                 return Ok(finish(common(StatusCode::OK).header(header::CONTENT_LENGTH, size), Body::empty()));
             }
-            Precondition::Proceed => {}
+            ReadOutcome::Proceed => {}
         }
     }
     // An unreadable Range is ignored, which RFC 9110 allows for any Range: the whole blob.
@@ -64,7 +64,7 @@ pub async fn get(registry: &Registry, name: &RepoName, digest: &Digest, request:
     Ok(finish(builder.header(header::CONTENT_LENGTH, read.len), Body::from_stream(read.body)))
 }
 
-pub async fn delete(registry: &Registry, name: &RepoName, digest: &Digest) -> ApiResult {
-    registry.delete_blob(name, digest).await?;
+pub async fn delete(registry: &Registry, name: &RepoName, digest: &Digest, request: &Request) -> ApiResult {
+    registry.delete_blob(name, digest, &headers::condition(request)).await?;
     Ok(finish(respond(StatusCode::ACCEPTED), Body::empty()))
 }

@@ -8,10 +8,10 @@ use http_body_util::BodyExt;
 
 use super::{finish, not_modified, respond};
 use crate::api::ApiResult;
-use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG, Precondition};
+use crate::api::headers::{self, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG};
 use crate::oci::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 use crate::oci::{Reference, RepoName, Tag};
-use crate::registry::{Error, Registry};
+use crate::registry::{Error, ReadOutcome, Registry};
 
 /// Whether a client that sent `accept` can take a manifest of `media_type`. Only an index
 /// is withheld from a client that did not ask for one (as distribution does), because a
@@ -48,15 +48,15 @@ pub async fn get(registry: &Registry, name: &RepoName, reference: &Reference, re
         .into());
     }
     let etag = format!("\"{}\"", manifest.digest);
-    let precondition = headers::precondition(request, &etag);
-    if precondition == Precondition::Failed {
+    let precondition = headers::condition(request).read(&manifest.digest.to_string());
+    if precondition == ReadOutcome::Failed {
         return Ok(finish(respond(StatusCode::PRECONDITION_FAILED), Body::empty()));
     }
     if request.method == Method::GET {
         // A 304 too: the client polled the tag and uses what it points at.
         registry.note_pull(&manifest);
     }
-    if precondition == Precondition::NotModified {
+    if precondition == ReadOutcome::NotModified {
         return Ok(not_modified(&manifest.digest, &etag));
     }
     let builder = respond(StatusCode::OK)
@@ -108,7 +108,8 @@ pub async fn put(
     // Each tag once, in the client's order (`OCI-Tag` lists what was tagged).
     let mut seen = std::collections::HashSet::new();
     also_tag.retain(|t| seen.insert(t.as_str().to_owned()));
-    let pushed = registry.put_manifest(name, reference, &also_tag, content_type.as_deref(), body).await?;
+    let condition = headers::condition(request);
+    let pushed = registry.put_manifest(name, reference, &also_tag, content_type.as_deref(), body, &condition).await?;
     let mut builder = respond(StatusCode::CREATED)
         .header(header::LOCATION, format!("/v2/{name}/manifests/{}", pushed.digest))
         .header(DOCKER_CONTENT_DIGEST, pushed.digest.to_string());
@@ -122,8 +123,8 @@ pub async fn put(
     Ok(finish(builder, Body::empty()))
 }
 
-pub async fn delete(registry: &Registry, name: &RepoName, reference: &Reference) -> ApiResult {
-    registry.delete_manifest(name, reference).await?;
+pub async fn delete(registry: &Registry, name: &RepoName, reference: &Reference, request: &Request) -> ApiResult {
+    registry.delete_manifest(name, reference, &headers::condition(request)).await?;
     Ok(finish(respond(StatusCode::ACCEPTED), Body::empty()))
 }
 
