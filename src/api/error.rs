@@ -56,7 +56,8 @@ fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
         UploadUnknown => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
         UploadInvalid(_) | BodyRead(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
-        // The body ended before its declared length, for a blob or a manifest alike. Read
+        // The body ended early (short of its Content-Length, or a chunked one cut), for a
+        // blob or a manifest alike. Read
         // only by a client that half-closed its side and waits (rare): the response carries
         // `CutOff`, counted and logged as a client that hung up.
         ClientGone(_) => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),

@@ -124,6 +124,14 @@ impl Registry {
         .iter()
         .map(|t| (t.clone(), policies.immutable_rule(name.as_str(), t.as_str()).map(|r| r.to_string())))
         .collect();
+        // A condition is about what the URL names; the tags of `?tag=` would move unchecked.
+        if !condition.is_empty() && matches!(reference, Reference::Digest(_)) && !also_tag.is_empty() {
+            return Err(Error::Unsupported(
+                "If-Match and If-None-Match apply to what the URL names, not to ?tag= tags: push each tag \
+                 conditionally by its own URL"
+                    .into(),
+            ));
+        }
         let (r, condition) = (reference.clone(), condition.clone());
         self.meta
             .write(move |c| {
@@ -200,16 +208,15 @@ impl Registry {
                     }
                     None => Ok(()),
                 };
-                if !condition.is_empty() {
-                    // Preconditions of something that does not exist give way to its 404.
-                    let now = current(c, repo, &r)?.ok_or_else(|| Error::ManifestUnknown(r.to_string()))?;
-                    condition.write(&format!("{n}:{r}"), Some(&now))?;
-                }
+                // Preconditions are judged last: a request refused without them (404, 403
+                // for an immutable tag, 405 for an index child) is refused the same with them.
+                let what = format!("{n}:{r}");
                 match &r {
                     Reference::Tag(t) => {
                         check_mutable(t.as_str())?;
                         let (id, digest) = retention::tag_target(c, repo, t.as_str())?
                             .ok_or_else(|| Error::ManifestUnknown(t.to_string()))?;
+                        condition.write(&what, Some(&digest))?;
                         retention::record_deletion(c, &api_deletion(n.as_str(), t.as_str(), &digest, id, now, true))?;
                         tags::delete(c, repo, t, now)?;
                     }
@@ -219,9 +226,11 @@ impl Registry {
                             return Err(Error::ManifestReferenced { digest: d.clone(), parent });
                         }
                         let digest = d.to_string();
-                        for tag in tags::names_of(c, id)? {
-                            check_mutable(&tag)?;
-                            retention::record_deletion(c, &api_deletion(n.as_str(), &tag, &digest, id, now, false))?;
+                        let tags = tags::names_of(c, id)?;
+                        tags.iter().try_for_each(|tag| check_mutable(tag))?;
+                        condition.write(&what, Some(&digest))?;
+                        for tag in &tags {
+                            retention::record_deletion(c, &api_deletion(n.as_str(), tag, &digest, id, now, false))?;
                         }
                         retention::close_restores(c, id)?;
                         manifests::delete(c, id, Some(now))?;

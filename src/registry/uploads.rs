@@ -37,7 +37,10 @@ struct HashState {
 #[derive(Clone, Default)]
 struct SessionSlot {
     state: Arc<tokio::sync::Mutex<Option<HashState>>>,
-    cancelled: CancellationToken,
+    /// Fired by a cancel to stop the request holding the lock; each request takes it when
+    /// it gets the lock, a fresh one if it has fired (a cancel whose client went away, or
+    /// that failed, must not stop the session's later requests).
+    cancelled: Arc<Mutex<CancellationToken>>,
 }
 
 /// A session's lock, held by one request; derefs to the session's hash state.
@@ -87,7 +90,7 @@ impl Sessions {
     /// its client cancelled the session, and the cancel need not wait for the chunk's end.
     fn cancel_in_flight(&self, id: &UploadId) {
         if let Some(slot) = self.0.lock().expect("sessions poisoned").get(id) {
-            slot.cancelled.cancel();
+            slot.cancelled.lock().expect("session signal poisoned").cancel();
         }
     }
 
@@ -102,7 +105,11 @@ impl Sessions {
                 slot.state.clone().lock_owned().await
             }
         };
-        SessionGuard { state, cancelled: slot.cancelled }
+        let mut signal = slot.cancelled.lock().expect("session signal poisoned");
+        if signal.is_cancelled() {
+            *signal = CancellationToken::new();
+        }
+        SessionGuard { state, cancelled: signal.clone() }
     }
 
     /// The session's lock, unless a request holds it. Collection removes a session only
@@ -458,11 +465,7 @@ impl Registry {
         let known = self.session_size(name, id).await;
         self.forget_if_unknown(id, known).await?;
         *guard = None;
-        let cancelled = self.cancel_locked(id).await;
-        // A cancel that failed leaves the session to go on, in a fresh slot: this one's
-        // signal has fired.
-        self.sessions.forget(id);
-        cancelled
+        self.cancel_locked(id).await
     }
 
     /// Passes `result` on; if it says the session is unknown and no session has that id at

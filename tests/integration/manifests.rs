@@ -328,6 +328,32 @@ async fn conditional_pushes_and_deletes() {
         delete(format!("/v2/cas/a/blobs/{loose}"), quoted(&loose)).await.unwrap().status(),
         StatusCode::ACCEPTED
     );
+    // A condition is about what the URL names: with `?tag=` tags, which would move
+    // unchecked, the push is refused.
+    let with_tags = s
+        .http
+        .put(s.url(&format!("/v2/cas/a/manifests/{first}?tag=fresh")))
+        .header("content-type", OCI_MANIFEST)
+        .header("if-none-match", "*")
+        .body(first_body)
+        .send()
+        .await
+        .unwrap();
+    expect_error(with_tags, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    assert_eq!(header(&s.head("/v2/cas/a/manifests/fresh").await, "docker-content-digest"), second);
+}
+
+/// A delete refused without its condition (an immutable tag: 403) is refused the same way
+/// with one that fails, not with a 412: conditions are judged last.
+#[tokio::test]
+async fn a_refused_delete_is_refused_whatever_its_condition() {
+    let config = "[[immutable]]\nrepositories = \"cas/**\"\ntags = \"v*\"\n";
+    let s = Server::start_with_config(config, &[]);
+    let (_, digest) = s.push_image("cas/imm", "v1", &[b"kept"]).await;
+    for path in ["/v2/cas/imm/manifests/v1".to_owned(), format!("/v2/cas/imm/manifests/{digest}")] {
+        let refused = s.http.delete(s.url(&path)).header("if-match", "\"sha256:other\"").send().await.unwrap();
+        expect_error(refused, StatusCode::FORBIDDEN, "DENIED").await;
+    }
 }
 
 #[tokio::test]

@@ -225,6 +225,33 @@ async fn a_cancel_stops_a_chunk_still_being_sent() {
     assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
 }
 
+/// A cancel whose client hangs up while it waits for the session (held here by a chunk
+/// past its body) ends nothing: the session goes on, and its next chunk is taken, not
+/// stopped by the signal the abandoned cancel fired.
+#[tokio::test]
+async fn a_cancel_given_up_leaves_the_session_usable() {
+    const PAUSE: &str = "upload.before_flush";
+    let s = Server::start_with(GC_NOW);
+    let location = header(&s.http.post(s.url("/v2/given-up/a/blobs/uploads/")).send().await.unwrap(), "location");
+    s.arm(PAUSE).await;
+    let (http, url) = (s.http.clone(), s.url(&location));
+    let first = tokio::spawn(async move { http.patch(url).body("abc").send().await.unwrap().status() });
+    s.wait_paused(PAUSE).await;
+    let mut sock = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    sock.write_all(format!("DELETE {location} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(sock);
+    s.wait_cut_off("upload", "DELETE").await;
+    s.release(PAUSE).await;
+    assert_eq!(first.await.unwrap(), StatusCode::ACCEPTED);
+    assert_eq!(header(&s.get(&location).await, "range"), "0-2");
+    let next = s.http.patch(s.url(&location)).body("def").send().await.unwrap();
+    assert_eq!(next.status(), StatusCode::ACCEPTED, "{}", next.text().await.unwrap());
+    let digest = sha256(b"abcdef");
+    let put = s.http.put(s.url(&format!("{location}?digest={digest}"))).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn mounts_from_and_automatic() {
     let s = Server::start();
