@@ -449,6 +449,10 @@ impl Retention {
             })
             .await
             .inspect(|plan| {
+                let m = &registry.metrics;
+                Metrics::add(&m.retention_applied, 1);
+                Metrics::add(&m.retention_tags_deleted, plan.tags_deleted as u64);
+                Metrics::add(&m.retention_manifests_deleted, plan.manifests_deleted as u64);
                 // Each deletion by name, as collection logs what it removes: the log answers
                 // "where did my image go?" (tags are in the audit too, restorable).
                 for rp in &plan.repositories {
@@ -474,10 +478,6 @@ impl Retention {
                         );
                     }
                 }
-                let m = &registry.metrics;
-                Metrics::add(&m.retention_applied, 1);
-                Metrics::add(&m.retention_tags_deleted, plan.tags_deleted as u64);
-                Metrics::add(&m.retention_manifests_deleted, plan.manifests_deleted as u64);
             })
     }
 

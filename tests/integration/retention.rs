@@ -944,7 +944,15 @@ schedule = "1h"
     assert_eq!(tag_list(&s.get("/v2/sched/b/tags/list").await.json().await.unwrap()), ["new", "old"]);
     s.tamper("DROP TRIGGER refuse;");
     assert_eq!(tags_settled(&s, "sched/b", 1).await, ["new"]);
-    let text = s.get("/metrics").await.text().await.unwrap();
+    // Counted once the apply has returned, a moment after its deletions are visible.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = s.get("/metrics").await.text().await.unwrap();
+        if metric(&text, "bosun_retention_plans_applied_total") >= 1.0 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(metric(&text, "bosun_retention_plans_applied_total"), 1.0);
     assert_eq!(metric(&text, "bosun_retention_tags_deleted_total"), 1.0);
 }
