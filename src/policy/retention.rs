@@ -228,20 +228,19 @@ fn evaluate(
 fn attachment_kept_now(
     c: &rusqlite::Connection,
     repo: RepoId,
-    now_tags: &HashMap<String, q::TagRow>,
+    tags_of: &HashMap<&str, Vec<&str>>,
     deleted: &HashSet<&str>,
     image: &Digest,
 ) -> std::result::Result<Option<String>, MetadataError> {
-    let name = image.to_string();
-    let mut tags = now_tags.values().filter(|o| o.digest == name);
-    if let Some(kept) = tags.clone().find(|o| !deleted.contains(o.name.as_str())) {
-        return Ok(Some(format!("its image {image} is now tagged {}", kept.name)));
+    let tags = tags_of.get(image.to_string().as_str()).map_or(&[][..], Vec::as_slice);
+    if let Some(kept) = tags.iter().find(|t| !deleted.contains(*t)) {
+        return Ok(Some(format!("its image {image} is now tagged {kept}")));
     }
     let Some(id) = manifests::id_of(c, repo, image)? else { return Ok(None) };
     if let Some(index) = manifests::parent_of(c, id)? {
         return Ok(Some(format!("its image {image} is now listed by index {index}")));
     }
-    if tags.next().is_none() {
+    if tags.is_empty() {
         return Ok(Some(format!("its image {image} is in the repository now")));
     }
     Ok(None)
@@ -272,6 +271,12 @@ fn delete_planned(
             continue;
         };
         let now_tags: HashMap<String, q::TagRow> = q::tags(c, repo)?.into_iter().map(|t| (t.name.clone(), t)).collect();
+        // Each manifest's tags, looked up once per attachment (a scan of every tag for each
+        // one made plans and applies quadratic in signed images).
+        let mut tags_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        for t in now_tags.values() {
+            tags_of.entry(t.digest.as_str()).or_default().push(t.name.as_str());
+        }
         let deleted: HashSet<&str> = rp.tags.iter().filter(|t| !t.keep).map(|t| t.tag.as_str()).collect();
         for t in &rp.tags {
             let at = format!("{}:{}", rp.repository, t.tag);
@@ -293,7 +298,7 @@ fn delete_planned(
                 // keeps it now.
                 Some(_)
                     if let Some(image) = attachment_target(&t.tag)
-                        && let Some(change) = attachment_kept_now(c, repo, &now_tags, &deleted, &image)? =>
+                        && let Some(change) = attachment_kept_now(c, repo, &tags_of, &deleted, &image)? =>
                 {
                     changes.push(format!("{at}: {change}"))
                 }
