@@ -33,14 +33,12 @@ pub struct Condition {
     pub if_none_match: Option<EntityTags>,
 }
 
-/// What the preconditions decide for a read.
+/// What the preconditions decide for a read that they do not refuse.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadOutcome {
     Proceed,
     /// `If-None-Match` matched: 304, the client has these bytes.
     NotModified,
-    /// `If-Match` did not match: 412.
-    Failed,
 }
 
 impl Condition {
@@ -57,12 +55,13 @@ impl Condition {
         (if_match, if_none_match)
     }
 
-    /// For a GET or HEAD of a representation that exists.
-    pub fn read(&self, current: &str) -> ReadOutcome {
+    /// For a GET or HEAD of `what`, which exists with the digest `current`: refused (412)
+    /// if `If-Match` does not hold.
+    pub fn read(&self, what: &str, current: &str) -> Result<ReadOutcome> {
         match self.evaluate(Some(current)) {
-            (false, _) => ReadOutcome::Failed,
-            (true, false) => ReadOutcome::NotModified,
-            (true, true) => ReadOutcome::Proceed,
+            (false, _) => Err(not_named(what, current)),
+            (true, false) => Ok(ReadOutcome::NotModified),
+            (true, true) => Ok(ReadOutcome::Proceed),
         }
     }
 
@@ -71,9 +70,7 @@ impl Condition {
     pub fn write(&self, what: &str, current: Option<&str>) -> Result<()> {
         match (self.evaluate(current), current) {
             ((true, true), _) => Ok(()),
-            ((false, _), Some(current)) => {
-                Err(Error::PreconditionFailed(format!("{what} is {current}, which If-Match does not name")))
-            }
+            ((false, _), Some(current)) => Err(not_named(what, current)),
             ((false, _), None) => {
                 Err(Error::PreconditionFailed(format!("{what} does not exist, and If-Match asks it to")))
             }
@@ -83,6 +80,11 @@ impl Condition {
             ))),
         }
     }
+}
+
+/// `If-Match` failed for `what`, whose digest is `current`.
+fn not_named(what: &str, current: &str) -> Error {
+    Error::PreconditionFailed(format!("{what} is {current}, which If-Match does not name"))
 }
 
 #[cfg(test)]
@@ -100,15 +102,15 @@ mod tests {
             if_match: (!m.is_empty()).then(|| tags(m)).flatten(),
             if_none_match: (!n.is_empty()).then(|| tags(n)).flatten(),
         };
-        assert_eq!(c(&[], &[]).read(d), ReadOutcome::Proceed);
-        assert_eq!(c(&["\"sha256:aa\""], &[]).read(d), ReadOutcome::Proceed);
-        assert_eq!(c(&["W/\"sha256:aa\""], &[]).read(d), ReadOutcome::Failed);
-        assert_eq!(c(&["*"], &[]).read(d), ReadOutcome::Proceed);
-        assert_eq!(c(&[], &["W/\"sha256:aa\""]).read(d), ReadOutcome::NotModified);
-        assert_eq!(c(&[], &["\"x\"", "\"sha256:aa\""]).read(d), ReadOutcome::NotModified);
-        assert_eq!(c(&[], &["\"sha256:bb\""]).read(d), ReadOutcome::Proceed);
+        assert_eq!(c(&[], &[]).read("x", d).unwrap(), ReadOutcome::Proceed);
+        assert_eq!(c(&["\"sha256:aa\""], &[]).read("x", d).unwrap(), ReadOutcome::Proceed);
+        assert!(matches!(c(&["W/\"sha256:aa\""], &[]).read("x", d), Err(Error::PreconditionFailed(_))));
+        assert_eq!(c(&["*"], &[]).read("x", d).unwrap(), ReadOutcome::Proceed);
+        assert_eq!(c(&[], &["W/\"sha256:aa\""]).read("x", d).unwrap(), ReadOutcome::NotModified);
+        assert_eq!(c(&[], &["\"x\"", "\"sha256:aa\""]).read("x", d).unwrap(), ReadOutcome::NotModified);
+        assert_eq!(c(&[], &["\"sha256:bb\""]).read("x", d).unwrap(), ReadOutcome::Proceed);
         // If-Match first: a failed one is a 412 whatever If-None-Match says.
-        assert_eq!(c(&["\"sha256:bb\""], &["*"]).read(d), ReadOutcome::Failed);
+        assert!(matches!(c(&["\"sha256:bb\""], &["*"]).read("x", d), Err(Error::PreconditionFailed(_))));
         // Writes: create only, compare and swap.
         assert!(c(&[], &["*"]).write("tag t", None).is_ok());
         assert!(matches!(c(&[], &["*"]).write("tag t", Some(d)), Err(Error::PreconditionFailed(_))));

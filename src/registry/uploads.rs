@@ -50,6 +50,18 @@ struct SessionGuard {
     cancelled: CancellationToken,
 }
 
+impl SessionGuard {
+    /// The guard of `slot`, whose lock is `state`, with the slot's cancel signal (a fresh
+    /// one if it has fired).
+    fn new(slot: &SessionSlot, state: tokio::sync::OwnedMutexGuard<Option<HashState>>) -> SessionGuard {
+        let mut signal = slot.cancelled.lock().expect("session signal poisoned");
+        if signal.is_cancelled() {
+            *signal = CancellationToken::new();
+        }
+        SessionGuard { state, cancelled: signal.clone() }
+    }
+}
+
 impl std::ops::Deref for SessionGuard {
     type Target = Option<HashState>;
     fn deref(&self) -> &Option<HashState> {
@@ -97,19 +109,22 @@ impl Sessions {
     /// The session's lock, for one request. One that must wait says so (at debug): a
     /// client's second request on the same session, or a collection removing it, holds it.
     async fn lock(&self, id: &UploadId) -> SessionGuard {
-        let slot = self.slot(id);
-        let state = match slot.state.clone().try_lock_owned() {
-            Ok(guard) => guard,
-            Err(_) => {
+        match self.try_lock(id) {
+            Some(guard) => guard,
+            None => {
                 tracing::debug!(upload = %id, "waiting for the upload session, which another request or a collection holds");
-                slot.state.clone().lock_owned().await
+                let slot = self.slot(id);
+                let state = slot.state.clone().lock_owned().await;
+                SessionGuard::new(&slot, state)
             }
-        };
-        let mut signal = slot.cancelled.lock().expect("session signal poisoned");
-        if signal.is_cancelled() {
-            *signal = CancellationToken::new();
         }
-        SessionGuard { state, cancelled: signal.clone() }
+    }
+
+    /// The session's lock, if no one holds it.
+    fn try_lock(&self, id: &UploadId) -> Option<SessionGuard> {
+        let slot = self.slot(id);
+        let state = slot.state.clone().try_lock_owned().ok()?;
+        Some(SessionGuard::new(&slot, state))
     }
 
     /// The session's lock, unless a request holds it. Collection removes a session only
@@ -212,10 +227,14 @@ impl Registry {
         }
     }
 
-    /// The lock of `name`'s session `id`. No session of this repository is answered at once,
-    /// not after the lock, which a request of the session's own repository (a slow chunk)
-    /// may hold for long; the caller checks again under the lock (`usable_session`).
+    /// The lock of `name`'s session `id`; the caller checks the session under it
+    /// (`usable_session`). Only before waiting for a held lock is the session checked first:
+    /// no session of this repository is answered at once, not after a slow chunk of the
+    /// session's own repository lets go.
     async fn lock_session(&self, name: &RepoName, id: &UploadId) -> Result<SessionGuard> {
+        if let Some(guard) = self.sessions.try_lock(id) {
+            return Ok(guard);
+        }
         self.session_size(name, id).await?;
         Ok(self.sessions.lock(id).await)
     }

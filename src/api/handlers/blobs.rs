@@ -25,9 +25,8 @@ pub async fn get(registry: &Registry, name: &RepoName, digest: &Digest, request:
     if request.method == Method::HEAD || conditional {
         // Preconditions are judged on a blob that exists: an unknown one is still a 404.
         let size = registry.blob_size(name, digest).await?;
-        match headers::condition(request).read(&digest.to_string()) {
+        match headers::condition(request).read(&format!("blob {digest}"), &digest.to_string())? {
             ReadOutcome::NotModified => return Ok(not_modified(digest, &etag)),
-            ReadOutcome::Failed => return Ok(finish(respond(StatusCode::PRECONDITION_FAILED), Body::empty())),
             ReadOutcome::Proceed if request.method == Method::HEAD => {
                 return Ok(finish(common(StatusCode::OK).header(header::CONTENT_LENGTH, size), Body::empty()));
             }

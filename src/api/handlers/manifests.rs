@@ -48,10 +48,8 @@ pub async fn get(registry: &Registry, name: &RepoName, reference: &Reference, re
         .into());
     }
     let etag = format!("\"{}\"", manifest.digest);
-    let precondition = headers::condition(request).read(&manifest.digest.to_string());
-    if precondition == ReadOutcome::Failed {
-        return Ok(finish(respond(StatusCode::PRECONDITION_FAILED), Body::empty()));
-    }
+    let precondition =
+        headers::condition(request).read(&format!("{name}:{reference}"), &manifest.digest.to_string())?;
     if request.method == Method::GET {
         // A 304 too: the client polled the tag and uses what it points at.
         registry.note_pull(&manifest);
