@@ -380,39 +380,45 @@ impl Retention {
         let restore_since = options.restore_since(now);
         let mut plan = registry
             .meta
-            .simulate_on_copy(move |c| {
-                let mut repositories = Vec::new();
-                for (id, name) in q::repositories(c)? {
-                    if repository.as_ref().is_some_and(|r| r.as_str() != name) {
-                        continue;
+            .simulate_on_copy(move |s| {
+                // What collection frees anyway, without the plan: a run of its own (see
+                // `Simulation` for why not a savepoint).
+                let (mut plan, baseline) = s.run(|c| {
+                    let mut repositories = Vec::new();
+                    for (id, name) in q::repositories(c)? {
+                        if repository.as_ref().is_some_and(|r| r.as_str() != name) {
+                            continue;
+                        }
+                        let Some(governing) = policies.retention_for(&name) else { continue };
+                        if policy.as_ref().is_some_and(|p| *p != governing.spec.name) {
+                            continue;
+                        }
+                        repositories.push(evaluate(c, &policies, governing, (id, &name), &options, now)?);
                     }
-                    let Some(governing) = policies.retention_for(&name) else { continue };
-                    if policy.as_ref().is_some_and(|p| *p != governing.spec.name) {
-                        continue;
+                    let plan = Plan {
+                        id: 0,
+                        created_at: now,
+                        tags_deleted: repositories.iter().flat_map(|r| &r.tags).filter(|t| !t.keep).count(),
+                        manifests_deleted: repositories.iter().flat_map(|r| &r.untagged).filter(|u| !u.keep).count(),
+                        repositories,
+                        blobs_freed: 0,
+                        bytes_freed: 0,
+                        applied_at: None,
+                    };
+                    let baseline: HashSet<String> =
+                        gc::blobs_freed_eventually(c, &ctx)?.into_iter().map(|(d, _)| d).collect();
+                    Ok::<_, MetadataError>((plan, baseline))
+                })?;
+                s.run(|c| {
+                    delete_planned(c, &policies, &plan, now, restore_since)?;
+                    for (digest, size) in gc::blobs_freed_eventually(c, &ctx)? {
+                        if !baseline.contains(&digest) {
+                            plan.blobs_freed += 1;
+                            plan.bytes_freed += size;
+                        }
                     }
-                    repositories.push(evaluate(c, &policies, governing, (id, &name), &options, now)?);
-                }
-                let mut plan = Plan {
-                    id: 0,
-                    created_at: now,
-                    tags_deleted: repositories.iter().flat_map(|r| &r.tags).filter(|t| !t.keep).count(),
-                    manifests_deleted: repositories.iter().flat_map(|r| &r.untagged).filter(|u| !u.keep).count(),
-                    repositories,
-                    blobs_freed: 0,
-                    bytes_freed: 0,
-                    applied_at: None,
-                };
-                c.execute_batch("SAVEPOINT without_plan")?;
-                let baseline: HashSet<String> =
-                    gc::blobs_freed_eventually(c, &ctx)?.into_iter().map(|(d, _)| d).collect();
-                c.execute_batch("ROLLBACK TO without_plan; RELEASE without_plan")?;
-                delete_planned(c, &policies, &plan, now, restore_since)?;
-                for (digest, size) in gc::blobs_freed_eventually(c, &ctx)? {
-                    if !baseline.contains(&digest) {
-                        plan.blobs_freed += 1;
-                        plan.bytes_freed += size;
-                    }
-                }
+                    Ok::<_, MetadataError>(())
+                })?;
                 Ok::<_, MetadataError>(plan)
             })
             .await?;
