@@ -25,42 +25,78 @@ pub fn repositories(conn: &Connection) -> Result<Vec<(RepoId, String)>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// A tag's row, with its manifest's digest and the later of the two pulls.
+const TAG_ROWS: &str = "SELECT t.name, t.manifest_id, m.digest, t.updated_at,
+        CASE WHEN t.pulled_at IS NULL THEN m.pulled_at
+             WHEN m.pulled_at IS NULL THEN t.pulled_at
+             ELSE MAX(t.pulled_at, m.pulled_at) END
+   FROM tags t JOIN manifests m ON m.id = t.manifest_id";
+
+fn tag_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TagRow> {
+    Ok(TagRow {
+        name: r.get(0)?,
+        manifest_id: r.get(1)?,
+        digest: r.get(2)?,
+        pushed_at: r.get(3)?,
+        pulled_at: r.get(4)?,
+    })
+}
+
 pub fn tags(conn: &Connection, repo: RepoId) -> Result<Vec<TagRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT t.name, t.manifest_id, m.digest, t.updated_at,
-                CASE WHEN t.pulled_at IS NULL THEN m.pulled_at
-                     WHEN m.pulled_at IS NULL THEN t.pulled_at
-                     ELSE MAX(t.pulled_at, m.pulled_at) END
-           FROM tags t JOIN manifests m ON m.id = t.manifest_id
-          WHERE t.repository_id = ?1 ORDER BY t.name",
-    )?;
-    let rows = stmt.query_map([repo], |r| {
-        Ok(TagRow {
-            name: r.get(0)?,
-            manifest_id: r.get(1)?,
-            digest: r.get(2)?,
-            pushed_at: r.get(3)?,
-            pulled_at: r.get(4)?,
-        })
-    })?;
+    let mut stmt = conn.prepare_cached(&format!("{TAG_ROWS} WHERE t.repository_id = ?1 ORDER BY t.name"))?;
+    let rows = stmt.query_map([repo], tag_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Untagged manifests of `repo` that are nobody's child, whose subject (if any) is not
-/// present, and that no tag deletion after `restore_since` may still bring back: what
-/// "untagged" means for retention. (digest, id, touched_at)
-pub fn untagged(conn: &Connection, repo: RepoId, restore_since: i64) -> Result<Vec<(String, ManifestId, i64)>> {
+/// One tag of `repo`, if it exists.
+pub fn tag(conn: &Connection, repo: RepoId, name: &str) -> Result<Option<TagRow>> {
+    Ok(conn
+        .prepare_cached(&format!("{TAG_ROWS} WHERE t.repository_id = ?1 AND t.name = ?2"))?
+        .query_row(params![repo, name], tag_row)
+        .optional()?)
+}
+
+/// The tags of `repo` that point at the manifest `digest`.
+pub fn tags_at(conn: &Connection, repo: RepoId, digest: &str) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT m.digest, m.id, m.touched_at FROM manifests m
-          WHERE m.repository_id = ?1 AND m.tag_count = 0 AND m.parent_count = 0
-            AND (m.subject IS NULL OR NOT EXISTS
-                 (SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject))
-            AND NOT EXISTS (SELECT 1 FROM tag_deletions d WHERE d.manifest_id = m.id AND d.restorable = 1
-                               AND d.restored_at IS NULL AND d.deleted_at > ?2)
-          ORDER BY m.digest",
+        "SELECT t.name FROM manifests m JOIN tags t ON t.manifest_id = m.id
+          WHERE m.repository_id = ?1 AND m.digest = ?2",
     )?;
+    let rows = stmt.query_map(params![repo, digest], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// What "untagged" means for retention: a manifest that is nobody's child, whose subject
+/// (if any) is not present, and that no tag deletion after `?2` may still bring back.
+const UNTAGGED: &str = "m.tag_count = 0 AND m.parent_count = 0
+    AND (m.subject IS NULL OR NOT EXISTS
+         (SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject))
+    AND NOT EXISTS (SELECT 1 FROM tag_deletions d WHERE d.manifest_id = m.id AND d.restorable = 1
+                       AND d.restored_at IS NULL AND d.deleted_at > ?2)";
+
+/// The untagged manifests of `repo` (see [`UNTAGGED`]). (digest, id, touched_at)
+pub fn untagged(conn: &Connection, repo: RepoId, restore_since: i64) -> Result<Vec<(String, ManifestId, i64)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT m.digest, m.id, m.touched_at FROM manifests m WHERE m.repository_id = ?1 AND {UNTAGGED} ORDER BY m.digest"
+    ))?;
     let rows = stmt.query_map(params![repo, restore_since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The manifest `digest` of `repo`, if it is there and untagged (see [`UNTAGGED`]).
+/// (id, touched_at)
+pub fn untagged_one(
+    conn: &Connection,
+    repo: RepoId,
+    restore_since: i64,
+    digest: &str,
+) -> Result<Option<(ManifestId, i64)>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT m.id, m.touched_at FROM manifests m WHERE m.repository_id = ?1 AND {UNTAGGED} AND m.digest = ?3"
+        ))?
+        .query_row(params![repo, restore_since, digest], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
 }
 
 /// The manifest a tag points at now, if any.

@@ -1,6 +1,7 @@
 //! Running retention policies: a plan says, for every tag of every governed repository,
 //! keep or delete and the rule that decided, plus the bytes that deleting would free;
-//! applying a plan deletes exactly what it showed, or nothing if anything changed since.
+//! applying a plan deletes exactly what it showed, or nothing if anything changed since
+//! (except what changes while it applies, which is kept: see [`Retention::apply`]).
 //!
 //! "Bytes freed" counts only blobs that no surviving manifest in any repository uses: it is
 //! computed by simulating, on a rolled-back transaction on a copy of the database (so that
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::rules::{Evaluation, TagFacts};
 use super::{Policies, RetentionPolicy, Untagged};
 use crate::gc::{self, Collector};
+use crate::metadata::manifests::ManifestId;
 use crate::metadata::repositories::RepoId;
 use crate::metadata::{MetadataError, manifests, now_ms, retention as q, tags};
 use crate::metrics::Metrics;
@@ -223,16 +225,15 @@ fn evaluate(
 }
 
 /// Why an attachment (a signature by tag) that a plan deletes with its image would be kept
-/// now, if it would: a tag the plan leaves points at the image, an index lists it, or the
-/// image, absent at the plan, is there untagged.
+/// now, if it would: a tag the plan leaves points at the image (`tags`: the image's tags
+/// now), an index lists it, or the image, absent at the plan, is there untagged.
 fn attachment_kept_now(
     c: &rusqlite::Connection,
     repo: RepoId,
-    tags_of: &HashMap<&str, Vec<&str>>,
-    deleted: &HashSet<&str>,
+    tags: &[String],
+    deleted: &HashSet<String>,
     image: &Digest,
 ) -> std::result::Result<Option<String>, MetadataError> {
-    let tags = tags_of.get(image.to_string().as_str()).map_or(&[][..], Vec::as_slice);
     if let Some(kept) = tags.iter().find(|t| !deleted.contains(*t)) {
         return Ok(Some(format!("its image {image} is now tagged {kept}")));
     }
@@ -246,111 +247,167 @@ fn attachment_kept_now(
     Ok(None)
 }
 
-/// Makes the deletions of `plan` on `c`: tags (recorded with the rule that decided, and
-/// restorable) and untagged manifests. First verifies that nothing the decisions rested
-/// on has changed: every tag of the plan, kept or not, still exists (a kept tag gone would
-/// leave fewer than "newest N"); a tag to delete still points where the plan saw it, was
-/// not pushed again or pulled since, and has not become immutable; a manifest to delete
-/// is still untagged and untouched. If anything changed, deletes nothing and returns the
-/// differences.
-fn delete_planned(
+/// Where a deletion's decision sits in its plan: the repository's index, then the tag's or
+/// the untagged manifest's.
+#[derive(Debug, Clone, Copy)]
+enum Position {
+    Tag(usize, usize),
+    Untagged(usize, usize),
+}
+
+/// One deletion a plan makes, with the facts its decision rested on ([`recheck`]).
+struct Deletion {
+    at: Position,
+    repo: RepoId,
+    repository: String,
+    policy: String,
+    what: Deleted,
+}
+
+enum Deleted {
+    /// With every tag of its repository that the plan deletes, which an attachment's
+    /// image may lose without keeping the attachment.
+    Tag(TagDecision, Arc<HashSet<String>>),
+    Untagged(UntaggedDecision),
+}
+
+/// The deletions `plan` makes, and what changed since it was made in what the plan keeps:
+/// every tag of the plan, kept or not, must still exist (a kept tag gone would leave fewer
+/// than "newest N"), and so must each repository it deletes in.
+fn deletions(
     c: &rusqlite::Connection,
-    policies: &Policies,
     plan: &Plan,
-    now: i64,
-    restore_since: i64,
-) -> std::result::Result<Vec<String>, MetadataError> {
+) -> std::result::Result<(Vec<Deletion>, Vec<String>), MetadataError> {
     let mut changes = Vec::new();
-    let mut work = Vec::new();
+    let mut out = Vec::new();
     let repo_ids: HashMap<String, RepoId> = q::repositories(c)?.into_iter().map(|(id, n)| (n, id)).collect();
-    for rp in &plan.repositories {
+    for (r, rp) in plan.repositories.iter().enumerate() {
         let Some(&repo) = repo_ids.get(&rp.repository) else {
             if rp.tags.iter().any(|t| !t.keep) || rp.untagged.iter().any(|u| !u.keep) {
                 changes.push(format!("repository {} is gone", rp.repository));
             }
             continue;
         };
-        let now_tags: HashMap<String, q::TagRow> = q::tags(c, repo)?.into_iter().map(|t| (t.name.clone(), t)).collect();
-        // Each manifest's tags, looked up once per attachment (a scan of every tag for each
-        // one made plans and applies quadratic in signed images).
-        let mut tags_of: HashMap<&str, Vec<&str>> = HashMap::new();
-        for t in now_tags.values() {
-            tags_of.entry(t.digest.as_str()).or_default().push(t.name.as_str());
-        }
-        let deleted: HashSet<&str> = rp.tags.iter().filter(|t| !t.keep).map(|t| t.tag.as_str()).collect();
-        for t in &rp.tags {
-            let at = format!("{}:{}", rp.repository, t.tag);
-            match now_tags.get(&t.tag) {
-                None => changes.push(format!("{at} no longer exists")),
+        let deleted: Arc<HashSet<String>> =
+            Arc::new(rp.tags.iter().filter(|t| !t.keep).map(|t| t.tag.clone()).collect());
+        let deletion =
+            |at, what| Deletion { at, repo, repository: rp.repository.clone(), policy: rp.policy.clone(), what };
+        for (i, t) in rp.tags.iter().enumerate() {
+            if !t.keep {
+                out.push(deletion(Position::Tag(r, i), Deleted::Tag(t.clone(), deleted.clone())));
+            } else if q::tag(c, repo, &t.tag)?.is_none() {
                 // A kept tag that moved or was pushed again can only make the plan delete
                 // less than it would now; only its disappearance changes the counts.
-                Some(_) if t.keep => {}
-                Some(row) if row.digest != t.digest => changes.push(format!("{at} now points at {}", row.digest)),
-                Some(row) if row.pushed_at != t.pushed_at => changes.push(format!("{at} was pushed again")),
-                Some(row) if row.pulled_at != t.pulled_at => changes.push(format!("{at} was pulled since")),
-                // A restore puts the tag back as it was; the operator's wish to keep it is
-                // the change.
-                Some(_) if q::restored_since(c, &rp.repository, &t.tag, plan.created_at)? => {
-                    changes.push(format!("{at} was restored since"))
-                }
-                // A signature goes with its image's last tag, or because the image is not
-                // there: an image that gained a tag (a promotion by digest) or arrived since
-                // keeps it now.
-                Some(_)
-                    if let Some(image) = attachment_target(&t.tag)
-                        && let Some(change) = attachment_kept_now(c, repo, &tags_of, &deleted, &image)? =>
-                {
-                    changes.push(format!("{at}: {change}"))
-                }
-                Some(row) => {
-                    if let Some(rule) = policies.immutable_rule(&rp.repository, &t.tag) {
-                        changes.push(format!("{at} is now immutable ({rule})"));
-                    }
-                    work.push((repo, rp, Some(t), row.manifest_id, row.digest.clone()));
-                }
+                changes.push(format!("{}:{} no longer exists", rp.repository, t.tag));
             }
         }
-        let untagged: HashMap<String, (i64, i64)> =
-            q::untagged(c, repo, restore_since)?.into_iter().map(|(d, id, touched)| (d, (id, touched))).collect();
-        for u in rp.untagged.iter().filter(|u| !u.keep) {
-            match untagged.get(&u.digest) {
-                Some(&(id, touched_at)) if touched_at == u.touched_at => {
-                    work.push((repo, rp, None, id, u.digest.clone()))
-                }
-                Some(_) => changes.push(format!("{}@{} was pushed or probed since", rp.repository, u.digest)),
-                None => changes.push(format!("{}@{} is gone or referenced again", rp.repository, u.digest)),
-            }
+        for (i, u) in rp.untagged.iter().enumerate().filter(|(_, u)| !u.keep) {
+            out.push(deletion(Position::Untagged(r, i), Deleted::Untagged(u.clone())));
         }
     }
-    if !changes.is_empty() {
-        return Ok(changes);
+    Ok((out, changes))
+}
+
+/// The manifest `d` deletes (or untags), or why it may not be made now: a tag to delete
+/// must still point where the plan saw it, not have been pushed again, pulled or restored
+/// since, nor have become immutable (and an attachment's image must not have gained a
+/// reason to keep it); an untagged manifest must still be untagged and untouched.
+fn recheck(
+    c: &rusqlite::Connection,
+    policies: &Policies,
+    d: &Deletion,
+    created_at: i64,
+    restore_since: i64,
+) -> std::result::Result<std::result::Result<ManifestId, String>, MetadataError> {
+    let t = match &d.what {
+        Deleted::Untagged(u) => {
+            let at = || format!("{}@{}", d.repository, u.digest);
+            return Ok(match q::untagged_one(c, d.repo, restore_since, &u.digest)? {
+                Some((id, touched_at)) if touched_at == u.touched_at => Ok(id),
+                Some(_) => Err(format!("{} was pushed or probed since", at())),
+                None => Err(format!("{} is gone or referenced again", at())),
+            });
+        }
+        Deleted::Tag(t, _) => t,
+    };
+    let at = format!("{}:{}", d.repository, t.tag);
+    let Some(row) = q::tag(c, d.repo, &t.tag)? else { return Ok(Err(format!("{at} no longer exists"))) };
+    if row.digest != t.digest {
+        return Ok(Err(format!("{at} now points at {}", row.digest)));
     }
-    for (repo, rp, tag, id, digest) in work {
-        match tag {
-            Some(t) => {
-                let name: Tag = t.tag.parse().map_err(|e| MetadataError::Corrupt(format!("plan tag: {e}")))?;
-                let reason = format!("retention policy {:?}: {}", rp.policy, t.reason);
-                q::record_deletion(
-                    c,
-                    &q::TagDeletion {
-                        repository: &rp.repository,
-                        tag: &t.tag,
-                        digest: &digest,
-                        manifest_id: id,
-                        at: now,
-                        actor: "retention",
-                        reason: &reason,
-                        restorable: true,
-                    },
-                )?;
-                tags::delete(c, repo, &name, now)?;
-            }
-            None => {
-                manifests::delete(c, id, Some(now))?;
-            }
+    if row.pushed_at != t.pushed_at {
+        return Ok(Err(format!("{at} was pushed again")));
+    }
+    if row.pulled_at != t.pulled_at {
+        return Ok(Err(format!("{at} was pulled since")));
+    }
+    // A restore puts the tag back as it was; the operator's wish to keep it is the change.
+    if q::restored_since(c, &d.repository, &t.tag, created_at)? {
+        return Ok(Err(format!("{at} was restored since")));
+    }
+    // A signature goes with its image's last tag, or because the image is not there: an
+    // image that gained a tag (a promotion by digest) or arrived since keeps it now.
+    if let (Some(image), Deleted::Tag(_, deleted)) = (attachment_target(&t.tag), &d.what)
+        && let Some(change) =
+            attachment_kept_now(c, d.repo, &q::tags_at(c, d.repo, &image.to_string())?, deleted, &image)?
+    {
+        return Ok(Err(format!("{at}: {change}")));
+    }
+    if let Some(rule) = policies.immutable_rule(&d.repository, &t.tag) {
+        return Ok(Err(format!("{at} is now immutable ({rule})")));
+    }
+    Ok(Ok(row.manifest_id))
+}
+
+/// Makes one deletion: a tag (recorded with the rule that decided, and restorable) or an
+/// untagged manifest.
+fn delete(
+    c: &rusqlite::Connection,
+    d: &Deletion,
+    manifest: ManifestId,
+    now: i64,
+) -> std::result::Result<(), MetadataError> {
+    match &d.what {
+        Deleted::Tag(t, _) => {
+            let name: Tag = t.tag.parse().map_err(|e| MetadataError::Corrupt(format!("plan tag: {e}")))?;
+            let reason = format!("retention policy {:?}: {}", d.policy, t.reason);
+            q::record_deletion(
+                c,
+                &q::TagDeletion {
+                    repository: &d.repository,
+                    tag: &t.tag,
+                    digest: &t.digest,
+                    manifest_id: manifest,
+                    at: now,
+                    actor: "retention",
+                    reason: &reason,
+                    restorable: true,
+                },
+            )?;
+            tags::delete(c, d.repo, &name, now)?;
+        }
+        Deleted::Untagged(_) => {
+            manifests::delete(c, manifest, Some(now))?;
         }
     }
-    Ok(changes)
+    Ok(())
+}
+
+/// A step of an apply, in the write transactions of [`Metadata::write_each_unflushed`].
+enum Step {
+    /// Marks the plan applied, so that it is applied once.
+    Claim,
+    Delete(Deletion),
+}
+
+/// What a step did.
+enum Done {
+    Claimed {
+        at: i64,
+    },
+    Deleted,
+    /// Not deleted: what it rested on changed while the plan was applied.
+    Kept(String),
 }
 
 /// Plans and applies retention.
@@ -410,7 +467,11 @@ impl Retention {
                     Ok::<_, MetadataError>((plan, baseline))
                 })?;
                 s.run(|c| {
-                    delete_planned(c, &policies, &plan, now, restore_since)?;
+                    for d in deletions(c, &plan)?.0 {
+                        if let Ok(manifest) = recheck(c, &policies, &d, now, restore_since)? {
+                            delete(c, &d, manifest, now)?;
+                        }
+                    }
                     for (digest, size) in gc::blobs_freed_eventually(c, &ctx)? {
                         if !baseline.contains(&digest) {
                             plan.blobs_freed += 1;
@@ -427,69 +488,160 @@ impl Retention {
         Ok(plan)
     }
 
-    /// Applies a saved plan: deletes exactly what it showed, or nothing if anything it
-    /// would delete changed since.
+    /// Applies a saved plan: deletes what it showed, or nothing if anything it rested on
+    /// changed since it was made.
+    ///
+    /// The whole plan is checked on a read snapshot first; then the deletions are made in
+    /// write transactions that end whenever another writer waits
+    /// ([`Metadata::write_each_unflushed`]), so that pushes go on during an apply of tens
+    /// of thousands of deletions instead of waiting seconds for one transaction. Each
+    /// deletion is checked again in the transaction that makes it ([`recheck`]), and so is
+    /// the pause: one that changed in between (a push to the tag, mid-apply) is kept, and
+    /// shown as kept in the answer, with what changed.
     pub async fn apply(&self, id: i64) -> Result<Plan> {
         let registry = self.collector.registry();
         // The pulls of the last seconds, so that "pulled since the plan" sees them.
         registry.pulls.flush(&registry.meta).await?;
         let policies = registry.policies();
         let options = registry.options().clone();
-        registry
+        let (checking, checking_options) = (policies.clone(), options.clone());
+        let (mut plan, deletions) = registry
             .meta
-            .write(move |c| {
-                // Checked in the deleting transaction: no apply after a pause deletes.
+            .read(move |c| {
                 let now = now_ms();
+                let (json, applied) = match q::load_plan(c, id, now)? {
+                    Some(found) => found,
+                    None => return Ok(Err(RetentionError::PlanUnknown(id))),
+                };
+                if applied.is_some() {
+                    return Ok(Err(RetentionError::AlreadyApplied(id)));
+                }
+                if let Some(pause) = crate::metadata::gc_pause::get(c, now)? {
+                    return Ok(Err(RetentionError::Paused(pause)));
+                }
+                let mut plan: Plan = match serde_json::from_str(&json) {
+                    Ok(plan) => plan,
+                    Err(e) => return Ok(Err(RetentionError::Invalid(format!("stored plan {id}: {e}")))),
+                };
+                plan.id = id;
+                let restore_since = checking_options.restore_since(now);
+                let (deletions, mut changes) = deletions(c, &plan)?;
+                for d in &deletions {
+                    if let Err(change) = recheck(c, &checking, d, plan.created_at, restore_since)? {
+                        changes.push(change);
+                    }
+                }
+                if !changes.is_empty() {
+                    return Ok(Err(RetentionError::Changed { id, changes }));
+                }
+                Ok(Ok((plan, deletions)))
+            })
+            .await??;
+        registry.failpoints.hit(crate::failpoints::RETENTION_CHECKED).await;
+        let positions: Vec<Position> = deletions.iter().map(|d| d.at).collect();
+        let steps: Vec<Step> = std::iter::once(Step::Claim).chain(deletions.into_iter().map(Step::Delete)).collect();
+        let created_at = plan.created_at;
+        let (done, ended) = registry
+            .meta
+            .write_each_unflushed(steps, move |c, step| {
+                let now = now_ms();
+                // Checked in each deleting transaction: no deletion after a pause.
                 if let Some(pause) = crate::metadata::gc_pause::get(c, now)? {
                     return Err(RetentionError::Paused(pause));
                 }
-                let (json, applied) = q::load_plan(c, id, now)?.ok_or(RetentionError::PlanUnknown(id))?;
-                if applied.is_some() {
-                    return Err(RetentionError::AlreadyApplied(id));
-                }
-                let mut plan: Plan = serde_json::from_str(&json)
-                    .map_err(|e| RetentionError::Invalid(format!("stored plan {id}: {e}")))?;
-                plan.id = id;
-                let changes = delete_planned(c, &policies, &plan, now, options.restore_since(now))?;
-                if !changes.is_empty() {
-                    return Err(RetentionError::Changed { id, changes });
-                }
-                q::mark_applied(c, id, now)?;
-                plan.applied_at = Some(now);
-                Ok(plan)
-            })
-            .await
-            .inspect(|plan| {
-                let m = &registry.metrics;
-                Metrics::add(&m.retention_applied, 1);
-                Metrics::add(&m.retention_tags_deleted, plan.tags_deleted as u64);
-                Metrics::add(&m.retention_manifests_deleted, plan.manifests_deleted as u64);
-                // Each deletion by name, as collection logs what it removes: the log answers
-                // "where did my image go?" (tags are in the audit too, restorable).
-                for rp in &plan.repositories {
-                    for t in rp.tags.iter().filter(|t| !t.keep) {
-                        tracing::info!(
-                            repository = rp.repository,
-                            tag = t.tag,
-                            digest = t.digest,
-                            policy = rp.policy,
-                            reason = t.reason,
-                            plan = id,
-                            "retention deleted a tag"
-                        );
+                match step {
+                    Step::Claim => {
+                        // Another apply of the plan may have claimed it since the check.
+                        if q::load_plan(c, id, now)?.is_none_or(|(_, applied)| applied.is_some()) {
+                            return Err(RetentionError::AlreadyApplied(id));
+                        }
+                        q::mark_applied(c, id, now)?;
+                        Ok(Done::Claimed { at: now })
                     }
-                    for u in rp.untagged.iter().filter(|u| !u.keep) {
-                        tracing::info!(
-                            repository = rp.repository,
-                            digest = u.digest,
-                            policy = rp.policy,
-                            reason = u.reason,
-                            plan = id,
-                            "retention deleted an untagged manifest"
-                        );
-                    }
+                    Step::Delete(d) => match recheck(c, &policies, d, created_at, options.restore_since(now))? {
+                        Ok(manifest) => delete(c, d, manifest, now).map(|()| Done::Deleted).map_err(Into::into),
+                        Err(change) => Ok(Done::Kept(change)),
+                    },
                 }
             })
+            .await;
+        // Durable before the answer, as any write is (the runs above are not flushed).
+        let flushed = registry.meta.flush().await;
+        let (mut tags_deleted, mut manifests_deleted) = (0, 0);
+        for (at, done) in positions.iter().zip(done.iter().skip(1)) {
+            let (repository, policy) = match at {
+                Position::Tag(r, _) | Position::Untagged(r, _) => {
+                    let rp = &plan.repositories[*r];
+                    (rp.repository.clone(), rp.policy.clone())
+                }
+            };
+            // Each deletion by name, as collection logs what it removes: the log answers
+            // "where did my image go?" (tags are in the audit too, restorable).
+            let (keep, reason, digest, tag) = match *at {
+                Position::Tag(r, i) => {
+                    let t = &mut plan.repositories[r].tags[i];
+                    (&mut t.keep, &mut t.reason, t.digest.clone(), Some(t.tag.clone()))
+                }
+                Position::Untagged(r, i) => {
+                    let u = &mut plan.repositories[r].untagged[i];
+                    (&mut u.keep, &mut u.reason, u.digest.clone(), None)
+                }
+            };
+            match (done, tag) {
+                (Done::Kept(change), _) => {
+                    tracing::info!(
+                        repository,
+                        digest,
+                        policy,
+                        change,
+                        plan = id,
+                        "retention kept what changed while its plan was applied"
+                    );
+                    *keep = true;
+                    *reason = format!("kept: {change} while the plan was applied");
+                }
+                (_, Some(tag)) => {
+                    tags_deleted += 1;
+                    tracing::info!(
+                        repository,
+                        tag,
+                        digest,
+                        policy,
+                        reason = *reason,
+                        plan = id,
+                        "retention deleted a tag"
+                    );
+                }
+                (_, None) => {
+                    manifests_deleted += 1;
+                    tracing::info!(
+                        repository,
+                        digest,
+                        policy,
+                        reason = *reason,
+                        plan = id,
+                        "retention deleted an untagged manifest"
+                    );
+                }
+            }
+        }
+        let m = &registry.metrics;
+        Metrics::add(&m.retention_tags_deleted, tags_deleted as u64);
+        Metrics::add(&m.retention_manifests_deleted, manifests_deleted as u64);
+        if let Err(e) = ended {
+            if done.len() > 1 {
+                tracing::warn!(plan = id, tags_deleted, manifests_deleted, error = %e, "retention apply stopped part-way; what it deleted stays deleted (tags restorable)");
+            }
+            return Err(e);
+        }
+        flushed?;
+        Metrics::add(&m.retention_applied, 1);
+        (plan.tags_deleted, plan.manifests_deleted) = (tags_deleted, manifests_deleted);
+        plan.applied_at = done.first().and_then(|d| match d {
+            Done::Claimed { at } => Some(*at),
+            _ => None,
+        });
+        Ok(plan)
     }
 
     /// Plans and applies at once (a scheduled run, or `run` on demand).

@@ -134,6 +134,10 @@ async fn multi_arch_index_survives_repeated_collections() {
     // ... and go with their blobs once nothing lists them.
     s.delete("/v2/multi/app/manifests/again").await;
     assert_eq!(count(&s.gc(false).await, "manifest"), 1);
+    // That collection touched the children (their grace restarts), and the grace period
+    // is zero at millisecond resolution: a collection within the same millisecond would
+    // rightly keep them.
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     let report = s.gc(false).await;
     assert_eq!(count(&report, "manifest"), 3, "{report}");
     assert_eq!(count(&report, "blob"), 3 + 3 + 1, "three configs, three own layers and the base: {report}");

@@ -190,6 +190,81 @@ keep = { newest = 1 }
     }
 }
 
+/// An apply checks the whole plan first, then deletes in transactions that let other
+/// writers in, each deletion checked again in its own: a tag pushed to after the check
+/// is kept and shown as kept, with what changed, and the rest of the plan is applied.
+/// (Applied as one transaction, the push would have waited for the apply, and been
+/// deleted with it.)
+#[tokio::test]
+async fn a_tag_pushed_to_while_its_plan_is_applied_is_kept() {
+    let config = r#"
+[[retention]]
+name = "one"
+repositories = "**"
+keep = { newest = 1 }
+"#;
+    let s = Server::start_with_config(config, ENV);
+    for tag in ["a", "b", "c"] {
+        s.push_image("mid", tag, &[tag.as_bytes()]).await;
+        s.advance_clock(1000).await;
+    }
+    let (_, plan) = s.admin_post("/admin/retention/plan?repository=mid").await;
+    assert_eq!(plan["tags_deleted"], 2, "{plan}");
+    s.arm("retention.checked").await;
+    let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
+    let apply = s.admin_post(&apply_path);
+    let meanwhile = async {
+        s.wait_paused("retention.checked").await;
+        s.push_image("mid", "a", &[b"fresh"]).await;
+        s.release("retention.checked").await;
+    };
+    let ((status, applied), ()) = tokio::join!(apply, meanwhile);
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    assert_eq!((applied["tags_deleted"].as_u64(), applied["applied_at"].is_i64()), (Some(1), true), "{applied}");
+    let a = applied["repositories"][0]["tags"].as_array().unwrap().iter().find(|t| t["tag"] == "a").unwrap();
+    assert_eq!(a["keep"], true, "{applied}");
+    assert!(a["reason"].as_str().unwrap().contains("mid:a now points at"), "{applied}");
+    assert_eq!(tag_list(&s.get("/v2/mid/tags/list").await.json().await.unwrap()), ["a", "c"]);
+    s.verify_image("mid", "a").await.unwrap();
+    // Applied once: the plan was claimed.
+    let (status, again) = s.admin_post(&apply_path).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+}
+
+/// A pause taken after an apply's check stops its deletions: nothing is deleted, and the
+/// plan can be applied after the resume.
+#[tokio::test]
+async fn a_pause_taken_while_a_plan_is_applied_stops_it() {
+    let config = r#"
+[[retention]]
+name = "one"
+repositories = "**"
+keep = { newest = 1 }
+"#;
+    let s = Server::start_with_config(config, ENV);
+    for tag in ["a", "b"] {
+        s.push_image("paused", tag, &[tag.as_bytes()]).await;
+        s.advance_clock(1000).await;
+    }
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
+    s.arm("retention.checked").await;
+    let apply = s.admin_post(&apply_path);
+    let meanwhile = async {
+        s.wait_paused("retention.checked").await;
+        assert_eq!(s.admin_post("/admin/gc/pause?reason=incident").await.0, StatusCode::OK);
+        s.release("retention.checked").await;
+    };
+    let ((status, answer), ()) = tokio::join!(apply, meanwhile);
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("incident"), "{answer}");
+    assert_eq!(tag_list(&s.get("/v2/paused/tags/list").await.json().await.unwrap()), ["a", "b"]);
+    assert_eq!(s.admin_post("/admin/gc/resume").await.0, StatusCode::OK);
+    let (status, applied) = s.admin_post(&apply_path).await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    assert_eq!(tag_list(&s.get("/v2/paused/tags/list").await.json().await.unwrap()), ["b"]);
+}
+
 /// Plans are kept for a week: a newer plan forgets older ones, and applying one of those
 /// says so; so does applying the newest plan once it is a week old, forgotten or not.
 #[tokio::test]
