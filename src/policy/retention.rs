@@ -4,9 +4,9 @@
 //! (except what changes while it applies, which is kept: see [`Retention::apply`]).
 //!
 //! "Bytes freed" counts only blobs that no surviving manifest in any repository uses: it is
-//! computed by simulating, on a rolled-back transaction on a copy of the database (so that
-//! writers go on meanwhile), the deletions and then every collection they lead to, and
-//! subtracting what collection would free without them.
+//! computed by simulating, on a copy of the database (so that writers go on meanwhile), the
+//! deletions and then every collection they lead to, and subtracting what collection would
+//! free without them (each in a rolled-back transaction).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -224,24 +224,45 @@ fn evaluate(
     Ok(RepoPlan { repository: name.to_owned(), policy: policy.spec.name.clone(), tags, untagged })
 }
 
-/// Why an attachment (a signature by tag) that a plan deletes with its image would be kept
-/// now, if it would: a tag the plan leaves points at the image (`tags`: the image's tags
-/// now), an index lists it, or the image, absent at the plan, is there untagged.
+/// What the deletion of an attachment (a signature by tag) rests on besides its own tag.
+struct Attachment {
+    image: Digest,
+    /// Whether the plan saw the image tagged (by tags it deletes, since it deletes this
+    /// one): the image is then there, untagged, once they are gone.
+    image_tagged: bool,
+    /// Every tag of the repository that the plan deletes: before the deletions, those of
+    /// the image's tags do not keep the attachment.
+    deleted: Arc<HashSet<String>>,
+}
+
+/// When a deletion is checked: on the state the plan was made on (apply's check of the
+/// whole plan), or in the transaction that makes it, after the deletions before it (an
+/// attachment's after its image's tags: see [`deletions`]).
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    Check,
+    Delete,
+}
+
+/// Why an attachment that a plan deletes with its image would be kept now, if it would: a
+/// tag that the plan does not delete (or did not, because it changed) points at the image,
+/// an index lists it, or the image, absent at the plan, is there.
 fn attachment_kept_now(
     c: &rusqlite::Connection,
     repo: RepoId,
-    tags: &[String],
-    deleted: &HashSet<String>,
-    image: &Digest,
+    a: &Attachment,
+    phase: Phase,
 ) -> std::result::Result<Option<String>, MetadataError> {
-    if let Some(kept) = tags.iter().find(|t| !deleted.contains(*t)) {
+    let image = &a.image;
+    let tags = q::tags_at(c, repo, &image.to_string())?;
+    if let Some(kept) = tags.iter().find(|t| phase == Phase::Delete || !a.deleted.contains(*t)) {
         return Ok(Some(format!("its image {image} is now tagged {kept}")));
     }
     let Some(id) = manifests::id_of(c, repo, image)? else { return Ok(None) };
     if let Some(index) = manifests::parent_of(c, id)? {
         return Ok(Some(format!("its image {image} is now listed by index {index}")));
     }
-    if tags.is_empty() {
+    if !a.image_tagged {
         return Ok(Some(format!("its image {image} is in the repository now")));
     }
     Ok(None)
@@ -265,15 +286,31 @@ struct Deletion {
 }
 
 enum Deleted {
-    /// With every tag of its repository that the plan deletes, which an attachment's
-    /// image may lose without keeping the attachment.
-    Tag(TagDecision, Arc<HashSet<String>>),
+    Tag(TagDecision, Option<Attachment>),
     Untagged(UntaggedDecision),
 }
 
-/// The deletions `plan` makes, and what changed since it was made in what the plan keeps:
-/// every tag of the plan, kept or not, must still exist (a kept tag gone would leave fewer
-/// than "newest N"), and so must each repository it deletes in.
+/// Why a deletion is not made.
+enum Stale {
+    /// What it rested on changed: it is kept.
+    Changed(String),
+    /// What it would delete is gone already.
+    Gone(String),
+}
+
+impl Stale {
+    fn describe(self) -> String {
+        match self {
+            Stale::Changed(what) | Stale::Gone(what) => what,
+        }
+    }
+}
+
+/// The deletions `plan` makes, in the order they are made: each repository's tags, its
+/// attachments after the tags of their images, then its untagged manifests. And what
+/// changed since the plan was made in what it keeps: every tag of the plan, kept or not,
+/// must still exist (a kept tag gone would leave fewer than "newest N"), and so must each
+/// repository it deletes in.
 fn deletions(
     c: &rusqlite::Connection,
     plan: &Plan,
@@ -292,15 +329,28 @@ fn deletions(
             Arc::new(rp.tags.iter().filter(|t| !t.keep).map(|t| t.tag.clone()).collect());
         let deletion =
             |at, what| Deletion { at, repo, repository: rp.repository.clone(), policy: rp.policy.clone(), what };
+        let mut attachments = Vec::new();
         for (i, t) in rp.tags.iter().enumerate() {
-            if !t.keep {
-                out.push(deletion(Position::Tag(r, i), Deleted::Tag(t.clone(), deleted.clone())));
-            } else if q::tag(c, repo, &t.tag)?.is_none() {
+            if t.keep {
                 // A kept tag that moved or was pushed again can only make the plan delete
                 // less than it would now; only its disappearance changes the counts.
-                changes.push(format!("{}:{} no longer exists", rp.repository, t.tag));
+                if q::tag(c, repo, &t.tag)?.is_none() {
+                    changes.push(format!("{}:{} no longer exists", rp.repository, t.tag));
+                }
+                continue;
+            }
+            let attachment = attachment_target(&t.tag).map(|image| Attachment {
+                image_tagged: rp.tags.iter().any(|o| o.digest == image.to_string()),
+                image,
+                deleted: deleted.clone(),
+            });
+            let d = deletion(Position::Tag(r, i), Deleted::Tag(t.clone(), attachment));
+            match d.what {
+                Deleted::Tag(_, Some(_)) => attachments.push(d),
+                _ => out.push(d),
             }
         }
+        out.extend(attachments);
         for (i, u) in rp.untagged.iter().enumerate().filter(|(_, u)| !u.keep) {
             out.push(deletion(Position::Untagged(r, i), Deleted::Untagged(u.clone())));
         }
@@ -316,47 +366,56 @@ fn recheck(
     c: &rusqlite::Connection,
     policies: &Policies,
     d: &Deletion,
+    phase: Phase,
     created_at: i64,
     restore_since: i64,
-) -> std::result::Result<std::result::Result<ManifestId, String>, MetadataError> {
-    let t = match &d.what {
+) -> std::result::Result<std::result::Result<ManifestId, Stale>, MetadataError> {
+    let (t, attachment) = match &d.what {
         Deleted::Untagged(u) => {
-            let at = || format!("{}@{}", d.repository, u.digest);
+            let at = format!("{}@{}", d.repository, u.digest);
             return Ok(match q::untagged_one(c, d.repo, restore_since, &u.digest)? {
                 Some((id, touched_at)) if touched_at == u.touched_at => Ok(id),
-                Some(_) => Err(format!("{} was pushed or probed since", at())),
-                None => Err(format!("{} is gone or referenced again", at())),
+                Some(_) => Err(Stale::Changed(format!("{at} was pushed or probed since"))),
+                None if manifests::id_of(c, d.repo, &parse_digest(&u.digest)?)?.is_some() => {
+                    Err(Stale::Changed(format!("{at} is referenced again")))
+                }
+                None => Err(Stale::Gone(format!("{at} is gone"))),
             });
         }
-        Deleted::Tag(t, _) => t,
+        Deleted::Tag(t, attachment) => (t, attachment),
     };
     let at = format!("{}:{}", d.repository, t.tag);
-    let Some(row) = q::tag(c, d.repo, &t.tag)? else { return Ok(Err(format!("{at} no longer exists"))) };
+    let changed = |what: String| Ok(Err(Stale::Changed(what)));
+    let Some(row) = q::tag(c, d.repo, &t.tag)? else { return Ok(Err(Stale::Gone(format!("{at} no longer exists")))) };
     if row.digest != t.digest {
-        return Ok(Err(format!("{at} now points at {}", row.digest)));
+        return changed(format!("{at} now points at {}", row.digest));
     }
     if row.pushed_at != t.pushed_at {
-        return Ok(Err(format!("{at} was pushed again")));
+        return changed(format!("{at} was pushed again"));
     }
     if row.pulled_at != t.pulled_at {
-        return Ok(Err(format!("{at} was pulled since")));
+        return changed(format!("{at} was pulled since"));
     }
     // A restore puts the tag back as it was; the operator's wish to keep it is the change.
     if q::restored_since(c, &d.repository, &t.tag, created_at)? {
-        return Ok(Err(format!("{at} was restored since")));
+        return changed(format!("{at} was restored since"));
     }
     // A signature goes with its image's last tag, or because the image is not there: an
-    // image that gained a tag (a promotion by digest) or arrived since keeps it now.
-    if let (Some(image), Deleted::Tag(_, deleted)) = (attachment_target(&t.tag), &d.what)
-        && let Some(change) =
-            attachment_kept_now(c, d.repo, &q::tags_at(c, d.repo, &image.to_string())?, deleted, &image)?
+    // image that kept or gained a tag (a promotion by digest) or arrived since keeps it.
+    if let Some(a) = attachment
+        && let Some(change) = attachment_kept_now(c, d.repo, a, phase)?
     {
-        return Ok(Err(format!("{at}: {change}")));
+        return changed(format!("{at}: {change}"));
     }
     if let Some(rule) = policies.immutable_rule(&d.repository, &t.tag) {
-        return Ok(Err(format!("{at} is now immutable ({rule})")));
+        return changed(format!("{at} is now immutable ({rule})"));
     }
     Ok(Ok(row.manifest_id))
+}
+
+/// A digest the plan holds (which it got from the database).
+fn parse_digest(digest: &str) -> std::result::Result<Digest, MetadataError> {
+    digest.parse().map_err(|e| MetadataError::Corrupt(format!("plan digest {digest:?}: {e}")))
 }
 
 /// Makes one deletion: a tag (recorded with the rule that decided, and restorable) or an
@@ -397,7 +456,7 @@ fn delete(
 enum Step {
     /// Marks the plan applied, so that it is applied once.
     Claim,
-    Delete(Deletion),
+    Delete(Box<Deletion>),
 }
 
 /// What a step did.
@@ -406,18 +465,22 @@ enum Done {
         at: i64,
     },
     Deleted,
-    /// Not deleted: what it rested on changed while the plan was applied.
-    Kept(String),
+    /// Not deleted: what it rested on changed, or it went, while the plan was applied.
+    NotMade(Stale),
 }
 
 /// Plans and applies retention.
 pub struct Retention {
     collector: Arc<Collector>,
+    /// Held by an apply from its check to its last deletion. Two applies at once would each
+    /// check against a registry the other is changing: two plans that each keep one of a
+    /// repository's tags could together delete them all.
+    applying: tokio::sync::Mutex<()>,
 }
 
 impl Retention {
     pub fn new(collector: Arc<Collector>) -> Retention {
-        Retention { collector }
+        Retention { collector, applying: tokio::sync::Mutex::new(()) }
     }
 
     /// Plans retention for every governed repository (or one repository, or one policy's
@@ -468,7 +531,7 @@ impl Retention {
                 })?;
                 s.run(|c| {
                     for d in deletions(c, &plan)?.0 {
-                        if let Ok(manifest) = recheck(c, &policies, &d, now, restore_since)? {
+                        if let Ok(manifest) = recheck(c, &policies, &d, Phase::Delete, now, restore_since)? {
                             delete(c, &d, manifest, now)?;
                         }
                     }
@@ -499,6 +562,7 @@ impl Retention {
     /// the pause: one that changed in between (a push to the tag, mid-apply) is kept, and
     /// shown as kept in the answer, with what changed.
     pub async fn apply(&self, id: i64) -> Result<Plan> {
+        let _one_at_a_time = self.applying.lock().await;
         let registry = self.collector.registry();
         // The pulls of the last seconds, so that "pulled since the plan" sees them.
         registry.pulls.flush(&registry.meta).await?;
@@ -527,8 +591,8 @@ impl Retention {
                 let restore_since = checking_options.restore_since(now);
                 let (deletions, mut changes) = deletions(c, &plan)?;
                 for d in &deletions {
-                    if let Err(change) = recheck(c, &checking, d, plan.created_at, restore_since)? {
-                        changes.push(change);
+                    if let Err(stale) = recheck(c, &checking, d, Phase::Check, plan.created_at, restore_since)? {
+                        changes.push(stale.describe());
                     }
                 }
                 if !changes.is_empty() {
@@ -539,7 +603,8 @@ impl Retention {
             .await??;
         registry.failpoints.hit(crate::failpoints::RETENTION_CHECKED).await;
         let positions: Vec<Position> = deletions.iter().map(|d| d.at).collect();
-        let steps: Vec<Step> = std::iter::once(Step::Claim).chain(deletions.into_iter().map(Step::Delete)).collect();
+        let steps: Vec<Step> =
+            std::iter::once(Step::Claim).chain(deletions.into_iter().map(|d| Step::Delete(Box::new(d)))).collect();
         let created_at = plan.created_at;
         let (done, ended) = registry
             .meta
@@ -558,10 +623,12 @@ impl Retention {
                         q::mark_applied(c, id, now)?;
                         Ok(Done::Claimed { at: now })
                     }
-                    Step::Delete(d) => match recheck(c, &policies, d, created_at, options.restore_since(now))? {
-                        Ok(manifest) => delete(c, d, manifest, now).map(|()| Done::Deleted).map_err(Into::into),
-                        Err(change) => Ok(Done::Kept(change)),
-                    },
+                    Step::Delete(d) => {
+                        match recheck(c, &policies, d, Phase::Delete, created_at, options.restore_since(now))? {
+                            Ok(manifest) => delete(c, d, manifest, now).map(|()| Done::Deleted).map_err(Into::into),
+                            Err(stale) => Ok(Done::NotMade(stale)),
+                        }
+                    }
                 }
             })
             .await;
@@ -588,7 +655,7 @@ impl Retention {
                 }
             };
             match (done, tag) {
-                (Done::Kept(change), _) => {
+                (Done::NotMade(Stale::Changed(change)), _) => {
                     tracing::info!(
                         repository,
                         digest,
@@ -599,6 +666,9 @@ impl Retention {
                     );
                     *keep = true;
                     *reason = format!("kept: {change} while the plan was applied");
+                }
+                (Done::NotMade(Stale::Gone(gone)), _) => {
+                    *reason = format!("{gone}: deleted by another while the plan was applied");
                 }
                 (_, Some(tag)) => {
                     tags_deleted += 1;
@@ -629,8 +699,9 @@ impl Retention {
         Metrics::add(&m.retention_tags_deleted, tags_deleted as u64);
         Metrics::add(&m.retention_manifests_deleted, manifests_deleted as u64);
         if let Err(e) = ended {
-            if done.len() > 1 {
-                tracing::warn!(plan = id, tags_deleted, manifests_deleted, error = %e, "retention apply stopped part-way; what it deleted stays deleted (tags restorable)");
+            // Claimed, the plan cannot be applied again: the next plan deletes the rest.
+            if !done.is_empty() {
+                tracing::warn!(plan = id, tags_deleted, manifests_deleted, error = %e, "retention apply stopped part-way; what it deleted stays deleted (tags restorable), and a new plan deletes the rest");
             }
             return Err(e);
         }

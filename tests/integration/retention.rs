@@ -16,6 +16,30 @@ const DAY: i64 = 86_400_000;
 const ENV: &[(&str, &str)] =
     &[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "0"), ("BOSUN_TEST_FAILPOINTS", "true")];
 
+/// Applies a plan (`path`), doing `meanwhile` between its check of the whole plan and its
+/// deletions (at the `retention.checked` pause point).
+async fn apply_meanwhile(
+    s: &Server,
+    path: &str,
+    meanwhile: impl std::future::Future<Output = ()>,
+) -> (StatusCode, Value) {
+    s.arm("retention.checked").await;
+    let during = async {
+        s.wait_paused("retention.checked").await;
+        meanwhile.await;
+        s.release("retention.checked").await;
+    };
+    tokio::join!(s.admin_post(path), during).0
+}
+
+/// One policy over every repository: each keeps its newest tag.
+const NEWEST_ONE: &str = r#"
+[[retention]]
+name = "one"
+repositories = "**"
+keep = { newest = 1 }
+"#;
+
 /// An OCI layout holding one image per tag (shared base layer, own layer), for skopeo.
 fn write_layout(dir: &Path, tags: &[String]) {
     let base = write_blob(dir, OCI_LAYER, &gzip(&random_bytes(900, 150_000)));
@@ -197,28 +221,18 @@ keep = { newest = 1 }
 /// deleted with it.)
 #[tokio::test]
 async fn a_tag_pushed_to_while_its_plan_is_applied_is_kept() {
-    let config = r#"
-[[retention]]
-name = "one"
-repositories = "**"
-keep = { newest = 1 }
-"#;
-    let s = Server::start_with_config(config, ENV);
+    let s = Server::start_with_config(NEWEST_ONE, ENV);
     for tag in ["a", "b", "c"] {
         s.push_image("mid", tag, &[tag.as_bytes()]).await;
         s.advance_clock(1000).await;
     }
     let (_, plan) = s.admin_post("/admin/retention/plan?repository=mid").await;
     assert_eq!(plan["tags_deleted"], 2, "{plan}");
-    s.arm("retention.checked").await;
     let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
-    let apply = s.admin_post(&apply_path);
-    let meanwhile = async {
-        s.wait_paused("retention.checked").await;
+    let (status, applied) = apply_meanwhile(&s, &apply_path, async {
         s.push_image("mid", "a", &[b"fresh"]).await;
-        s.release("retention.checked").await;
-    };
-    let ((status, applied), ()) = tokio::join!(apply, meanwhile);
+    })
+    .await;
     assert_eq!(status, StatusCode::OK, "{applied}");
     assert_eq!((applied["tags_deleted"].as_u64(), applied["applied_at"].is_i64()), (Some(1), true), "{applied}");
     let a = applied["repositories"][0]["tags"].as_array().unwrap().iter().find(|t| t["tag"] == "a").unwrap();
@@ -235,27 +249,17 @@ keep = { newest = 1 }
 /// plan can be applied after the resume.
 #[tokio::test]
 async fn a_pause_taken_while_a_plan_is_applied_stops_it() {
-    let config = r#"
-[[retention]]
-name = "one"
-repositories = "**"
-keep = { newest = 1 }
-"#;
-    let s = Server::start_with_config(config, ENV);
+    let s = Server::start_with_config(NEWEST_ONE, ENV);
     for tag in ["a", "b"] {
         s.push_image("paused", tag, &[tag.as_bytes()]).await;
         s.advance_clock(1000).await;
     }
     let (_, plan) = s.admin_post("/admin/retention/plan").await;
     let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
-    s.arm("retention.checked").await;
-    let apply = s.admin_post(&apply_path);
-    let meanwhile = async {
-        s.wait_paused("retention.checked").await;
+    let (status, answer) = apply_meanwhile(&s, &apply_path, async {
         assert_eq!(s.admin_post("/admin/gc/pause?reason=incident").await.0, StatusCode::OK);
-        s.release("retention.checked").await;
-    };
-    let ((status, answer), ()) = tokio::join!(apply, meanwhile);
+    })
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("incident"), "{answer}");
     assert_eq!(tag_list(&s.get("/v2/paused/tags/list").await.json().await.unwrap()), ["a", "b"]);
@@ -269,13 +273,7 @@ keep = { newest = 1 }
 /// says so; so does applying the newest plan once it is a week old, forgotten or not.
 #[tokio::test]
 async fn plans_older_than_a_week_are_forgotten() {
-    let config = r#"
-[[retention]]
-name = "one"
-repositories = "**"
-keep = { newest = 1 }
-"#;
-    let s = Server::start_with_config(config, ENV);
+    let s = Server::start_with_config(NEWEST_ONE, ENV);
     s.push_image("weekly/a", "v1", &[b"v1"]).await;
     let (_, old) = s.admin_post("/admin/retention/plan").await;
     s.advance_clock(8 * DAY).await;
@@ -901,6 +899,95 @@ tags_regex = "[0-9]+\\.[0-9]+\\.[0-9]+"
     assert!(answer["error"].as_str().unwrap().contains("is now tagged prod"), "{answer}");
     let signature = attachment(&v1, "sig");
     assert_eq!(s.head(&format!("/v2/signed/a/manifests/{signature}")).await.status(), StatusCode::OK);
+}
+
+/// An apply deletes an image's signature after the image's tags, whatever their names
+/// (`latest` sorts before `sha256-...`, `v1` after), so that the signature's check in its own
+/// transaction sees the image untagged as the plan said, not as a change; and the plan
+/// counts the bytes of both, as a collection then frees them.
+#[tokio::test]
+async fn a_signature_goes_with_an_image_whose_tag_sorts_before_it() {
+    let s = Server::start_with_config(&format!("restore_window = \"0\"\n{NEWEST_ONE}"), ENV);
+    // Tags on either side of `sha256-...`.
+    for tag in ["latest", "v1"] {
+        let (_, old) = s.push_image("early", tag, &[tag.as_bytes()]).await;
+        s.push_image("early", &format!("{}.sig", old.replace(':', "-")), &[format!("signature of {tag}").as_bytes()])
+            .await;
+    }
+    s.advance_clock(1000).await;
+    s.push_image("early", "z", &[b"z layer"]).await;
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(plan["tags_deleted"], 4, "{plan}");
+    let (status, applied) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+    assert_eq!((status, &applied["tags_deleted"]), (StatusCode::OK, &json!(4)), "{applied}");
+    assert_eq!(tag_list(&s.get("/v2/early/tags/list").await.json().await.unwrap()), ["z"]);
+    let report = s.gc(false).await;
+    let blobs = report["removed"].as_array().unwrap().iter().filter(|r| r["kind"] == "blob").count();
+    assert_eq!(
+        (blobs, &report["bytes_removed"]),
+        (plan["blobs_freed"].as_u64().unwrap() as usize, &plan["bytes_freed"]),
+        "{plan} {report}"
+    );
+}
+
+/// A tag that the plan deletes but that is pushed again during the apply is kept, and so
+/// is its image's signature, which the plan deleted with it.
+#[tokio::test]
+async fn a_signature_stays_with_a_tag_kept_during_the_apply() {
+    let s = Server::start_with_config(NEWEST_ONE, ENV);
+    let (_, v1) = s.push_image("resigned", "v1", &[b"v1 layer"]).await;
+    let signature = format!("{}.sig", v1.replace(':', "-"));
+    s.push_image("resigned", &signature, &[b"signature of v1"]).await;
+    s.advance_clock(1000).await;
+    s.push_image("resigned", "v2", &[b"v2 layer"]).await;
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(plan["tags_deleted"], 2, "{plan}");
+    let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
+    let (status, applied) = apply_meanwhile(&s, &apply_path, async {
+        s.advance_clock(10).await;
+        s.push_image("resigned", "v1", &[b"v1 layer"]).await;
+    })
+    .await;
+    assert_eq!((status, &applied["tags_deleted"]), (StatusCode::OK, &json!(0)), "{applied}");
+    let mut tags = tag_list(&s.get("/v2/resigned/tags/list").await.json().await.unwrap());
+    tags.sort();
+    assert_eq!(tags, [signature, "v1".to_owned(), "v2".to_owned()]);
+}
+
+/// Applies run one at a time: two plans made before either is applied, each keeping a
+/// different tag of one repository, cannot together delete every tag; the second is
+/// checked after the first has deleted, and refused.
+#[tokio::test]
+async fn two_applies_at_once_never_empty_a_repository() {
+    let s = Server::start_with(ENV);
+    let put = |keep: Value| {
+        let policy = json!({"name": "p", "repositories": "both/**", "keep": keep});
+        s.http.put(s.url("/admin/retention/policies/p")).json(&policy).send()
+    };
+    assert_eq!(put(json!({"newest": 1})).await.unwrap().status(), StatusCode::OK);
+    for tag in ["a", "b", "c"] {
+        s.push_image("both/x", tag, &[tag.as_bytes()]).await;
+        s.advance_clock(1000).await;
+    }
+    let (_, keeps_c) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(put(json!({"matching": "a"})).await.unwrap().status(), StatusCode::OK);
+    let (_, keeps_a) = s.admin_post("/admin/retention/plan").await;
+    s.arm("retention.checked").await;
+    let (first, second) = (
+        format!("/admin/retention/apply?plan={}", keeps_c["id"]),
+        format!("/admin/retention/apply?plan={}", keeps_a["id"]),
+    );
+    let meanwhile = async {
+        s.wait_paused("retention.checked").await;
+        // Time for the other apply to reach the same point, were it not waiting.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.release("retention.checked").await;
+    };
+    let ((one, a), (two, b), ()) = tokio::join!(s.admin_post(&first), s.admin_post(&second), meanwhile);
+    let mut statuses = [one, two];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "{a} {b}");
+    assert_eq!(tag_list(&s.get("/v2/both/x/tags/list").await.json().await.unwrap()).len(), 1);
 }
 
 /// A plan that deletes an image's last tag and its signature, applied after an index came
