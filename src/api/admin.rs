@@ -107,14 +107,21 @@ fn ok_or_500<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> AdminRespon
 fn retention_response<T: Serialize>(r: Result<T, RetentionError>) -> AdminResponse {
     match r {
         Ok(v) => json(StatusCode::OK, &v),
-        Err(e @ RetentionError::Changed { .. }) | Err(e @ RetentionError::AlreadyApplied(_)) => {
-            error(StatusCode::CONFLICT, e.to_string())
+        Err(e) => error(retention_status(&e), e.to_string()),
+    }
+}
+
+fn retention_status(e: &RetentionError) -> StatusCode {
+    match e {
+        RetentionError::Changed { .. } | RetentionError::AlreadyApplied(_) | RetentionError::Paused(_) => {
+            StatusCode::CONFLICT
         }
-        Err(e @ RetentionError::PlanUnknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e @ RetentionError::Paused(_)) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(e @ RetentionError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(RetentionError::Metadata(e)) if e.is_full() => error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        RetentionError::PlanUnknown(_) => StatusCode::NOT_FOUND,
+        RetentionError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RetentionError::Metadata(e) if e.is_full() => StatusCode::INSUFFICIENT_STORAGE,
+        // Answered as what stopped it; the message says what it had deleted.
+        RetentionError::Stopped { cause, .. } => retention_status(cause),
+        RetentionError::Metadata(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

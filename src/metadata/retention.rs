@@ -195,6 +195,26 @@ pub fn restored_since(conn: &Connection, repo: &str, tag: &str, since: i64) -> R
         .exists(params![repo, tag, since])?)
 }
 
+/// Whether retention deleted a tag of the manifest after `since` (inside the restore
+/// window), not restored since: an untagged image whose signature is still there because
+/// the apply that deleted its tags stopped before the signature.
+pub fn untagged_by_retention(conn: &Connection, manifest: ManifestId, since: i64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM tag_deletions WHERE manifest_id = ?1 AND restorable = 1 AND restored_at IS NULL
+                AND deleted_at > ?2 AND actor = 'retention'",
+        )?
+        .exists(params![manifest, since])?)
+}
+
+/// When a manifest of `repo` was pushed, if it is there.
+pub fn created_at(conn: &Connection, repo: RepoId, digest: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT created_at FROM manifests WHERE repository_id = ?1 AND digest = ?2")?
+        .query_row(params![repo, digest], |r| r.get(0))
+        .optional()?)
+}
+
 /// Whether a manifest is protected by a tag deletion still inside its restore window.
 pub fn in_restore_window(conn: &Connection, manifest: ManifestId, since: i64) -> Result<bool> {
     Ok(conn

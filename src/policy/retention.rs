@@ -79,9 +79,15 @@ pub enum RetentionError {
     #[error("retention plan {0} was applied already")]
     AlreadyApplied(i64),
     #[error(
-        "the registry changed since plan {id} was made; nothing was deleted. Make a new plan. Changes: {changes:?}"
+        "the registry changed since plan {id} was made; nothing was deleted. Make a new plan. Changes: {}",
+        first_of(changes)
     )]
     Changed { id: i64, changes: Vec<String> },
+    /// An apply that had claimed its plan stopped part-way: what it deleted stays deleted.
+    #[error(
+        "plan {id} stopped part-way: {cause}. Before that it deleted {tags_deleted} tags (restorable) and {manifests_deleted} untagged manifests; the plan cannot be applied again, a new plan deletes the rest"
+    )]
+    Stopped { id: i64, tags_deleted: usize, manifests_deleted: usize, cause: Box<RetentionError> },
     #[error("{0}")]
     Invalid(String),
     /// Garbage collection is paused, and with it every deletion a policy would make.
@@ -92,6 +98,17 @@ pub enum RetentionError {
 }
 
 pub type Result<T> = std::result::Result<T, RetentionError>;
+
+/// The first few of `changes`, and how many more: a plan of 20,000 deletions made stale
+/// by another apply would otherwise answer with all of them (700 KB).
+fn first_of(changes: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let shown = format!("{:?}", &changes[..changes.len().min(SHOWN)]);
+    match changes.len().checked_sub(SHOWN) {
+        Some(more) if more > 0 => format!("{shown} and {more} more"),
+        _ => shown,
+    }
+}
 
 fn tag_facts(rows: &[&q::TagRow]) -> Vec<TagFacts> {
     rows.iter().map(|t| TagFacts { name: t.name.clone(), pushed_at: t.pushed_at, pulled_at: t.pulled_at }).collect()
@@ -112,6 +129,8 @@ struct Target {
     digest: String,
     present: bool,
     parent: Option<String>,
+    /// Untagged by retention, inside the restore window (see [`q::untagged_by_retention`]).
+    untagged_by_retention: bool,
 }
 
 /// Decides every tag and untagged manifest of one repository under `policy`.
@@ -139,8 +158,13 @@ fn evaluate(
     for row in &rows {
         targets.push(match attachment_target(&row.name) {
             Some(d) => Some(match manifests::id_of(c, repo, &d)? {
-                Some(id) => Target { digest: d.to_string(), present: true, parent: manifests::parent_of(c, id)? },
-                None => Target { digest: d.to_string(), present: false, parent: None },
+                Some(id) => Target {
+                    digest: d.to_string(),
+                    present: true,
+                    parent: manifests::parent_of(c, id)?,
+                    untagged_by_retention: q::untagged_by_retention(c, id, restore_since)?,
+                },
+                None => Target { digest: d.to_string(), present: false, parent: None, untagged_by_retention: false },
             }),
             None => None,
         });
@@ -166,7 +190,7 @@ fn evaluate(
         .iter()
         .zip(&targets)
         .map(|(row, target)| {
-            let Some(Target { digest: t, present, parent }) = target else {
+            let Some(Target { digest: t, present, parent, untagged_by_retention }) = target else {
                 return (row, own_decisions[row.name.as_str()].clone());
             };
             let decision = match policies.immutable_rule(name, &row.name) {
@@ -175,6 +199,9 @@ fn evaluate(
                 // A platform manifest signed on its own stays while its index does.
                 None if let Some(index) = parent => (true, format!("attached to {t}, which index {index} lists")),
                 None if tagged.contains(t.as_str()) => (false, format!("attached to {t}, whose every tag goes")),
+                // An apply that deleted the image's tags and stopped before this tag: the
+                // rest of its work.
+                None if *untagged_by_retention => (false, format!("attached to {t}, whose tags retention deleted")),
                 None if *present => (true, format!("attached to {t}, which no tag points at")),
                 None => (false, format!("attached to {t}, which is not in the repository")),
             };
@@ -227,9 +254,6 @@ fn evaluate(
 /// What the deletion of an attachment (a signature by tag) rests on besides its own tag.
 struct Attachment {
     image: Digest,
-    /// Whether the plan saw the image tagged (by tags it deletes, since it deletes this
-    /// one): the image is then there, untagged, once they are gone.
-    image_tagged: bool,
     /// Every tag of the repository that the plan deletes: before the deletions, those of
     /// the image's tags do not keep the attachment.
     deleted: Arc<HashSet<String>>,
@@ -246,12 +270,13 @@ enum Phase {
 
 /// Why an attachment that a plan deletes with its image would be kept now, if it would: a
 /// tag that the plan does not delete (or did not, because it changed) points at the image,
-/// an index lists it, or the image, absent at the plan, is there.
+/// an index lists it, or the image was pushed since the plan (`planned_at`).
 fn attachment_kept_now(
     c: &rusqlite::Connection,
     repo: RepoId,
     a: &Attachment,
     phase: Phase,
+    planned_at: i64,
 ) -> std::result::Result<Option<String>, MetadataError> {
     let image = &a.image;
     let tags = q::tags_at(c, repo, &image.to_string())?;
@@ -262,7 +287,8 @@ fn attachment_kept_now(
     if let Some(index) = manifests::parent_of(c, id)? {
         return Ok(Some(format!("its image {image} is now listed by index {index}")));
     }
-    if !a.image_tagged {
+    // Pushed in the plan's millisecond, it may have come after the plan: kept.
+    if q::created_at(c, repo, &image.to_string())?.is_some_and(|pushed| pushed >= planned_at) {
         return Ok(Some(format!("its image {image} is in the repository now")));
     }
     Ok(None)
@@ -339,11 +365,7 @@ fn deletions(
                 }
                 continue;
             }
-            let attachment = attachment_target(&t.tag).map(|image| Attachment {
-                image_tagged: rp.tags.iter().any(|o| o.digest == image.to_string()),
-                image,
-                deleted: deleted.clone(),
-            });
+            let attachment = attachment_target(&t.tag).map(|image| Attachment { image, deleted: deleted.clone() });
             let d = deletion(Position::Tag(r, i), Deleted::Tag(t.clone(), attachment));
             match d.what {
                 Deleted::Tag(_, Some(_)) => attachments.push(d),
@@ -403,7 +425,7 @@ fn recheck(
     // A signature goes with its image's last tag, or because the image is not there: an
     // image that kept or gained a tag (a promotion by digest) or arrived since keeps it.
     if let Some(a) = attachment
-        && let Some(change) = attachment_kept_now(c, d.repo, a, phase)?
+        && let Some(change) = attachment_kept_now(c, d.repo, a, phase, created_at)?
     {
         return changed(format!("{at}: {change}"));
     }
@@ -562,7 +584,12 @@ impl Retention {
     /// the pause: one that changed in between (a push to the tag, mid-apply) is kept, and
     /// shown as kept in the answer, with what changed.
     pub async fn apply(&self, id: i64) -> Result<Plan> {
-        let _one_at_a_time = self.applying.lock().await;
+        let one_at_a_time = self.applying.lock().await;
+        self.apply_alone(id, &one_at_a_time).await
+    }
+
+    /// [`Retention::apply`], with `applying` held by the caller.
+    async fn apply_alone(&self, id: i64, _applying: &tokio::sync::MutexGuard<'_, ()>) -> Result<Plan> {
         let registry = self.collector.registry();
         // The pulls of the last seconds, so that "pulled since the plan" sees them.
         registry.pulls.flush(&registry.meta).await?;
@@ -700,10 +727,12 @@ impl Retention {
         Metrics::add(&m.retention_manifests_deleted, manifests_deleted as u64);
         if let Err(e) = ended {
             // Claimed, the plan cannot be applied again: the next plan deletes the rest.
-            if !done.is_empty() {
-                tracing::warn!(plan = id, tags_deleted, manifests_deleted, error = %e, "retention apply stopped part-way; what it deleted stays deleted (tags restorable), and a new plan deletes the rest");
+            if done.is_empty() {
+                return Err(e);
             }
-            return Err(e);
+            let stopped = RetentionError::Stopped { id, tags_deleted, manifests_deleted, cause: Box::new(e) };
+            tracing::warn!(error = %stopped, "retention apply stopped part-way");
+            return Err(stopped);
         }
         flushed?;
         Metrics::add(&m.retention_applied, 1);
@@ -717,9 +746,11 @@ impl Retention {
 
     /// Plans and applies at once (a scheduled run, or `run` on demand).
     pub async fn run(&self, policy: Option<String>) -> Result<Plan> {
+        // Planned once no other apply runs: a plan made beside one is stale at once.
+        let one_at_a_time = self.applying.lock().await;
         let plan = self.plan(None, policy).await?;
         self.collector.registry().failpoints.hit(crate::failpoints::RETENTION_BEFORE_APPLY).await;
-        self.apply(plan.id).await
+        self.apply_alone(plan.id, &one_at_a_time).await
     }
 
     /// Runs every scheduled policy that is due; called periodically. When each last ran is
@@ -835,5 +866,21 @@ impl Retention {
             })
             .await
             .map_err(RetentionError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal lists the first changes and counts the rest; a short list is whole.
+    #[test]
+    fn a_refusal_names_the_first_changes_only() {
+        let changes: Vec<String> = (0..20_000).map(|i| format!("r:t{i} no longer exists")).collect();
+        let refused = RetentionError::Changed { id: 7, changes: changes.clone() }.to_string();
+        assert!(refused.contains("r:t9 no longer exists") && !refused.contains("r:t10 "), "{refused}");
+        assert!(refused.ends_with("and 19990 more"), "{refused}");
+        let few = RetentionError::Changed { id: 7, changes: changes[..2].to_vec() }.to_string();
+        assert!(few.ends_with(r#"["r:t0 no longer exists", "r:t1 no longer exists"]"#), "{few}");
     }
 }

@@ -990,6 +990,59 @@ async fn two_applies_at_once_never_empty_a_repository() {
     assert_eq!(tag_list(&s.get("/v2/both/x/tags/list").await.json().await.unwrap()).len(), 1);
 }
 
+/// A signature left beside an image whose tags retention deleted (an apply that stopped
+/// between the two, or a signature pushed between a plan and its apply) goes with the
+/// next plan, instead of staying until the image is collected after the restore window.
+#[tokio::test]
+async fn a_signature_left_by_an_earlier_apply_goes_with_the_next_plan() {
+    let s = Server::start_with_config(NEWEST_ONE, ENV);
+    let (_, old) = s.push_image("left", "old", &[b"old"]).await;
+    s.advance_clock(1000).await;
+    s.push_image("left", "new", &[b"new"]).await;
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    let signature = format!("{}.sig", old.replace(':', "-"));
+    s.push_image("left", &signature, &[b"signature of old"]).await;
+    let (status, applied) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+    assert_eq!((status, &applied["tags_deleted"]), (StatusCode::OK, &json!(1)), "{applied}");
+    let (status, next) = s.admin_post("/admin/retention/run").await;
+    assert_eq!((status, &next["tags_deleted"]), (StatusCode::OK, &json!(1)), "{next}");
+    let decided = next["repositories"][0]["tags"].as_array().unwrap().iter().find(|t| t["tag"] == signature.as_str());
+    assert!(decided.unwrap()["reason"].as_str().unwrap().contains("whose tags retention deleted"), "{next}");
+    assert_eq!(tag_list(&s.get("/v2/left/tags/list").await.json().await.unwrap()), ["new"]);
+    // Restorable like the image's tag.
+    let restored = s.http.post(s.url(&format!("/admin/restore?repository=left&tag={signature}"))).send().await.unwrap();
+    assert_eq!(restored.status(), StatusCode::OK);
+}
+
+/// A run (on demand, or scheduled) that comes during an apply plans once that apply is
+/// done: it finds nothing left to delete, instead of a plan made stale by the apply at
+/// once (refused with every deleted tag listed as a change).
+#[tokio::test]
+async fn a_run_during_an_apply_plans_after_it() {
+    let s = Server::start_with_config(NEWEST_ONE, ENV);
+    for tag in ["a", "b", "c"] {
+        s.push_image("queued", tag, &[tag.as_bytes()]).await;
+        s.advance_clock(1000).await;
+    }
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    s.arm("retention.checked").await;
+    let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
+    let apply = s.admin_post(&apply_path);
+    let run = async {
+        s.wait_paused("retention.checked").await;
+        let run = s.admin_post("/admin/retention/run");
+        let release = async {
+            // Time for the run to plan, were it not waiting for the apply.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.release("retention.checked").await;
+        };
+        tokio::join!(run, release).0
+    };
+    let ((applied, a), (ran, r)) = tokio::join!(apply, run);
+    assert_eq!((applied, &a["tags_deleted"]), (StatusCode::OK, &json!(2)), "{a}");
+    assert_eq!((ran, &r["tags_deleted"]), (StatusCode::OK, &json!(0)), "{r}");
+}
+
 /// A plan that deletes an image's last tag and its signature, applied after an index came
 /// to list the image (which now stays, and keeps its signature): refused as changed.
 #[tokio::test]
