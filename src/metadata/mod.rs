@@ -231,32 +231,6 @@ impl Drop for Queued<'_> {
     }
 }
 
-/// A database to try changes on ([`Metadata::simulate_on_copy`]): each run starts from
-/// the same state. Two runs rather than one with a savepoint inside: while a savepoint is
-/// open, SQLite keeps every page changed since in one in-memory journal, which each later
-/// statement walks, so a simulation that changes much in a savepoint slows down
-/// quadratically (a retention plan with 5,000 untagged manifests awaiting collection took
-/// 19 s instead of a fraction of one).
-pub struct Simulation<'c> {
-    conn: &'c mut Connection,
-}
-
-impl Simulation<'_> {
-    /// Runs `f` in a write transaction that is rolled back.
-    pub fn run<T, E>(
-        &mut self,
-        f: impl FnOnce(&Transaction<'_>) -> std::result::Result<T, E>,
-    ) -> std::result::Result<T, E>
-    where
-        E: From<MetadataError>,
-    {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
-        let value = f(&tx)?;
-        tx.rollback().map_err(MetadataError::from)?;
-        Ok(value)
-    }
-}
-
 /// A connection to a copy of the database; the file goes once the connection is closed
 /// (fields drop in order).
 struct SimulationCopy {
@@ -610,35 +584,39 @@ impl Metadata {
         (done, Ok(()))
     }
 
-    /// Runs `f` on a private copy of the database as it is now, where each
-    /// [`Simulation::run`] is a transaction that is rolled back: what [`Metadata::simulate`]
-    /// does, but without holding the writer while `f` runs. For simulations over the whole
-    /// registry (a retention plan: seconds for tens of thousands of tags), which would
-    /// otherwise hold up every push. The copy is taken in one step from one read snapshot
-    /// (writers go on meanwhile), into a file beside the database that is removed
-    /// afterwards: it costs the database's size, read and written once. It is made only
-    /// where twice the database and its log, and 1 GiB besides, are free; where it cannot be
-    /// (a full disk, when a plan is most wanted), `f` runs on the database itself, holding
-    /// the writer, as [`Metadata::simulate`].
+    /// Runs `f` on a private copy of the database as it is now, in a transaction that is
+    /// rolled back: what [`Metadata::simulate`] does, but without holding the writer while
+    /// `f` runs. For simulations over the whole registry (a retention plan: seconds for
+    /// tens of thousands of tags), which would otherwise hold up every push. The copy is
+    /// taken in one step from one read snapshot (writers go on meanwhile), into a file
+    /// beside the database that is removed afterwards: it costs the database's size, read
+    /// and written once. It is made only where twice the database and its log, and 1 GiB
+    /// besides, are free; where it cannot be (a full disk, when a plan is most wanted), `f`
+    /// runs on the database itself, as [`Metadata::simulate`].
     pub async fn simulate_on_copy<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
         T: Send + 'static,
         E: From<MetadataError> + Send + 'static,
-        F: FnOnce(&mut Simulation<'_>) -> std::result::Result<T, E> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
         let this = self.clone();
         let copied = tokio::task::spawn_blocking(move || this.copy())
             .await
             .map_err(|e| E::from(MetadataError::Task(e.to_string())))?;
-        let task = match copied {
-            Ok(mut copy) => tokio::task::spawn_blocking(move || f(&mut Simulation { conn: &mut copy.conn })),
+        let mut copy = match copied {
+            Ok(copy) => copy,
             Err(e) => {
                 tracing::warn!(error = %e, "could not copy the metadata database to simulate on; simulating on the database itself, which holds up writers meanwhile");
-                let mut writer = self.inner.writer.lock().await;
-                tokio::task::spawn_blocking(move || f(&mut Simulation { conn: &mut writer }))
+                return self.simulate(f).await;
             }
         };
-        task.await.map_err(|e| E::from(MetadataError::Task(e.to_string())))?
+        tokio::task::spawn_blocking(move || {
+            let tx =
+                copy.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetadataError::from)?;
+            f(&tx)
+        })
+        .await
+        .map_err(|e| E::from(MetadataError::Task(e.to_string())))?
     }
 
     /// A copy of the database from one read snapshot, for [`Metadata::simulate_on_copy`].
@@ -780,15 +758,13 @@ mod tests {
         let copying = meta.clone();
         let simulation = tokio::spawn(async move {
             copying
-                .simulate_on_copy(move |s| {
-                    s.run(|c| {
-                        c.execute("DELETE FROM repositories WHERE name = 'before'", [])?;
-                        started.send(()).unwrap();
-                        // The write below commits meanwhile; if the simulation held the
-                        // writer, it would wait for this one, which waits for it.
-                        write_done.recv_timeout(Duration::from_secs(10)).expect("the simulation held up the writer");
-                        Ok::<_, MetadataError>(c.query_row(count, [], |r| r.get::<_, i64>(0))?)
-                    })
+                .simulate_on_copy(move |c| {
+                    c.execute("DELETE FROM repositories WHERE name = 'before'", [])?;
+                    started.send(()).unwrap();
+                    // The write below commits meanwhile; if the simulation held the writer,
+                    // it would wait for this one, which waits for it.
+                    write_done.recv_timeout(Duration::from_secs(10)).expect("the simulation held up the writer");
+                    Ok::<_, MetadataError>(c.query_row(count, [], |r| r.get::<_, i64>(0))?)
                 })
                 .await
         });
@@ -812,18 +788,13 @@ mod tests {
         meta.inner.fail_copies.store(true, Ordering::Relaxed);
         let count = "SELECT COUNT(*) FROM repositories";
         let seen = meta
-            .simulate_on_copy(move |s| {
-                let emptied = s.run(|c| {
-                    c.execute("DELETE FROM repositories", [])?;
-                    Ok::<_, MetadataError>(c.query_row(count, [], |r| r.get::<_, i64>(0))?)
-                })?;
-                // Each run starts from the database as it was.
-                let again = s.run(|c| Ok::<_, MetadataError>(c.query_row(count, [], |r| r.get::<_, i64>(0))?))?;
-                Ok::<_, MetadataError>((emptied, again))
+            .simulate_on_copy(move |c| {
+                c.execute("DELETE FROM repositories", [])?;
+                Ok::<_, MetadataError>(c.query_row(count, [], |r| r.get::<_, i64>(0))?)
             })
             .await
             .unwrap();
-        assert_eq!(seen, (0, 1));
+        assert_eq!(seen, 0);
         assert_eq!(meta.read(move |c| Ok(c.query_row(count, [], |r| r.get::<_, i64>(0))?)).await.unwrap(), 1);
     }
 

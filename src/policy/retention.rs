@@ -4,9 +4,9 @@
 //! (except what changes while it applies, which is kept: see [`Retention::apply`]).
 //!
 //! "Bytes freed" counts only blobs that no surviving manifest in any repository uses: it is
-//! computed by simulating, on a copy of the database (so that writers go on meanwhile), the
-//! deletions and then every collection they lead to, and subtracting what collection would
-//! free without them (each in a rolled-back transaction).
+//! computed by simulating, on a rolled-back transaction on a copy of the database (so that
+//! writers go on meanwhile), every collection that would happen anyway, then the
+//! deletions, and the collections they lead to.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -522,49 +522,42 @@ impl Retention {
         let restore_since = options.restore_since(now);
         let mut plan = registry
             .meta
-            .simulate_on_copy(move |s| {
-                // What collection frees anyway, without the plan: a run of its own (see
-                // `Simulation` for why not a savepoint).
-                let (mut plan, baseline) = s.run(|c| {
-                    let mut repositories = Vec::new();
-                    for (id, name) in q::repositories(c)? {
-                        if repository.as_ref().is_some_and(|r| r.as_str() != name) {
-                            continue;
-                        }
-                        let Some(governing) = policies.retention_for(&name) else { continue };
-                        if policy.as_ref().is_some_and(|p| *p != governing.spec.name) {
-                            continue;
-                        }
-                        repositories.push(evaluate(c, &policies, governing, (id, &name), &options, now)?);
+            .simulate_on_copy(move |c| {
+                let mut repositories = Vec::new();
+                for (id, name) in q::repositories(c)? {
+                    if repository.as_ref().is_some_and(|r| r.as_str() != name) {
+                        continue;
                     }
-                    let plan = Plan {
-                        id: 0,
-                        created_at: now,
-                        tags_deleted: repositories.iter().flat_map(|r| &r.tags).filter(|t| !t.keep).count(),
-                        manifests_deleted: repositories.iter().flat_map(|r| &r.untagged).filter(|u| !u.keep).count(),
-                        repositories,
-                        blobs_freed: 0,
-                        bytes_freed: 0,
-                        applied_at: None,
-                    };
-                    let baseline: HashSet<String> =
-                        gc::blobs_freed_eventually(c, &ctx)?.into_iter().map(|(d, _)| d).collect();
-                    Ok::<_, MetadataError>((plan, baseline))
-                })?;
-                s.run(|c| {
-                    for d in deletions(c, &plan)?.0 {
-                        if let Ok(manifest) = recheck(c, &policies, &d, Phase::Delete, now, restore_since)? {
-                            delete(c, &d, manifest, now)?;
-                        }
+                    let Some(governing) = policies.retention_for(&name) else { continue };
+                    if policy.as_ref().is_some_and(|p| *p != governing.spec.name) {
+                        continue;
                     }
-                    for (digest, size) in gc::blobs_freed_eventually(c, &ctx)? {
-                        if !baseline.contains(&digest) {
-                            plan.blobs_freed += 1;
-                            plan.bytes_freed += size;
-                        }
+                    repositories.push(evaluate(c, &policies, governing, (id, &name), &options, now)?);
+                }
+                let mut plan = Plan {
+                    id: 0,
+                    created_at: now,
+                    tags_deleted: repositories.iter().flat_map(|r| &r.tags).filter(|t| !t.keep).count(),
+                    manifests_deleted: repositories.iter().flat_map(|r| &r.untagged).filter(|u| !u.keep).count(),
+                    repositories,
+                    blobs_freed: 0,
+                    bytes_freed: 0,
+                    applied_at: None,
+                };
+                // What collection frees anyway goes first; the collection after the plan's
+                // deletions then frees exactly what the plan adds (collection removes what
+                // its roots no longer reach, and the plan only removes roots). An untagged
+                // manifest the plan deletes that collection took first is skipped as gone.
+                gc::blobs_freed_eventually(c, &ctx)?;
+                for d in deletions(c, &plan)?.0 {
+                    if let Ok(manifest) = recheck(c, &policies, &d, Phase::Delete, now, restore_since)? {
+                        delete(c, &d, manifest, now)?;
                     }
-                    Ok::<_, MetadataError>(())
-                })?;
+                }
+                for (_, size) in gc::blobs_freed_eventually(c, &ctx)? {
+                    plan.blobs_freed += 1;
+                    plan.bytes_freed += size;
+                }
                 Ok::<_, MetadataError>(plan)
             })
             .await?;
