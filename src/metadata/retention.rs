@@ -207,11 +207,11 @@ pub fn untagged_by_retention(conn: &Connection, manifest: ManifestId, since: i64
         .exists(params![manifest, since])?)
 }
 
-/// When a manifest of `repo` was pushed, if it is there.
-pub fn created_at(conn: &Connection, repo: RepoId, digest: &str) -> Result<Option<i64>> {
+/// A manifest of `repo`, if it is there, and when it was pushed. (id, created_at)
+pub fn pushed(conn: &Connection, repo: RepoId, digest: &str) -> Result<Option<(ManifestId, i64)>> {
     Ok(conn
-        .prepare_cached("SELECT created_at FROM manifests WHERE repository_id = ?1 AND digest = ?2")?
-        .query_row(params![repo, digest], |r| r.get(0))
+        .prepare_cached("SELECT id, created_at FROM manifests WHERE repository_id = ?1 AND digest = ?2")?
+        .query_row(params![repo, digest], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }
 

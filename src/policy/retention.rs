@@ -283,12 +283,12 @@ fn attachment_kept_now(
     if let Some(kept) = tags.iter().find(|t| phase == Phase::Delete || !a.deleted.contains(*t)) {
         return Ok(Some(format!("its image {image} is now tagged {kept}")));
     }
-    let Some(id) = manifests::id_of(c, repo, image)? else { return Ok(None) };
+    let Some((id, pushed_at)) = q::pushed(c, repo, &image.to_string())? else { return Ok(None) };
     if let Some(index) = manifests::parent_of(c, id)? {
         return Ok(Some(format!("its image {image} is now listed by index {index}")));
     }
     // Pushed in the plan's millisecond, it may have come after the plan: kept.
-    if q::created_at(c, repo, &image.to_string())?.is_some_and(|pushed| pushed >= planned_at) {
+    if pushed_at >= planned_at {
         return Ok(Some(format!("its image {image} is in the repository now")));
     }
     Ok(None)
@@ -389,7 +389,7 @@ fn recheck(
     policies: &Policies,
     d: &Deletion,
     phase: Phase,
-    created_at: i64,
+    planned_at: i64,
     restore_since: i64,
 ) -> std::result::Result<std::result::Result<ManifestId, Stale>, MetadataError> {
     let (t, attachment) = match &d.what {
@@ -419,13 +419,13 @@ fn recheck(
         return changed(format!("{at} was pulled since"));
     }
     // A restore puts the tag back as it was; the operator's wish to keep it is the change.
-    if q::restored_since(c, &d.repository, &t.tag, created_at)? {
+    if q::restored_since(c, &d.repository, &t.tag, planned_at)? {
         return changed(format!("{at} was restored since"));
     }
     // A signature goes with its image's last tag, or because the image is not there: an
     // image that kept or gained a tag (a promotion by digest) or arrived since keeps it.
     if let Some(a) = attachment
-        && let Some(change) = attachment_kept_now(c, d.repo, a, phase, created_at)?
+        && let Some(change) = attachment_kept_now(c, d.repo, a, phase, planned_at)?
     {
         return changed(format!("{at}: {change}"));
     }

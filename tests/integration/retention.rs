@@ -32,6 +32,15 @@ async fn apply_meanwhile(
     tokio::join!(s.admin_post(path), during).0
 }
 
+/// Pushes one image per tag, each layer its tag's name, a second apart (by the server's
+/// clock), so that `newest` ranks them in that order.
+async fn push_a_second_apart(s: &Server, repo: &str, tags: &[&str]) {
+    for tag in tags {
+        s.push_image(repo, tag, &[tag.as_bytes()]).await;
+        s.advance_clock(1000).await;
+    }
+}
+
 /// One policy over every repository: each keeps its newest tag.
 const NEWEST_ONE: &str = r#"
 [[retention]]
@@ -222,10 +231,7 @@ keep = { newest = 1 }
 #[tokio::test]
 async fn a_tag_pushed_to_while_its_plan_is_applied_is_kept() {
     let s = Server::start_with_config(NEWEST_ONE, ENV);
-    for tag in ["a", "b", "c"] {
-        s.push_image("mid", tag, &[tag.as_bytes()]).await;
-        s.advance_clock(1000).await;
-    }
+    push_a_second_apart(&s, "mid", &["a", "b", "c"]).await;
     let (_, plan) = s.admin_post("/admin/retention/plan?repository=mid").await;
     assert_eq!(plan["tags_deleted"], 2, "{plan}");
     let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
@@ -250,10 +256,7 @@ async fn a_tag_pushed_to_while_its_plan_is_applied_is_kept() {
 #[tokio::test]
 async fn a_pause_taken_while_a_plan_is_applied_stops_it() {
     let s = Server::start_with_config(NEWEST_ONE, ENV);
-    for tag in ["a", "b"] {
-        s.push_image("paused", tag, &[tag.as_bytes()]).await;
-        s.advance_clock(1000).await;
-    }
+    push_a_second_apart(&s, "paused", &["a", "b"]).await;
     let (_, plan) = s.admin_post("/admin/retention/plan").await;
     let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
     let (status, answer) = apply_meanwhile(&s, &apply_path, async {
@@ -973,10 +976,7 @@ async fn two_applies_at_once_never_empty_a_repository() {
         s.http.put(s.url("/admin/retention/policies/p")).json(&policy).send()
     };
     assert_eq!(put(json!({"newest": 1})).await.unwrap().status(), StatusCode::OK);
-    for tag in ["a", "b", "c"] {
-        s.push_image("both/x", tag, &[tag.as_bytes()]).await;
-        s.advance_clock(1000).await;
-    }
+    push_a_second_apart(&s, "both/x", &["a", "b", "c"]).await;
     let (_, keeps_c) = s.admin_post("/admin/retention/plan").await;
     assert_eq!(put(json!({"matching": "a"})).await.unwrap().status(), StatusCode::OK);
     let (_, keeps_a) = s.admin_post("/admin/retention/plan").await;
@@ -1028,10 +1028,7 @@ async fn a_signature_left_by_an_earlier_apply_goes_with_the_next_plan() {
 #[tokio::test]
 async fn a_run_during_an_apply_plans_after_it() {
     let s = Server::start_with_config(NEWEST_ONE, ENV);
-    for tag in ["a", "b", "c"] {
-        s.push_image("queued", tag, &[tag.as_bytes()]).await;
-        s.advance_clock(1000).await;
-    }
+    push_a_second_apart(&s, "queued", &["a", "b", "c"]).await;
     let (_, plan) = s.admin_post("/admin/retention/plan").await;
     s.arm("retention.checked").await;
     let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
