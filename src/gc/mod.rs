@@ -22,10 +22,12 @@
 //! 1. **Counts in the same transaction as every write.** Tags, index children and blob
 //!    references are counted by triggers (`metadata/schema.sql`), so candidates are found
 //!    through "count = 0" indexes: a run costs in proportion to the garbage.
-//! 2. **Grace period.** Anything that loses its last reference (an index's children too
-//!    when collection removes the index), and any blob a client uploads, mounts or probes
-//!    (HEAD), and any collectable manifest a client reads or pushes again, restarts its
-//!    grace from that moment (`touched_at` / `linked_at`). A
+//! 2. **Grace period.** Anything that loses its last reference to a client or a retention
+//!    policy (and an index's children when collection removes the index; what else a
+//!    removed manifest leaves unreferenced is the same run's, or the next's), and any
+//!    blob a client uploads, mounts or probes (HEAD), and any collectable manifest a
+//!    client reads or pushes again, restarts its grace from that moment (`touched_at` /
+//!    `linked_at`). A
 //!    client that saw a blob or manifest as present has at least a grace period to
 //!    reference it (for a blob, a shorter one in a collection an operator asked for with
 //!    one: see [`Collector::collect`]).
