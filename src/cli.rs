@@ -192,37 +192,40 @@ pub fn gc(config: &Config, url: Option<&str>, action: GcAction) -> anyhow::Resul
     let answer = request(&addr, method, &path, "", patience).map_err(|e| {
         anyhow::anyhow!("{e:#} (a collection or reconcile it started, if any, is in bosun gc --history)")
     })?;
-    match answer {
+    let nobody = match answer {
         Some((200, body)) => {
             print(&format!("{}\n", bosun_answer(&addr, body)?))?;
             return Ok(());
         }
         // The server that answered serves another directory than the one named.
-        Some((421, body)) => eprintln!("{}", refused(&addr, 421, &body)),
+        Some((421, body)) => {
+            eprintln!("{}", refused(&addr, 421, &body));
+            format!("the Bosun at {addr} serves another data directory")
+        }
         Some((status, body)) => return Err(refused(&addr, status, &body)),
-        None => {}
-    }
+        None => format!("no Bosun answered at {addr}"),
+    };
     // Nothing listens (or not the named directory's server): work on the data directory
     // directly (refused if a server holds it), unless --url named another machine, whose
     // data directory this is not.
     if url.is_some() && !addr.is_loopback() {
-        bail!("no Bosun answered at {addr}; only a local instance's data directory can be worked on directly");
+        bail!("{nobody}; only a local instance's data directory can be worked on directly");
     }
     // Never a new, empty one: a mistyped directory would be "collected" or "paused" while
     // the real instance is not.
     let dir = &config.data_dir;
     if !dir.join(crate::server::METADATA_FILE).is_file() {
         bail!(
-            "no Bosun answered at {addr}, and {} holds no Bosun data (no metadata.sqlite): check --url, -c or --data-dir",
+            "{nobody}, and {} holds no Bosun data (no metadata.sqlite): check --url, -c or --data-dir",
             dir.display()
         );
     }
-    eprintln!("no Bosun of {} answered at {addr}: working on the data directory directly", dir.display());
+    eprintln!("{nobody}: working on {} directly", dir.display());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let out = runtime.block_on(async move {
-        let opened = crate::server::open(config, crate::metadata::Upgrade::Refused)
+        let opened = crate::server::open(config, crate::metadata::SchemaChange::Refused)
             .await
-            .with_context(|| format!("no Bosun answered at {addr}, and its data directory could not be opened"))?;
+            .with_context(|| format!("{nobody}, and {} could not be opened", dir.display()))?;
         let collector = opened.state.collector.clone();
         Ok::<_, anyhow::Error>(match action {
             GcAction::Collect { dry_run, grace_period } => {

@@ -10,7 +10,7 @@ use crate::api::{AppState, connections};
 use crate::config::Config;
 use crate::failpoints::Failpoints;
 use crate::gc::Collector;
-use crate::metadata::{Metadata, Upgrade};
+use crate::metadata::{Metadata, SchemaChange};
 use crate::metrics::Metrics;
 use crate::policy::Retention;
 use crate::registry::Registry;
@@ -35,7 +35,7 @@ pub const METADATA_FILE: &str = "metadata.sqlite";
 /// Opens the data directory (blob store and metadata database) for exclusive use, with
 /// every retention policy installed: a collection decides what untagged manifests to keep
 /// by them, whether it runs in a server or from `bosun gc` on a stopped instance.
-pub async fn open(config: &Config, upgrade: Upgrade) -> anyhow::Result<Opened> {
+pub async fn open(config: &Config, change: SchemaChange) -> anyhow::Result<Opened> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     let lock_path = dir.join("bosun.lock");
@@ -48,10 +48,12 @@ pub async fn open(config: &Config, upgrade: Upgrade) -> anyhow::Result<Opened> {
                 .with_context(|| format!("locking {} (does its file system support locks?)", lock_path.display()));
         }
     }
+    // The database first: refused (a command on a stopped instance, given a file that is
+    // no Bosun database), nothing else is made.
+    let meta = Metadata::open_with(&dir.join(METADATA_FILE), config.sync_writes, change)
+        .context("opening the metadata database")?;
     let store = FilesystemStore::open(dir, config.sync_writes)
         .with_context(|| format!("opening blob storage in {}", dir.display()))?;
-    let meta = Metadata::open_with(&dir.join(METADATA_FILE), config.sync_writes, upgrade)
-        .context("opening the metadata database")?;
     // The database and its log may have just been created (a first start, or a log removed
     // by hand): their names must be durable before any commit is acknowledged, which
     // SQLite's own flushes of the log data do not make them.
@@ -135,7 +137,7 @@ pub async fn serve(config: Config) -> anyhow::Result<DataDirLock> {
         None => None,
     };
     let addr = listener.local_addr()?;
-    let opened = open(&config, Upgrade::Allowed).await?;
+    let opened = open(&config, SchemaChange::Allowed).await?;
     if config.gc.grace_period.is_zero() {
         tracing::warn!(
             "gc.grace_period is 0: a collection may remove a blob between its upload and the manifest that references it (for tests only)"

@@ -112,12 +112,18 @@ pub enum MetadataError {
     Corrupt(String),
     #[error("metadata database has schema version {found}, this Bosun knows {expected}")]
     SchemaVersion { found: i64, expected: i64 },
-    /// An older database opened with [`Upgrade::Refused`].
+    /// An older database opened with [`SchemaChange::Refused`].
     #[error(
         "metadata database has schema version {found}, older than this Bosun's {expected}: `bosun serve` upgrades \
          it (the release that wrote it cannot open it afterwards); a command on a stopped instance does not"
     )]
     NotUpgraded { found: i64, expected: i64 },
+    /// A database without Bosun's schema (an empty file) opened with
+    /// [`SchemaChange::Refused`].
+    #[error(
+        "{0} holds no Bosun metadata (no schema): a command on a stopped instance does not make a data directory of it"
+    )]
+    NoSchema(String),
 }
 
 impl MetadataError {
@@ -136,11 +142,12 @@ pub fn is_full(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
-/// Whether opening a database of an older schema version upgrades it. Only a server's start
-/// does: a command on a stopped instance (`bosun gc --dry-run`, `--status`) must not make the
-/// data directory unreadable to the release that wrote it.
+/// Whether opening a database may write Bosun's schema into it: create it in an empty one,
+/// or upgrade an older one. Only a server's start does: a command on a stopped instance
+/// (`bosun gc --dry-run`, `--status`) must not make the data directory unreadable to the
+/// release that wrote it, nor make a data directory of a file that was none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upgrade {
+pub enum SchemaChange {
     Allowed,
     Refused,
 }
@@ -380,11 +387,11 @@ impl Metadata {
     /// Opens (creating if needed) the database at `path`; `sync` makes every commit
     /// durable against power loss before it returns.
     pub fn open(path: &Path, sync: bool) -> Result<Metadata> {
-        Metadata::open_with(path, sync, Upgrade::Allowed)
+        Metadata::open_with(path, sync, SchemaChange::Allowed)
     }
 
-    /// [`Metadata::open`], upgrading an older database only if `upgrade` allows.
-    pub fn open_with(path: &Path, sync: bool, upgrade: Upgrade) -> Result<Metadata> {
+    /// [`Metadata::open`], creating or upgrading the schema only if `change` allows.
+    pub fn open_with(path: &Path, sync: bool, change: SchemaChange) -> Result<Metadata> {
         let mut writer = Connection::open(path)?;
         // SQLite opens a file it may not write read-only, without a word: every write
         // would then fail (a database left owned by root when the service runs as a user).
@@ -394,12 +401,17 @@ impl Metadata {
                 format!("{} is read-only for this process: the whole data directory must be writable", path.display()),
             )));
         }
+        // Read before anything is set up, which writes (the log, its room): a refusal
+        // leaves the file as it was.
+        let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == 0 && change == SchemaChange::Refused {
+            return Err(MetadataError::NoSchema(path.display().to_string()));
+        }
         configure(&writer)?;
         reserve::keep_log_on_close(&writer)?;
         // The log is named after the database's real path (SQLite resolves links).
         let real_path = std::fs::canonicalize(path)?;
         let group = if sync { Some(GroupCommit::new(&real_path)) } else { None };
-        let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
             0 => {
                 let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -408,7 +420,7 @@ impl Metadata {
                 tx.commit()?;
             }
             SCHEMA_VERSION => {}
-            older @ 1..SCHEMA_VERSION if upgrade == Upgrade::Refused => {
+            older @ 1..SCHEMA_VERSION if change == SchemaChange::Refused => {
                 return Err(MetadataError::NotUpgraded { found: older, expected: SCHEMA_VERSION });
             }
             older @ 1..SCHEMA_VERSION => upgrade::upgrade(&mut writer, older)?,

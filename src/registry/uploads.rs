@@ -524,7 +524,7 @@ mod tests {
     async fn unknown_sessions_leave_no_slots() {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::config::Config { data_dir: dir.path().to_owned(), ..Default::default() };
-        let opened = crate::server::open(&config, crate::metadata::Upgrade::Allowed).await.unwrap();
+        let opened = crate::server::open(&config, crate::metadata::SchemaChange::Allowed).await.unwrap();
         let registry = &opened.state.registry;
         let (name, other): (RepoName, RepoName) = ("r".parse().unwrap(), "s".parse().unwrap());
         let body = || stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"bytes"))]);

@@ -336,15 +336,13 @@ async fn a_data_directory_the_server_cannot_write_in_is_refused_at_start() {
         chown(&top, Some(NOBODY), Some(NOBODY)).unwrap();
     }
     let err = start();
-    assert!(err.contains("uploads is not writable by this process"), "{err}");
-    // The blob directories handed over too, the database not.
-    let mut dirs = vec![data.join("uploads"), data.join("blobs")];
-    while let Some(d) = dirs.pop() {
-        chown(&d, Some(NOBODY), Some(NOBODY)).unwrap();
-        dirs.extend(std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()));
+    assert!(err.contains("metadata.sqlite is read-only for this process"), "{err}");
+    // The database's files handed over too, the blob directories not.
+    for file in std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()) {
+        chown(&file, Some(NOBODY), Some(NOBODY)).unwrap();
     }
     let err = start();
-    assert!(err.contains("metadata.sqlite is read-only for this process"), "{err}");
+    assert!(err.contains("uploads is not writable by this process"), "{err}");
 }
 
 /// A command told which data directory to act on acts on that directory's server only:
@@ -362,9 +360,15 @@ async fn a_command_naming_another_data_directory_is_refused_by_the_server_that_a
         .output()
         .unwrap();
     assert!(!out.status.success(), "no Bosun data there yet");
-    drop(Server::start_in(&other, &[]));
     let run =
         |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_bosun")).args(args).args(["--url", &s.addr]).output().unwrap();
+    // The server that answered is named as one, not as nobody.
+    let out = run(&["gc", "--dry-run", "--data-dir", other.to_str().unwrap()]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(err.contains("serves another data directory, and") && err.contains("holds no Bosun data"), "{err}");
+    assert!(!err.contains("no Bosun answered"), "{err}");
+    drop(Server::start_in(&other, &[]));
     let other = other.to_str().unwrap();
     for args in [&["du", "--data-dir", other][..], &["audit", "--data-dir", other]] {
         let out = run(args);
@@ -375,7 +379,10 @@ async fn a_command_naming_another_data_directory_is_refused_by_the_server_that_a
     let out = run(&["gc", "--pause", "--reason", "maintenance of b", "--data-dir", other]);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("421") && err.contains("working on the data directory directly"), "{err}");
+    assert!(
+        err.contains("421") && err.contains(&format!("serves another data directory: working on {other} directly")),
+        "{err}"
+    );
     let status: Value = s.get("/admin/gc/status").await.json().await.unwrap();
     assert_eq!(status["paused"], false, "{status}");
     let out = run(&["gc", "--status", "--data-dir", other]);
@@ -433,6 +440,27 @@ async fn a_command_on_a_stopped_older_instance_does_not_upgrade_it() {
     let s = Server::start_in(dir.path(), GC_NOW);
     assert!(version(&db) > 10, "the server's start did not upgrade it");
     assert_eq!(s.gc(true).await["blobs_removed"], 0);
+}
+
+/// A command on a directory whose `metadata.sqlite` is no Bosun database (an empty file:
+/// a hand-made placeholder, a copy cut short) refuses it and changes nothing; a dry run
+/// made a data directory of it (schema, blob and upload directories, the log's room).
+#[test]
+fn a_command_on_a_file_that_is_no_bosun_database_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::File::create(data.join("metadata.sqlite")).unwrap();
+    for args in [&["--dry-run"][..], &["--status"], &["--history"], &["--reconcile", "--dry-run"]] {
+        let (ok, _, err) = bosun_gc(&[&["--data-dir", data.to_str().unwrap(), "--url", "127.0.0.1:1"], args].concat());
+        assert!(!ok, "{args:?} worked on a file that is no Bosun database");
+        assert!(err.contains("holds no Bosun metadata"), "{args:?}: {err}");
+        let mut left: Vec<String> =
+            std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["bosun.lock", "metadata.sqlite"], "{args:?}");
+        assert_eq!(std::fs::metadata(data.join("metadata.sqlite")).unwrap().len(), 0, "{args:?}");
+    }
 }
 
 /// A command sent to something that answers 200 but is not Bosun (a web server or a proxy
