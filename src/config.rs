@@ -224,7 +224,12 @@ pub fn parse_duration(raw: &str) -> anyhow::Result<Duration> {
     }
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (number, unit) = raw.split_at(split);
-    let n: u64 = number.parse().with_context(|| format!("duration {raw:?} does not start with a whole number"))?;
+    let n: u64 = match number.parse() {
+        Ok(n) => n,
+        // More digits than any count holds: as long as any other duration past the limit.
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => u64::MAX,
+        Err(_) => bail!("duration {raw:?} does not start with a whole number"),
+    };
     let (per, millis) = match unit {
         "ms" => (1, true),
         "s" => (1, false),
@@ -604,7 +609,8 @@ mod tests {
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
         assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
         // Too long to compare with millisecond timestamps, or too long to compute at all.
-        for raw in ["36501d", "9223372036854776s", "213503982334602d", "18446744073709551615m"] {
+        for raw in ["36501d", "9223372036854776s", "213503982334602d", "18446744073709551615m", "99999999999999999999d"]
+        {
             assert_eq!(parse_duration(raw).unwrap(), MAX_DURATION, "{raw}");
         }
         assert!(parse_duration("10").is_err());
