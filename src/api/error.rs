@@ -80,6 +80,9 @@ fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         // delete, and the message says what to delete first.
         BlobReferenced { .. } | ManifestReferenced { .. } => (StatusCode::METHOD_NOT_ALLOWED, "DENIED"),
         Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+        // Not the client's right but the registry's state: the same request may succeed
+        // once that changes (the tag deleted again).
+        Conflict(_) => (StatusCode::CONFLICT, "DENIED"),
         // The spec's codes are a closed list; the write was refused, as by a rule.
         PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "DENIED"),
         PaginationInvalid(_) => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),

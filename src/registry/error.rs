@@ -47,6 +47,9 @@ pub enum Error {
     /// Refused by a policy (immutability, quota); the message names the rule and figures.
     #[error("{0}")]
     Denied(String),
+    /// Refused because of what is there now (a restore of a tag that exists again).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     PaginationInvalid(String),
     #[error("{0}")]

@@ -23,7 +23,7 @@ impl Registry {
                 };
                 let repo = repositories::find(c, &n)?.ok_or_else(|| Error::NameUnknown(n.clone()))?;
                 if let Some((_, current)) = retention::tag_target(c, repo, t.as_str())? {
-                    return Err(Error::Denied(format!(
+                    return Err(Error::Conflict(format!(
                         "{n}:{t} exists again (it points at {current}); not overwritten"
                     )));
                 }

@@ -384,6 +384,21 @@ async fn only_the_latest_deletion_of_a_tag_can_be_undone() {
     assert_eq!(s.get("/v2/again/manifests/x").await.status(), StatusCode::NOT_FOUND);
 }
 
+/// A tag pushed again after its deletion is not overwritten by a restore of the deletion:
+/// 409 (the state is in the way, not the client's rights), and the tag stays where it is.
+#[tokio::test]
+async fn a_restore_of_a_tag_that_exists_again_is_a_conflict() {
+    let s = Server::start_with(&[("BOSUN_GC_ENABLED", "false"), ("BOSUN_RESTORE_WINDOW", "1d")]);
+    s.push_image("back", "x", &[b"first image"]).await;
+    assert_eq!(s.delete("/v2/back/manifests/x").await.status(), StatusCode::ACCEPTED);
+    let (_, second) = s.push_image("back", "x", &[b"second image"]).await;
+    let (status, answer) = s.admin_post("/admin/restore?repository=back&tag=x").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer.to_string().contains(&format!("exists again (it points at {second})")), "{answer}");
+    let now = s.get("/v2/back/manifests/x").await;
+    assert_eq!(now.headers()["docker-content-digest"], second.as_str());
+}
+
 /// A restored tag is as old as it was: `newest = 1` still keeps the tag pushed after it,
 /// and the audit shows the times it was restored with. (Restored as just pushed, the old
 /// tag ranked first and the plan deleted the newer one.) A plan made before the restore
