@@ -20,8 +20,10 @@ pub const GC_BEFORE_BYTES: &str = "gc.before_bytes";
 pub const GC_UPLOADS_CLAIMED: &str = "gc.uploads_claimed";
 /// In a retention run (scheduled or on demand), between its plan and its apply.
 pub const RETENTION_BEFORE_APPLY: &str = "retention.before_apply";
-/// In an apply, once the whole plan is checked, before the deletions.
+/// In an apply, once the whole plan is checked, before it is claimed.
 pub const RETENTION_CHECKED: &str = "retention.checked";
+/// In an apply, once its plan is claimed (used up), before the deletions.
+pub const RETENTION_CLAIMED: &str = "retention.claimed";
 /// In an upload step, after its body has been received and before it is flushed.
 pub const UPLOAD_BEFORE_FLUSH: &str = "upload.before_flush";
 /// In the opening of an upload session, once its file exists and before its row does.

@@ -474,18 +474,17 @@ fn delete(
     Ok(())
 }
 
-/// A step of an apply, in the write transactions of [`Metadata::write_each_unflushed`].
-enum Step {
-    /// Marks the plan applied, so that it is applied once.
-    Claim,
-    Delete(Box<Deletion>),
+/// Refuses a deletion while collection is paused, which stops every deletion a policy
+/// would make.
+fn refuse_if_paused(c: &rusqlite::Connection, now: i64) -> Result<()> {
+    match crate::metadata::gc_pause::get(c, now)? {
+        Some(pause) => Err(RetentionError::Paused(pause)),
+        None => Ok(()),
+    }
 }
 
-/// What a step did.
+/// What a deletion of an apply did.
 enum Done {
-    Claimed {
-        at: i64,
-    },
     Deleted,
     /// Not deleted: what it rested on changed, or it went, while the plan was applied.
     NotMade(Stale),
@@ -622,40 +621,40 @@ impl Retention {
             })
             .await??;
         registry.failpoints.hit(crate::failpoints::RETENTION_CHECKED).await;
+        // Claimed in a transaction of its own: from its commit on, the plan is used up,
+        // whatever stops the deletions after it.
+        let applied_at = registry
+            .meta
+            .write_unflushed(move |c| {
+                let now = now_ms();
+                refuse_if_paused(c, now)?;
+                // Another apply of the plan may have claimed it since the check.
+                if q::load_plan(c, id, now)?.is_none_or(|(_, applied)| applied.is_some()) {
+                    return Err(RetentionError::AlreadyApplied(id));
+                }
+                q::mark_applied(c, id, now)?;
+                Ok(now)
+            })
+            .await?;
+        registry.failpoints.hit(crate::failpoints::RETENTION_CLAIMED).await;
         let positions: Vec<Position> = deletions.iter().map(|d| d.at).collect();
-        let steps: Vec<Step> =
-            std::iter::once(Step::Claim).chain(deletions.into_iter().map(|d| Step::Delete(Box::new(d)))).collect();
         let created_at = plan.created_at;
         let (done, ended) = registry
             .meta
-            .write_each_unflushed(steps, move |c, step| {
+            .write_each_unflushed(deletions, move |c, d| {
                 let now = now_ms();
                 // Checked in each deleting transaction: no deletion after a pause.
-                if let Some(pause) = crate::metadata::gc_pause::get(c, now)? {
-                    return Err(RetentionError::Paused(pause));
-                }
-                match step {
-                    Step::Claim => {
-                        // Another apply of the plan may have claimed it since the check.
-                        if q::load_plan(c, id, now)?.is_none_or(|(_, applied)| applied.is_some()) {
-                            return Err(RetentionError::AlreadyApplied(id));
-                        }
-                        q::mark_applied(c, id, now)?;
-                        Ok(Done::Claimed { at: now })
-                    }
-                    Step::Delete(d) => {
-                        match recheck(c, &policies, d, Phase::Delete, created_at, options.restore_since(now))? {
-                            Ok(manifest) => delete(c, d, manifest, now).map(|()| Done::Deleted).map_err(Into::into),
-                            Err(stale) => Ok(Done::NotMade(stale)),
-                        }
-                    }
+                refuse_if_paused(c, now)?;
+                match recheck(c, &policies, d, Phase::Delete, created_at, options.restore_since(now))? {
+                    Ok(manifest) => delete(c, d, manifest, now).map(|()| Done::Deleted).map_err(Into::into),
+                    Err(stale) => Ok(Done::NotMade(stale)),
                 }
             })
             .await;
         // Durable before the answer, as any write is (the runs above are not flushed).
         let flushed = registry.meta.flush().await;
         let (mut tags_deleted, mut manifests_deleted) = (0, 0);
-        for (at, done) in positions.iter().zip(done.iter().skip(1)) {
+        for (at, done) in positions.iter().zip(&done) {
             let (repository, policy) = match at {
                 Position::Tag(r, _) | Position::Untagged(r, _) => {
                     let rp = &plan.repositories[*r];
@@ -720,9 +719,6 @@ impl Retention {
         Metrics::add(&m.retention_manifests_deleted, manifests_deleted as u64);
         if let Err(e) = ended {
             // Claimed, the plan cannot be applied again: the next plan deletes the rest.
-            if done.is_empty() {
-                return Err(e);
-            }
             let stopped = RetentionError::Stopped { id, tags_deleted, manifests_deleted, cause: Box::new(e) };
             tracing::warn!(error = %stopped, "retention apply stopped part-way");
             return Err(stopped);
@@ -730,10 +726,7 @@ impl Retention {
         flushed?;
         Metrics::add(&m.retention_applied, 1);
         (plan.tags_deleted, plan.manifests_deleted) = (tags_deleted, manifests_deleted);
-        plan.applied_at = done.first().and_then(|d| match d {
-            Done::Claimed { at } => Some(*at),
-            _ => None,
-        });
+        plan.applied_at = Some(applied_at);
         Ok(plan)
     }
 

@@ -16,18 +16,20 @@ const DAY: i64 = 86_400_000;
 const ENV: &[(&str, &str)] =
     &[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "0"), ("BOSUN_TEST_FAILPOINTS", "true")];
 
-/// Applies a plan (`path`), doing `meanwhile` between its check of the whole plan and its
-/// deletions (at the `retention.checked` pause point).
+/// Applies a plan (`path`), doing `meanwhile` at the pause point `point`: between its check
+/// of the whole plan and its claim (`retention.checked`), or between the claim and the
+/// deletions (`retention.claimed`).
 async fn apply_meanwhile(
     s: &Server,
+    point: &str,
     path: &str,
     meanwhile: impl std::future::Future<Output = ()>,
 ) -> (StatusCode, Value) {
-    s.arm("retention.checked").await;
+    s.arm(point).await;
     let during = async {
-        s.wait_paused("retention.checked").await;
+        s.wait_paused(point).await;
         meanwhile.await;
-        s.release("retention.checked").await;
+        s.release(point).await;
     };
     tokio::join!(s.admin_post(path), during).0
 }
@@ -235,7 +237,7 @@ async fn a_tag_pushed_to_while_its_plan_is_applied_is_kept() {
     let (_, plan) = s.admin_post("/admin/retention/plan?repository=mid").await;
     assert_eq!(plan["tags_deleted"], 2, "{plan}");
     let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
-    let (status, applied) = apply_meanwhile(&s, &apply_path, async {
+    let (status, applied) = apply_meanwhile(&s, "retention.checked", &apply_path, async {
         s.push_image("mid", "a", &[b"fresh"]).await;
     })
     .await;
@@ -251,25 +253,52 @@ async fn a_tag_pushed_to_while_its_plan_is_applied_is_kept() {
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
 }
 
-/// A pause taken after an apply's check stops its deletions: nothing is deleted, and the
-/// plan can be applied after the resume.
-#[tokio::test]
-async fn a_pause_taken_while_a_plan_is_applied_stops_it() {
-    let s = Server::start_with_config(NEWEST_ONE, ENV);
-    push_a_second_apart(&s, "paused", &["a", "b"]).await;
+/// Tags a and b in `repo` (`NEWEST_ONE` keeps b), a plan, and its apply with a pause taken
+/// at the pause point `point`: the apply's answer and path, every tag still there.
+async fn apply_with_a_pause_at(s: &Server, repo: &str, point: &str) -> (StatusCode, Value, String) {
+    push_a_second_apart(s, repo, &["a", "b"]).await;
     let (_, plan) = s.admin_post("/admin/retention/plan").await;
     let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
-    let (status, answer) = apply_meanwhile(&s, &apply_path, async {
+    let (status, answer) = apply_meanwhile(s, point, &apply_path, async {
         assert_eq!(s.admin_post("/admin/gc/pause?reason=incident").await.0, StatusCode::OK);
     })
     .await;
+    assert_eq!(tag_list(&s.get(&format!("/v2/{repo}/tags/list")).await.json().await.unwrap()), ["a", "b"]);
+    assert_eq!(s.admin_post("/admin/gc/resume").await.0, StatusCode::OK);
+    (status, answer, apply_path)
+}
+
+/// A pause taken after an apply's check, before its claim, refuses it: nothing is
+/// deleted, and the plan can be applied after the resume.
+#[tokio::test]
+async fn a_pause_taken_while_a_plan_is_applied_stops_it() {
+    let s = Server::start_with_config(NEWEST_ONE, ENV);
+    let (status, answer, apply_path) = apply_with_a_pause_at(&s, "paused", "retention.checked").await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("incident"), "{answer}");
-    assert_eq!(tag_list(&s.get("/v2/paused/tags/list").await.json().await.unwrap()), ["a", "b"]);
-    assert_eq!(s.admin_post("/admin/gc/resume").await.0, StatusCode::OK);
     let (status, applied) = s.admin_post(&apply_path).await;
     assert_eq!(status, StatusCode::OK, "{applied}");
     assert_eq!(tag_list(&s.get("/v2/paused/tags/list").await.json().await.unwrap()), ["b"]);
+}
+
+/// A pause taken once an apply has claimed its plan stops it there: the answer says it
+/// stopped part-way, what it had deleted (nothing yet) and why; the plan is used up (a
+/// second apply is refused), and a new plan, after the resume, deletes the rest.
+#[tokio::test]
+async fn a_pause_taken_after_an_apply_claimed_its_plan_uses_the_plan_up() {
+    let s = Server::start_with_config(NEWEST_ONE, ENV);
+    let (status, answer, apply_path) = apply_with_a_pause_at(&s, "claimed", "retention.claimed").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("stopped part-way") && error.contains("incident"), "{answer}");
+    assert!(error.contains("deleted 0 tags") && error.contains("a new plan deletes the rest"), "{answer}");
+    let (status, again) = s.admin_post(&apply_path).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert!(again["error"].as_str().unwrap().contains("applied already"), "{again}");
+    let (_, fresh) = s.admin_post("/admin/retention/plan").await;
+    let (status, applied) = s.admin_post(&format!("/admin/retention/apply?plan={}", fresh["id"])).await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    assert_eq!(tag_list(&s.get("/v2/claimed/tags/list").await.json().await.unwrap()), ["b"]);
 }
 
 /// Plans are kept for a week: a newer plan forgets older ones, and applying one of those
@@ -969,7 +998,7 @@ async fn a_signature_stays_with_a_tag_kept_during_the_apply() {
     let (_, plan) = s.admin_post("/admin/retention/plan").await;
     assert_eq!(plan["tags_deleted"], 2, "{plan}");
     let apply_path = format!("/admin/retention/apply?plan={}", plan["id"]);
-    let (status, applied) = apply_meanwhile(&s, &apply_path, async {
+    let (status, applied) = apply_meanwhile(&s, "retention.checked", &apply_path, async {
         s.advance_clock(10).await;
         s.push_image("resigned", "v1", &[b"v1 layer"]).await;
     })
