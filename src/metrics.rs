@@ -65,6 +65,7 @@ impl Metrics {
     pub fn render(
         &self,
         log_failed: bool,
+        checkpointer_stopped: bool,
         gc_in_progress: Option<(&str, i64)>,
         disk: Option<DiskSpace>,
         min_free_space: MinFreeSpace,
@@ -109,6 +110,12 @@ impl Metrics {
             "bosun_metadata_log_failed",
             "1 once a flush of the metadata log failed: no write is acknowledged until a restart.",
             u64::from(log_failed),
+        );
+        gauge(
+            &mut out,
+            "bosun_metadata_checkpointer_stopped",
+            "1 once the thread that copies the metadata log into the database stopped (a bug): the log grows until a restart.",
+            u64::from(checkpointer_stopped),
         );
         // 0 for the kind not running, so that an alert on a stuck run needs no `absent()`.
         let _ = writeln!(

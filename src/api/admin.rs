@@ -278,6 +278,7 @@ async fn dispatch(
             }
             let mut text = state.registry.metrics.render(
                 meta.log_failed(),
+                meta.checkpointer_stopped(),
                 collector.in_progress().map(|run| (run.kind, run.started_at)),
                 disk.ok(),
                 state.registry.options().min_free_space,

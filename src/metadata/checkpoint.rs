@@ -283,6 +283,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = Metadata::open(&dir.path().join("metadata.sqlite"), true).unwrap();
         meta.health().await.unwrap();
+        assert!(!meta.checkpointer_stopped());
         // Kill it the way a bug would: a panic while it holds its state.
         let shared = meta.inner.checkpointer.shared.clone();
         let poisoner = shared.clone();
@@ -299,6 +300,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(meta.health().await.unwrap_err().contains("background copy"));
+        assert!(meta.checkpointer_stopped() && !meta.log_failed(), "the metric tells it apart");
         add_uploads(&meta, 1, 1).await;
     }
 

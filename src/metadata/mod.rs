@@ -537,12 +537,18 @@ impl Metadata {
         self.inner.group.as_ref().is_some_and(GroupCommit::has_failed)
     }
 
+    /// Whether the thread that copies the log into the database stopped (a bug): the log
+    /// then grows without end, until a restart.
+    pub fn checkpointer_stopped(&self) -> bool {
+        self.inner.checkpointer.died()
+    }
+
     /// Whether the store can serve: its log flushes, and a read answers. The reason if not.
     pub async fn health(&self) -> std::result::Result<(), String> {
         if self.log_failed() {
             return Err("a flush of the metadata log failed; no write is acknowledged until Bosun restarts (check the disk first)".into());
         }
-        if self.inner.checkpointer.died() {
+        if self.checkpointer_stopped() {
             return Err("the background copy of the metadata log into the database stopped; restart Bosun".into());
         }
         // A read of the schema's page: `SELECT 1` alone reads nothing from the file.

@@ -31,6 +31,8 @@ async fn the_health_check_fails_once_the_metadata_log_cannot_be_flushed_until_a_
     assert!(body["reason"].as_str().unwrap().contains("flush of the metadata log failed"), "{body}");
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert_eq!(sample(&metrics, "bosun_metadata_log_failed"), 1.0);
+    // Told apart from a stopped checkpointer, which has its own alert.
+    assert_eq!(sample(&metrics, "bosun_metadata_checkpointer_stopped"), 0.0);
     // Reads still work meanwhile.
     s.verify_image("kept", "v1").await.unwrap();
 
