@@ -200,10 +200,7 @@ pub fn restored_since(conn: &Connection, repo: &str, tag: &str, since: i64) -> R
 /// the apply that deleted its tags stopped before the signature.
 pub fn untagged_by_retention(conn: &Connection, manifest: ManifestId, since: i64) -> Result<bool> {
     Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM tag_deletions WHERE manifest_id = ?1 AND restorable = 1 AND restored_at IS NULL
-                AND deleted_at > ?2 AND actor = 'retention'",
-        )?
+        .prepare_cached(&format!("{DELETED_IN_WINDOW} AND actor = 'retention'"))?
         .exists(params![manifest, since])?)
 }
 
@@ -215,15 +212,14 @@ pub fn pushed(conn: &Connection, repo: RepoId, digest: &str) -> Result<Option<(M
         .optional()?)
 }
 
+/// The tag deletions of manifest `?1` that a restore may still undo: after `?2` (inside
+/// the restore window), not restored.
+const DELETED_IN_WINDOW: &str =
+    "SELECT 1 FROM tag_deletions WHERE manifest_id = ?1 AND restorable = 1 AND restored_at IS NULL AND deleted_at > ?2";
+
 /// Whether a manifest is protected by a tag deletion still inside its restore window.
 pub fn in_restore_window(conn: &Connection, manifest: ManifestId, since: i64) -> Result<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM tag_deletions WHERE manifest_id = ?1 AND restorable = 1 AND restored_at IS NULL AND deleted_at > ?2",
-        )?
-        .query_row(params![manifest, since], |_| Ok(()))
-        .optional()?
-        .is_some())
+    Ok(conn.prepare_cached(DELETED_IN_WINDOW)?.exists(params![manifest, since])?)
 }
 
 /// Recent tag deletions, newest first (the audit). `restorable` says what a restore would
