@@ -41,7 +41,9 @@ pub(super) fn check(
             None => Some(0),
         };
         let Some(used) = used else { continue };
-        if used + size > q.spec.max_bytes {
+        // In u128: `size` may be a client's declared length, up to u64::MAX.
+        let after = u128::from(used) + u128::from(size);
+        if after > u128::from(q.spec.max_bytes) {
             let scope = if q.spec.total {
                 format!("the repositories matching {} together", q.repositories)
             } else {
@@ -49,9 +51,7 @@ pub(super) fn check(
             };
             return Err(Error::Denied(format!(
                 "quota[{}] exceeded: {scope} hold {used} bytes; this blob of {size} bytes would make {} of the {} allowed",
-                q.index,
-                used + size,
-                q.spec.max_bytes
+                q.index, after, q.spec.max_bytes
             )));
         }
     }
