@@ -117,6 +117,14 @@ impl ParsedManifest {
         {
             return Err(ManifestError::MediaTypeMismatch { content_type: ct.to_owned(), body: body_type.to_owned() });
         }
+        // Docker's schema 2 formats require their mediaType, and the reference registry
+        // refuses them without it. Bytes without one are OCI, so that one digest has one
+        // media type whatever Content-Type each push of it came with.
+        if let (None, Some(ct @ (DOCKER_MANIFEST | DOCKER_MANIFEST_LIST))) = (&raw.media_type, content_type) {
+            return Err(ManifestError::Invalid(format!(
+                "a {ct} manifest must carry its mediaType (Docker's schema 2 requires it; without one, push it as OCI)"
+            )));
+        }
         let media_type = match raw.media_type.as_deref().or(content_type) {
             Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED) => return Err(ManifestError::Schema1),
             Some(t) => t.to_owned(),
@@ -255,6 +263,20 @@ mod tests {
         assert_eq!(ParsedManifest::parse(image("").as_bytes(), Some(shouted)).unwrap().media_type, OCI_MANIFEST);
         let untyped = image("").replace(&format!(r#""mediaType":"{OCI_MANIFEST}","#), "");
         assert_eq!(ParsedManifest::parse(untyped.as_bytes(), Some(shouted)).unwrap().media_type, OCI_MANIFEST);
+    }
+
+    /// Bytes without a mediaType are OCI only: pushed once as Docker's schema 2 and once
+    /// as OCI, one digest would otherwise be served with whichever type came first.
+    #[test]
+    fn a_docker_type_needs_its_media_type_in_the_body() {
+        let untyped = image("").replace(&format!(r#""mediaType":"{OCI_MANIFEST}","#), "");
+        let list = format!(r#"{{"schemaVersion":2,"manifests":[]}}"#);
+        for (body, ct) in [(untyped.as_str(), DOCKER_MANIFEST), (list.as_str(), DOCKER_MANIFEST_LIST)] {
+            let e = ParsedManifest::parse(body.as_bytes(), Some(ct)).unwrap_err();
+            assert!(matches!(&e, ManifestError::Invalid(m) if m.contains("mediaType")), "{e}");
+        }
+        let typed = untyped.replacen('{', &format!(r#"{{"mediaType":"{DOCKER_MANIFEST}","#), 1);
+        assert_eq!(ParsedManifest::parse(typed.as_bytes(), Some(DOCKER_MANIFEST)).unwrap().media_type, DOCKER_MANIFEST);
     }
 
     #[test]

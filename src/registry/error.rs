@@ -32,8 +32,13 @@ pub enum Error {
     ManifestUnknown(String),
     #[error("{0}")]
     ManifestInvalid(String),
-    #[error("manifest is {size} bytes, over this registry's limit of {limit} bytes (setting max_manifest_bytes)")]
-    ManifestTooLarge { size: u64, limit: u64 },
+    /// `size`: `None` for a body without Content-Length, refused once past the limit,
+    /// unread beyond it.
+    #[error(
+        "manifest is {}over this registry's limit of {limit} bytes (setting max_manifest_bytes)",
+        size.map(|s| format!("{s} bytes, ")).unwrap_or_default()
+    )]
+    ManifestTooLarge { size: Option<u64>, limit: u64 },
     #[error("manifest references {0}, which is not in this repository: push it first")]
     ManifestBlobUnknown(Digest),
     #[error("{0}")]

@@ -94,7 +94,7 @@ impl Registry {
         self.check_room_to_add()?;
         let limit = self.options.max_manifest_bytes;
         if payload.len() as u64 > limit {
-            return Err(Error::ManifestTooLarge { size: payload.len() as u64, limit });
+            return Err(Error::ManifestTooLarge { size: Some(payload.len() as u64), limit });
         }
         let digest = match reference {
             Reference::Digest(d) if d.matches(&payload) => d.clone(),

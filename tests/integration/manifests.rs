@@ -157,7 +157,22 @@ async fn validation_refuses_bad_manifests_and_stores_nothing() {
         "MANIFEST_INVALID",
     )
     .await;
-    assert!(msg.contains("max_manifest_bytes"), "{msg}");
+    assert!(msg.contains(&format!("is {} bytes, over", big.len())) && msg.contains("max_manifest_bytes"), "{msg}");
+    // The same without Content-Length: refused unread past the limit, so its size is not
+    // known, and the answer does not make one up.
+    let chunks =
+        futures_util::stream::iter(big.chunks(500).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+    let resp = s.http.put(s.url("/v2/val/manifests/t")).header("content-type", OCI_MANIFEST);
+    let resp = resp.body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let msg = expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID").await;
+    assert!(msg.contains("manifest is over this registry's limit of 2048 bytes"), "{msg}");
+    // Docker's schema 2 without its mediaType (only OCI may omit it).
+    let untyped =
+        String::from_utf8(image(&config, 2)).unwrap().replace(&format!(r#""mediaType":"{OCI_MANIFEST}","#), "");
+    let resp =
+        s.put_manifest("val", "t", "application/vnd.docker.distribution.manifest.v2+json", untyped.as_bytes()).await;
+    let msg = expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    assert!(msg.contains("must carry its mediaType"), "{msg}");
     // None of these created the tag.
     expect_error(s.get("/v2/val/manifests/t").await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
     let tags: serde_json::Value = s.get("/v2/val/tags/list").await.json().await.unwrap();

@@ -77,7 +77,7 @@ pub async fn put(
     if let Some(size) = headers::content_length(request)
         && size > limit
     {
-        return Err(Error::ManifestTooLarge { size, limit }.into());
+        return Err(Error::ManifestTooLarge { size: Some(size), limit }.into());
     }
     let content_type = headers::get(request, header::CONTENT_TYPE).map_err(Error::ManifestInvalid)?.map(str::to_owned);
     // Read at most one byte past the limit, so an oversized body without Content-Length
@@ -86,7 +86,7 @@ pub async fn put(
         .collect()
         .await
         .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-            Ok(_) => Error::ManifestTooLarge { size: limit + 1, limit },
+            Ok(_) => Error::ManifestTooLarge { size: None, limit },
             Err(e) => match Error::body(&*e) {
                 gone @ Error::ClientGone(_) => gone,
                 _ => Error::ManifestInvalid(format!("the manifest could not be read whole: {e}")),
