@@ -270,8 +270,8 @@ mod tests {
     #[test]
     fn a_docker_type_needs_its_media_type_in_the_body() {
         let untyped = image("").replace(&format!(r#""mediaType":"{OCI_MANIFEST}","#), "");
-        let list = format!(r#"{{"schemaVersion":2,"manifests":[]}}"#);
-        for (body, ct) in [(untyped.as_str(), DOCKER_MANIFEST), (list.as_str(), DOCKER_MANIFEST_LIST)] {
+        let list = r#"{"schemaVersion":2,"manifests":[]}"#;
+        for (body, ct) in [(untyped.as_str(), DOCKER_MANIFEST), (list, DOCKER_MANIFEST_LIST)] {
             let e = ParsedManifest::parse(body.as_bytes(), Some(ct)).unwrap_err();
             assert!(matches!(&e, ManifestError::Invalid(m) if m.contains("mediaType")), "{e}");
         }
