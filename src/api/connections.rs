@@ -28,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -54,6 +54,48 @@ fn without_length_when_bodiless(mut response: axum::response::Response) -> axum:
         response.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
     }
     response
+}
+
+/// An answer given before its request's body was read whole (a refusal from the headers
+/// alone) ends the connection: hyper cannot find where the next request starts. hyper
+/// closes it, but says so only when it noticed in time, so the answer says it here
+/// (RFC 9112 §9.6), or a keep-alive client would send its next request, often the next
+/// step of a push, into a closed connection.
+fn closing_unless_read_whole(
+    mut response: axum::response::Response,
+    read_whole: &AtomicBool,
+) -> axum::response::Response {
+    if !read_whole.load(Ordering::Acquire) {
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that records, in `ended`, that it was read to its end.
+struct EndSeen<B> {
+    inner: B,
+    ended: Arc<AtomicBool>,
+}
+
+impl<B: Body + Unpin> Body for EndSeen<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.ended.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Serves `router` on `listener` (called `name` in the log), at most `max_connections`
@@ -119,13 +161,19 @@ pub async fn serve(
         let router = router.clone();
         let local = tcp.local_addr().ok().map(LocalAddr);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let mut request = request.map(|body| axum::body::Body::new(StallLimited::new(body, stall_limit)));
+            let read_whole = Arc::new(AtomicBool::new(request.body().is_end_stream()));
+            let mut request = request.map(|body| {
+                axum::body::Body::new(EndSeen {
+                    inner: StallLimited::new(body, stall_limit),
+                    ended: read_whole.clone(),
+                })
+            });
             request.extensions_mut().insert(ConnectInfo(peer));
             if let Some(local) = local {
                 request.extensions_mut().insert(local);
             }
             let answer = router.clone().call(request);
-            async move { answer.await.map(without_length_when_bodiless) }
+            async move { answer.await.map(without_length_when_bodiless).map(|r| closing_unless_read_whole(r, &read_whole)) }
         });
         let connection = http.serve_connection(TokioIo::new(StallLimited::new(tcp, stall_limit)), service);
         let connection = graceful.watch(connection);
