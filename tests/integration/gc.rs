@@ -249,6 +249,36 @@ async fn the_grace_period_protects_recent_content() {
     assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
 }
 
+/// A grace period of an hour, no restore window, and a clock the test moves ahead.
+const GRACE_OF_AN_HOUR_AND_A_CLOCK: &[(&str, &str)] = &[
+    ("BOSUN_GC_ENABLED", "false"),
+    ("BOSUN_GC_GRACE_PERIOD", "1h"),
+    ("BOSUN_RESTORE_WINDOW", "0"),
+    ("BOSUN_TEST_FAILPOINTS", "true"),
+];
+
+/// A delete restarts the grace period of what it unreferences: an image and an index
+/// pushed long ago and deleted now leave the clients still using their content (a layer
+/// probed for a new push, the platform image an index listed) the whole grace period.
+#[tokio::test]
+async fn a_delete_restarts_the_grace_of_what_it_unreferences() {
+    let s = Server::start_with(GRACE_OF_AN_HOUR_AND_A_CLOCK);
+    let (_, image) = s.push_image("aged", "v1", &[b"layer of an aged image"]).await;
+    let child = s.push_image("aged", "", &[b"layer of an aged platform image"]).await;
+    let (_, index) = push_index(&s, "aged", "multi", std::slice::from_ref(&child)).await;
+    s.advance_clock(2 * 3_600_000).await;
+    for digest in [&image, &index] {
+        assert_eq!(s.delete(&format!("/v2/aged/manifests/{digest}")).await.status(), StatusCode::ACCEPTED);
+    }
+    let report = s.gc(false).await;
+    assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    s.verify_image("aged", &child.1).await.unwrap();
+    // A grace period after the deletes, all of it goes: the untagged child, both images' blobs.
+    s.advance_clock(3_600_001).await;
+    let report = s.gc(false).await;
+    assert_eq!((count(&report, "manifest"), count(&report, "blob")), (1, 4), "{report}");
+}
+
 /// A disk that is full now: a collection asked for with a shorter grace period frees the
 /// blobs of what was just deleted by digest, and its record says so, while manifests keep
 /// their grace (a signature pushed before its subject, an image pushed by digest before
@@ -396,12 +426,7 @@ async fn runs_are_recorded_and_counted() {
 /// counting once collected: the gauge to alert on when collection is off or falls behind.
 #[tokio::test]
 async fn unreferenced_blobs_past_their_grace_are_reported_overdue_until_collected() {
-    let s = Server::start_with(&[
-        ("BOSUN_GC_ENABLED", "false"),
-        ("BOSUN_GC_GRACE_PERIOD", "1h"),
-        ("BOSUN_RESTORE_WINDOW", "0"),
-        ("BOSUN_TEST_FAILPOINTS", "true"),
-    ]);
+    let s = Server::start_with(GRACE_OF_AN_HOUR_AND_A_CLOCK);
     let (_, d) = s.push_image("late", "v1", &[b"layer of the deleted image"]).await;
     s.push_image("late", "v2", &[b"layer of the kept image"]).await;
     s.delete(&format!("/v2/late/manifests/{d}")).await;
