@@ -15,6 +15,8 @@ use tokio::sync::watch;
 /// The points the code can stop at.
 pub const GC_AFTER_CANDIDATES: &str = "gc.after_candidates";
 pub const GC_BEFORE_BYTES: &str = "gc.before_bytes";
+/// In a collection, once it has read a page of stale upload sessions, before it claims them.
+pub const GC_UPLOADS_SELECTED: &str = "gc.uploads_selected";
 /// In a collection, once it holds the locks of a page of stale upload sessions, before it
 /// removes them.
 pub const GC_UPLOADS_CLAIMED: &str = "gc.uploads_claimed";
@@ -26,6 +28,9 @@ pub const RETENTION_CHECKED: &str = "retention.checked";
 pub const RETENTION_CLAIMED: &str = "retention.claimed";
 /// In an upload step, after its body has been received and before it is flushed.
 pub const UPLOAD_BEFORE_FLUSH: &str = "upload.before_flush";
+/// In the end of an upload, once its bytes are in the blob's place and before metadata
+/// records them (its digest lock held).
+pub const UPLOAD_COMMITTED_BEFORE_ROW: &str = "upload.committed_before_row";
 /// In the opening of an upload session, once its file exists and before its row does.
 pub const UPLOAD_FILE_BEFORE_ROW: &str = "upload.file_before_row";
 

@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::failpoints::{GC_AFTER_CANDIDATES, GC_BEFORE_BYTES, GC_UPLOADS_CLAIMED};
+use crate::failpoints::{GC_AFTER_CANDIDATES, GC_BEFORE_BYTES, GC_UPLOADS_CLAIMED, GC_UPLOADS_SELECTED};
 use crate::metadata::gc::{self as q, ManifestRules, RunRecord};
 use crate::metadata::gc_pause::{self, Pause};
 use crate::metadata::{MetadataError, now_ms, repositories};
@@ -663,6 +663,7 @@ impl Collector {
             let page = meta.read(move |c| q::stale_uploads(c, before, cursor, BATCH)).await?;
             let Some((last, _)) = page.last() else { return Ok(()) };
             after = *last;
+            self.registry.failpoints.hit(GC_UPLOADS_SELECTED).await;
             let idle: Vec<IdleSession> = page
                 .into_iter()
                 .filter_map(|(_, id)| {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hashing::PipelinedHasher;
 use super::{Error, Registry, Result, quota};
-use crate::failpoints::{UPLOAD_BEFORE_FLUSH, UPLOAD_FILE_BEFORE_ROW};
+use crate::failpoints::{UPLOAD_BEFORE_FLUSH, UPLOAD_COMMITTED_BEFORE_ROW, UPLOAD_FILE_BEFORE_ROW};
 use crate::metadata::{blobs, now_ms, repositories, uploads};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepoName, UploadId};
@@ -435,6 +435,7 @@ impl Registry {
             self.cancel_locked(id).await?;
             return Err(e.into());
         }
+        self.failpoints.hit(UPLOAD_COMMITTED_BEFORE_ROW).await;
         let (n, i, d, policies) = (name.clone(), id.clone(), digest.clone(), self.policies());
         let linked = self
             .meta

@@ -1,7 +1,8 @@
 //! Races with garbage collection made deterministic: a test pause point stops a
 //! collection between choosing its candidates and removing them (or between removing a
-//! blob from metadata and removing its bytes), the test acts in the pause, and every
-//! resulting image must pull intact.
+//! blob from metadata and removing its bytes), or an upload between putting its bytes in
+//! place and recording them, the test acts in the pause, and every resulting image must
+//! pull intact.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,9 @@ use crate::harness::*;
 const AFTER_CANDIDATES: &str = "gc.after_candidates";
 const BEFORE_BYTES: &str = "gc.before_bytes";
 const UPLOADS_CLAIMED: &str = "gc.uploads_claimed";
+const UPLOADS_SELECTED: &str = "gc.uploads_selected";
 const UPLOAD_BEFORE_FLUSH: &str = "upload.before_flush";
+const UPLOAD_COMMITTED_BEFORE_ROW: &str = "upload.committed_before_row";
 
 /// Starts a collection that will stop at `failpoint`; returns its handle once it has.
 async fn paused_gc(s: &Arc<Server>, failpoint: &str) -> tokio::task::JoinHandle<Value> {
@@ -243,12 +246,7 @@ async fn a_request_for_a_stale_upload_session_being_removed_finds_it_gone() {
     let waits = [("BOSUN_LOG", "info,bosun::registry::uploads=debug")];
     let s = Arc::new(Server::start_with(&[GC_NOW, STALE_UPLOADS, &waits].concat()));
     let location = stale_session(&s).await;
-    s.arm(UPLOADS_CLAIMED).await;
-    let gc = {
-        let s = s.clone();
-        tokio::spawn(async move { s.gc(false).await })
-    };
-    s.wait_paused(UPLOADS_CLAIMED).await;
+    let gc = paused_gc(&s, UPLOADS_CLAIMED).await;
     let patch = {
         let (s, location) = (s.clone(), location.clone());
         tokio::spawn(async move { s.http.patch(s.url(&location)).body("late bytes").send().await.unwrap() })
@@ -289,4 +287,95 @@ async fn reconcile_leaves_the_file_of_a_session_being_opened() {
     let put = s.http.put(s.url(&format!("{location}?digest={}", sha256(&data)))).body(data.clone());
     assert_eq!(put.send().await.unwrap().status(), StatusCode::CREATED);
     assert_eq!(s.get(&format!("/v2/race/open/blobs/{}", sha256(&data))).await.bytes().await.unwrap(), data);
+}
+
+/// An upload whose bytes are in the blob's place but not yet recorded, while a collection
+/// removes the same digest's old bytes: the digest lock makes the collection wait for the
+/// record, and it then keeps the bytes. Without that order it would find the digest
+/// unknown and unlink the new bytes, and the recorded blob would have none.
+#[tokio::test]
+async fn an_upload_recorded_after_its_bytes_landed_keeps_them_from_a_collection() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let layer = random_bytes(208, 60_000);
+    let l = s.push_blob("race/lock", &layer).await;
+    assert_eq!(s.delete(&format!("/v2/race/lock/blobs/{l}")).await.status(), StatusCode::ACCEPTED);
+    let gc = paused_gc(&s, BEFORE_BYTES).await;
+    let upload = upload_paused_before_its_row(&s, "race/lock", &layer).await;
+    s.release(BEFORE_BYTES).await;
+    // Time for the collection to reach the bytes: with the order broken it unlinks them now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.release(UPLOAD_COMMITTED_BEFORE_ROW).await;
+    assert_eq!(upload.await.unwrap(), l);
+    let report = gc.await.unwrap();
+    assert!(report["removed"].as_array().unwrap().iter().all(|r| r["kind"] != "blob"), "{report}");
+    assert_eq!(s.get(&format!("/v2/race/lock/blobs/{l}")).await.bytes().await.unwrap(), layer);
+}
+
+/// The same for reconcile, which removes bytes metadata does not know: the bytes of an
+/// upload not yet recorded are such bytes for a moment, and must stay.
+#[tokio::test]
+async fn reconcile_leaves_the_bytes_of_an_upload_not_yet_recorded() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let layer = random_bytes(209, 60_000);
+    let upload = upload_paused_before_its_row(&s, "race/recon", &layer).await;
+    let reconcile = {
+        let s = s.clone();
+        tokio::spawn(async move { s.reconcile(false).await.json::<Value>().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.release(UPLOAD_COMMITTED_BEFORE_ROW).await;
+    let l = upload.await.unwrap();
+    let report = reconcile.await.unwrap();
+    assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
+    assert_eq!(s.get(&format!("/v2/race/recon/blobs/{l}")).await.bytes().await.unwrap(), layer);
+}
+
+/// Starts pushing `data` to `repo`, and returns once the upload has put its bytes in the
+/// blob's place and stopped before recording them.
+async fn upload_paused_before_its_row(s: &Arc<Server>, repo: &str, data: &[u8]) -> tokio::task::JoinHandle<String> {
+    s.arm(UPLOAD_COMMITTED_BEFORE_ROW).await;
+    let upload = {
+        let (s, repo, data) = (s.clone(), repo.to_owned(), data.to_vec());
+        tokio::spawn(async move { s.push_blob(&repo, &data).await })
+    };
+    s.wait_paused(UPLOAD_COMMITTED_BEFORE_ROW).await;
+    // Past the grace period of zero: the bytes' time is in an earlier millisecond.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    upload
+}
+
+/// A stale session used by a request that ended between the collection's reading of the
+/// stale sessions and its claim on them is no longer stale: it stays, and can be finished.
+#[tokio::test]
+async fn a_stale_upload_session_used_after_it_was_selected_stays() {
+    let s = Arc::new(Server::start_with(&[GC_NOW, STALE_UPLOADS].concat()));
+    let location = stale_session(&s).await;
+    let gc = paused_gc(&s, UPLOADS_SELECTED).await;
+    let data = random_bytes(421, 10_000);
+    assert_eq!(s.http.patch(s.url(&location)).body(data.clone()).send().await.unwrap().status(), StatusCode::ACCEPTED);
+    s.release(UPLOADS_SELECTED).await;
+    let report = gc.await.unwrap();
+    assert_eq!(report["uploads_removed"], 0, "{report}");
+    let resp = s.http.put(s.url(&format!("{location}?digest={}", sha256(&data)))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+/// A blob whose last link goes during the pause (a blob DELETE in another repository) has
+/// just lost a reference: its grace period starts again, so the candidate's removal in the
+/// first repository does not take the blob with it in this run.
+#[tokio::test]
+async fn a_blob_unlinked_in_the_pause_starts_its_grace_again() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let layer = random_bytes(210, 20_000);
+    let l = s.push_blob("race/one", &layer).await;
+    assert_eq!(s.push_blob("race/two", &layer).await, l);
+    let gc = paused_gc(&s, AFTER_CANDIDATES).await;
+    assert_eq!(s.delete(&format!("/v2/race/two/blobs/{l}")).await.status(), StatusCode::ACCEPTED);
+    s.release(AFTER_CANDIDATES).await;
+    let report = gc.await.unwrap();
+    assert!(report["removed"].as_array().unwrap().iter().all(|r| r["kind"] != "blob"), "{report}");
+    // The next collection takes it: nothing references or links it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = s.gc(false).await;
+    assert!(report["removed"].as_array().unwrap().iter().any(|r| r["kind"] == "blob" && r["digest"] == l), "{report}");
 }
