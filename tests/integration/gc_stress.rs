@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -25,13 +26,30 @@ fn collect_continuously(s: Arc<Server>, stop: Arc<AtomicBool>) -> tokio::task::J
 }
 
 /// Pushes until the registry accepts, as a client retrying a refused push does (with no
-/// grace period, a collection may remove a just-uploaded, not yet referenced blob).
-async fn push_with_retries(s: &Server, repo: &str, tag: &str, layers: &[&[u8]], retries: &AtomicU64) -> String {
+/// grace period, a collection may remove a just-uploaded, not yet referenced blob). With a
+/// `grace` period, a push refused sooner is a failure: each blob it names was found by a
+/// probe or uploaded by it, and so protected that long.
+async fn push_with_retries(
+    s: &Server,
+    repo: &str,
+    tag: &str,
+    layers: &[&[u8]],
+    retries: &AtomicU64,
+    grace: Option<Duration>,
+) -> String {
     for _ in 0..50 {
+        let started = Instant::now();
         match s.try_push_image(repo, tag, layers).await {
             Ok((_, digest)) => return digest,
             Err(e) => {
                 assert!(e.contains("MANIFEST_BLOB_UNKNOWN"), "push refused for another reason: {e}");
+                let took = started.elapsed();
+                if let Some(grace) = grace {
+                    assert!(
+                        took >= grace,
+                        "a blob went {took:?} after the push's probe or upload, within the grace period: {e}"
+                    );
+                }
                 retries.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -60,10 +78,11 @@ pub async fn verify_all_tags(s: &Server) -> usize {
 async fn parallel_push_retag_delete_repush_under_continuous_collection() {
     // A near-zero grace period: two seconds are longer than a push takes even on a loaded
     // machine, and far shorter than the test, so content deleted early is collected while
-    // pushes go on.
+    // pushes go on. A push refused within it is a failure (`push_with_retries`).
     // (With no grace at all, back-to-back collections remove every freshly uploaded blob
     // before its manifest arrives and no push can finish; the model-based test below
     // covers zero, with pushes retried.)
+    let grace = Duration::from_secs(2);
     let s = Arc::new(Server::start_with(&[("BOSUN_GC_ENABLED", "false"), ("BOSUN_GC_GRACE_PERIOD", "2s")]));
     let stop = Arc::new(AtomicBool::new(false));
     let collector = collect_continuously(s.clone(), stop.clone());
@@ -76,11 +95,12 @@ async fn parallel_push_retag_delete_repush_under_continuous_collection() {
             let repo = format!("stress/w{w}");
             let shared = random_bytes(500 + w, 128 * 1024);
             let mut previous: Option<(String, Vec<u8>)> = None;
+            let mut deleted = Vec::new();
             for i in 0..12u64 {
                 let own = random_bytes(600 + w * 100 + i, 96 * 1024);
                 let layers: [&[u8]; 3] = [&base, &shared, &own];
                 let tag = format!("i{i}");
-                let digest = push_with_retries(&s, &repo, &tag, &layers, &retries).await;
+                let digest = push_with_retries(&s, &repo, &tag, &layers, &retries, Some(grace)).await;
                 s.verify_image(&repo, &tag).await.unwrap();
                 // Retag as latest (moves the tag away from the previous image).
                 let body = s.get(&format!("/v2/{repo}/manifests/{digest}")).await.bytes().await.unwrap();
@@ -90,14 +110,30 @@ async fn parallel_push_retag_delete_repush_under_continuous_collection() {
                     if i % 3 == 0 {
                         // Push the previous image again, then delete it for good.
                         let again: [&[u8]; 3] = [&base, &shared, &old_layer];
-                        let d = push_with_retries(&s, &repo, "again", &again, &retries).await;
+                        let d = push_with_retries(&s, &repo, "again", &again, &retries, Some(grace)).await;
                         assert_eq!(d, old_digest);
                         s.verify_image(&repo, "again").await.unwrap();
                     }
                     let resp = s.delete(&format!("/v2/{repo}/manifests/{old_digest}")).await;
                     assert_eq!(resp.status(), StatusCode::ACCEPTED);
+                    deleted.push((Instant::now(), old_digest, old_layer));
                 }
                 previous = Some((digest, own));
+            }
+            // Each deleted image pushed again as its grace period ends, a little before or
+            // after, while collections run back to back: its config and own layer are still
+            // there (a probe keeps them), being removed (invisible: uploaded again), or gone.
+            let offsets = [-40i64, -10, 0, 5, 20, 60];
+            for (n, (deleted_at, old_digest, old_layer)) in deleted.into_iter().enumerate() {
+                let offset = offsets[(n + w as usize) % offsets.len()];
+                let (ends, by) = (deleted_at + grace, Duration::from_millis(offset.unsigned_abs()));
+                let at = if offset < 0 { ends - by } else { ends + by };
+                tokio::time::sleep_until(at.into()).await;
+                let again: [&[u8]; 3] = [&base, &shared, &old_layer];
+                let tag = format!("r{n}");
+                let d = push_with_retries(&s, &repo, &tag, &again, &retries, Some(grace)).await;
+                assert_eq!(d, old_digest);
+                s.verify_image(&repo, &tag).await.unwrap();
             }
         }));
     }
@@ -107,16 +143,20 @@ async fn parallel_push_retag_delete_repush_under_continuous_collection() {
     stop.store(true, Ordering::Relaxed);
     let runs = collector.await.unwrap();
     assert!(runs > 5, "only {runs} collections ran during the pushes");
-    // Each worker's last image, under its own tag and `latest`; the others were deleted.
+    // Each worker's last image under its own tag and `latest`, and the others pushed again;
+    // what was deleted for good is gone.
+    let mut expected: Vec<String> = ["i11".to_owned(), "latest".to_owned()].into();
+    expected.extend((0..11).map(|n| format!("r{n}")));
+    expected.sort();
     for w in 0..4 {
         let tags: Value = s.get(&format!("/v2/stress/w{w}/tags/list")).await.json().await.unwrap();
-        assert_eq!(tags["tags"], serde_json::json!(["i11", "latest"]), "stress/w{w}");
+        let mut tags: Vec<String> = serde_json::from_value(tags["tags"].clone()).unwrap();
+        tags.sort();
+        assert_eq!(tags, expected, "stress/w{w}");
     }
-    assert_eq!(verify_all_tags(&s).await, 8);
-    // After the grace period, a last collection removes what the workers deleted.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(verify_all_tags(&s).await, 4 * 13);
     let report = s.gc(false).await;
-    assert_eq!(verify_all_tags(&s).await, 8);
+    assert_eq!(verify_all_tags(&s).await, 4 * 13);
     let removed: u64 = s
         .get("/admin/gc/runs?limit=1000")
         .await
@@ -128,8 +168,8 @@ async fn parallel_push_retag_delete_repush_under_continuous_collection() {
         .iter()
         .map(|r| r["blobs_removed"].as_u64().unwrap())
         .sum();
-    assert!(removed >= 4 * 11, "collections removed only {removed} blobs (last: {report})");
-    eprintln!("{runs} collections ran; {} pushes were retried", retries.load(Ordering::Relaxed));
+    eprintln!("{runs} collections removed {removed} blobs; {} pushes were retried", retries.load(Ordering::Relaxed));
+    assert!(removed >= 4 * 4, "collections removed only {removed} blobs (last: {report})");
 }
 
 /// What one client believes: per repository, tag → manifest digest.
@@ -181,7 +221,7 @@ async fn random_client(
                 let layers: Vec<&[u8]> =
                     (0..n).map(|_| pool[rng.next(pool.len() as u64) as usize].as_slice()).collect();
                 let tag = format!("s{step}");
-                let digest = push_with_retries(&s, &repo, &tag, &layers, &retries).await;
+                let digest = push_with_retries(&s, &repo, &tag, &layers, &retries, None).await;
                 model.tags.entry(repo).or_default().insert(tag, digest);
                 did("push");
             }
