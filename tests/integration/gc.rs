@@ -537,6 +537,35 @@ async fn reconcile_removes_unknown_bytes_and_reports_missing_ones() {
 /// A reference count made too low behind the server's back (as a bug or a hand edit
 /// could): reconcile reports it and sets it right, so the next collection keeps the layer
 /// it would otherwise have removed from under a tagged image.
+/// Reconcile removes what metadata does not know only once it is older than the grace
+/// period: an upload's bytes are unknown for a moment before their record, and a session's
+/// staged file before its row, so younger ones stay.
+#[tokio::test]
+async fn reconcile_leaves_unknown_files_younger_than_the_grace_period() {
+    let s = Server::start_with(GRACE_OF_AN_HOUR_AND_A_CLOCK);
+    let two_hours = std::time::Duration::from_secs(2 * 3600);
+    let place = |path: std::path::PathBuf, bytes: &[u8], aged: bool| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        if aged {
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(std::time::SystemTime::now() - two_hours).unwrap();
+        }
+        path
+    };
+    let (young, old) = (b"young unknown bytes".as_slice(), b"old unknown bytes".as_slice());
+    let young_blob = place(blob_file(&s.data_dir, &sha256(young)), young, false);
+    let old_blob = place(blob_file(&s.data_dir, &sha256(old)), old, true);
+    let uploads = s.data_dir.join("uploads");
+    let young_upload = place(uploads.join("0123456789abcdef0123456789abcdef"), young, false);
+    let old_upload = place(uploads.join("fedcba9876543210fedcba9876543210"), old, true);
+    let report: Value = s.reconcile(false).await.json().await.unwrap();
+    assert_eq!((count(&report, "blob"), report["removed"][0]["digest"].clone()), (1, json!(sha256(old))), "{report}");
+    assert_eq!(report["uploads_removed"], 1, "{report}");
+    assert!(young_blob.exists() && young_upload.exists(), "young files were removed: {report}");
+    assert!(!old_blob.exists() && !old_upload.exists(), "old files were left: {report}");
+}
+
 #[tokio::test]
 async fn reconcile_sets_right_a_reference_count_that_went_wrong() {
     let s = Server::start_with(GC_NOW);

@@ -308,7 +308,7 @@ async fn randomized_operations_never_break_a_tagged_image() {
             *done.entry(what).or_insert(0) += n;
         }
     }
-    reconcile_finds_nothing(&s, seed).await;
+    reconcile_finds_nothing(&s, &format!("seed {seed}")).await;
     // Every kind of operation happened, and collections removed manifests and blobs, so
     // the races the model checks were there to be lost.
     for what in ["push", "tag", "untag", "delete", "mount", "upload", "collect", "reconcile"] {
@@ -324,9 +324,10 @@ async fn randomized_operations_never_break_a_tagged_image() {
 
 /// A reconcile finds nothing wrong: the counts the collections trusted agree with the
 /// references, nothing points at a row that is gone, and no blob lost its bytes.
-pub async fn reconcile_finds_nothing(s: &Server, seed: u64) {
+/// `context` (a seed, say) starts the message of a failure.
+pub async fn reconcile_finds_nothing(s: &Server, context: &str) {
     let report: Value = s.reconcile(false).await.json().await.unwrap();
     for finding in ["counts_repaired", "dangling_references", "missing_blobs"] {
-        assert_eq!(report[finding], 0, "seed {seed}: {report}");
+        assert_eq!(report[finding], 0, "{context}: {report}");
     }
 }

@@ -369,7 +369,7 @@ async fn run_clients(s: Arc<Server>, seed: u64) -> Tally {
     }
     eprintln!("seed {seed}: {tally:?}");
     assert!(verify_all_tags(&s).await > 0, "seed {seed}: no tag to verify");
-    reconcile_finds_nothing(&s, seed).await;
+    reconcile_finds_nothing(&s, &format!("seed {seed}")).await;
     tally
 }
 
@@ -431,7 +431,7 @@ total = true
     let (status, run) = s.admin_post("/admin/retention/run").await;
     assert_eq!(status, StatusCode::OK, "seed {seed}: a quiet retention run failed: {run}");
     assert!(verify_all_tags(&s).await > 0);
-    reconcile_finds_nothing(&s, seed).await;
+    reconcile_finds_nothing(&s, &format!("seed {seed}")).await;
     let now = s.get("/v2/hostile/shared/manifests/t0").await;
     assert_eq!(now.status(), StatusCode::OK, "seed {seed}: the immutable tag is gone");
     assert_eq!(header(&now, "docker-content-digest"), t0, "seed {seed}: the immutable tag moved");
