@@ -15,6 +15,8 @@ use tokio::sync::watch;
 /// The points the code can stop at.
 pub const GC_AFTER_CANDIDATES: &str = "gc.after_candidates";
 pub const GC_BEFORE_BYTES: &str = "gc.before_bytes";
+/// In a collection, in the flush that makes its removals durable before their bytes go.
+pub const GC_FLUSHING: &str = "gc.flushing";
 /// In a collection, once it has read a page of stale upload sessions, before it claims them.
 pub const GC_UPLOADS_SELECTED: &str = "gc.uploads_selected";
 /// In a collection, once it holds the locks of a page of stale upload sessions, before it

@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::failpoints::{GC_AFTER_CANDIDATES, GC_BEFORE_BYTES, GC_UPLOADS_CLAIMED, GC_UPLOADS_SELECTED};
+use crate::failpoints::{GC_AFTER_CANDIDATES, GC_BEFORE_BYTES, GC_FLUSHING, GC_UPLOADS_CLAIMED, GC_UPLOADS_SELECTED};
 use crate::metadata::gc::{self as q, ManifestRules, RunRecord};
 use crate::metadata::gc_pause::{self, Pause};
 use crate::metadata::{MetadataError, now_ms, repositories};
@@ -616,7 +616,10 @@ impl Collector {
         // The removals were committed without waiting for the disk: one flush makes them all
         // durable before the first byte goes, so no power loss can bring back a row whose
         // bytes are gone. The first batch is locked and re-checked meanwhile.
-        let mut flush = Some(meta.flush());
+        let mut flush = Some(async {
+            self.registry.failpoints.hit(GC_FLUSHING).await;
+            meta.flush().await
+        });
         for batch in removed.chunks(BATCH) {
             let lock_and_check = async {
                 let mut guards = Vec::with_capacity(batch.len());

@@ -14,6 +14,7 @@ use crate::harness::*;
 
 const AFTER_CANDIDATES: &str = "gc.after_candidates";
 const BEFORE_BYTES: &str = "gc.before_bytes";
+const FLUSHING: &str = "gc.flushing";
 const UPLOADS_CLAIMED: &str = "gc.uploads_claimed";
 const UPLOADS_SELECTED: &str = "gc.uploads_selected";
 const UPLOAD_BEFORE_FLUSH: &str = "upload.before_flush";
@@ -378,4 +379,24 @@ async fn a_blob_unlinked_in_the_pause_starts_its_grace_again() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let report = s.gc(false).await;
     assert!(report["removed"].as_array().unwrap().iter().any(|r| r["kind"] == "blob" && r["digest"] == l), "{report}");
+}
+
+/// The bytes of a collected blob go only once its removal from metadata is on the disk:
+/// paused in that flush, the collection has removed the row (the blob answers 404) and
+/// left the bytes, which a power loss then could not leave without their row.
+#[tokio::test]
+async fn bytes_go_only_once_their_removal_is_flushed() {
+    let s = Arc::new(Server::start_with(GC_NOW));
+    let layer = random_bytes(211, 30_000);
+    let l = s.push_blob("race/flush", &layer).await;
+    assert_eq!(s.delete(&format!("/v2/race/flush/blobs/{l}")).await.status(), StatusCode::ACCEPTED);
+    let gc = paused_gc(&s, FLUSHING).await;
+    assert_eq!(s.head(&format!("/v2/race/flush/blobs/{l}")).await.status(), StatusCode::NOT_FOUND);
+    // Time for bytes removed without waiting for the flush to be gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(blob_file(&s.data_dir, &l).exists(), "the bytes went before their removal was flushed");
+    s.release(FLUSHING).await;
+    let report = gc.await.unwrap();
+    assert!(report["removed"].as_array().unwrap().iter().any(|r| r["kind"] == "blob" && r["digest"] == l), "{report}");
+    assert!(!blob_file(&s.data_dir, &l).exists());
 }
