@@ -20,6 +20,13 @@ const UPLOADS_SELECTED: &str = "gc.uploads_selected";
 const UPLOAD_BEFORE_FLUSH: &str = "upload.before_flush";
 const UPLOAD_COMMITTED_BEFORE_ROW: &str = "upload.committed_before_row";
 
+/// Pushes `data` to `repo`, then deletes its link: with no grace period, the blob is garbage.
+async fn garbage_blob(s: &Server, repo: &str, data: &[u8]) -> String {
+    let digest = s.push_blob(repo, data).await;
+    assert_eq!(s.delete(&format!("/v2/{repo}/blobs/{digest}")).await.status(), StatusCode::ACCEPTED);
+    digest
+}
+
 /// Starts a collection that will stop at `failpoint`; returns its handle once it has.
 async fn paused_gc(s: &Arc<Server>, failpoint: &str) -> tokio::task::JoinHandle<Value> {
     s.arm(failpoint).await;
@@ -298,8 +305,7 @@ async fn reconcile_leaves_the_file_of_a_session_being_opened() {
 async fn an_upload_recorded_after_its_bytes_landed_keeps_them_from_a_collection() {
     let s = Arc::new(Server::start_with(GC_NOW));
     let layer = random_bytes(208, 60_000);
-    let l = s.push_blob("race/lock", &layer).await;
-    assert_eq!(s.delete(&format!("/v2/race/lock/blobs/{l}")).await.status(), StatusCode::ACCEPTED);
+    let l = garbage_blob(&s, "race/lock", &layer).await;
     let gc = paused_gc(&s, BEFORE_BYTES).await;
     let upload = upload_paused_before_its_row(&s, "race/lock", &layer).await;
     s.release(BEFORE_BYTES).await;
@@ -388,8 +394,7 @@ async fn a_blob_unlinked_in_the_pause_starts_its_grace_again() {
 async fn bytes_go_only_once_their_removal_is_flushed() {
     let s = Arc::new(Server::start_with(GC_NOW));
     let layer = random_bytes(211, 30_000);
-    let l = s.push_blob("race/flush", &layer).await;
-    assert_eq!(s.delete(&format!("/v2/race/flush/blobs/{l}")).await.status(), StatusCode::ACCEPTED);
+    let l = garbage_blob(&s, "race/flush", &layer).await;
     let gc = paused_gc(&s, FLUSHING).await;
     assert_eq!(s.head(&format!("/v2/race/flush/blobs/{l}")).await.status(), StatusCode::NOT_FOUND);
     // Time for bytes removed without waiting for the flush to be gone.
