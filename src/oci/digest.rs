@@ -205,5 +205,6 @@ mod tests {
         let d = h.finish();
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
         assert!(d.matches(b"abc"));
+        assert!(!d.matches(b"abd"));
     }
 }

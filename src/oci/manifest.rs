@@ -322,6 +322,11 @@ mod tests {
             image("").replace(r#""schemaVersion":2,"#, ""),
             // A subject of negative size.
             image(&format!(r#","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":-5}}"#)),
+            // An image with children, an index with a config or layers: what they list
+            // there would be neither checked nor counted.
+            image(&format!(r#","manifests":[{config}]"#)),
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[],"layers":[{config}]}}"#),
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[],"config":{config}}}"#),
         ];
         for body in cases {
             assert!(ParsedManifest::parse(body.as_bytes(), None).is_err(), "accepted: {body}");

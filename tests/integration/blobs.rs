@@ -78,7 +78,9 @@ async fn conditional_requests() {
     // If-Range: the range only for the same bytes, the whole blob otherwise.
     let ranged = get(blob.clone(), &[("range", "bytes=0-3")], Some(("if-range", etag.clone()))).await.unwrap();
     assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
-    for stale in ["\"nope\"", "Sun, 06 Dec 2026 10:00:00 GMT"] {
+    // A weak tag never matches (RFC 9110 §13.1.5: If-Range compares strongly).
+    let weak = format!("W/{etag}");
+    for stale in ["\"nope\"", "Sun, 06 Dec 2026 10:00:00 GMT", weak.as_str()] {
         let whole = get(blob.clone(), &[("range", "bytes=0-3")], Some(("if-range", stale.to_owned()))).await.unwrap();
         assert_eq!(whole.status(), StatusCode::OK, "{stale}");
         assert_eq!(whole.bytes().await.unwrap(), data);

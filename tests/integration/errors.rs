@@ -43,6 +43,13 @@ async fn malformed_paths_and_references() {
         (Method::GET, "/v2/_catalog?n=99999999999999999999999".into(), StatusCode::OK, ""),
         (Method::POST, "/v2/a/blobs/uploads/?mount=notadigest".into(), StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
         (Method::GET, "/v2/_catalog?n=abc".into(), StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
+        (Method::GET, "/v2/a/tags/list?n=abc".into(), StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
+        (
+            Method::GET,
+            format!("/v2/a/referrers/sha256:{}?n=abc", "0".repeat(64)),
+            StatusCode::BAD_REQUEST,
+            "PAGINATION_NUMBER_INVALID",
+        ),
     ];
     for (method, path, status, code) in cases {
         let resp = s.request(method.clone(), &path).await.send().await.unwrap();

@@ -282,6 +282,10 @@ pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
+pub fn sha512(data: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))
+}
+
 /// Where the filesystem store keeps the bytes of a sha256 `digest` under `data_dir`.
 pub fn blob_file(data_dir: &Path, digest: &str) -> std::path::PathBuf {
     let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");

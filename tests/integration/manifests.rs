@@ -35,6 +35,8 @@ async fn push_pull_by_tag_and_digest_byte_for_byte() {
         let head = s.head(&format!("/v2/m/exact/manifests/{reference}")).await;
         assert_eq!(head.status(), StatusCode::OK);
         assert_eq!(header(&head, "content-length"), body.len().to_string());
+        assert_eq!(header(&head, "content-type"), OCI_MANIFEST);
+        assert_eq!(header(&head, "docker-content-digest"), digest);
     }
     // Pushing under a digest the body does not have is refused.
     let wrong = sha256(b"other");
@@ -177,6 +179,30 @@ async fn validation_refuses_bad_manifests_and_stores_nothing() {
     expect_error(s.get("/v2/val/manifests/t").await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
     let tags: serde_json::Value = s.get("/v2/val/tags/list").await.json().await.unwrap();
     assert_eq!(tags["tags"], json!([]));
+}
+
+/// What a manifest references must be in its own repository: a blob or a child manifest
+/// that only another repository holds is unknown here, as it would be to a puller.
+#[tokio::test]
+async fn a_manifest_cannot_reference_what_only_another_repository_holds() {
+    let s = Server::start();
+    let (blobs, body) = image(&[b"a layer of repository a"]);
+    for blob in &blobs {
+        s.push_blob("xref/a", blob).await;
+    }
+    let resp = s.put_manifest("xref/b", "v1", OCI_MANIFEST, &body).await;
+    let msg = expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
+    assert!(msg.contains(&sha256(&blobs[0])) || msg.contains(&sha256(&blobs[1])), "{msg}");
+    let child = (body.clone(), sha256(&body));
+    assert_eq!(s.put_manifest("xref/a", &child.1, OCI_MANIFEST, &body).await.status(), StatusCode::CREATED);
+    s.push_blob("xref/b", b"keeps repository b in existence").await;
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child.1, "size": body.len()}]}))
+    .unwrap();
+    let resp = s.put_manifest("xref/b", "multi", OCI_INDEX, &index).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
+    // In repository a, where both are, the same index is taken.
+    assert_eq!(s.put_manifest("xref/a", "multi", OCI_INDEX, &index).await.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -335,6 +361,13 @@ async fn conditional_pushes_and_deletes() {
     assert_eq!(delete("/v2/cas/a/manifests/v1".into(), quoted(&second)).await.unwrap().status(), StatusCode::ACCEPTED);
     let gone = delete("/v2/cas/a/manifests/v1".into(), quoted(&second)).await.unwrap();
     expect_error(gone, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    // By digest: the condition names the manifest the URL names.
+    let by_digest = format!("/v2/cas/a/manifests/{first}");
+    let stale = delete(by_digest.clone(), quoted(&second)).await.unwrap();
+    expect_error(stale, StatusCode::PRECONDITION_FAILED, "DENIED").await;
+    assert_eq!(s.get(&by_digest).await.status(), StatusCode::OK);
+    assert_eq!(delete(by_digest.clone(), quoted(&first)).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(s.get(&by_digest).await.status(), StatusCode::NOT_FOUND);
     let loose = s.push_blob("cas/a", b"loose").await;
     let stale = delete(format!("/v2/cas/a/blobs/{loose}"), quoted(&first)).await.unwrap();
     expect_error(stale, StatusCode::PRECONDITION_FAILED, "DENIED").await;

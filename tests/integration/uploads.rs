@@ -156,6 +156,73 @@ async fn wrong_digest_stores_nothing() {
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
 }
 
+/// Every way an upload can end verifies its bytes against the digest the client gives:
+/// one PUT, chunks then a PUT with the last bytes, and the same in sha512. A mismatch
+/// stores nothing under either digest; a match answers 201 with the digest.
+#[tokio::test]
+async fn every_way_an_upload_ends_verifies_its_digest() {
+    let s = Server::start();
+    let data = random_bytes(7, 20_000);
+    for (algorithm, digest_of) in [("sha256", sha256 as fn(&[u8]) -> String), ("sha512", sha512)] {
+        let wrong = digest_of(b"other bytes");
+        for chunked in [false, true] {
+            let case = format!("{algorithm}, chunked: {chunked}");
+            let resp = s.http.post(s.url("/v2/verify/blobs/uploads/")).send().await.unwrap();
+            let location = header(&resp, "location");
+            let last = if chunked {
+                let first =
+                    s.http.patch(s.url(&location)).header("content-range", "0-9999").body(data[..10_000].to_vec());
+                assert_eq!(first.send().await.unwrap().status(), StatusCode::ACCEPTED, "{case}");
+                data[10_000..].to_vec()
+            } else {
+                data.clone()
+            };
+            let resp =
+                s.http.put(s.url(&format!("{location}?digest={wrong}"))).body(last.clone()).send().await.unwrap();
+            expect_error(resp, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+            for d in [&wrong, &digest_of(&data)] {
+                assert_eq!(s.head(&format!("/v2/verify/blobs/{d}")).await.status(), StatusCode::NOT_FOUND, "{case}");
+            }
+            assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0, "{case}");
+        }
+        // The same bytes under their own digest, in one POST: stored, and named in the answer.
+        let right = digest_of(&data);
+        let resp = s.http.post(s.url(&format!("/v2/verify/blobs/uploads/?digest={right}"))).body(data.clone());
+        let resp = resp.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(header(&resp, "docker-content-digest"), right);
+        assert_eq!(s.get(&format!("/v2/verify/blobs/{right}")).await.bytes().await.unwrap(), data);
+    }
+}
+
+/// A final PUT's `Content-Range` is checked like a PATCH's: one that skips bytes is 416,
+/// one whose length is not the body's is 400, and neither ends the session.
+#[tokio::test]
+async fn a_final_chunk_must_fit_where_the_upload_stands() {
+    let s = Server::start();
+    let data = random_bytes(8, 10_000);
+    let digest = sha256(&data);
+    let resp = s.http.post(s.url("/v2/fit/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    let patch = s.http.patch(s.url(&location)).header("content-range", "0-4999").body(data[..5000].to_vec());
+    assert_eq!(patch.send().await.unwrap().status(), StatusCode::ACCEPTED);
+    let put = |range: &str| {
+        s.http
+            .put(s.url(&format!("{location}?digest={digest}")))
+            .header("content-range", range)
+            .body(data[5000..].to_vec())
+    };
+    assert_eq!(put("5001-10000").send().await.unwrap().status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    expect_error(put("5000-9998").send().await.unwrap(), StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID").await;
+    // A range that ends before it starts, at the session's offset.
+    let backwards = s.http.patch(s.url(&location)).header("content-range", "5000-4999").body(Vec::new());
+    expect_error(backwards.send().await.unwrap(), StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID").await;
+    let resp = put("5000-9999").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(header(&resp, "docker-content-digest"), digest);
+    assert_eq!(s.get(&format!("/v2/fit/blobs/{digest}")).await.bytes().await.unwrap(), data);
+}
+
 /// A monolithic POST that is refused leaves no session: its client never learned the id,
 /// so nobody could ever resume or cancel it.
 #[tokio::test]
@@ -284,6 +351,11 @@ async fn automatic_mount_can_be_turned_off() {
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let resp = s.http.post(s.url(&format!("/v2/dst/blobs/uploads/?mount={digest}&from=src"))).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
+    // From a repository that exists but does not link the blob: an ordinary upload.
+    s.push_blob("bystander", b"something else").await;
+    let resp = s.http.post(s.url(&format!("/v2/third/blobs/uploads/?mount={digest}&from=bystander")));
+    assert_eq!(resp.send().await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(s.head(&format!("/v2/third/blobs/{digest}")).await.status(), StatusCode::NOT_FOUND);
 }
 
 /// A client that hangs up while its PATCH is being stored does not leave the step half
