@@ -253,6 +253,73 @@ async fn a_tag_pushed_to_while_its_plan_is_applied_is_kept() {
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
 }
 
+/// A plan (or run) asked for one repository or one policy covers only that: the other
+/// repository's tags stay, whatever its own policy says.
+#[tokio::test]
+async fn a_plan_for_one_repository_or_policy_leaves_the_others() {
+    let config = r#"
+[[retention]]
+name = "first"
+repositories = "one/*"
+keep = { newest = 1 }
+
+[[retention]]
+name = "second"
+repositories = "two/*"
+keep = { newest = 1 }
+"#;
+    let s = Server::start_with_config(config, ENV);
+    for repo in ["one/a", "one/b", "two/a"] {
+        push_a_second_apart(&s, repo, &["old", "new"]).await;
+    }
+    let tags = |repo: &'static str| {
+        let s = &s;
+        async move { tag_list(&s.get(&format!("/v2/{repo}/tags/list")).await.json().await.unwrap()) }
+    };
+    let (_, plan) = s.admin_post("/admin/retention/plan?repository=one/a").await;
+    let planned: Vec<&Value> = plan["repositories"].as_array().unwrap().iter().map(|r| &r["repository"]).collect();
+    assert_eq!(planned, [&json!("one/a")], "{plan:#}");
+    let (status, applied) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+    assert_eq!((status, applied["tags_deleted"].as_u64()), (StatusCode::OK, Some(1)), "{applied}");
+    assert_eq!(tags("one/a").await, ["new"]);
+    assert_eq!(tags("one/b").await, ["new", "old"]);
+    let (status, run) = s.admin_post("/admin/retention/run?policy=second").await;
+    assert_eq!((status, run["tags_deleted"].as_u64()), (StatusCode::OK, Some(1)), "{run}");
+    assert_eq!(tags("two/a").await, ["new"]);
+    assert_eq!(tags("one/b").await, ["new", "old"]);
+}
+
+/// A quota is checked again when an upload is recorded, in the linking transaction: an
+/// upload that fit when its bytes were committed, but no longer does when it is recorded
+/// (a mount took the room meanwhile), is refused, and its bytes go.
+#[tokio::test]
+async fn an_upload_that_no_longer_fits_when_recorded_is_refused() {
+    let config = "[[quota]]\nrepositories = \"team/*\"\nmax_bytes = 10000\ntotal = true\n";
+    let s = std::sync::Arc::new(Server::start_with_config(config, ENV));
+    let (first, second) = (random_bytes(990, 6000), random_bytes(991, 6000));
+    let second = s.push_blob("outside", &second).await;
+    s.arm("upload.committed_before_row").await;
+    let held = {
+        let (s, first) = (s.clone(), first.clone());
+        tokio::spawn(async move {
+            let digest = sha256(&first);
+            let url = s.url(&format!("/v2/team/one/blobs/uploads/?digest={digest}"));
+            s.http.post(url).body(first).send().await.unwrap()
+        })
+    };
+    s.wait_paused("upload.committed_before_row").await;
+    let mount = s.http.post(s.url(&format!("/v2/team/two/blobs/uploads/?mount={second}&from=outside")));
+    assert_eq!(mount.send().await.unwrap().status(), StatusCode::CREATED);
+    s.release("upload.committed_before_row").await;
+    let msg = expect_error(held.await.unwrap(), StatusCode::FORBIDDEN, "DENIED").await;
+    assert!(msg.contains("quota[0] exceeded"), "{msg}");
+    assert_eq!(s.head(&format!("/v2/team/one/blobs/{}", sha256(&first))).await.status(), StatusCode::NOT_FOUND);
+    // Its bytes went with the refusal: nothing unknown is left for reconcile.
+    let reconcile: Value = s.reconcile(true).await.json().await.unwrap();
+    assert!(reconcile["removed"].as_array().unwrap().is_empty(), "{reconcile}");
+    assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
+}
+
 /// Tags a and b in `repo` (`NEWEST_ONE` keeps b), a plan, and its apply with a pause taken
 /// at the pause point `point`: the apply's answer and path, every tag still there.
 async fn apply_with_a_pause_at(s: &Server, repo: &str, point: &str) -> (StatusCode, Value, String) {
@@ -382,6 +449,10 @@ async fn restore_within_the_window_and_not_after() {
     assert_eq!(audit[0]["restorable_until"].as_i64(), audit[0]["deleted_at"].as_i64().map(|at| at + DAY));
     assert_eq!(audit[1]["restorable"], false, "restored already: {audit}");
     s.advance_clock(DAY + 1000).await;
+    // Refused for the window alone: the manifest is still there, not collected yet.
+    let (status, answer) = s.admin_post("/admin/restore?repository=undo&tag=v1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    assert_eq!(s.get(&format!("/v2/undo/manifests/{digest}")).await.status(), StatusCode::OK);
     let report = s.gc(false).await;
     assert_eq!(report["manifests_removed"], 1, "{report}");
     let (status, answer) = s.admin_post("/admin/restore?repository=undo&tag=v1").await;
@@ -523,7 +594,11 @@ total = true
     assert!(reconcile["removed"].as_array().unwrap().is_empty(), "bytes were left behind: {reconcile}");
     assert_eq!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().count(), 0);
     // Outside the group, no quota.
-    s.push_blob("other", &random_bytes(963, 20_000)).await;
+    let outside = s.push_blob("other", &random_bytes(963, 20_000)).await;
+    // A mount into the group is counted like an upload: refused, nothing linked.
+    let resp = s.http.post(s.url(&format!("/v2/team/one/blobs/uploads/?mount={outside}&from=other")));
+    expect_error(resp.send().await.unwrap(), StatusCode::FORBIDDEN, "DENIED").await;
+    assert_eq!(s.head(&format!("/v2/team/one/blobs/{outside}")).await.status(), StatusCode::NOT_FOUND);
     // A monolithic upload whose declared length the quota refuses is refused before its
     // body when the client waits for 100 Continue: it is not made to send a layer for
     // nothing. Here the body never comes. The largest length hyper takes (2^64 - 3) plus
@@ -1137,8 +1212,10 @@ async fn storage_accounting() {
     let s = Server::start_with(ENV);
     let base = random_bytes(970, 10_000);
     let (m1, _) = s.push_image("acc/a", "one", &[&base, &random_bytes(971, 3000)]).await;
-    s.push_image("acc/a", "two", &[&base, &random_bytes(972, 2000)]).await;
+    let (m2, _) = s.push_image("acc/a", "two", &[&base, &random_bytes(972, 2000)]).await;
     s.push_image("acc/b", "one", &[&base]).await;
+    // Two tags on one image: deleting either frees nothing, so neither has exclusive bytes.
+    assert_eq!(s.put_manifest("acc/a", "twin", OCI_MANIFEST, &m2).await.status(), StatusCode::CREATED);
     let config_size = |body: &[u8]| serde_json::from_slice::<Value>(body).unwrap()["config"]["size"].as_u64().unwrap();
     let du: Value = s.get("/admin/du").await.json().await.unwrap();
     let a = du["repositories"].as_array().unwrap().iter().find(|r| r["repository"] == "acc/a").unwrap();
@@ -1146,6 +1223,12 @@ async fn storage_accounting() {
     assert_eq!(one["exclusive_bytes"], 3000 + config_size(&m1));
     assert_eq!(one["shared_bytes"], 10_000);
     assert_eq!(one["referenced_bytes"], 13_000 + config_size(&m1));
+    for tag in ["two", "twin"] {
+        let t = a["tags"].as_array().unwrap().iter().find(|t| t["tag"] == tag).unwrap();
+        assert_eq!(t["exclusive_bytes"], 0, "{tag}: {t}");
+        assert_eq!(t["shared_bytes"], t["referenced_bytes"], "{tag}: {t}");
+        assert_eq!(t["referenced_bytes"], 12_000 + config_size(&m2), "{tag}: {t}");
+    }
     // The base is shared with acc/b: not exclusive to acc/a.
     assert_eq!(a["shared_bytes"], 10_000);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bosun"))
@@ -1435,11 +1518,15 @@ repositories = "apps/*"
 keep = { pulled_within = "3d" }
 "#;
     let s = Server::start_with_config(config, ENV);
-    for (i, tag) in ["refused", "served"].into_iter().enumerate() {
+    let mut indexes = Vec::new();
+    for (i, tag) in ["refused", "served", "by-digest"].into_iter().enumerate() {
         let child = s.push_image("apps/multi", "", &[&random_bytes(40 + i as u64, 2_000)]).await;
-        push_index(&s, "apps/multi", tag, &[child]).await;
+        indexes.push(push_index(&s, "apps/multi", tag, &[child]).await.1);
     }
     s.advance_clock(10 * DAY).await;
+    // A pull by digest is a pull of every tag on that image.
+    let by_digest = s.http.get(s.url(&format!("/v2/apps/multi/manifests/{}", indexes[2]))).header("accept", OCI_INDEX);
+    assert_eq!(by_digest.send().await.unwrap().status(), StatusCode::OK);
     let get = |tag: &'static str, accept: &'static str| {
         let request = s.http.get(s.url(&format!("/v2/apps/multi/manifests/{tag}"))).header("accept", accept);
         async move { request.send().await.unwrap().status() }
@@ -1452,5 +1539,9 @@ keep = { pulled_within = "3d" }
     let keep = |tag: &str| {
         plan["repositories"][0]["tags"].as_array().unwrap().iter().find(|d| d["tag"] == tag).unwrap()["keep"].clone()
     };
-    assert_eq!((keep("refused"), keep("served")), (json!(false), json!(true)), "{plan:#}");
+    assert_eq!(
+        (keep("refused"), keep("served"), keep("by-digest")),
+        (json!(false), json!(true), json!(true)),
+        "{plan:#}"
+    );
 }
