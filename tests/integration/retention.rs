@@ -289,6 +289,26 @@ keep = { newest = 1 }
     assert_eq!(tags("one/b").await, ["new", "old"]);
 }
 
+/// A plan saved before a restart that made one of its tags immutable (a rule added to the
+/// configuration) deletes nothing: its apply checks the rules in force then.
+#[tokio::test]
+async fn a_plan_made_before_its_tag_became_immutable_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start_in_with_config(&data, NEWEST_ONE, ENV);
+    push_a_second_apart(&s, "freeze", &["v1", "v2", "v3"]).await;
+    let (_, plan) = s.admin_post("/admin/retention/plan").await;
+    assert_eq!(plan["tags_deleted"], 2, "{plan}");
+    s.terminate();
+    assert!(s.exited_within(Duration::from_secs(10)).await.expect("still running after SIGTERM").success());
+    let config = format!("{NEWEST_ONE}\n[[immutable]]\nrepositories = \"freeze\"\ntags = \"v1\"\n");
+    let s = Server::start_in_with_config(&data, &config, ENV);
+    let (status, answer) = s.admin_post(&format!("/admin/retention/apply?plan={}", plan["id"])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer.to_string().contains("freeze:v1 is now immutable"), "{answer}");
+    assert_eq!(tag_list(&s.get("/v2/freeze/tags/list").await.json().await.unwrap()), ["v1", "v2", "v3"]);
+}
+
 /// A quota is checked again when an upload is recorded, in the linking transaction: an
 /// upload that fit when its bytes were committed, but no longer does when it is recorded
 /// (a mount took the room meanwhile), is refused, and its bytes go.
