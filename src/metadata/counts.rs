@@ -267,6 +267,26 @@ mod tests {
         let (_dir, conn) = populated();
         assert_eq!(drift(&conn).unwrap(), Vec::new());
         assert_eq!(repair(&conn, 1000).unwrap(), 0);
+        // Every kind of change the triggers count, each followed by the recount: a tag
+        // moved to another manifest, then a tag, a child, a reference and a link removed.
+        conn.execute("UPDATE tags SET manifest_id = 1 WHERE name = 'v1'", []).unwrap();
+        let tag_counts: Vec<(i64, i64)> = conn
+            .prepare("SELECT id, tag_count FROM manifests ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(tag_counts, [(1, 1), (2, 1)]);
+        assert_eq!(drift(&conn).unwrap(), Vec::new());
+        conn.execute_batch(
+            "DELETE FROM tags WHERE name = 'v2';
+             DELETE FROM manifest_children;
+             DELETE FROM manifest_blobs WHERE digest = 'sha256:only-a';
+             DELETE FROM repository_blobs WHERE repository_id = 2;",
+        )
+        .unwrap();
+        assert_eq!(drift(&conn).unwrap(), Vec::new());
     }
 
     /// Every count, made wrong by hand in both directions, is found with the row it is on,

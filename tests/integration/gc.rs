@@ -249,6 +249,26 @@ async fn the_grace_period_protects_recent_content() {
     assert!(report["removed"].as_array().unwrap().is_empty(), "{report}");
 }
 
+/// A tag pushed again to another image leaves the first one untagged, and collected.
+#[tokio::test]
+async fn a_tag_moved_to_another_image_leaves_the_first_to_collection() {
+    let s = Server::start_with(GC_NOW);
+    let (_, first) = s.push_image("moved", "latest", &[b"first layer"]).await;
+    let (_, second) = s.push_image("moved", "latest", &[b"second layer"]).await;
+    let report = s.gc(false).await;
+    let manifests: Vec<&Value> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "manifest")
+        .map(|r| &r["digest"])
+        .collect();
+    assert_eq!(manifests, [&json!(first)], "{report}");
+    assert_eq!(count(&report, "blob"), 2, "its config and layer: {report}");
+    s.verify_image("moved", "latest").await.unwrap();
+    assert_eq!(header(&s.head("/v2/moved/manifests/latest").await, "docker-content-digest"), second);
+}
+
 /// A grace period of an hour, no restore window, and a clock the test moves ahead.
 const GRACE_OF_AN_HOUR_AND_A_CLOCK: &[(&str, &str)] = &[
     ("BOSUN_GC_ENABLED", "false"),
