@@ -38,18 +38,25 @@ async fn gc_through_a_running_instance_then_on_its_stopped_data() {
     assert!(!ok);
     assert!(err.contains("another Bosun process"), "{err}");
 
-    // Stopped: on the data directory.
+    // Stopped: on the data directory. A dry run there changes nothing either.
     s.kill();
+    let layer = blob_file(dir.path(), &sha256(b"one layer"));
+    let (ok, out, err) = bosun_gc(&["--data-dir", &data, "--url", "127.0.0.1:1", "--dry-run"]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((report["dry_run"].clone(), report["blobs_removed"].clone()), (Value::Bool(true), 2.into()), "{report}");
+    assert!(layer.exists(), "the dry run removed the layer's bytes");
     let (ok, out, err) = bosun_gc(&["--data-dir", &data, "--url", "127.0.0.1:1"]);
     assert!(ok, "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["dry_run"], false);
     assert_eq!(report["trigger"], "cli");
     assert_eq!(report["blobs_removed"], 2);
+    assert!(!layer.exists());
     let (ok, out, err) = bosun_gc(&["--data-dir", &data, "--url", "127.0.0.1:1", "--history"]);
     assert!(ok, "{err}");
     let runs: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(runs.as_array().unwrap().len(), 2);
+    assert_eq!(runs.as_array().unwrap().len(), 3);
     assert_eq!(runs[0]["trigger"], "cli");
 }
 
@@ -388,6 +395,18 @@ async fn a_command_naming_another_data_directory_is_refused_by_the_server_that_a
     let out = run(&["gc", "--status", "--data-dir", other]);
     let b_status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(b_status["paused"], true, "{b_status}");
+    // Named by the environment or by a configuration file instead of the flag: the same.
+    let config = dir.path().join("b.toml");
+    std::fs::write(&config, format!("data_dir = \"{other}\"\n")).unwrap();
+    for (flag, env) in [(None, Some(("BOSUN_DATA_DIR", other))), (Some(["-c", config.to_str().unwrap()]), None)] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bosun"));
+        command.args(["gc", "--status", "--url", &s.addr]).args(flag.iter().flatten()).envs(env);
+        let out = command.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let named: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
+        assert_eq!(named["paused"], true, "{named}: {err}");
+        assert!(err.contains("421"), "{err}");
+    }
     // Open endpoints do not answer the question: their clients must not learn paths.
     let probe = s.http.get(s.url("/healthz")).header("bosun-data-dir", "/nowhere").send().await.unwrap();
     assert_eq!(probe.status(), reqwest::StatusCode::OK);
