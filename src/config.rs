@@ -527,8 +527,9 @@ mod tests {
         let mut config = Config::from_file(Some(&path)).unwrap();
         assert_eq!(config.listen.port(), 6000);
         assert!(!config.delete_enabled);
-        config.apply_env(env(&[("BOSUN_DELETE_ENABLED", "true")])).unwrap();
+        config.apply_env(env(&[("BOSUN_DELETE_ENABLED", "true"), ("BOSUN_ADMIN_REMOTE", "true")])).unwrap();
         assert!(config.delete_enabled);
+        assert!(config.admin_remote);
         assert_eq!(config.max_manifest_bytes, 4 * 1024 * 1024);
         assert_eq!(config.min_free_space, MinFreeSpace::Share(200));
     }

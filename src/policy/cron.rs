@@ -160,8 +160,14 @@ mod tests {
         assert_eq!(c.next_after(monday), Some(monday + (3 * 60 + 30) * MIN));
         let c = Cron::parse("0 0 * * 0").unwrap(); // Sundays
         assert_eq!(c.next_after(monday), Some(monday + 6 * 1440 * MIN));
+        let c = Cron::parse("0 0 * * 7").unwrap(); // Sundays too
+        assert_eq!(c.next_after(monday), Some(monday + 6 * 1440 * MIN));
         let c = Cron::parse("*/15 * * * *").unwrap();
         assert_eq!(c.next_after(monday), Some(monday + 15 * MIN));
+        // A step from a start runs to the end of the field's range: 5, 20, 35, 50.
+        let c = Cron::parse("5/15 * * * *").unwrap();
+        assert_eq!(c.next_after(monday + 5 * MIN), Some(monday + 20 * MIN));
+        assert_eq!(c.next_after(monday + 50 * MIN), Some(monday + 65 * MIN));
         let c = Cron::parse("0 12 1 1 *").unwrap();
         assert_eq!(c.next_after(monday).map(|m| civil(m / 86_400_000)), Some((2027, 1, 1)));
     }

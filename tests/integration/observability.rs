@@ -65,6 +65,10 @@ async fn requests_are_counted_and_timed_by_route() {
     let gets = "route=\"manifest\",method=\"GET\"";
     assert_eq!(sample(&metrics, &format!("bosun_http_request_duration_seconds_count{{{gets}}}")), 2.0);
     assert_eq!(sample(&metrics, &format!("bosun_http_request_duration_seconds_bucket{{{gets},le=\"+Inf\"}}")), 2.0);
+    // A scraper's own parameters are no reason to fail a scrape.
+    let scraped = s.get("/metrics?format=prometheus").await;
+    assert_eq!(scraped.status(), StatusCode::OK);
+    assert!(scraped.text().await.unwrap().contains("bosun_http_requests_total"));
 }
 
 /// `/metrics` counts the blob bytes of upload steps that succeeded (not those of a chunk
