@@ -1025,6 +1025,9 @@ mod tests {
                          INSERT INTO quota_blobs (group_id, digest, links) VALUES (5, 'sha256:shared', 1);",
                     )
                     .unwrap();
+                    // As a server with a quota leaves it: counting every link, which the
+                    // upgrade's steps must not do.
+                    super::quota::start_counting(&conn).unwrap();
                 }
                 if version >= 8 {
                     conn.execute(
@@ -1035,7 +1038,20 @@ mod tests {
                 }
                 conn.pragma_update(None, "user_version", version).unwrap();
             }
-            drop(Metadata::open(&path, false).unwrap());
+            let upgraded = Metadata::open(&path, false).unwrap();
+            // Foreign keys, off during the upgrade, are on again for the connection that
+            // made it: a reference to nothing is refused at once.
+            let broken = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(
+                upgraded.write(|c| {
+                    c.execute(
+                        "INSERT INTO tags (repository_id, name, manifest_id, updated_at) VALUES (1, 'x', 999, 0)",
+                        [],
+                    )
+                    .map_err(MetadataError::from)
+                }),
+            );
+            assert!(broken.is_err(), "version {version}: a tag of no manifest was written after the upgrade");
+            drop(upgraded);
             let conn = Connection::open(&path).unwrap();
             assert_eq!(conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).unwrap(), SCHEMA_VERSION);
             assert_eq!(shape(&conn), want, "version {version} upgraded");

@@ -64,7 +64,7 @@ pub fn rebuild(conn: &Connection, counting: bool, groups: &[(String, Vec<RepoId>
     if !counting {
         return Ok(true);
     }
-    conn.execute_batch(COUNTING)?;
+    start_counting(conn)?;
     let mut group = conn.prepare("INSERT INTO quota_groups (key) VALUES (?1) ON CONFLICT (key) DO NOTHING")?;
     let mut member = conn.prepare(
         "INSERT INTO quota_members (repository_id, group_id) SELECT ?2, id FROM quota_groups WHERE key = ?1",
@@ -97,6 +97,11 @@ pub fn recount(conn: &Connection) -> Result<()> {
          UPDATE quota_groups AS g SET bytes = ({RECOUNT_BYTES});"
     ))?;
     Ok(())
+}
+
+/// Counts every link and unlink from now on (makes the triggers).
+pub fn start_counting(conn: &Connection) -> Result<()> {
+    Ok(conn.execute_batch(COUNTING)?)
 }
 
 /// Stops counting links (drops the triggers): before a schema upgrade, whose steps must not
