@@ -328,6 +328,44 @@ mod tests {
         assert_eq!(counts, (1, 2, 2));
     }
 
+    /// A link's count is set right on that link alone, not on its repository's other links.
+    #[test]
+    fn a_links_count_is_repaired_on_that_link_alone() {
+        let (_dir, conn) = populated();
+        conn.execute(
+            "UPDATE repository_blobs SET ref_count = 3 WHERE repository_id = 1 AND digest = 'sha256:only-a'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(repair(&conn, 1000).unwrap(), 1);
+        let links: Vec<(String, i64)> = conn
+            .prepare("SELECT digest, ref_count FROM repository_blobs WHERE repository_id = 1 ORDER BY digest")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(links, [("sha256:only-a".to_owned(), 1), ("sha256:shared".to_owned(), 1)]);
+    }
+
+    /// A manifest's repository lost its link to a blob that another repository still
+    /// links: the reference is reported, though the blob is there.
+    #[test]
+    fn a_reference_whose_own_repository_lost_the_link_is_reported() {
+        let (_dir, conn) = populated();
+        conn.execute_batch(
+            "UPDATE repository_blobs SET ref_count = 0 WHERE repository_id = 1 AND digest = 'sha256:shared';
+             DELETE FROM repository_blobs WHERE repository_id = 1 AND digest = 'sha256:shared';",
+        )
+        .unwrap();
+        let want = Dangling {
+            reference: "manifest -> repository link",
+            from: "a@sha256:child".into(),
+            to: "sha256:shared".into(),
+        };
+        assert_eq!(dangling(&conn).unwrap(), [want]);
+    }
+
     /// A blob and its link removed behind the counts (as a collection trusting a count too
     /// low would have): the manifest's references to both are reported.
     #[test]
