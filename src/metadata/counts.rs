@@ -242,6 +242,12 @@ mod tests {
 
     /// A database with two repositories, an index and its child, tags and links; its counts
     /// as the triggers keep them.
+    /// The rows of `sql`: a key and a count each.
+    fn pairs<K: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<(K, i64)> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    }
+
     fn populated() -> (tempfile::TempDir, Connection) {
         let (dir, conn) = fresh_database();
         conn.execute_batch(
@@ -270,14 +276,7 @@ mod tests {
         // Every kind of change the triggers count, each followed by the recount: a tag
         // moved to another manifest, then a tag, a child, a reference and a link removed.
         conn.execute("UPDATE tags SET manifest_id = 1 WHERE name = 'v1'", []).unwrap();
-        let tag_counts: Vec<(i64, i64)> = conn
-            .prepare("SELECT id, tag_count FROM manifests ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(tag_counts, [(1, 1), (2, 1)]);
+        assert_eq!(pairs::<i64>(&conn, "SELECT id, tag_count FROM manifests ORDER BY id"), [(1, 1), (2, 1)]);
         assert_eq!(drift(&conn).unwrap(), Vec::new());
         conn.execute_batch(
             "DELETE FROM tags WHERE name = 'v2';
@@ -338,13 +337,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(repair(&conn, 1000).unwrap(), 1);
-        let links: Vec<(String, i64)> = conn
-            .prepare("SELECT digest, ref_count FROM repository_blobs WHERE repository_id = 1 ORDER BY digest")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let links = pairs::<String>(
+            &conn,
+            "SELECT digest, ref_count FROM repository_blobs WHERE repository_id = 1 ORDER BY digest",
+        );
         assert_eq!(links, [("sha256:only-a".to_owned(), 1), ("sha256:shared".to_owned(), 1)]);
     }
 
