@@ -1,4 +1,4 @@
-//! Stopping the server with SIGTERM (or SIGHUP): a request in flight finishes before it exits, one that
+//! Stopping the server with SIGTERM (or SIGHUP, or SIGINT): a request in flight finishes before it exits, one that
 //! outlasts `http.drain_timeout` is cut off and left to be resumed, the pulls noted in the
 //! last seconds are recorded, and idle connections (at the cap, on the monitoring address)
 //! keep nothing waiting.
@@ -203,16 +203,19 @@ async fn hung_background_work_holds_the_exit_only_for_the_stop_limit() {
     read.abort();
 }
 
-/// SIGHUP (a closed terminal, or an operator expecting a reload) stops the server as
-/// SIGTERM does, drained and recorded; its default action ended it at once, as a crash.
+/// SIGHUP (a closed terminal, or an operator expecting a reload) and SIGINT (Ctrl-C) stop
+/// the server as SIGTERM does, drained and recorded; their default action ended it at
+/// once, as a crash.
 #[tokio::test]
-async fn a_hangup_stops_the_server_cleanly() {
-    let mut s = Server::start();
-    s.push_image("hup/a", "v1", &[b"layer"]).await;
-    let pid = libc::pid_t::try_from(s.child.id()).unwrap();
-    // SAFETY: kill(2) takes no pointers; the pid is our own child's, not yet reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    let status = s.exited_within(Duration::from_secs(20)).await.expect("still running 20 s after SIGHUP");
-    assert!(status.success(), "{status:?}");
-    assert!(!s.logged(&["stopped"]).await.is_empty(), "no clean stop was logged");
+async fn a_hangup_or_an_interrupt_stops_the_server_cleanly() {
+    for signal in [libc::SIGHUP, libc::SIGINT] {
+        let mut s = Server::start();
+        s.push_image("hup/a", "v1", &[b"layer"]).await;
+        let pid = libc::pid_t::try_from(s.child.id()).unwrap();
+        // SAFETY: kill(2) takes no pointers; the pid is our own child's, not yet reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let status = s.exited_within(Duration::from_secs(20)).await.expect("still running 20 s after the signal");
+        assert!(status.success(), "signal {signal}: {status:?}");
+        assert!(!s.logged(&["stopped"]).await.is_empty(), "signal {signal}: no clean stop was logged");
+    }
 }
