@@ -822,6 +822,18 @@ async fn a_pause_for_a_while_ends_by_itself() {
     assert_eq!(sample(&metrics, "bosun_gc_paused"), 0.0);
     assert_eq!(s.gc(false).await["blobs_removed"], 2);
 
+    // The same from the command line.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["gc", "--url", &s.addr, "--pause", "--for", "30m", "--reason", "from the shell"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let paused: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pause = &paused["pause"];
+    assert_eq!(pause["until"].as_i64().map(|u| u - pause["paused_at"].as_i64().unwrap()), Some(1_800_000), "{paused}");
+    s.advance_clock(1_800_000).await;
+    assert_eq!(s.get("/admin/gc/status").await.json::<Value>().await.unwrap()["paused"], false);
+
     let (status, answer) = s.admin_post("/admin/gc/pause?for=a%20while").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(
