@@ -143,8 +143,8 @@ async fn parallel_push_retag_delete_repush_under_continuous_collection() {
     stop.store(true, Ordering::Relaxed);
     let runs = collector.await.unwrap();
     assert!(runs > 5, "only {runs} collections ran during the pushes");
-    // Each worker's last image under its own tag and `latest`, and the others pushed again;
-    // what was deleted for good is gone.
+    // Each worker's last image under its own tag and `latest`, and every image it deleted
+    // pushed again under `r<n>`; the tag `again` went with the image it was on.
     let mut expected: Vec<String> = ["i11".to_owned(), "latest".to_owned()].into();
     expected.extend((0..11).map(|n| format!("r{n}")));
     expected.sort();

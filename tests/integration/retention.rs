@@ -1544,13 +1544,12 @@ keep = { pulled_within = "3d" }
         indexes.push(push_index(&s, "apps/multi", tag, &[child]).await.1);
     }
     s.advance_clock(10 * DAY).await;
-    // A pull by digest is a pull of every tag on that image.
-    let by_digest = s.http.get(s.url(&format!("/v2/apps/multi/manifests/{}", indexes[2]))).header("accept", OCI_INDEX);
-    assert_eq!(by_digest.send().await.unwrap().status(), StatusCode::OK);
-    let get = |tag: &'static str, accept: &'static str| {
-        let request = s.http.get(s.url(&format!("/v2/apps/multi/manifests/{tag}"))).header("accept", accept);
+    let get = |reference: &str, accept: &'static str| {
+        let request = s.http.get(s.url(&format!("/v2/apps/multi/manifests/{reference}"))).header("accept", accept);
         async move { request.send().await.unwrap().status() }
     };
+    // A pull by digest is a pull of every tag on that image.
+    assert_eq!(get(&indexes[2], OCI_INDEX).await, StatusCode::OK);
     assert_eq!(get("refused", OCI_MANIFEST).await, StatusCode::NOT_FOUND);
     assert_eq!(get("served", OCI_INDEX).await, StatusCode::OK);
 
